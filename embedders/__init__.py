@@ -1,0 +1,4 @@
+"""Models that turn image tiles into embeddings: specs, builders, tiling and the batching engine.
+
+Nothing here knows about Prefect, imagery sources or environment variables.
+"""

@@ -1,0 +1,112 @@
+"""The typed identity of a model and the small interface every embedder implements."""
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from enum import IntEnum
+from typing import Literal, Protocol
+
+import torch
+
+PadMode = Literal["reflect", "edge"]
+InputPrep = Literal["tile", "resize"]
+OutputKind = Literal["pooled", "grid"]
+WeightsChoice = Literal["auto", "pretrained", "random"]
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+class Status(IntEnum):
+    """The state of one (time, point, model) cell of the output store."""
+
+    PENDING = 0  # not written yet: the chunk is not done
+    OK = 1
+    FAILED = 2  # the model or the source raised; the reason says why
+    NODATA = 3  # no valid pixel in the patch (nodata, cloud, outside coverage)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the pipeline needs to know about a model without loading it.
+
+    `bands` are sensor band names in the order the model takes them; `norm_mean` and
+    `norm_std` are per band, in the units the imagery source delivers (Sentinel-2 L2A
+    digital numbers, reflectance x 10000). `grid_stride_px` is how many input pixels one
+    cell of the model's output grid spans (16 for a ViT with 16 px patches, 32 for a
+    ResNet's last stage).
+    """
+
+    name: str
+    family: str
+    description: str
+    sensor: str
+    bands: tuple[str, ...]
+    resolution_m: float
+    tile_px: int
+    embed_dim: int
+    grid_stride_px: int
+    norm_mean: tuple[float, ...]
+    norm_std: tuple[float, ...]
+    pretrained_weights: str
+    pad_mode: PadMode = "reflect"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        n = len(self.bands)
+        if len(self.norm_mean) != n or len(self.norm_std) != n:
+            raise ValueError(f"model {self.name}: norm_mean/norm_std need one value per band ({n})")
+        if self.tile_px % self.grid_stride_px:
+            raise ValueError(f"model {self.name}: tile_px must be a multiple of grid_stride_px")
+
+    @property
+    def grid_px(self) -> int:
+        """Side of the output grid of one native tile."""
+        return self.tile_px // self.grid_stride_px
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Which weights a built model carries: never ambiguous, always written to the store."""
+
+    kind: Literal["pretrained", "random"]
+    identity: str  # weights enum member for pretrained, "seed=<n>" for random
+    file: str = ""  # the local checkpoint the weights were read from
+    note: str = ""  # why random weights were used, when they were not asked for
+
+    def describe(self) -> str:
+        where = f" from {self.file}" if self.file else ""
+        why = f" ({self.note})" if self.note else ""
+        return f"{self.kind} {self.identity}{where}{why}"
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How tiles are cut, batched and stitched.
+
+    Everything but `batch_size` is part of a result's identity: results do not depend on
+    the batch size, so changing it never invalidates work already done.
+    """
+
+    input_prep: InputPrep = "resize"
+    output: OutputKind = "pooled"
+    tile_overlap_px: int = 0
+    precision: Precision = "fp32"
+    batch_size: int = 16
+
+    def key(self) -> str:
+        ident = asdict(self)
+        del ident["batch_size"]
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
+
+
+class Embedder(Protocol):
+    """A built model: normalised tiles in, one vector and one feature grid per tile out."""
+
+    spec: ModelSpec
+    weights: WeightsInfo
+
+    def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Map normalised tiles (B, C, T, T) to pooled (B, D) and grid (B, D, T/s, T/s)."""
+        ...

@@ -46,8 +46,14 @@ class ImagerySourceError(RuntimeError):
     """A source failed for a reason a retry will not fix (bad band, bad catalog, 4xx)."""
 
 
+class TransientSourceError(RuntimeError):
+    """A source failed for a reason a retry may fix (HTTP 429 or 5xx, timeout, dropped
+    connection). Prefect tasks retry on this one and on nothing else from a source."""
+
+
 class ImagerySource(Protocol):
     """Fetches north-up square patches centred on points, on each point's UTM grid."""
 
-    def fetch(self, points: Sequence[Point], bands: Sequence[str], config: SensorConfig) -> Patches:
-        ...
+    def fetch(
+        self, points: Sequence[Point], bands: Sequence[str], config: SensorConfig
+    ) -> Patches: ...

@@ -1,0 +1,97 @@
+"""DOFA ViT-Base/16 (torchgeo), a wavelength-aware model that takes any set of bands.
+
+Xiong et al., "Neural Plasticity-Inspired Multimodal Foundation Model for Earth
+Observation" (https://arxiv.org/abs/2403.15356); weights DOFABase16_Weights.DOFA_MAE.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchgeo.models import DOFA, DOFABase16_Weights, dofa_base_patch16_224
+from torchvision.models._api import WeightsEnum
+
+from embedders import sentinel2, weights
+from embedders.spec import ModelSpec, WeightsChoice, WeightsInfo
+
+# DOFA leaves normalisation to the sensor (torchgeo's `_dofa_transforms` only crops), so
+# we use the SSL4EO-S12 Sentinel-2 band statistics torchgeo declares for its Sentinel-2
+# models: `_mean_s2` / `_std_s2` in torchgeo/models/resnet.py (torchgeo 0.10.1), 13
+# Level-1C bands in ESA order B01..B12 with B8A and B10, digital numbers; (mean, std).
+S2_MEAN_STD: dict[str, tuple[float, float]] = {
+    "B01": (1612.9, 791.0),
+    "B02": (1397.6, 854.3),
+    "B03": (1322.3, 878.7),
+    "B04": (1373.1, 1144.9),
+    "B05": (1561.0, 1127.5),
+    "B06": (2108.4, 1164.2),
+    "B07": (2390.7, 1276.0),
+    "B08": (2318.7, 1249.5),
+    "B8A": (2581.0, 1345.9),
+    "B09": (837.7, 577.5),
+    "B10": (22.0, 47.5),
+    "B11": (2195.2, 1340.0),
+    "B12": (1537.4, 1142.9),
+}
+
+# The bands of the Sentinel-2 sample behind the offline demo.
+_BANDS = ("B02", "B03", "B04", "B07", "B11", "B12")
+_WEIGHTS = DOFABase16_Weights.DOFA_MAE
+
+SPEC = ModelSpec(
+    name="dofa_base",
+    family="dofa",
+    description="DOFA ViT-Base/16, MAE-pretrained on multi-sensor imagery (torchgeo)",
+    sensor="sentinel-2-l2a",
+    bands=_BANDS,
+    resolution_m=10,
+    tile_px=224,
+    embed_dim=768,
+    grid_stride_px=16,
+    norm_mean=tuple(S2_MEAN_STD[b][0] for b in _BANDS),
+    norm_std=tuple(S2_MEAN_STD[b][1] for b in _BANDS),
+    pretrained_weights=weights.identity(_WEIGHTS),
+)
+
+
+@dataclass
+class DofaEmbedder:
+    """DOFA's forward_features taken apart to keep the patch tokens.
+
+    pooled = fc_norm(mean of patch tokens), exactly `DOFA.forward_features`;
+    grid = fc_norm applied to each patch token, so a cell lives in the same normalised
+    space as the pooled vector, as (B, 768, 14, 14).
+    """
+
+    spec: ModelSpec
+    weights: WeightsInfo
+    module: DOFA
+    wavelengths_um: tuple[float, ...]
+
+    def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.module
+        waves = torch.tensor(self.wavelengths_um, device=tiles.device, dtype=tiles.dtype)
+        x, _ = m.patch_embed(tiles, waves)
+        x = x + m.pos_embed[:, 1:, :]
+        cls_token = m.cls_token + m.pos_embed[:, :1, :]
+        x = torch.cat((cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        for block in m.blocks:
+            x = block(x)
+        tokens = x[:, 1:, :]
+        pooled = m.fc_norm(tokens.mean(dim=1))
+        side = tiles.shape[-1] // self.spec.grid_stride_px
+        grid = m.fc_norm(tokens).transpose(1, 2).reshape(x.shape[0], -1, side, side)
+        return pooled, grid
+
+
+def _architecture(member: WeightsEnum | None) -> nn.Module:
+    if member is not None and not isinstance(member, DOFABase16_Weights):
+        raise TypeError(f"dofa_base takes DOFABase16_Weights, got {member!r}")
+    return dofa_base_patch16_224(weights=member)
+
+
+def build(choice: WeightsChoice, device: torch.device) -> DofaEmbedder:
+    module, info = weights.load(SPEC, _WEIGHTS, _architecture, choice, device)
+    if not isinstance(module, DOFA):
+        raise TypeError(f"dofa_base_patch16_224 returned {type(module).__name__}, not DOFA")
+    return DofaEmbedder(SPEC, info, module, sentinel2.wavelengths_um(SPEC.bands))

@@ -1,0 +1,92 @@
+"""SSL4EO-S12 MoCo ResNet-18 and ResNet-50 on Sentinel-2 RGB (torchgeo, timm).
+
+Wang et al., "SSL4EO-S12: A Large-Scale Multi-Modal, Multi-Temporal Dataset for
+Self-Supervised Learning in Earth Observation" (https://arxiv.org/abs/2211.07044);
+weights ResNet18_Weights.SENTINEL2_RGB_MOCO and ResNet50_Weights.SENTINEL2_RGB_MOCO.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from timm.models import ResNet
+from torch import nn
+from torchgeo.models import ResNet18_Weights, ResNet50_Weights, resnet18, resnet50
+from torchvision.models._api import WeightsEnum
+
+from embedders import weights
+from embedders.spec import ModelSpec, WeightsChoice, WeightsInfo
+
+# SSL4EO-S12's RGB weights take B4, B3, B2. torchgeo's transform for them
+# (`_ssl4eo_s12_transforms_s2_10k` in torchgeo/models/resnet.py) divides by 10000.
+_BANDS = ("B04", "B03", "B02")
+
+
+def _spec(name: str, depth: int, dim: int, member: WeightsEnum) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        family="ssl4eo",
+        description=f"ResNet-{depth}, MoCo-pretrained on SSL4EO-S12 Sentinel-2 RGB (torchgeo)",
+        sensor="sentinel-2-l2a",
+        bands=_BANDS,
+        resolution_m=10,
+        tile_px=224,
+        embed_dim=dim,
+        grid_stride_px=32,
+        norm_mean=(0.0, 0.0, 0.0),
+        norm_std=(10000.0, 10000.0, 10000.0),
+        pretrained_weights=weights.identity(member),
+    )
+
+
+RESNET18_SPEC = _spec("ssl4eo_resnet18_rgb", 18, 512, ResNet18_Weights.SENTINEL2_RGB_MOCO)
+RESNET50_SPEC = _spec("ssl4eo_resnet50_rgb", 50, 2048, ResNet50_Weights.SENTINEL2_RGB_MOCO)
+
+
+@dataclass
+class ResNetEmbedder:
+    """grid = the last stage's feature map (B, D, 7, 7); pooled = its global average,
+    timm's `forward_head(pre_logits=True)`, which is what the model returns with no head."""
+
+    spec: ModelSpec
+    weights: WeightsInfo
+    module: ResNet
+
+    def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if tiles.is_cuda:
+            tiles = tiles.contiguous(memory_format=torch.channels_last)
+        grid = self.module.forward_features(tiles)
+        return self.module.forward_head(grid, pre_logits=True), grid
+
+
+def _architecture(
+    builder: Callable[..., nn.Module], kind: type[WeightsEnum], member: WeightsEnum | None
+) -> nn.Module:
+    if member is not None and not isinstance(member, kind):
+        raise TypeError(f"{builder.__name__} takes {kind.__name__}, got {member!r}")
+    return builder(weights=member, in_chans=len(_BANDS), num_classes=0)
+
+
+def _build(
+    spec: ModelSpec,
+    member: WeightsEnum,
+    builder: Callable[..., nn.Module],
+    choice: WeightsChoice,
+    device: torch.device,
+) -> ResNetEmbedder:
+    architecture = partial(_architecture, builder, type(member))
+    module, info = weights.load(spec, member, architecture, choice, device)
+    if not isinstance(module, ResNet):
+        raise TypeError(f"{builder.__name__} returned {type(module).__name__}, not a timm ResNet")
+    if device.type == "cuda":
+        module = module.to(memory_format=torch.channels_last)
+    return ResNetEmbedder(spec, info, module)
+
+
+def build_resnet18(choice: WeightsChoice, device: torch.device) -> ResNetEmbedder:
+    return _build(RESNET18_SPEC, ResNet18_Weights.SENTINEL2_RGB_MOCO, resnet18, choice, device)
+
+
+def build_resnet50(choice: WeightsChoice, device: torch.device) -> ResNetEmbedder:
+    return _build(RESNET50_SPEC, ResNet50_Weights.SENTINEL2_RGB_MOCO, resnet50, choice, device)

@@ -1,0 +1,118 @@
+"""Resolving a model's weights: pretrained from the torch hub cache, or seeded random.
+
+Pretrained weights are loaded through the library's own builder with its weights enum
+member, which reads `<torch hub dir>/checkpoints/<file name of the weights URL>` when it
+is there and downloads it otherwise. Nothing falls back silently: "auto" records why it
+used random weights in `WeightsInfo.note`.
+"""
+
+import os
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+from torchvision.models._api import WeightsEnum
+
+from embedders.spec import ModelSpec, WeightsChoice, WeightsInfo
+
+# The builder of a model's architecture: the library's function taking `weights=`.
+Builder = Callable[[WeightsEnum | None], nn.Module]
+
+# What loading a checkpoint raises when it is missing, cannot be downloaded (URLError
+# is an OSError), fails its hash check, is corrupt, or does not fit the architecture.
+_LOAD_ERRORS = (OSError, RuntimeError, ValueError, AssertionError, pickle.UnpicklingError)
+
+
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights could not be loaded; the message says where to put them."""
+
+    def __init__(self, message: str, *, file_present: bool) -> None:
+        super().__init__(message)
+        self.file_present = file_present
+
+
+def identity(member: WeightsEnum) -> str:
+    """The weights enum member as written in specs and stores: "DOFABase16_Weights.DOFA_MAE"."""
+    return f"{type(member).__name__}.{member.name}"
+
+
+def checkpoint_path(member: WeightsEnum) -> Path:
+    """Where torch hub keeps (and the builder looks for) the checkpoint of `member`."""
+    name = os.path.basename(urlparse(member.url).path)
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+def build_random(spec: ModelSpec, build: Builder) -> tuple[nn.Module, WeightsInfo]:
+    """The architecture with weights drawn from `spec.seed`: the same on every call."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        module = build(None)
+    return module, WeightsInfo(kind="random", identity=f"seed={spec.seed}")
+
+
+def build_pretrained(
+    spec: ModelSpec, member: WeightsEnum, build: Builder
+) -> tuple[nn.Module, WeightsInfo]:
+    """The architecture with `member`'s weights, or WeightsUnavailable saying what to do."""
+    path = checkpoint_path(member)
+    present = path.exists()
+    try:
+        module = build(member)
+    except _LOAD_ERRORS as e:
+        if present:
+            problem = f"the checkpoint at {path} could not be loaded ({type(e).__name__}: {e}); "
+            fix = "delete it so it is downloaded again, or replace it with the right file"
+        else:
+            problem = f"the checkpoint is not at {path} and downloading it failed ({e}); "
+            fix = f"download {member.url} and place it at {path}"
+        raise WeightsUnavailable(
+            f"model {spec.name}: pretrained weights {identity(member)} unavailable: {problem}"
+            f"{fix}, or pass --weights random to build the architecture with seeded random "
+            f"weights (seed={spec.seed})",
+            file_present=present,
+        ) from e
+    return module, WeightsInfo(kind="pretrained", identity=identity(member), file=str(path))
+
+
+def resolve(
+    spec: ModelSpec, member: WeightsEnum, build: Builder, choice: WeightsChoice
+) -> tuple[nn.Module, WeightsInfo]:
+    """Build the module with the weights `choice` asks for.
+
+    "auto" means pretrained when the checkpoint is in the hub cache or downloads, random
+    otherwise, with the reason in the note. A checkpoint that is present but does not
+    load is an error in every mode.
+    """
+    if choice == "random":
+        return build_random(spec, build)
+    if choice == "pretrained":
+        return build_pretrained(spec, member, build)
+    try:
+        return build_pretrained(spec, member, build)
+    except WeightsUnavailable as e:
+        if e.file_present:
+            raise
+        reason = e.__cause__ or e
+        module, info = build_random(spec, build)
+        note = (
+            f"pretrained checkpoint not in {checkpoint_path(member)} and download failed: {reason}"
+        )
+        return module, WeightsInfo(kind=info.kind, identity=info.identity, note=note)
+
+
+def load(
+    spec: ModelSpec,
+    member: WeightsEnum,
+    build: Builder,
+    choice: WeightsChoice,
+    device: torch.device,
+) -> tuple[nn.Module, WeightsInfo]:
+    """Resolve the weights, then put the module in eval mode on `device`, frozen."""
+    if choice not in ("auto", "pretrained", "random"):
+        raise ValueError(f"weights must be auto, pretrained or random; got {choice!r}")
+    module, info = resolve(spec, member, build, choice)
+    module.eval().requires_grad_(False)
+    return module.to(device), info

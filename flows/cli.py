@@ -1,0 +1,187 @@
+"""`python -m flows.export`: parse, check everything up front, run the flow, print what it did.
+
+Exit codes: 0 every point of every model ok; 1 some points failed or had no data, or a
+task failed (rerun to resume); 2 bad input (nothing written).
+"""
+
+import argparse
+import sys
+from datetime import date
+from typing import Any
+
+from pydantic import ValidationError
+
+from flows.params import Imagery, Inference, Output, Region, Window
+
+FLAGS = {  # pydantic field -> command-line flag, for error messages
+    "bbox": "--bbox",
+    "geojson": "--region",
+    "spacing_m": "--spacing",
+    "start": "--start",
+    "end": "--end",
+    "models": "--models",
+    "catalog": "--catalog",
+    "collection": "--collection",
+    "patch_px": "--patch-size",
+    "input_prep": "--input-prep",
+    "output": "--output",
+    "tile_overlap_px": "--tile-overlap",
+    "batch_size": "--batch-size",
+    "device": "--device",
+    "precision": "--precision",
+    "weights": "--weights",
+    "store": "--out",
+    "work_dir": "--work-dir",
+    "chunk_size": "--chunk-size",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m flows.export",
+        description="Export foundation-model embeddings of every point of a region into one "
+        "Zarr store. With no arguments: the offline demo over a real Sentinel-2 sample.",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--bbox", type=_bbox, help="west,south,east,north in degrees")
+    where.add_argument("--region", metavar="FILE", help="GeoJSON polygon file (holes respected)")
+    p.add_argument("--spacing", type=float, metavar="M", help="grid spacing in metres (250)")
+    p.add_argument("--start", type=_date, help="first day, YYYY-MM-DD (2024-01-01)")
+    p.add_argument("--end", type=_date, help="last day, YYYY-MM-DD (2024-12-31)")
+    p.add_argument("--models", type=lambda s: [m.strip() for m in s.split(",") if m.strip()])
+    p.add_argument("--out", metavar="PATH", help="output Zarr store (swath-demo.zarr)")
+    p.add_argument(
+        "--work-dir", metavar="DIR", help="inputs, results, demo catalog (~/.cache/swath)"
+    )
+    p.add_argument("--catalog", help="static STAC catalog.json path or URL ('demo')")
+    p.add_argument("--collection", help="STAC collection id (sentinel-2-l2a)")
+    p.add_argument("--patch-size", type=int, metavar="PX", help="patch side in pixels (64)")
+    p.add_argument("--chunk-size", type=int, metavar="N", help="points per chunk")
+    p.add_argument("--input-prep", choices=["resize", "tile"])
+    p.add_argument("--output", choices=["pooled", "grid"])
+    p.add_argument("--batch-size", type=int, metavar="N", help="tiles per forward (16)")
+    p.add_argument("--tile-overlap", type=int, metavar="PX")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--weights", choices=["auto", "pretrained", "random"])
+    p.add_argument("--list-models", action="store_true", help="list the models and exit")
+    return p
+
+
+def _bbox(text: str) -> tuple[float, float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"'{text}' is not four numbers west,south,east,north")
+    return values  # type: ignore[return-value]
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a date YYYY-MM-DD") from None
+
+
+def _params(a: argparse.Namespace) -> dict[str, Any]:
+    """The flow's parameters from the flags given; unset flags keep the defaults."""
+
+    def given(**kw: Any) -> dict[str, Any]:
+        return {k: v for k, v in kw.items() if v is not None}
+
+    region = given(bbox=a.bbox, geojson=a.region, spacing_m=a.spacing)
+    return {
+        "region": Region(**region),
+        "window": Window(**given(start=a.start, end=a.end)),
+        "imagery": Imagery(
+            **given(catalog=a.catalog, collection=a.collection, patch_px=a.patch_size)
+        ),
+        "inference": Inference(
+            **given(
+                models=a.models,
+                input_prep=a.input_prep,
+                output=a.output,
+                batch_size=a.batch_size,
+                tile_overlap_px=a.tile_overlap,
+                device=a.device,
+                precision=a.precision,
+                weights=a.weights,
+            )
+        ),
+        "output": Output(**given(store=a.out, work_dir=a.work_dir, chunk_size=a.chunk_size)),
+    }
+
+
+def _validation_message(e: ValidationError) -> str:
+    err = e.errors()[0]
+    field = str(err["loc"][0]) if err["loc"] else ""
+    flag = FLAGS.get(field, field)
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "literal_error" and field == "models":
+        from embedders.registry import MODELS
+
+        return f"unknown model '{err['input']}'; known models: {', '.join(MODELS)}"
+    if not flag:
+        return msg
+    return f"invalid {flag} {err.get('input')!s}: {msg}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.list_models:
+        return _list_models()
+    try:
+        params = _params(args)
+    except ValidationError as e:
+        return _usage_error(_validation_message(e))
+    from flows.job import UsageError, plan_job, resolve_job
+
+    try:
+        plan = plan_job(**params)
+        print(f"swath: {len(plan.points)} points in {len(plan.chunks)} chunks -> {plan.store}")
+        job = resolve_job(plan)
+    except UsageError as e:
+        return _usage_error(str(e))
+    for name, info in job.weights.items():
+        loud = (
+            "" if info.kind == "pretrained" else "  <-- RANDOM WEIGHTS: embeddings carry no meaning"
+        )
+        print(f"swath: {name} weights: {info.describe()}{loud}")
+    if job.resume:
+        print("swath: the store exists with this export's layout: resuming (done chunks are kept)")
+    from flows.export import export
+
+    try:
+        summary = export(**params)
+    except Exception as e:  # the flow's own log has the details
+        print(f"swath: export failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    _print_summary(summary)
+    return 0 if summary["all_ok"] else 1
+
+
+def _usage_error(message: str) -> int:
+    print(f"swath: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _list_models() -> int:
+    from embedders.registry import list_specs
+
+    for spec in list_specs():
+        print(
+            f"{spec.name:24} {spec.embed_dim:5d}-d  tile {spec.tile_px}px  {spec.sensor} "
+            f"{','.join(spec.bands)}\n{'':24} {spec.description} [{spec.pretrained_weights}]"
+        )
+    return 0
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    print(f"\nswath: {s['points']} points, {s['chunks']} chunks, {s['seconds']} s")
+    for name, m in s["models"].items():
+        counts = ", ".join(f"{k} {v}" for k, v in m["status"].items() if v)
+        print(f"  {name:24} {counts}   weights: {m['weights']}")
+    print(f"store: {s['store']}")
+    print(f"open it: python -c \"import xarray as xr; print(xr.open_zarr('{s['store']}'))\"")

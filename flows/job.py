@@ -1,0 +1,177 @@
+"""From parameters to a validated export job: every check that can fail runs here, before
+anything is written to the output store.
+
+`plan_job` is cheap (no model is loaded); `resolve_job` loads each model once (the loaded
+models stay cached for the infer stage in this process) to learn which weights it carries.
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+from shapely.geometry.base import BaseGeometry
+
+from embedders import registry
+from embedders.spec import InferenceOptions, WeightsInfo
+from embedders.tiling import grid_shape
+from flows.params import DEMO_CATALOG, Imagery, Inference, Output, Region, Window
+from tasks.demo import build_demo_catalog
+from tasks.infer import ModelRun, load_model, resolve_device
+from tasks.plan import (
+    Chunk,
+    PlanError,
+    Point,
+    bbox_region,
+    geojson_region,
+    make_chunks,
+    plan_points,
+)
+from tasks.sources import SensorConfig
+from tasks.store import ModelOutput, StoreLayout, StoreMismatch, check_store
+
+
+class UsageError(ValueError):
+    """Input the user must fix; the CLI prints the message and exits 2."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    store: str
+    work_dir: str
+    points: tuple[Point, ...]
+    chunks: tuple[Chunk, ...]
+    region: Region
+    window: Window
+    imagery: Imagery
+    inference: Inference
+    options: InferenceOptions
+
+    @property
+    def inputs_path(self) -> str:
+        return os.path.join(self.work_dir, "inputs.zarr")
+
+    @property
+    def results_path(self) -> str:
+        return os.path.join(self.work_dir, "results.zarr")
+
+
+@dataclass(frozen=True)
+class Job:
+    plan: Plan
+    runs: tuple[ModelRun, ...]
+    weights: dict[str, WeightsInfo]
+    layout: StoreLayout
+    resume: bool  # the store exists and holds this export
+
+
+def plan_job(
+    region: Region, window: Window, imagery: Imagery, inference: Inference, output: Output
+) -> Plan:
+    """Points, chunks and options, with every cheap check. Raises UsageError."""
+    try:
+        points = plan_points(_geometry(region), region.spacing_m)
+    except PlanError as e:
+        raise UsageError(str(e)) from e
+    if not points:
+        raise UsageError(
+            f"the region yields no points at {region.spacing_m:g} m spacing; enlarge the region "
+            "or reduce --spacing"
+        )
+    for name in inference.models:
+        if name not in registry.MODELS:
+            known = ", ".join(registry.MODELS)
+            raise UsageError(f"unknown model '{name}'; known models: {known} (see --list-models)")
+    store = os.path.abspath(output.store)
+    if os.path.exists(store) and not os.path.isdir(store):
+        raise UsageError(f"output path {store} is a file, not a swath store; choose another --out")
+    options = InferenceOptions(
+        input_prep=inference.input_prep,
+        output=inference.output,
+        tile_overlap_px=inference.tile_overlap_px,
+        precision=inference.precision,
+        batch_size=inference.batch_size,
+    )
+    for name in inference.models:
+        tile = registry.get_spec(name).tile_px
+        if options.tile_overlap_px >= tile:
+            raise UsageError(
+                f"--tile-overlap {options.tile_overlap_px} is not smaller than {name}'s tile "
+                f"({tile} px); use a smaller overlap"
+            )
+    work_dir = os.path.abspath(output.work_dir or platformdirs.user_cache_dir("swath"))
+    chunks = make_chunks(points, output.chunk_size_for(len(points)))
+    return Plan(
+        store, work_dir, tuple(points), tuple(chunks), region, window, imagery, inference, options
+    )
+
+
+def _geometry(region: Region) -> BaseGeometry:
+    if region.geojson:
+        text = region.geojson
+        source = "GeoJSON"
+        if not text.lstrip().startswith(("{", "[")):
+            path = Path(text)
+            if not path.is_file():
+                raise UsageError(f"GeoJSON file {text} does not exist; check the --region path")
+            text, source = path.read_text(), f"GeoJSON file {path}"
+        return geojson_region(text, source=source)
+    if region.bbox is None:
+        raise UsageError(
+            "no region given; pass --bbox west,south,east,north or --region file.geojson"
+        )
+    return bbox_region(*region.bbox)
+
+
+def resolve_job(plan: Plan) -> Job:
+    """Load each model once to resolve its weights, then check the output store.
+
+    Raises UsageError.
+    """
+    catalog = plan.imagery.catalog
+    if catalog == DEMO_CATALOG:
+        catalog = str(build_demo_catalog(Path(plan.work_dir)))
+    try:
+        device = resolve_device(plan.inference.device)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    runs, weights, outputs = [], {}, []
+    for name in plan.inference.models:
+        spec = registry.get_spec(name)
+        config = SensorConfig(
+            sensor=spec.sensor,
+            catalog=catalog,
+            collection=plan.imagery.collection,
+            resolution_m=spec.resolution_m,
+            patch_px=plan.imagery.patch_px,
+            start=plan.window.start.isoformat(),
+            end=plan.window.end.isoformat(),
+        )
+        info = _load_weights(name, plan.inference.weights, device)
+        run = ModelRun(name, config, plan.options, info.kind, info.identity, device)
+        grid = None
+        if plan.options.output == "grid":
+            grid = grid_shape(spec, plan.options, plan.imagery.patch_px, plan.imagery.patch_px)
+        provenance = {"weights_file": info.file, "weights_note": info.note, "device": device}
+        outputs.append(ModelOutput(name, spec.embed_dim, grid, run.identity(), provenance))
+        runs.append(run)
+        weights[name] = info
+    layout = StoreLayout(
+        plan.points,
+        plan.chunks[0].stop - plan.chunks[0].start if plan.chunks else 1,
+        tuple(outputs),
+        plan.window.start,
+        plan.window.end,
+    )
+    try:
+        resume = check_store(plan.store, layout)
+    except StoreMismatch as e:
+        raise UsageError(str(e)) from e
+    return Job(plan, tuple(runs), weights, layout, resume)
+
+
+def _load_weights(name: str, choice: str, device: str) -> WeightsInfo:
+    try:
+        return load_model(name, choice, device).weights  # type: ignore[arg-type]
+    except registry.WeightsUnavailable as e:
+        raise UsageError(str(e)) from e

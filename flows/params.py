@@ -1,0 +1,131 @@
+"""The export's parameters: pydantic models that the CLI fills and the Prefect UI renders as a form.
+
+Defaults are the embedded demo: a small region over the real Sentinel-2 sample that the
+xarray-spatial wheel ships, read through a local STAC catalog, so `python -m flows.export`
+runs with no arguments and no network.
+"""
+
+from datetime import date
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Registry names, repeated here so the UI can offer them as a dropdown;
+# tests/flows/test_params.py checks this list equals embedders.registry.MODELS.
+ModelName = Literal["dofa_base", "ssl4eo_resnet18_rgb", "ssl4eo_resnet50_rgb"]
+
+# The demo sample's 10 m bands cover x 600000-603000, y 4698020-4700020 in EPSG:32719
+# (Patagonia). This lon/lat box lies 200 m inside that footprint, so every point's centre
+# has imagery: 73 points at 250 m.
+DEMO_BBOX = (-67.660, -47.861, -67.626, -47.848)
+DEMO_CATALOG = "demo"
+
+
+class Region(BaseModel):
+    """Where to embed: a lon/lat box or a GeoJSON polygon (EPSG:4326), sampled on a grid."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bbox: tuple[float, float, float, float] | None = Field(
+        DEMO_BBOX, description="west, south, east, north in degrees (ignored when geojson is set)"
+    )
+    geojson: str | None = Field(
+        None,
+        description="GeoJSON text of a Polygon or MultiPolygon (a Feature or FeatureCollection "
+        "of them works too); holes are respected",
+    )
+    spacing_m: Annotated[float, Field(gt=0, le=1_000_000)] = Field(
+        250.0, description="grid spacing in metres on each point's UTM grid"
+    )
+
+
+class Window(BaseModel):
+    """When: the export window. Imagery in it is composited per pixel (median)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    start: date = Field(date(2024, 1, 1), description="first day, inclusive")
+    end: date = Field(date(2024, 12, 31), description="last day, inclusive")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.end < self.start:
+            raise ValueError(
+                f"end date {self.end} is before start date {self.start}; give --start before --end"
+            )
+        return self
+
+
+class Imagery(BaseModel):
+    """Which imagery: a static STAC catalog of Cloud-Optimized GeoTIFFs and the patch size."""
+
+    model_config = ConfigDict(frozen=True)
+
+    catalog: str = Field(
+        DEMO_CATALOG,
+        description="path or URL of a static STAC catalog.json; 'demo' builds the offline "
+        "Sentinel-2 sample catalog in the work directory",
+    )
+    collection: str = Field("sentinel-2-l2a", description="STAC collection id of the items")
+    patch_px: Annotated[int, Field(ge=8, le=4096)] = Field(
+        64, description="patch side in pixels, centred on each point, at the model's resolution"
+    )
+
+
+class Inference(BaseModel):
+    """Which models run, and how: tiling, output, batching, device, precision and weights."""
+
+    model_config = ConfigDict(frozen=True)
+
+    models: list[ModelName] = Field(
+        default_factory=lambda: ["dofa_base", "ssl4eo_resnet18_rgb"],
+        min_length=1,
+        description="models to run; each gets its own variable in the store",
+    )
+    input_prep: Literal["resize", "tile"] = Field(
+        "resize",
+        description="resize: each patch becomes one tile of the model's size; tile: cut the "
+        "patch into native-size tiles (padded when smaller)",
+    )
+    output: Literal["pooled", "grid"] = Field(
+        "pooled", description="pooled: one vector per point; grid: one map per point"
+    )
+    tile_overlap_px: Annotated[int, Field(ge=0, le=1024)] = Field(
+        0, description="overlap between neighbouring tiles, in input pixels"
+    )
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = Field(
+        16, description="tiles per forward pass; results do not depend on it"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda if present")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="bf16/fp16 autocast; fp16 on CUDA only"
+    )
+    weights: Literal["auto", "pretrained", "random"] = Field(
+        "auto",
+        description="pretrained: the library's published weights (cached or downloaded), "
+        "error if unavailable; random: seeded random weights; auto: pretrained when "
+        "available, else random, said loudly and recorded",
+    )
+
+
+class Output(BaseModel):
+    """Where results go: the output store, the work directory and the chunk size."""
+
+    model_config = ConfigDict(frozen=True)
+
+    store: str = Field("swath-demo.zarr", description="path of the output Zarr store")
+    work_dir: str | None = Field(
+        None,
+        description="prefetched inputs, intermediate results and the demo catalog; "
+        "default: the user cache directory (~/.cache/swath)",
+    )
+    chunk_size: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
+        None,
+        description="points per chunk: the unit of work, retry and resume; default: 32, "
+        "or more for large regions so that a run has at most 512 chunks",
+    )
+
+    def chunk_size_for(self, n_points: int) -> int:
+        if self.chunk_size is not None:
+            return self.chunk_size
+        return max(32, -(-n_points // 512))

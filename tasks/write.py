@@ -1,0 +1,24 @@
+"""Write: one chunk's results for one model into its own chunk-aligned region of the store."""
+
+from prefect import task
+
+from tasks.infer import load_result
+from tasks.plan import Chunk
+from tasks.store import write_chunk
+
+
+def write_results(store: str, chunk: Chunk, model: str, results_path: str, group_path: str) -> None:
+    """Copy a chunk's results into the output store; its status, the done mark, goes last."""
+    result = load_result(results_path, group_path)
+    if len(result.status) != len(chunk.points):
+        raise ValueError(
+            f"results {group_path} hold {len(result.status)} points, chunk {chunk.key} has "
+            f"{len(chunk.points)}; remove {results_path}/{group_path} and rerun"
+        )
+    write_chunk(store, chunk, model, result)
+
+
+@task(name="write", task_run_name="write {model} {chunk.key}")
+def write_task(store: str, chunk: Chunk, model: str, results_path: str, group_path: str) -> str:
+    write_results(store, chunk, model, results_path, group_path)
+    return chunk.key

@@ -1,0 +1,127 @@
+"""Test doubles that stand in for the network: a loopback HTTP server that answers Range.
+
+GDAL reads Cloud-Optimized GeoTIFFs over HTTP with `Range: bytes=a-b` requests. The stdlib
+`http.server` ignores Range and answers 200 with the whole file, which GDAL rejects for large
+files ("Range downloading not supported by this server!"), so this handler answers 206.
+"""
+
+import io
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from http import HTTPStatus
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request the server received, as the request log records it."""
+
+    method: str
+    path: str
+    range: str | None  # the Range header as sent, or None
+
+
+# What a fault hook answers for a request: None serves it normally, an int answers that HTTP
+# status (503, 429, 404, ...) with no body, "drop" closes the connection without a reply.
+Fault = int | Literal["drop"] | None
+FaultHook = Callable[[Request], Fault]
+
+
+class _RangeHandler(SimpleHTTPRequestHandler):
+    def __init__(
+        self, *args: Any, log: list[Request], fault: FaultHook | None, **kwargs: Any
+    ) -> None:
+        self._log = log
+        self._fault = fault
+        super().__init__(*args, **kwargs)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the request log replaces the stderr access log."""
+
+    def do_GET(self) -> None:
+        if self._serve_fault():
+            super().do_GET()
+
+    def do_HEAD(self) -> None:
+        if self._serve_fault():
+            super().do_HEAD()
+
+    def _serve_fault(self) -> bool:
+        """Record the request and apply the fault hook; True when it is to be served."""
+        request = Request(self.command, self.path, self.headers.get("Range"))
+        self._log.append(request)  # list.append is atomic under the GIL
+        fault = self._fault(request) if self._fault is not None else None
+        if fault is None:
+            return True
+        self.close_connection = True
+        if fault != "drop":
+            self.send_response(fault)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        return False
+
+    def send_head(self) -> BinaryIO | None:  # type: ignore[override]
+        header = self.headers.get("Range")
+        match = _RANGE.fullmatch(header.strip()) if header else None
+        path = self.translate_path(self.path)
+        if match is None or not os.path.isfile(path):
+            # no Range, several ranges or a directory: the stock behaviour (200 or 404)
+            return super().send_head()  # type: ignore[return-value]
+        size = os.path.getsize(path)
+        first, last = match.groups()
+        if first:
+            start, end = int(first), min(int(last) if last else size - 1, size - 1)
+        else:  # suffix range "bytes=-n": the last n bytes
+            start, end = max(size - int(last or 0), 0), size - 1
+        if start > end or start >= size:
+            self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        with open(path, "rb") as f:
+            f.seek(start)
+            body = f.read(end - start + 1)
+        self.send_response(HTTPStatus.PARTIAL_CONTENT)
+        self.send_header("Content-Type", self.guess_type(path))
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        return io.BytesIO(body)
+
+
+@contextmanager
+def serve_directory(
+    root: Path,
+    *,
+    log: list[Request] | None = None,
+    fault: FaultHook | None = None,
+) -> Iterator[str]:
+    """Serve `root` on 127.0.0.1 (a free port) and yield its base URL, "http://127.0.0.1:<port>".
+
+    Every request is appended to `log` when one is given. `fault`, when given, is asked about
+    every request before it is served and may answer an HTTP status or drop the connection.
+    """
+    handler = partial(
+        _RangeHandler, directory=str(root), log=log if log is not None else [], fault=fault
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="serve_directory", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -51,7 +51,7 @@ class _TileRef:
 
 @dataclass(frozen=True)
 class _Failure:
-    error: BaseException
+    reason: str  # "<exception type>: <message>"
 
 
 _Outcome = tuple[np.ndarray, np.ndarray | None] | _Failure
@@ -131,7 +131,7 @@ def _isolate(
         raise
     except Exception as e:  # a failing tile marks its image FAILED; the others go on
         if len(refs) == 1:
-            return [_Failure(e)]
+            return [_Failure(f"{type(e).__name__}: {e}")]
         mid = len(refs) // 2
         return _isolate(run, refs[:mid]) + _isolate(run, refs[mid:])
     return [(pooled[k], None if grid is None else grid[k]) for k in range(len(refs))]
@@ -153,12 +153,12 @@ def _outcomes(
         try:
             outs = _isolate(run, batch)
         except torch.OutOfMemoryError as e:
-            if batch_size == 1:
+            if len(batch) == 1:
                 raise torch.OutOfMemoryError(
                     f"{what}: out of memory with a batch of one tile; free device memory, "
                     "use a device with more memory or a smaller model"
                 ) from e
-            batch_size //= 2
+            batch_size = len(batch) // 2
             log.warning("%s: out of memory; retrying with batch size %d", what, batch_size)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -182,8 +182,7 @@ class _Stitcher:
     def add(self, ref: _TileRef, outcome: _Outcome) -> None:
         i = ref.image
         if isinstance(outcome, _Failure):
-            e = outcome.error
-            self.failed.setdefault(i, f"{type(e).__name__}: {e}")
+            self.failed.setdefault(i, outcome.reason)
             return
         pooled, grid = outcome
         w = float(self.prepared[i].weights[ref.tile])

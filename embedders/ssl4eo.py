@@ -80,7 +80,8 @@ def _build(
     if not isinstance(module, ResNet):
         raise TypeError(f"{builder.__name__} returned {type(module).__name__}, not a timm ResNet")
     if device.type == "cuda":
-        module = module.to(memory_format=torch.channels_last)
+        # Module.to accepts memory_format at runtime; torch's stubs leave it out.
+        module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return ResNetEmbedder(spec, info, module)
 
 

@@ -70,12 +70,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _bbox(text: str) -> tuple[float, float, float, float]:
     try:
-        values = tuple(float(v) for v in text.split(","))
+        w, s, e, n = (float(v) for v in text.split(","))
     except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise argparse.ArgumentTypeError(f"'{text}' is not four numbers west,south,east,north")
-    return values  # type: ignore[return-value]
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not four numbers west,south,east,north"
+        ) from None
+    return w, s, e, n
 
 
 def _date(text: str) -> date:

@@ -80,16 +80,18 @@ def _submit(job: Job) -> list[PrefectFuture[str]]:
                 continue
             pf = prefetches[(run.config.key(), chunk.key)]
             inferred = infer_task.submit(
-                run, chunk, plan.inputs_path, plan.results_path, wait_for=[pf]
+                run, chunk, plan.inputs_path, plan.results_path, return_state=False, wait_for=[pf]
             )
             writes.append(
-                write_task.submit(plan.store, chunk, run.model, plan.results_path, inferred)
+                write_task.submit(
+                    plan.store, chunk, run.model, plan.results_path, inferred, return_state=False
+                )
             )
     return writes
 
 
 def _summary(job: Job, seconds: float) -> dict[str, Any]:
-    models = {}
+    models: dict[str, dict[str, Any]] = {}
     for run in job.runs:
         models[run.model] = {
             "status": status_counts(job.plan.store, run.model),

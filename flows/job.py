@@ -15,6 +15,7 @@ from shapely.geometry.base import BaseGeometry
 from embedders import registry
 from embedders.spec import InferenceOptions, WeightsInfo
 from embedders.tiling import grid_shape
+from embedders.weights import WeightsUnavailable
 from flows.params import DEMO_CATALOG, Imagery, Inference, Output, Region, Window
 from tasks.demo import build_demo_catalog
 from tasks.infer import ModelRun, load_model, resolve_device
@@ -155,7 +156,7 @@ def resolve_job(plan: Plan) -> Job:
         provenance = {"weights_file": info.file, "weights_note": info.note, "device": device}
         outputs.append(ModelOutput(name, spec.embed_dim, grid, run.identity(), provenance))
         runs.append(run)
-        weights[name] = info
+        weights[str(name)] = info
     layout = StoreLayout(
         plan.points,
         plan.chunks[0].stop - plan.chunks[0].start if plan.chunks else 1,
@@ -173,5 +174,5 @@ def resolve_job(plan: Plan) -> Job:
 def _load_weights(name: str, choice: str, device: str) -> WeightsInfo:
     try:
         return load_model(name, choice, device).weights  # type: ignore[arg-type]
-    except registry.WeightsUnavailable as e:
+    except WeightsUnavailable as e:
         raise UsageError(str(e)) from e

@@ -19,6 +19,7 @@ ModelName = Literal["dofa_base", "ssl4eo_resnet18_rgb", "ssl4eo_resnet50_rgb"]
 # has imagery: 73 points at 250 m.
 DEMO_BBOX = (-67.660, -47.861, -67.626, -47.848)
 DEMO_CATALOG = "demo"
+DEFAULT_MODELS: tuple[ModelName, ...] = ("dofa_base", "ssl4eo_resnet18_rgb")
 
 
 class Region(BaseModel):
@@ -78,7 +79,7 @@ class Inference(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     models: list[ModelName] = Field(
-        default_factory=lambda: ["dofa_base", "ssl4eo_resnet18_rgb"],
+        default_factory=lambda: list(DEFAULT_MODELS),
         min_length=1,
         description="models to run; each gets its own variable in the store",
     )

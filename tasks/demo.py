@@ -47,7 +47,8 @@ DEMO_FOOTPRINT_UTM = BoundingBox(600000.0, 4698020.0, 603000.0, 4700020.0, crs=f
 # The footprint in lon/lat, its edges densified every 500 m, and its bounds (west, south, east,
 # north): computed here with pyproj through odc-geo, not copied from elsewhere.
 DEMO_GEOMETRY = DEMO_FOOTPRINT_UTM.polygon.to_crs("EPSG:4326", resolution=500.0)
-DEMO_BBOX: tuple[float, float, float, float] = tuple(DEMO_GEOMETRY.boundingbox)
+_bounds = DEMO_GEOMETRY.boundingbox
+DEMO_BBOX = (_bounds.left, _bounds.bottom, _bounds.right, _bounds.top)
 
 
 def demo_footprint_utm() -> BoundingBox:

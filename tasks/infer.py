@@ -130,11 +130,14 @@ def load_result(results_path: str, group_path: str) -> ChunkResult:
         raise FileNotFoundError(
             f"results {group_path} in {results_path} are not complete; rerun infer"
         )
+
+    def read(name: str) -> np.ndarray:
+        return np.asarray(zarr.open_array(results_path, path=f"{group_path}/{name}", mode="r")[...])
+
+    reasons = group.attrs["reason"]
+    assert isinstance(reasons, list)
     return ChunkResult(
-        embeddings=np.asarray(group["embeddings"][...]),
-        status=np.asarray(group["status"][...]),
-        reason=[str(r) for r in group.attrs["reason"]],  # type: ignore[union-attr]
-        valid_fraction=np.asarray(group["valid_fraction"][...]),
+        read("embeddings"), read("status"), [str(r) for r in reasons], read("valid_fraction")
     )
 
 

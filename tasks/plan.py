@@ -112,7 +112,7 @@ def geojson_region(text: str, *, source: str = "GeoJSON") -> Polygon | MultiPoly
         raise PlanError(f"{source} polygon is empty or self-intersecting; fix its rings")
     west, south, east, north = region.bounds
     bbox_region(west, south, east, north)  # same range checks as a bbox
-    return region  # type: ignore[no-any-return]
+    return region
 
 
 def _geometries(obj: dict[str, Any], source: str) -> list[Any]:

@@ -91,7 +91,7 @@ def check_store(path: str, layout: StoreLayout) -> bool:
     try:
         group = zarr.open_group(path, mode="r")
         meta = dict(group.attrs).get("swath")
-    except (FileNotFoundError, ValueError, KeyError, zarr.errors.ZarrError) as e:
+    except (FileNotFoundError, ValueError, KeyError, zarr.errors.BaseZarrError) as e:
         raise StoreMismatch(
             f"output path {path} exists and is not a swath store ({type(e).__name__}); "
             "choose another --out or remove it"
@@ -191,7 +191,7 @@ def _variable_attrs(m: ModelOutput) -> dict[str, Any]:
 
 def done_mask(path: str, model: str, chunks: list[Chunk], time_index: int = 0) -> list[bool]:
     """For each chunk, whether its region of `model` is marked done in the store."""
-    status = zarr.open_array(path, path=f"{model}_status", mode="r")[time_index, :]
+    status = np.asarray(zarr.open_array(path, path=f"{model}_status", mode="r")[time_index, :])
     return [bool((status[c.start : c.stop] != Status.PENDING).all()) for c in chunks]
 
 
@@ -234,5 +234,5 @@ def write_chunk(
 
 def status_counts(path: str, model: str, time_index: int = 0) -> dict[str, int]:
     """How many points of `model` are in each state."""
-    status = zarr.open_array(path, path=f"{model}_status", mode="r")[time_index, :]
+    status = np.asarray(zarr.open_array(path, path=f"{model}_status", mode="r")[time_index, :])
     return {s.name.lower(): int((status == s).sum()) for s in Status}

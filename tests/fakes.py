@@ -69,13 +69,13 @@ class _RangeHandler(SimpleHTTPRequestHandler):
             self.end_headers()
         return False
 
-    def send_head(self) -> BinaryIO | None:  # type: ignore[override]
+    def send_head(self) -> BinaryIO | None:
         header = self.headers.get("Range")
         match = _RANGE.fullmatch(header.strip()) if header else None
         path = self.translate_path(self.path)
         if match is None or not os.path.isfile(path):
             # no Range, several ranges or a directory: the stock behaviour (200 or 404)
-            return super().send_head()  # type: ignore[return-value]
+            return super().send_head()
         size = os.path.getsize(path)
         first, last = match.groups()
         if first:

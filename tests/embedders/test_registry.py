@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from embedders import registry, sentinel2
+from embedders.spec import Embedder
+
+
+def test_registry__names_are_the_specs_names() -> None:
+    assert {name: e.spec.name for name, e in registry.MODELS.items()} == {
+        name: name for name in registry.MODELS
+    }
+    assert [s.name for s in registry.list_specs()] == list(registry.MODELS)
+
+
+@pytest.mark.parametrize("name", list(registry.MODELS))
+def test_registry__specs_use_sentinel2_bands_and_fit_their_grid(name: str) -> None:
+    spec = registry.get_spec(name)
+    assert spec.sensor == "sentinel-2-l2a"
+    assert all(b in sentinel2.BANDS for b in spec.bands)
+    assert spec.tile_px % spec.grid_stride_px == 0 and spec.embed_dim > 0
+    assert all(s > 0 for s in spec.norm_std)
+
+
+def test_registry__unknown_model_lists_the_known_ones() -> None:
+    with pytest.raises(
+        registry.UnknownModel,
+        match="unknown model 'prithvi'; known models: dofa_base, ssl4eo_resnet18_rgb",
+    ):
+        registry.get_spec("prithvi")
+    with pytest.raises(KeyError):
+        registry.build("prithvi", "random", torch.device("cpu"))
+
+
+def test_registry__build_gives_an_eval_mode_frozen_embedder(resnet18: Embedder) -> None:
+    assert resnet18.spec is registry.get_spec("ssl4eo_resnet18_rgb")
+    module = resnet18.module  # type: ignore[attr-defined]
+    assert not module.training
+    assert not any(p.requires_grad for p in module.parameters())

@@ -1,0 +1,121 @@
+"""Weight resolution, with fake checkpoints in a temporary torch hub and no network."""
+
+from pathlib import Path
+from urllib.error import URLError
+
+import pytest
+import torch
+from torchgeo.models import ResNet18_Weights, resnet18
+
+from embedders import registry
+from embedders.spec import WeightsChoice
+from embedders.ssl4eo import ResNetEmbedder
+from embedders.weights import WeightsUnavailable, checkpoint_path
+
+CPU = torch.device("cpu")
+MEMBER = ResNet18_Weights.SENTINEL2_RGB_MOCO
+NAME = "ssl4eo_resnet18_rgb"
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty torch hub under tmp_path; downloads fail as they do offline."""
+
+    def no_network(url: str, *args: object, **kwargs: object) -> None:
+        raise URLError("offline in tests")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    assert Path(torch.hub.get_dir()) == tmp_path / "hub"
+    return tmp_path / "hub"
+
+
+@pytest.fixture
+def checkpoint(hub: Path) -> dict[str, torch.Tensor]:
+    """A random ResNet-18 state dict (seeded apart from the models' seed) in the hub."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1234)
+        state = resnet18(weights=None, in_chans=3).state_dict()
+    path = hub / "checkpoints" / Path(MEMBER.url).name
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    return state
+
+
+def _conv1(embedder: object) -> torch.Tensor:
+    assert isinstance(embedder, ResNetEmbedder)
+    weight = embedder.module.conv1.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
+def test_checkpoint_path__is_the_hub_file_named_after_the_url(hub: Path) -> None:
+    assert (
+        checkpoint_path(MEMBER) == hub / "checkpoints" / "resnet18_sentinel2_rgb_moco-e3a335e3.pth"
+    )
+
+
+def test_pretrained__reads_the_checkpoint_in_the_hub_cache(
+    hub: Path, checkpoint: dict[str, torch.Tensor]
+) -> None:
+    embedder = registry.build(NAME, "pretrained", CPU)
+    torch.testing.assert_close(_conv1(embedder), checkpoint["conv1.weight"], rtol=0, atol=0)
+    assert embedder.weights.kind == "pretrained"
+    assert embedder.weights.identity == "ResNet18_Weights.SENTINEL2_RGB_MOCO"
+    assert embedder.weights.file == str(checkpoint_path(MEMBER))
+    assert embedder.weights.note == ""
+
+
+def test_auto__uses_the_checkpoint_when_it_is_there(
+    hub: Path, checkpoint: dict[str, torch.Tensor]
+) -> None:
+    embedder = registry.build(NAME, "auto", CPU)
+    assert embedder.weights.kind == "pretrained"
+    torch.testing.assert_close(_conv1(embedder), checkpoint["conv1.weight"], rtol=0, atol=0)
+
+
+def test_pretrained__without_checkpoint_says_where_to_put_it(hub: Path) -> None:
+    path = checkpoint_path(MEMBER)
+    with pytest.raises(WeightsUnavailable) as info:
+        registry.build(NAME, "pretrained", CPU)
+    message = str(info.value)
+    assert f"the checkpoint is not at {path}" in message
+    assert "ResNet18_Weights.SENTINEL2_RGB_MOCO" in message and NAME in message
+    assert "--weights random" in message
+    assert isinstance(info.value.__cause__, URLError)
+
+
+def test_auto__without_checkpoint_builds_random_and_says_why(hub: Path) -> None:
+    auto = registry.build(NAME, "auto", CPU)
+    random = registry.build(NAME, "random", CPU)
+    assert auto.weights.kind == "random" and auto.weights.identity == "seed=0"
+    assert auto.weights.note.startswith(
+        f"pretrained checkpoint not in {checkpoint_path(MEMBER)} and download failed: "
+    )
+    assert "offline in tests" in auto.weights.note
+    torch.testing.assert_close(_conv1(auto), _conv1(random), rtol=0, atol=0)
+
+
+def test_pretrained__corrupt_checkpoint_is_an_error_even_for_auto(hub: Path) -> None:
+    path = checkpoint_path(MEMBER)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a checkpoint")
+    choices: list[WeightsChoice] = ["pretrained", "auto"]
+    for choice in choices:
+        with pytest.raises(
+            WeightsUnavailable, match=f"the checkpoint at {path} could not be loaded"
+        ):
+            registry.build(NAME, choice, CPU)
+
+
+def test_random__is_seeded_and_leaves_the_global_generator_alone() -> None:
+    torch.manual_seed(99)
+    before = torch.rand(1)
+    torch.manual_seed(99)
+    a = registry.build(NAME, "random", CPU)
+    after = torch.rand(1)
+    b = registry.build(NAME, "random", CPU)
+    assert a.weights.kind == "random" and a.weights.identity == "seed=0"
+    assert a.weights.file == "" and a.weights.note == ""
+    torch.testing.assert_close(_conv1(a), _conv1(b), rtol=0, atol=0)
+    assert before.item() == after.item()

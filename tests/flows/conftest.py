@@ -1,0 +1,36 @@
+"""Flows run against one Prefect test server for the whole session, and a served demo catalog."""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from tasks.demo import build_demo_catalog
+from tests.fakes import Request, serve_directory
+
+
+@pytest.fixture(autouse=True, scope="session")
+def prefect_backend() -> Iterator[None]:
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def demo_catalog_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_demo_catalog(tmp_path_factory.mktemp("demo")).parent
+
+
+@dataclass
+class Served:
+    url: str  # of catalog.json
+    log: list[Request]
+
+
+@pytest.fixture(scope="session")
+def served_demo(demo_catalog_dir: Path) -> Iterator[Served]:
+    """The demo STAC catalog over HTTP on 127.0.0.1 (Range requests answered), with its log."""
+    log: list[Request] = []
+    with serve_directory(demo_catalog_dir, log=log) as base:
+        yield Served(f"{base}/catalog.json", log)

@@ -1,0 +1,127 @@
+"""`python -m flows.export`: bad input gets one clear line, exit 2, and nothing is written."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    return tmp_path / "e.zarr"
+
+
+def run_main(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def polygon_file(tmp_path: Path, obj: object) -> str:
+    path = tmp_path / "region.geojson"
+    path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--bbox", "-67.62,-47.86,-67.66,-47.84"], r"west \(-67.62\) is not less than east"),
+        (["--bbox", "-67.66,-97,-67.62,-47.84"], "latitude out of range"),
+        (["--spacing", "0"], r"invalid --spacing 0.0: .*greater than 0"),
+        (["--spacing", "-250"], r"invalid --spacing -250.0: .*greater than 0"),
+        (["--bbox", "-67.641,-47.851,-67.640,-47.850", "--spacing", "5000"], "yields no points"),
+        (
+            ["--models", "dofa_base,prithvi_9000"],
+            "unknown model 'prithvi_9000'; known models: dofa_base",
+        ),
+        (
+            ["--start", "2024-06-01", "--end", "2024-01-01"],
+            "end date 2024-01-01 is before start date",
+        ),
+    ],
+)
+def test_cli__bad_input_is_one_line_and_exit_2(capsys, out, argv, message):
+    code, err = run_main(capsys, *argv, "--out", str(out))
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith("swath: error: ")
+    assert __import__("re").search(message, err), err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{oops", "does not parse as JSON"),
+        (
+            {"type": "LineString", "coordinates": [[0, 0], [1, 1]]},
+            "holds a LineString, not a polygon",
+        ),
+    ],
+)
+def test_cli__bad_geojson_is_refused(capsys, tmp_path, out, content, message):
+    code, err = run_main(capsys, "--region", polygon_file(tmp_path, content), "--out", str(out))
+    assert code == 2 and message in err
+    assert not out.exists()
+
+
+def test_cli__missing_geojson_file_is_named(capsys, tmp_path, out):
+    code, err = run_main(capsys, "--region", str(tmp_path / "nope.geojson"), "--out", str(out))
+    assert code == 2 and "nope.geojson does not exist" in err
+
+
+def test_cli__an_output_path_holding_something_else_is_refused_and_kept(capsys, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    code, err = run_main(
+        capsys,
+        "--out",
+        str(out),
+        "--models",
+        "ssl4eo_resnet18_rgb",
+        "--weights",
+        "random",
+        "--work-dir",
+        str(tmp_path / "work"),
+    )
+    assert code == 2 and "is not a swath store; choose another --out" in err
+    assert sorted(os.listdir(out)) == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "precious"
+
+
+def test_cli__list_models_names_every_model(capsys):
+    assert main(["--list-models"]) == 0
+    text = capsys.readouterr().out
+    for name in ("dofa_base", "ssl4eo_resnet18_rgb", "ssl4eo_resnet50_rgb"):
+        assert name in text
+
+
+def test_cli__bad_input_in_a_real_process_prints_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.export",
+            "--bbox",
+            "10,0,5,1",
+            "--out",
+            str(tmp_path / "o.zarr"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "west (10.0) is not less than east (5.0)" in proc.stderr
+    assert not (tmp_path / "o.zarr").exists()

@@ -1,0 +1,42 @@
+"""The README's first command, exactly as a user runs it: `python -m flows.export`, no arguments,
+on a machine with no network and an empty cache."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from embedders.spec import Status
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_demo__runs_offline_with_no_arguments(tmp_path):
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path / "home"),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "PYTHONPATH": str(ROOT),
+    }
+    env.pop("PREFECT_API_URL", None)  # the embedded API, as a user gets it
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.export"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "RANDOM WEIGHTS" in out  # no hub here: said loudly, never silent
+    assert "xr.open_zarr" in out
+    ds = xr.open_zarr(tmp_path / "swath-demo.zarr")
+    assert ds.sizes["point"] == 73
+    for model in ("dofa_base", "ssl4eo_resnet18_rgb"):
+        assert np.isfinite(ds[model].values).all()
+        assert (ds[f"{model}_status"].values == Status.OK).all()
+    assert (tmp_path / "cache" / "swath" / "demo-catalog-v1" / "catalog.json").exists()

@@ -1,0 +1,103 @@
+"""The export flow end to end: the demo catalog served over loopback HTTP, real models with
+seeded random weights, a real Zarr store, under the session's Prefect test server."""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from embedders.spec import Status
+from flows.export import export
+from flows.job import UsageError
+from flows.params import Imagery, Inference, Output, Region, Window
+
+# Inside the demo sample's 10 m footprint: 6 points at 500 m.
+INSIDE = (-67.655, -47.858, -67.63, -47.850)
+# Reaches 2 km east of the footprint: the eastern points have no imagery.
+PAST_EDGE = (-67.64, -47.858, -67.60, -47.852)
+MODELS = ["dofa_base", "ssl4eo_resnet18_rgb"]
+
+
+def params(tmp_path: Path, catalog: str, *, bbox=INSIDE, models=MODELS, store="e.zarr") -> dict:
+    return {
+        "region": Region(bbox=bbox, spacing_m=500),
+        "window": Window(),
+        "imagery": Imagery(catalog=catalog, patch_px=32),
+        "inference": Inference(models=models, weights="random", batch_size=4),
+        "output": Output(
+            store=str(tmp_path / store), work_dir=str(tmp_path / "work"), chunk_size=4
+        ),
+    }
+
+
+def snapshot(store: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(store.rglob("*"))
+        if p.is_file()
+    }
+
+
+def tif_requests(log) -> int:
+    return sum(1 for r in log if r.path.endswith(".tif"))
+
+
+def test_export__writes_one_embedding_per_point_and_model(tmp_path, served_demo):
+    summary = export(**params(tmp_path, served_demo.url))
+    ds = xr.open_zarr(summary["store"])
+    n = ds.sizes["point"]
+    assert n == summary["points"] >= 4
+    assert set(ds.coords) >= {"point_id", "lon", "lat", "time"}
+    assert np.all((ds.lon > -67.66) & (ds.lon < -67.62)) and np.all(ds.lat < -47.84)
+    assert ds["dofa_base"].shape == (1, n, 768)
+    assert ds["ssl4eo_resnet18_rgb"].shape == (1, n, 512)
+    for model in MODELS:
+        emb = ds[model].values
+        assert np.isfinite(emb).all(), model
+        assert (ds[f"{model}_status"].values == Status.OK).all()
+        assert (ds[f"{model}_valid_fraction"].values > 0.99).all()
+        assert len({tuple(row[:8]) for row in emb[0]}) == n, "points must differ"
+        assert ds.attrs["models"][model]["weights"]["kind"] == "random"
+    assert summary["all_ok"] is True
+
+
+def test_export__rerun_fetches_nothing_and_leaves_the_store_identical(tmp_path, served_demo):
+    first = export(**params(tmp_path, served_demo.url))
+    before = snapshot(Path(first["store"]))
+    fetched = tif_requests(served_demo.log)
+    again = export(**params(tmp_path, served_demo.url))
+    assert tif_requests(served_demo.log) == fetched, "the rerun read imagery again"
+    assert snapshot(Path(again["store"])) == before
+
+
+def test_export__a_new_model_reuses_the_prefetched_bands(tmp_path, served_demo):
+    export(**params(tmp_path, served_demo.url, models=["dofa_base"], store="a.zarr"))
+    fetched = tif_requests(served_demo.log)
+    # ssl4eo needs B04, B03, B02: all already fetched for dofa_base
+    export(**params(tmp_path, served_demo.url, models=["ssl4eo_resnet18_rgb"], store="b.zarr"))
+    assert tif_requests(served_demo.log) == fetched
+
+
+def test_export__points_without_imagery_are_recorded_as_nodata(tmp_path, served_demo):
+    summary = export(
+        **params(tmp_path, served_demo.url, bbox=PAST_EDGE, models=["ssl4eo_resnet18_rgb"])
+    )
+    ds = xr.open_zarr(summary["store"])
+    status = ds["ssl4eo_resnet18_rgb_status"].values[0]
+    east = ds.lon.values > -67.615
+    assert east.any() and (~east).any()
+    assert (status[east] == Status.NODATA).all()
+    assert all(r for r in ds["ssl4eo_resnet18_rgb_reason"].values[0][east])
+    assert np.isnan(ds["ssl4eo_resnet18_rgb"].values[0][east]).all()
+    assert (status[~east] == Status.OK).all()
+    assert summary["all_ok"] is False
+
+
+def test_export__a_store_of_another_layout_is_refused_and_left_alone(tmp_path, served_demo):
+    first = export(**params(tmp_path, served_demo.url, models=["ssl4eo_resnet18_rgb"]))
+    before = snapshot(Path(first["store"]))
+    with pytest.raises(UsageError, match="holds a different export"):
+        export(**params(tmp_path, served_demo.url, models=["dofa_base"]))
+    assert snapshot(Path(first["store"])) == before

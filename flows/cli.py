@@ -128,8 +128,20 @@ def _validation_message(e: ValidationError) -> str:
     return f"invalid {flag} {err.get('input')!s}: {msg}"
 
 
+def _glue_negative_values(argv: list[str]) -> list[str]:
+    """`--bbox -67.66,-47.86,...`: argparse takes a value that starts with '-' and is not a
+    plain number for an option, so such values are glued to their flag (`--bbox=-67.66,...`)."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1] == "--bbox" and token.startswith("-"):
+            out[-1] = f"--bbox={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_glue_negative_values(sys.argv[1:] if argv is None else argv))
     if args.list_models:
         return _list_models()
     try:

@@ -16,7 +16,7 @@ ModelName = Literal["dofa_base", "ssl4eo_resnet18_rgb", "ssl4eo_resnet50_rgb"]
 
 # The demo sample's 10 m bands cover x 600000-603000, y 4698020-4700020 in EPSG:32719
 # (Patagonia). This lon/lat box lies 200 m inside that footprint, so every point's centre
-# has imagery: 73 points at 250 m.
+# has imagery: 59 points at 250 m.
 DEMO_BBOX = (-67.660, -47.861, -67.626, -47.848)
 DEMO_CATALOG = "demo"
 DEFAULT_MODELS: tuple[ModelName, ...] = ("dofa_base", "ssl4eo_resnet18_rgb")

@@ -1,1 +1,1 @@
-"""The four stages of an export (plan, prefetch, infer, write) as plain functions and thin Prefect tasks."""
+"""The four stages of an export (plan, prefetch, infer, write): plain functions, thin tasks."""

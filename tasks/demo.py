@@ -150,7 +150,7 @@ def _write_cog(path: Path, out_dir: Path) -> tuple[str, int, Affine, tuple[int, 
         "transform": transform,
         "nodata": DEMO_NODATA,
         "compress": "DEFLATE",
-        "blocksize": 64,
+        "blocksize": 128,  # GDAL's COG driver minimum
     }
     with rasterio.open(out_dir / f"{name}.tif", "w", **profile) as dst:
         dst.write(dn.astype(np.uint16), 1)

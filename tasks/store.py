@@ -13,6 +13,7 @@ Layout (the contract with users, see README):
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from datetime import date
 from importlib.metadata import version
@@ -93,12 +94,13 @@ def check_store(path: str, layout: StoreLayout) -> bool:
         meta = dict(group.attrs).get("swath")
     except (FileNotFoundError, ValueError, KeyError, zarr.errors.BaseZarrError) as e:
         raise StoreMismatch(
-            f"output path {path} exists and is not a swath store ({type(e).__name__}); "
+            f"output path {path} exists and is not a swath store (it holds no Zarr group); "
             "choose another --out or remove it"
         ) from e
     if not isinstance(meta, dict) or "fingerprint" not in meta:
         raise StoreMismatch(
-            f"output path {path} exists and is not a swath store; choose another --out or remove it"
+            f"output path {path} exists and is not a swath store (a Zarr group without swath's "
+            "attributes); choose another --out or remove it"
         )
     if meta["fingerprint"] != layout.fingerprint():
         diff = _difference(meta.get("layout", {}), layout.summary())
@@ -160,7 +162,13 @@ def create_store(path: str, layout: StoreLayout, attrs: dict[str, Any]) -> None:
         "software": {"swath": version("swath"), "torch": version("torch"), "zarr": version("zarr")},
     }
     ds.attrs["models"] = {m.name: {**m.identity, **m.provenance} for m in layout.models}
-    ds.to_zarr(path, mode="w-", compute=False, zarr_format=3, encoding=encoding, consolidated=False)
+    with warnings.catch_warnings():
+        # Consolidated metadata lets `xr.open_zarr(path)` open the store in one read; zarr
+        # warns that it is not yet in the v3 spec, which is known and accepted here.
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        ds.to_zarr(
+            path, mode="w-", compute=False, zarr_format=3, encoding=encoding, consolidated=True
+        )
 
 
 def _model_variables(

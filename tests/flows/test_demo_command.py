@@ -35,7 +35,7 @@ def test_demo__runs_offline_with_no_arguments(tmp_path):
     assert "RANDOM WEIGHTS" in out  # no hub here: said loudly, never silent
     assert "xr.open_zarr" in out
     ds = xr.open_zarr(tmp_path / "swath-demo.zarr")
-    assert ds.sizes["point"] == 73
+    assert ds.sizes["point"] == 59
     for model in ("dofa_base", "ssl4eo_resnet18_rgb"):
         assert np.isfinite(ds[model].values).all()
         assert (ds[f"{model}_status"].values == Status.OK).all()

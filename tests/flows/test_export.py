@@ -13,7 +13,7 @@ from flows.export import export
 from flows.job import UsageError
 from flows.params import Imagery, Inference, Output, Region, Window
 
-# Inside the demo sample's 10 m footprint: 6 points at 500 m.
+# Inside the demo sample's 10 m footprint: 10 points at 400 m.
 INSIDE = (-67.655, -47.858, -67.63, -47.850)
 # Reaches 2 km east of the footprint: the eastern points have no imagery.
 PAST_EDGE = (-67.64, -47.858, -67.60, -47.852)
@@ -22,7 +22,7 @@ MODELS = ["dofa_base", "ssl4eo_resnet18_rgb"]
 
 def params(tmp_path: Path, catalog: str, *, bbox=INSIDE, models=MODELS, store="e.zarr") -> dict:
     return {
-        "region": Region(bbox=bbox, spacing_m=500),
+        "region": Region(bbox=bbox, spacing_m=400),
         "window": Window(),
         "imagery": Imagery(catalog=catalog, patch_px=32),
         "inference": Inference(models=models, weights="random", batch_size=4),
@@ -86,7 +86,10 @@ def test_export__points_without_imagery_are_recorded_as_nodata(tmp_path, served_
     )
     ds = xr.open_zarr(summary["store"])
     status = ds["ssl4eo_resnet18_rgb_status"].values[0]
-    east = ds.lon.values > -67.615
+    # the sample's 10 m bands end at x = 603000; patches are 320 m wide
+    x = np.array([int(pid.split("-")[1]) for pid in ds.point_id.values])
+    east = x - 160 >= 603000
+    assert (x[~east] + 160 <= 603000).all()
     assert east.any() and (~east).any()
     assert (status[east] == Status.NODATA).all()
     assert all(r for r in ds["ssl4eo_resnet18_rgb_reason"].values[0][east])

@@ -59,7 +59,7 @@ def test_demo__cogs_read_back_with_crs_transform_and_the_sample_values(demo: Pat
             assert cog.crs.to_epsg() == 32719
             assert cog.dtypes == ("uint16",)
             assert cog.nodata == 0
-            assert cog.block_shapes == [(64, 64)]
+            assert cog.block_shapes == [(128, 128)]
             assert cog.transform.a == (20.0 if key in ("B11", "B12") else 10.0)
     blue = next(p for p in sample_files() if p.name == "blue_band.nc")
     with rasterio.open(f"netcdf:{blue}") as src:

@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--weights", choices=["auto", "pretrained", "random"])
+    p.add_argument("--previous-month", action="store_true", help="export last calendar month")
+    p.add_argument("--refresh", action="store_true", help="redo every chunk of this window")
+    p.add_argument("--wait", action="store_true", help="wait for another export of the store")
+    p.add_argument("--runner", choices=["threads", "dask"], default="threads")
+    p.add_argument("--dask-address", metavar="ADDR", help="existing Dask scheduler (tcp://...)")
+    p.add_argument("--dask-workers", type=int, default=2, metavar="N", help="local cluster size")
     p.add_argument("--list-models", action="store_true", help="list the models and exit")
     return p
 
@@ -94,7 +100,9 @@ def _params(a: argparse.Namespace) -> dict[str, Any]:
     region = given(bbox=a.bbox, geojson=a.region, spacing_m=a.spacing)
     return {
         "region": Region(**region),
-        "window": Window(**given(start=a.start, end=a.end)),
+        "window": Window(
+            **given(start=a.start, end=a.end, previous_month=a.previous_month or None)
+        ),
         "imagery": Imagery(
             **given(catalog=a.catalog, collection=a.collection, patch_px=a.patch_size)
         ),
@@ -110,7 +118,15 @@ def _params(a: argparse.Namespace) -> dict[str, Any]:
                 weights=a.weights,
             )
         ),
-        "output": Output(**given(store=a.out, work_dir=a.work_dir, chunk_size=a.chunk_size)),
+        "output": Output(
+            **given(
+                store=a.out,
+                work_dir=a.work_dir,
+                chunk_size=a.chunk_size,
+                refresh=a.refresh or None,
+                wait=a.wait or None,
+            )
+        ),
     }
 
 
@@ -148,13 +164,18 @@ def main(argv: list[str] | None = None) -> int:
         params = _params(args)
     except ValidationError as e:
         return _usage_error(_validation_message(e))
+    from flows.export import export, scheduled_day
     from flows.job import UsageError, plan_job, resolve_job
+    from tasks.store import StoreBusy, writer_lock
 
     try:
-        plan = plan_job(**params)
+        plan = plan_job(**params, today=scheduled_day())
         print(f"swath: {len(plan.points)} points in {len(plan.chunks)} chunks -> {plan.store}")
         job = resolve_job(plan)
-    except UsageError as e:
+        if not args.wait:
+            with writer_lock(plan.store, wait=False):
+                pass  # refuse now, with a clear line, rather than from inside the flow
+    except (UsageError, StoreBusy) as e:
         return _usage_error(str(e))
     for name, info in job.weights.items():
         loud = (
@@ -163,15 +184,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"swath: {name} weights: {info.describe()}{loud}")
     if job.resume:
         print("swath: the store exists with this export's layout: resuming (done chunks are kept)")
-    from flows.export import export
-
+    flow = export
+    if args.runner == "dask":
+        flow = export.with_options(task_runner=_dask_runner(args))
     try:
-        summary = export(**params)
+        summary = flow(**params)
     except Exception as e:  # the flow's own log has the details
         print(f"swath: export failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     _print_summary(summary)
     return 0 if summary["all_ok"] else 1
+
+
+def _dask_runner(args: argparse.Namespace) -> Any:
+    from prefect_dask.task_runners import DaskTaskRunner
+
+    from flows.export import INFER_RESOURCE
+
+    if args.dask_address:
+        return DaskTaskRunner(address=args.dask_address)
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": args.dask_workers,
+            "threads_per_worker": 1,
+            "resources": {INFER_RESOURCE: 1},
+        }
+    )
 
 
 def _usage_error(message: str) -> int:

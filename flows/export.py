@@ -5,18 +5,30 @@ python -m flows.export --bbox W,S,E,N --spacing 250 --models dofa_base --out e.z
 """
 
 import time
+from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
+from uuid import UUID
 
+from dask.base import annotate
 from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect_dask.task_runners import DaskTaskRunner
 
 from embedders.registry import get_spec
 from flows.job import Job, plan_job, resolve_job
 from flows.params import Imagery, Inference, Output, Region, Window
 from tasks.infer import infer_task
 from tasks.prefetch import prefetch_task
-from tasks.store import create_store, done_mask, status_counts
+from tasks.store import add_window, create_store, done_mask, status_counts, time_index, writer_lock
 from tasks.write import write_task
 
 
@@ -31,28 +43,23 @@ def export(
     """Export embeddings of every point of a region into one Zarr store."""
     logger = get_run_logger()
     started = time.monotonic()
-    job = resolve_job(plan_job(region, window, imagery, inference, output))
-    plan = job.plan
-    logger.info(
-        "%d points in %d chunks, models %s -> %s",
-        len(plan.points),
-        len(plan.chunks),
-        ", ".join(r.model for r in job.runs),
-        plan.store,
-    )
-    for name, info in job.weights.items():
-        logger.info("weights of %s: %s", name, info.describe())
-    if not job.resume:
-        create_store(plan.store, job.layout, attrs={"region": region.model_dump(mode="json")})
-    writes = _submit(job)
-    failed = []
-    for i, fut in enumerate(as_completed(writes), start=1):
-        try:
-            key = fut.result()
-            logger.info("written %d/%d: %s", i, len(writes), key)
-        except Exception as e:  # reported below; the chunk stays not done and reruns
-            failed.append(f"{type(e).__name__}: {e}")
-    summary = _summary(job, time.monotonic() - started)
+    plan = plan_job(region, window, imagery, inference, output, today=scheduled_day())
+    with writer_lock(plan.store, wait=output.wait):
+        job = resolve_job(plan)
+        logger.info(
+            "%d points in %d chunks, window %s..%s, models %s -> %s",
+            len(plan.points),
+            len(plan.chunks),
+            *plan.window,
+            ", ".join(r.model for r in job.runs),
+            plan.store,
+        )
+        for name, info in job.weights.items():
+            logger.info("weights of %s: %s", name, info.describe())
+        t = _time_entry(job, region)
+        failed = _run(job, t, refresh=output.refresh)
+        summary = _summary(job, t, time.monotonic() - started)
+    _summary_artifact(summary)
     if failed:
         raise RuntimeError(
             f"{len(failed)} chunk task(s) failed, first: {failed[0]}; rerun the same command "
@@ -61,50 +68,147 @@ def export(
     return summary
 
 
-def _submit(job: Job) -> list[PrefectFuture[str]]:
+def scheduled_day() -> date:
+    """The day a run is for: its scheduled start (a scheduled run that starts late still
+    exports the month it was scheduled for), or today outside a scheduled run."""
+    scheduled = flow_run.scheduled_start_time
+    return scheduled.date() if scheduled is not None else datetime.now(UTC).date()
+
+
+def _time_entry(job: Job, region: Region) -> int:
+    """Create the store, or find or add this window's time entry; its index."""
+    plan = job.plan
+    if not job.resume:
+        attrs = {"region": region.model_dump(mode="json")}
+        create_store(plan.store, job.layout, plan.window, attrs=attrs)
+        return 0
+    t = time_index(plan.store, plan.window)
+    return t if t is not None else add_window(plan.store, job.layout, plan.window)
+
+
+def _run(job: Job, t: int, *, refresh: bool) -> list[str]:
+    """Run every chunk not done, with a progress artifact; the errors of failed chunks."""
+    writes = _submit(job, t, refresh=refresh)
+    progress: UUID = create_progress_artifact(  # type: ignore[assignment]
+        progress=0.0 if writes else 100.0,
+        key="swath-export-progress",
+        description=f"chunks written to {job.plan.store}",
+    )
+    failed = []
+    for i, fut in enumerate(as_completed(writes), start=1):
+        try:
+            key = fut.result()
+            get_run_logger().info("written %d/%d: %s", i, len(writes), key)
+        except Exception as e:  # reported at the end; the chunk stays not done and reruns
+            failed.append(f"{type(e).__name__}: {e}")
+        update_progress_artifact(progress, progress=100.0 * i / len(writes))
+    return failed
+
+
+def _submit(job: Job, t: int, *, refresh: bool) -> list[PrefectFuture[str]]:
     """Prefetch once per (chunk, sensor configuration), then infer and write per (chunk, model)."""
     plan = job.plan
-    todo = {r.model: done_mask(plan.store, r.model, list(plan.chunks)) for r in job.runs}
+    chunks = list(plan.chunks)
+    done = {
+        r.model: [False] * len(chunks) if refresh else done_mask(plan.store, r.model, chunks, t)
+        for r in job.runs
+    }
     prefetches: dict[tuple[str, str], PrefectFuture[Any]] = {}
-    for chunk_i, chunk in enumerate(plan.chunks):
-        runs = [r for r in job.runs if not todo[r.model][chunk_i]]
+    # Task results (small reports) are kept in the work directory, next to what they stand for.
+    results = Path(plan.work_dir, "prefect-results")
+    prefetch = prefetch_task.with_options(refresh_cache=refresh, result_storage=results)
+    for i, chunk in enumerate(chunks):
+        runs = [r for r in job.runs if not done[r.model][i]]
         for config in {r.config for r in runs}:
             bands = sorted({b for r in runs if r.config == config for b in get_spec(r.model).bands})
-            prefetches[(config.key(), chunk.key)] = prefetch_task.submit(
-                chunk, bands, config, plan.inputs_path
+            prefetches[(config.key(), chunk.key)] = prefetch.submit(
+                chunk, bands, config, plan.inputs_path, refresh=refresh
             )
+    infer = infer_task.with_options(refresh_cache=refresh, result_storage=results)
+    resources = _infer_resources()
     writes = []
-    for chunk_i, chunk in enumerate(plan.chunks):
+    for i, chunk in enumerate(chunks):
         for run in job.runs:
-            if todo[run.model][chunk_i]:
+            if done[run.model][i]:
                 continue
             pf = prefetches[(run.config.key(), chunk.key)]
-            inferred = infer_task.submit(
-                run, chunk, plan.inputs_path, plan.results_path, return_state=False, wait_for=[pf]
-            )
+            with annotate(**resources):
+                inferred = infer.submit(
+                    run,
+                    chunk,
+                    plan.inputs_path,
+                    plan.results_path,
+                    refresh=refresh,
+                    return_state=False,
+                    wait_for=[pf],
+                )
             writes.append(
                 write_task.submit(
-                    plan.store, chunk, run.model, plan.results_path, inferred, return_state=False
+                    plan.store,
+                    chunk,
+                    run.model,
+                    plan.results_path,
+                    inferred,
+                    t,
+                    return_state=False,
                 )
             )
     return writes
 
 
-def _summary(job: Job, seconds: float) -> dict[str, Any]:
+# Dask workers that declare this resource (`dask worker --resources "infer=1"`, or the local
+# cluster `--runner dask` starts) run one infer task at a time: one per GPU, or one per
+# worker's CPU cores. Without it (threads, or a cluster whose workers lack it) the
+# infer stage serialises per device inside each process instead.
+INFER_RESOURCE = "infer"
+
+
+def _infer_resources() -> dict[str, Any]:
+    context = FlowRunContext.get()
+    runner = context.task_runner if context else None
+    if not isinstance(runner, DaskTaskRunner):
+        return {}
+    workers = runner.client.scheduler_info().get("workers", {}).values()
+    if any(INFER_RESOURCE in w.get("resources", {}) for w in workers):
+        return {"resources": {INFER_RESOURCE: 1}}
+    return {}
+
+
+def _summary(job: Job, t: int, seconds: float) -> dict[str, Any]:
     models: dict[str, dict[str, Any]] = {}
     for run in job.runs:
         models[run.model] = {
-            "status": status_counts(job.plan.store, run.model),
+            "status": status_counts(job.plan.store, run.model, t),
             "weights": job.weights[run.model].describe(),
         }
     return {
         "store": job.plan.store,
+        "window": [str(d) for d in job.plan.window],
+        "time_index": t,
         "points": len(job.plan.points),
         "chunks": len(job.plan.chunks),
         "models": models,
         "seconds": round(seconds, 1),
         "all_ok": all(m["status"]["ok"] == len(job.plan.points) for m in models.values()),
     }
+
+
+def _summary_artifact(summary: dict[str, Any]) -> None:
+    rows = "\n".join(
+        f"| {name} | {m['status']['ok']} | {m['status']['failed']} | {m['status']['nodata']} "
+        f"| {m['status']['pending']} | {m['weights']} |"
+        for name, m in summary["models"].items()
+    )
+    create_markdown_artifact(
+        key="swath-export-summary",
+        description="points per status and model",
+        markdown=(
+            f"## swath export\n\n{summary['points']} points, {summary['chunks']} chunks, window "
+            f"{summary['window'][0]}..{summary['window'][1]}, {summary['seconds']} s\n\n"
+            "| model | ok | failed | no data | pending | weights |\n|---|---|---|---|---|---|\n"
+            f"{rows}\n\nstore: `{summary['store']}`\n"
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ models stay cached for the infer stage in this process) to learn which weights i
 
 import os
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import platformdirs
@@ -29,7 +30,7 @@ from tasks.plan import (
     plan_points,
 )
 from tasks.sources import SensorConfig
-from tasks.store import ModelOutput, StoreLayout, StoreMismatch, check_store
+from tasks.store import ModelOutput, StoreLayout, StoreMismatch, check_store, time_index
 
 
 class UsageError(ValueError):
@@ -43,7 +44,7 @@ class Plan:
     points: tuple[Point, ...]
     chunks: tuple[Chunk, ...]
     region: Region
-    window: Window
+    window: tuple[date, date]  # first and last day, resolved
     imagery: Imagery
     inference: Inference
     options: InferenceOptions
@@ -67,9 +68,18 @@ class Job:
 
 
 def plan_job(
-    region: Region, window: Window, imagery: Imagery, inference: Inference, output: Output
+    region: Region,
+    window: Window,
+    imagery: Imagery,
+    inference: Inference,
+    output: Output,
+    *,
+    today: date,
 ) -> Plan:
-    """Points, chunks and options, with every cheap check. Raises UsageError."""
+    """Points, chunks and options, with every cheap check. Raises UsageError.
+
+    `today` anchors a relative window (`previous_month`): the scheduled day of the run.
+    """
     try:
         points = plan_points(_geometry(region), region.spacing_m)
     except PlanError as e:
@@ -103,7 +113,15 @@ def plan_job(
     work_dir = os.path.abspath(output.work_dir or platformdirs.user_cache_dir("swath"))
     chunks = make_chunks(points, output.chunk_size_for(len(points)))
     return Plan(
-        store, work_dir, tuple(points), tuple(chunks), region, window, imagery, inference, options
+        store,
+        work_dir,
+        tuple(points),
+        tuple(chunks),
+        region,
+        window.resolve(today),
+        imagery,
+        inference,
+        options,
     )
 
 
@@ -145,8 +163,8 @@ def resolve_job(plan: Plan) -> Job:
             collection=plan.imagery.collection,
             resolution_m=spec.resolution_m,
             patch_px=plan.imagery.patch_px,
-            start=plan.window.start.isoformat(),
-            end=plan.window.end.isoformat(),
+            start=plan.window[0].isoformat(),
+            end=plan.window[1].isoformat(),
         )
         info = _load_weights(name, plan.inference.weights, device)
         run = ModelRun(name, config, plan.options, info.kind, info.identity, device)
@@ -157,15 +175,12 @@ def resolve_job(plan: Plan) -> Job:
         outputs.append(ModelOutput(name, spec.embed_dim, grid, run.identity(), provenance))
         runs.append(run)
         weights[str(name)] = info
-    layout = StoreLayout(
-        plan.points,
-        plan.chunks[0].stop - plan.chunks[0].start if plan.chunks else 1,
-        tuple(outputs),
-        plan.window.start,
-        plan.window.end,
-    )
+    chunk_size = len(plan.chunks[0].points)
+    layout = StoreLayout(plan.points, chunk_size, tuple(outputs))
     try:
         resume = check_store(plan.store, layout)
+        if resume:
+            time_index(plan.store, plan.window)  # refuses a clashing window
     except StoreMismatch as e:
         raise UsageError(str(e)) from e
     return Job(plan, tuple(runs), weights, layout, resume)

@@ -5,7 +5,7 @@ xarray-spatial wheel ships, read through a local STAC catalog, so `python -m flo
 runs with no arguments and no network.
 """
 
-from datetime import date
+from datetime import date, timedelta
 from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -47,6 +47,11 @@ class Window(BaseModel):
 
     start: date = Field(date(2024, 1, 1), description="first day, inclusive")
     end: date = Field(date(2024, 12, 31), description="last day, inclusive")
+    previous_month: bool = Field(
+        False,
+        description="ignore start/end and export the calendar month before the run's scheduled "
+        "time: for recurring exports, each run adds that month to the store",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -55,6 +60,13 @@ class Window(BaseModel):
                 f"end date {self.end} is before start date {self.start}; give --start before --end"
             )
         return self
+
+    def resolve(self, today: date) -> tuple[date, date]:
+        """The window's first and last day; `today` anchors `previous_month`."""
+        if not self.previous_month:
+            return self.start, self.end
+        last = today.replace(day=1) - timedelta(days=1)
+        return last.replace(day=1), last
 
 
 class Imagery(BaseModel):
@@ -119,6 +131,13 @@ class Output(BaseModel):
         None,
         description="prefetched inputs, intermediate results and the demo catalog; "
         "default: the user cache directory (~/.cache/swath)",
+    )
+    refresh: bool = Field(
+        False, description="redo every chunk of this window on purpose: refetch, rerun, rewrite"
+    )
+    wait: bool = Field(
+        False,
+        description="when another export is writing the store, wait for it instead of refusing",
     )
     chunk_size: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
         None,

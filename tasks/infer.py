@@ -8,6 +8,7 @@ import hashlib
 import json
 import threading
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from prefect import task
 from embedders import registry
 from embedders.engine import embed_images
 from embedders.spec import Embedder, InferenceOptions, Status, WeightsChoice
+from tasks.caching import while_present
 from tasks.plan import Chunk
 from tasks.prefetch import read_patches
 from tasks.sources import SensorConfig
@@ -79,10 +81,15 @@ def resolve_device(choice: str) -> str:
     return choice
 
 
-def infer_chunk(run: ModelRun, chunk: Chunk, inputs_path: str, results_path: str) -> str:
-    """Embed every point of `chunk` with `run`'s model; returns the result group's path."""
+def infer_chunk(
+    run: ModelRun, chunk: Chunk, inputs_path: str, results_path: str, *, refresh: bool = False
+) -> str:
+    """Embed every point of `chunk` with `run`'s model; returns the result group's path.
+
+    Results already complete are kept unless `refresh`.
+    """
     group_path = f"{run.key}/{chunk.key}"
-    if result_complete(results_path, group_path):
+    if not refresh and result_complete(results_path, group_path):
         return group_path
     embedder = load_model(run.model, run.weights, run.device)
     spec = embedder.spec
@@ -141,6 +148,17 @@ def load_result(results_path: str, group_path: str) -> ChunkResult:
     )
 
 
-@task(name="infer", task_run_name="infer {run.model} {chunk.key}")
-def infer_task(run: ModelRun, chunk: Chunk, inputs_path: str, results_path: str) -> str:
-    return infer_chunk(run, chunk, inputs_path, results_path)
+def _results_present(parameters: dict[str, Any]) -> bool:
+    p = parameters
+    return result_complete(p["results_path"], f"{p['run'].key}/{p['chunk'].key}")
+
+
+@task(
+    name="infer",
+    task_run_name="infer {run.model} {chunk.key}",
+    cache_policy=while_present(_results_present),
+)
+def infer_task(
+    run: ModelRun, chunk: Chunk, inputs_path: str, results_path: str, *, refresh: bool = False
+) -> str:
+    return infer_chunk(run, chunk, inputs_path, results_path, refresh=refresh)

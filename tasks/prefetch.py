@@ -24,14 +24,18 @@ import zarr
 import zarr.errors
 from prefect import State, Task, task
 from prefect.client.schemas.objects import TaskRun
+from prefect.tasks import exponential_backoff
 
+from tasks.caching import while_present
 from tasks.plan import Chunk
 from tasks.sources import ImagerySource, Patches, SensorConfig, TransientSourceError
 from tasks.stac import StacSource
 
-# Retries for failures a retry may fix (HTTP 429/5xx, timeouts): spaced out so a throttled
-# or restarting server has time to recover.
-PREFETCH_RETRY_DELAYS_S: list[float] = [5, 30, 120]
+# Retries for failures a retry may fix (HTTP 429/5xx, timeouts, resets), after the source's
+# own per-request retries: exponential backoff (2, 4, 8, 16, 32 s) with +-50% jitter, so a
+# throttled or restarting server has time to recover and workers do not retry in step.
+PREFETCH_RETRIES = 5
+PREFETCH_BACKOFF_S = 2.0
 
 _chunk_locks: dict[str, threading.Lock] = {}
 _chunk_locks_guard = threading.Lock()
@@ -55,10 +59,15 @@ def prefetch_chunk(
     bands: Sequence[str],
     config: SensorConfig,
     inputs_path: str,
+    *,
+    refresh: bool = False,
 ) -> PrefetchReport:
-    """Fetch the chunk's bands not yet in the inputs store, in one source call, and store them."""
+    """Fetch the chunk's bands not yet in the inputs store, in one source call, and store them.
+
+    `refresh` fetches every band again.
+    """
     group = _chunk_group(inputs_path, config, chunk)
-    done = set(_list_attr(group, "bands_done"))
+    done = set() if refresh else set(_list_attr(group, "bands_done"))
     todo = [b for b in dict.fromkeys(bands) if b not in done]
     reused = tuple(b for b in dict.fromkeys(bands) if b in done)
     if todo:
@@ -176,14 +185,33 @@ def retry_if_transient(task: Task[..., Any], task_run: TaskRun | None, state: St
     return isinstance(state.result(raise_on_failure=False), TransientSourceError)
 
 
+def bands_present(parameters: dict[str, Any]) -> bool:
+    """Whether a prefetch task's bands are all in the inputs store (for the Prefect cache)."""
+    p = parameters
+    try:
+        group = zarr.open_group(
+            p["inputs_path"], path=f"{p['config'].key()}/{p['chunk'].key}", mode="r"
+        )
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        return False
+    return set(p["bands"]) <= set(_list_attr(group, "bands_done"))
+
+
 @task(
     name="prefetch",
     task_run_name="prefetch {chunk.key}",
-    retries=len(PREFETCH_RETRY_DELAYS_S),
-    retry_delay_seconds=PREFETCH_RETRY_DELAYS_S,
+    retries=PREFETCH_RETRIES,
+    retry_delay_seconds=exponential_backoff(backoff_factor=PREFETCH_BACKOFF_S),
+    retry_jitter_factor=0.5,
     retry_condition_fn=retry_if_transient,
+    cache_policy=while_present(bands_present),
 )
 def prefetch_task(
-    chunk: Chunk, bands: Sequence[str], config: SensorConfig, inputs_path: str
+    chunk: Chunk,
+    bands: Sequence[str],
+    config: SensorConfig,
+    inputs_path: str,
+    *,
+    refresh: bool = False,
 ) -> PrefetchReport:
-    return prefetch_chunk(_SOURCE, chunk, bands, config, inputs_path)
+    return prefetch_chunk(_SOURCE, chunk, bands, config, inputs_path, refresh=refresh)

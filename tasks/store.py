@@ -10,10 +10,15 @@ Layout (the contract with users, see README):
   weights, sensor configuration and inference options.
 """
 
+import fcntl
 import hashlib
 import json
 import os
+import socket
+import uuid
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from importlib.metadata import version
@@ -28,6 +33,9 @@ from embedders.spec import Status
 from tasks.plan import Chunk, Point
 
 STORE_FORMAT = 1
+
+
+Window = tuple[date, date]  # first and last day, inclusive
 
 
 class StoreMismatch(ValueError):
@@ -47,17 +55,15 @@ class ModelOutput:
 
 @dataclass(frozen=True)
 class StoreLayout:
+    """What a store holds apart from its time entries: a store is reused when this matches."""
+
     points: tuple[Point, ...]
     chunk_size: int
     models: tuple[ModelOutput, ...]
-    start: date
-    end: date
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
-        h.update(
-            json.dumps([STORE_FORMAT, self.chunk_size, str(self.start), str(self.end)]).encode()
-        )
+        h.update(json.dumps([STORE_FORMAT, self.chunk_size]).encode())
         for p in self.points:
             h.update(p.id.encode() + b"\n")
         for m in self.models:
@@ -70,7 +76,6 @@ class StoreLayout:
         return {
             "points": len(self.points),
             "chunk_size": self.chunk_size,
-            "window": [str(self.start), str(self.end)],
             "models": {
                 m.name: {
                     "dim": m.embed_dim,
@@ -113,7 +118,7 @@ def check_store(path: str, layout: StoreLayout) -> bool:
 
 def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     new = json.loads(json.dumps(new))  # tuples as lists, as stored
-    for key in ("points", "chunk_size", "window", "models"):
+    for key in ("points", "chunk_size", "models"):
         if old.get(key) != new.get(key):
             return f"{key}: store has {_short(old.get(key))}, this run has {_short(new.get(key))}"
     return "same sizes, different point ids or model settings"
@@ -124,8 +129,69 @@ def _short(value: Any) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def create_store(path: str, layout: StoreLayout, attrs: dict[str, Any]) -> None:
-    """Lay the store out once: coordinates written, data variables left to the fill values."""
+def create_store(path: str, layout: StoreLayout, window: Window, attrs: dict[str, Any]) -> None:
+    """Lay the store out once, with its first time entry: coordinates written, data variables
+    left to their fill values. Built beside `path` and renamed into place, so a crash leaves
+    either no store or a whole one."""
+    ds, encoding = _template(layout, window)
+    ds.attrs["swath"] = {
+        **attrs,
+        "format": STORE_FORMAT,
+        "fingerprint": layout.fingerprint(),
+        "layout": layout.summary(),
+        "software": {"swath": version("swath"), "torch": version("torch"), "zarr": version("zarr")},
+    }
+    ds.attrs["models"] = {m.name: {**m.identity, **m.provenance} for m in layout.models}
+    staging = f"{path.rstrip('/')}.creating-{uuid.uuid4().hex[:8]}"
+    with _quiet_consolidation():
+        ds.to_zarr(
+            staging, mode="w-", compute=False, zarr_format=3, encoding=encoding, consolidated=True
+        )
+    if os.path.isdir(path) and not os.listdir(path):
+        os.rmdir(path)
+    os.rename(staging, path)
+
+
+def time_index(path: str, window: Window) -> int | None:
+    """The index of `window` in the store's time entries, None when it has none for it.
+
+    Raises StoreMismatch when the store holds another window starting the same day.
+    """
+    with xr.open_zarr(path, consolidated=True) as ds:
+        starts = ds["time"].values.astype("datetime64[D]")
+        ends = ds["time_end"].values.astype("datetime64[D]")
+    for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
+        if s == np.datetime64(window[0]):
+            if e != np.datetime64(window[1]):
+                raise StoreMismatch(
+                    f"store {path} holds a window {s}..{e}, this run asks for "
+                    f"{window[0]}..{window[1]}: one entry per start day; use another --out"
+                )
+            return i
+    return None
+
+
+def add_window(path: str, layout: StoreLayout, window: Window) -> int:
+    """Append one time entry for `window` (the store's other entries are untouched)."""
+    ds, _ = _template(layout, window)
+    ds = ds.drop_vars([v for v in ds.variables if "time" not in ds[v].dims])
+    with _quiet_consolidation():
+        ds.to_zarr(path, append_dim="time", compute=False, consolidated=True)
+    index = time_index(path, window)
+    assert index is not None
+    return index
+
+
+@contextmanager
+def _quiet_consolidation() -> Iterator[None]:
+    # Consolidated metadata lets `xr.open_zarr(path)` open the store in one read; zarr warns
+    # that it is not yet in the v3 spec, which is known and accepted here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        yield
+
+
+def _template(layout: StoreLayout, window: Window) -> tuple[xr.Dataset, dict[str, Any]]:
     n, cs = len(layout.points), layout.chunk_size
     pts = layout.points
     coords = {
@@ -133,8 +199,8 @@ def create_store(path: str, layout: StoreLayout, attrs: dict[str, Any]) -> None:
         "lon": ("point", np.array([p.lon for p in pts], dtype="float64")),
         "lat": ("point", np.array([p.lat for p in pts], dtype="float64")),
         "utm_epsg": ("point", np.array([p.epsg for p in pts], dtype="int32")),
-        "time": ("time", np.array([np.datetime64(layout.start, "ns")])),
-        "time_end": ("time", np.array([np.datetime64(layout.end, "ns")])),
+        "time": ("time", np.array([np.datetime64(window[0], "ns")])),
+        "time_end": ("time", np.array([np.datetime64(window[1], "ns")])),
     }
     data_vars: dict[str, Any] = {}
     encoding: dict[str, dict[str, Any]] = {}
@@ -142,7 +208,7 @@ def create_store(path: str, layout: StoreLayout, attrs: dict[str, Any]) -> None:
         for name, (dims, shape, dtype, fill) in _model_variables(m, n).items():
             chunks = (1, cs, *shape[2:])
             data_vars[name] = (dims, da.full(shape, fill, dtype=dtype, chunks=chunks))
-            if dtype != "str":
+            if not isinstance(dtype, np.dtypes.StringDType):
                 encoding[name] = {"fill_value": fill}
     ds = xr.Dataset(data_vars, coords=coords)
     for m in layout.models:
@@ -154,21 +220,9 @@ def create_store(path: str, layout: StoreLayout, attrs: dict[str, Any]) -> None:
         )
     ds.lon.attrs.update(units="degrees_east", standard_name="longitude")
     ds.lat.attrs.update(units="degrees_north", standard_name="latitude")
-    ds.attrs["swath"] = {
-        **attrs,
-        "format": STORE_FORMAT,
-        "fingerprint": layout.fingerprint(),
-        "layout": layout.summary(),
-        "software": {"swath": version("swath"), "torch": version("torch"), "zarr": version("zarr")},
-    }
-    ds.attrs["models"] = {m.name: {**m.identity, **m.provenance} for m in layout.models}
-    with warnings.catch_warnings():
-        # Consolidated metadata lets `xr.open_zarr(path)` open the store in one read; zarr
-        # warns that it is not yet in the v3 spec, which is known and accepted here.
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        ds.to_zarr(
-            path, mode="w-", compute=False, zarr_format=3, encoding=encoding, consolidated=True
-        )
+    ds.time.attrs.update(long_name="first day of the export window")
+    ds.time_end.attrs.update(long_name="last day of the export window")
+    return ds, encoding
 
 
 def _model_variables(
@@ -197,9 +251,9 @@ def _variable_attrs(m: ModelOutput) -> dict[str, Any]:
     }
 
 
-def done_mask(path: str, model: str, chunks: list[Chunk], time_index: int = 0) -> list[bool]:
+def done_mask(path: str, model: str, chunks: list[Chunk], t: int) -> list[bool]:
     """For each chunk, whether its region of `model` is marked done in the store."""
-    status = np.asarray(zarr.open_array(path, path=f"{model}_status", mode="r")[time_index, :])
+    status = np.asarray(zarr.open_array(path, path=f"{model}_status", mode="r")[t, :])
     return [bool((status[c.start : c.stop] != Status.PENDING).all()) for c in chunks]
 
 
@@ -213,11 +267,9 @@ class ChunkResult:
     valid_fraction: np.ndarray  # (n,) float32
 
 
-def write_chunk(
-    path: str, chunk: Chunk, model: str, result: ChunkResult, time_index: int = 0
-) -> None:
+def write_chunk(path: str, chunk: Chunk, model: str, result: ChunkResult, t: int) -> None:
     """Write one chunk's region of one model, data first and the status (the done mark) last."""
-    region = {"time": slice(time_index, time_index + 1), "point": slice(chunk.start, chunk.stop)}
+    region = {"time": slice(t, t + 1), "point": slice(chunk.start, chunk.stop)}
     emb = result.embeddings[np.newaxis]
     emb_dims = ("time", "point", f"{model}_dim", f"{model}_y", f"{model}_x")[: emb.ndim]
     data = xr.Dataset(
@@ -240,7 +292,39 @@ def write_chunk(
     status.to_zarr(path, region=region, mode="r+", consolidated=False)
 
 
-def status_counts(path: str, model: str, time_index: int = 0) -> dict[str, int]:
+def status_counts(path: str, model: str, t: int) -> dict[str, int]:
     """How many points of `model` are in each state."""
-    status = np.asarray(zarr.open_array(path, path=f"{model}_status", mode="r")[time_index, :])
+    status = np.asarray(zarr.open_array(path, path=f"{model}_status", mode="r")[t, :])
     return {s.name.lower(): int((status == s).sum()) for s in Status}
+
+
+class StoreBusy(RuntimeError):
+    """Another export holds the store's writer lock."""
+
+
+@contextmanager
+def writer_lock(path: str, *, wait: bool) -> Iterator[None]:
+    """Hold the store's one writer lock: an advisory lock on `<path>.lock` beside the store.
+
+    The operating system drops the lock when its process dies, so a killed export never
+    leaves a stale lock behind. `wait=False` refuses at once when another export holds it.
+    """
+    lock_path = f"{path.rstrip('/')}.lock"
+    with open(lock_path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise StoreBusy(
+                f"another export is writing {path} ({holder}); wait for it to finish, or pass "
+                "--wait to queue behind it"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -7,7 +7,9 @@ from tasks.plan import Chunk
 from tasks.store import write_chunk
 
 
-def write_results(store: str, chunk: Chunk, model: str, results_path: str, group_path: str) -> None:
+def write_results(
+    store: str, chunk: Chunk, model: str, results_path: str, group_path: str, t: int
+) -> None:
     """Copy a chunk's results into the output store; its status, the done mark, goes last."""
     result = load_result(results_path, group_path)
     if len(result.status) != len(chunk.points):
@@ -15,10 +17,13 @@ def write_results(store: str, chunk: Chunk, model: str, results_path: str, group
             f"results {group_path} hold {len(result.status)} points, chunk {chunk.key} has "
             f"{len(chunk.points)}; remove {results_path}/{group_path} and rerun"
         )
-    write_chunk(store, chunk, model, result)
+    write_chunk(store, chunk, model, result, t)
 
 
+# Not cached: the store's status (its done mark) decides which chunks the flow submits.
 @task(name="write", task_run_name="write {model} {chunk.key}")
-def write_task(store: str, chunk: Chunk, model: str, results_path: str, group_path: str) -> str:
-    write_results(store, chunk, model, results_path, group_path)
+def write_task(
+    store: str, chunk: Chunk, model: str, results_path: str, group_path: str, t: int
+) -> str:
+    write_results(store, chunk, model, results_path, group_path, t)
     return chunk.key

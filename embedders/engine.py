@@ -1,21 +1,23 @@
 """Tile-flattened batch inference: many images in, one embedding (and grid) per image out.
 
 Every image is normalised, its invalid pixels filled, then cut into tiles (or resized to
-one tile). The tiles of all images form one stream that runs through the model in
-batches of `options.batch_size`; the outputs are stitched back per image in stream order,
-accumulated in float64, so the result does not depend on the batch size or on which other
-images share the call.
+one tile). The tiles of all images form one stream that runs through the model in full
+batches (embedders.batching: built ahead in a background thread, out-of-memory backoff,
+failure isolation). The outputs are stitched back per image in stream order, accumulated
+in float64, so the result does not depend on the batch size or on which other images
+share the call. An image's pixels are dropped once its tiles are cut, and its result is
+written as soon as its last tile is back.
 """
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
-from embedders import tiling
+from embedders import autobatch, batching, tiling
+from embedders.batching import BatchPlan, Failure, Launched, Outcome
 from embedders.spec import Embedder, InferenceOptions, ModelSpec, Status
 
 log = logging.getLogger(__name__)
@@ -32,29 +34,32 @@ class EmbedResult:
     reason: list[str]  # "" where OK, else a readable reason
 
 
+@dataclass(frozen=True, eq=False)
+class _Layout:
+    """Where one image's tiles lie and how much each counts: all stitching needs."""
+
+    origins: list[tuple[int, int]]  # (y0, x0) of each tile
+    weights: np.ndarray  # (n_tiles,) pooling weight of each tile
+    padded: tuple[int, int]  # (Hp, Wp) after padding or resizing
+    height: int  # unpadded size
+    width: int
+    n_run: int = 0  # how many of the tiles go through the model
+
+
 @dataclass
 class _Prepared:
     """One image ready for the model: normalised, filled, padded or resized."""
 
     image: np.ndarray  # (C, Hp, Wp) float32
-    origins: list[tuple[int, int]]  # (y0, x0) of each tile
-    weights: np.ndarray  # (n_tiles,) pooling weight of each tile
-    height: int  # unpadded size
-    width: int
+    layout: _Layout
+    valid_fraction: float  # share of the unpadded image's pixels that are valid
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _TileRef:
     image: int
     tile: int  # index into the image's origins
-
-
-@dataclass(frozen=True)
-class _Failure:
-    reason: str  # "<exception type>: <message>"
-
-
-_Outcome = tuple[np.ndarray, np.ndarray | None] | _Failure
+    layout: _Layout
 
 
 def normalise(image: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -63,26 +68,28 @@ def normalise(image: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, np.ndarra
     Returns the filled image and the validity mask (all bands finite).
     """
     valid = np.isfinite(image).all(axis=0)
-    mean = np.asarray(spec.norm_mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(spec.norm_std, dtype=np.float32)[:, None, None]
-    out = ((image - mean) / std).astype(np.float32)
+    out = image - np.asarray(spec.norm_mean, dtype=np.float32)[:, None, None]
+    out /= np.asarray(spec.norm_std, dtype=np.float32)[:, None, None]
     out[:, ~valid] = 0.0
     return out, valid
 
 
 def prepare(image: np.ndarray, spec: ModelSpec, options: InferenceOptions) -> _Prepared:
-    """Normalise one (C, H, W) image and cut it into tiles (or resize it to one tile)."""
+    """Normalise one (C, H, W) float32 image and cut it into tiles (or resize it to one)."""
     filled, valid = normalise(image, spec)
     _, height, width = image.shape
+    fraction = float(valid.mean())
     tile = spec.tile_px
     if options.input_prep == "resize":
         resized, valid_r = tiling.resize_to_tile(filled, valid, tile)
-        return _Prepared(resized, [(0, 0)], np.array([float(valid_r.sum())]), height, width)
+        weights = np.array([float(valid_r.sum())])
+        return _Prepared(resized, _Layout([(0, 0)], weights, (tile, tile), height, width), fraction)
     padded, valid_p = tiling.pad_to_tile(filled, valid, tile, spec.pad_mode)
     height_p, width_p = valid_p.shape
     origins = tiling.tile_origins(height_p, width_p, tile, options.tile_overlap_px)
     weights = tiling.tile_weights(valid_p, origins, tile)
-    return _Prepared(padded, origins, weights, height, width)
+    layout = _Layout(origins, weights, (height_p, width_p), height, width)
+    return _Prepared(padded, layout, fraction)
 
 
 def _check_image(image: np.ndarray, index: int, spec: ModelSpec) -> np.ndarray:
@@ -95,125 +102,89 @@ def _check_image(image: np.ndarray, index: int, spec: ModelSpec) -> np.ndarray:
     return arr
 
 
-def _precision_context(
-    options: InferenceOptions, device: torch.device
-) -> contextlib.AbstractContextManager[object]:
-    if options.precision == "fp32":
-        return contextlib.nullcontext()
-    if options.precision == "fp16" and device.type != "cuda":
-        raise ValueError(
-            f"precision fp16 needs a CUDA device, got {device}; use bf16 or fp32 on {device.type}"
-        )
-    dtype = torch.bfloat16 if options.precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def forward_batch(
-    embedder: Embedder, batch: np.ndarray, device: torch.device, *, want_grid: bool
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """One forward of a (B, C, T, T) batch; outputs as float32 numpy on the CPU."""
-    tiles = torch.from_numpy(batch)
-    if device.type == "cuda":
-        tiles = tiles.pin_memory()
-    pooled, grid = embedder.forward(tiles.to(device, non_blocking=True))
-    pooled_np = pooled.float().cpu().numpy()
-    return pooled_np, grid.float().cpu().numpy() if want_grid else None
-
-
-def _isolate(
-    run: Callable[[list[_TileRef]], tuple[np.ndarray, np.ndarray | None]], refs: list[_TileRef]
-) -> list[_Outcome]:
-    """Run a batch; if it raises (other than out-of-memory), split it in halves until
-    the failing tiles are found. Returns one outcome per tile, in order."""
-    try:
-        pooled, grid = run(refs)
-    except torch.OutOfMemoryError:
-        raise
-    except Exception as e:  # a failing tile marks its image FAILED; the others go on
-        if len(refs) == 1:
-            return [_Failure(f"{type(e).__name__}: {e}")]
-        mid = len(refs) // 2
-        return _isolate(run, refs[:mid]) + _isolate(run, refs[mid:])
-    return [(pooled[k], None if grid is None else grid[k]) for k in range(len(refs))]
-
-
-def _outcomes(
-    run: Callable[[list[_TileRef]], tuple[np.ndarray, np.ndarray | None]],
-    refs: list[_TileRef],
-    batch_size: int,
-    what: str,
-) -> Iterator[tuple[_TileRef, _Outcome]]:
-    """Outcomes of all tiles in stream order; halves the batch on out-of-memory and
-    retries the same tiles, so no tile is lost or done twice."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    pos = 0
-    while pos < len(refs):
-        batch = refs[pos : pos + batch_size]
-        try:
-            outs = _isolate(run, batch)
-        except torch.OutOfMemoryError as e:
-            if len(batch) == 1:
-                raise torch.OutOfMemoryError(
-                    f"{what}: out of memory with a batch of one tile; free device memory, "
-                    "use a device with more memory or a smaller model"
-                ) from e
-            batch_size = len(batch) // 2
-            log.warning("%s: out of memory; retrying with batch size %d", what, batch_size)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+def _tile_stream(
+    arrays: list[np.ndarray], spec: ModelSpec, options: InferenceOptions, result: EmbedResult
+) -> Iterator[tuple[_TileRef, np.ndarray]]:
+    """Every tile of every image, in order, prepared image by image (in the producer
+    thread). Images without a valid pixel are marked NODATA here and yield no tile."""
+    side = spec.tile_px
+    keep_all = options.output == "grid"  # every cell of the grid needs a tile
+    for i, arr in enumerate(arrays):
+        p = prepare(arr, spec, options)
+        result.valid_fraction[i] = p.valid_fraction
+        if p.layout.weights.sum() <= 0:
+            result.status[i] = Status.NODATA
+            result.reason[i] = _nodata_reason(p.valid_fraction, spec)
             continue
-        yield from zip(batch, outs, strict=True)
-        pos += len(batch)
+        run = [t for t, w in enumerate(p.layout.weights) if keep_all or w > 0]
+        layout = replace(p.layout, n_run=len(run))
+        for t in run:
+            y0, x0 = layout.origins[t]
+            yield _TileRef(i, t, layout), p.image[:, y0 : y0 + side, x0 : x0 + side]
+
+
+@dataclass
+class _Partial:
+    """One image's outputs so far, in float64."""
+
+    total: np.ndarray | None = None
+    weight: float = 0.0
+    blender: tiling.GridBlender | None = None
+    failed: str = ""
+    seen: int = 0
 
 
 @dataclass
 class _Stitcher:
-    """Accumulates tile outputs per image, in stream order, in float64."""
+    """Accumulates tile outputs per image in stream order; writes an image's result as
+    soon as its last tile is back."""
 
     spec: ModelSpec
     options: InferenceOptions
-    prepared: dict[int, _Prepared]
-    sums: dict[int, np.ndarray] = field(default_factory=dict)
-    weights: dict[int, float] = field(default_factory=dict)
-    blenders: dict[int, tiling.GridBlender] = field(default_factory=dict)
-    failed: dict[int, str] = field(default_factory=dict)
+    result: EmbedResult
+    partial: dict[int, _Partial] = field(default_factory=dict)
 
-    def add(self, ref: _TileRef, outcome: _Outcome) -> None:
-        i = ref.image
-        if isinstance(outcome, _Failure):
-            self.failed.setdefault(i, outcome.reason)
-            return
-        pooled, grid = outcome
-        w = float(self.prepared[i].weights[ref.tile])
+    def add(self, ref: _TileRef, outcome: Outcome) -> None:
+        part = self.partial.setdefault(ref.image, _Partial())
+        part.seen += 1
+        if isinstance(outcome, Failure):
+            part.failed = part.failed or outcome.reason
+        elif not part.failed:
+            self._accumulate(part, ref, *outcome)
+        if part.seen == ref.layout.n_run:
+            self._write(ref.image, ref.layout, self.partial.pop(ref.image))
+
+    def _accumulate(
+        self, part: _Partial, ref: _TileRef, pooled: np.ndarray, grid: np.ndarray | None
+    ) -> None:
+        w = float(ref.layout.weights[ref.tile])
         if w > 0:
-            self.sums[i] = self.sums.get(i, 0.0) + w * pooled.astype(np.float64)
-            self.weights[i] = self.weights.get(i, 0.0) + w
-        if grid is not None:
-            self._blend(i, grid, ref.tile)
-
-    def _blend(self, i: int, grid: np.ndarray, tile: int) -> None:
-        if self.options.input_prep == "resize":
-            self.blenders[i] = tiling.GridBlender(
-                grid.astype(np.float64), np.ones(grid.shape[1:]), 1
-            )
+            vector = w * pooled.astype(np.float64)
+            part.total = vector if part.total is None else part.total + vector
+            part.weight += w
+        if grid is None:
             return
-        if i not in self.blenders:
-            _, hp, wp = self.prepared[i].image.shape
-            self.blenders[i] = tiling.GridBlender.for_image(
+        if self.options.input_prep == "resize":
+            part.blender = tiling.GridBlender(grid.astype(np.float64), np.ones(grid.shape[1:]), 1)
+            return
+        if part.blender is None:
+            hp, wp = ref.layout.padded
+            part.blender = tiling.GridBlender.for_image(
                 grid.shape[0], hp, wp, self.spec.grid_stride_px
             )
-        self.blenders[i].add(grid, *self.prepared[i].origins[tile])
+        part.blender.add(grid, *ref.layout.origins[ref.tile])
 
-    def write(self, i: int, result: EmbedResult) -> None:
-        if i in self.failed:
-            result.status[i], result.reason[i] = Status.FAILED, self.failed[i]
+    def _write(self, i: int, layout: _Layout, part: _Partial) -> None:
+        result = self.result
+        if part.failed:
+            result.status[i], result.reason[i] = Status.FAILED, part.failed
             return
-        result.pooled[i] = self.sums[i] / self.weights[i]
+        assert part.total is not None  # an image with tiles has a tile of positive weight
+        result.pooled[i] = part.total / part.weight
         if result.grid is not None:
-            p = self.prepared[i]
-            gh, gw = tiling.grid_shape(self.spec, self.options, p.height, p.width)
-            result.grid[i, :, :gh, :gw] = self.blenders[i].result((gh, gw))
+            assert part.blender is not None
+            gh, gw = tiling.grid_shape(self.spec, self.options, layout.height, layout.width)
+            result.grid[i, :, :gh, :gw] = part.blender.result((gh, gw))
         result.status[i], result.reason[i] = Status.OK, ""
 
 
@@ -246,40 +217,29 @@ def embed_images(
     Images may differ in size; with `output == "grid"` the grids of smaller images are
     NaN beyond their own `tiling.grid_shape`. Images without a valid pixel get NODATA;
     images whose tiles make the model raise get FAILED with the error as reason.
+    `options.batch_size == "auto"` is resolved by `autobatch.resolve_batch_size`.
     """
     spec = embedder.spec
-    precision = _precision_context(options, device)
+    precision = batching.precision_context(options.precision, device)
     arrays = [_check_image(img, i, spec) for i, img in enumerate(images)]
     result = _empty_result(spec, options, [a.shape[1:] for a in arrays])
-    prepared: dict[int, _Prepared] = {}
-    refs: list[_TileRef] = []
-    for i, arr in enumerate(arrays):
-        result.valid_fraction[i] = np.isfinite(arr).all(axis=0).mean()
-        p = prepare(arr, spec, options)
-        if p.weights.sum() <= 0:
-            result.status[i] = Status.NODATA
-            result.reason[i] = _nodata_reason(result.valid_fraction[i], spec)
-            continue
-        prepared[i] = p
-        keep_all = options.output == "grid"  # every cell of the grid needs a tile
-        refs += [_TileRef(i, t) for t, w in enumerate(p.weights) if keep_all or w > 0]
+    if not arrays:
+        return result
+    size = autobatch.resolve_batch_size(embedder, options, device)
+    plan = BatchPlan(size, device, f"model {spec.name}")
+    want_grid = result.grid is not None
 
-    def run(batch: list[_TileRef]) -> tuple[np.ndarray, np.ndarray | None]:
-        tiles = np.stack([_cut(prepared[r.image], r.tile, spec.tile_px) for r in batch])
-        return forward_batch(embedder, tiles, device, want_grid=result.grid is not None)
+    def forward(tiles: torch.Tensor) -> Launched:
+        return batching.launch(embedder, tiles, want_grid=want_grid)
 
-    stitcher = _Stitcher(spec, options, prepared)
+    stitcher = _Stitcher(spec, options, result)
+    tiles = _tile_stream(arrays, spec, options, result)
     with torch.inference_mode(), precision:
-        for ref, outcome in _outcomes(run, refs, options.batch_size, f"model {spec.name}"):
+        for ref, outcome in batching.run_batches(tiles, forward, plan):
             stitcher.add(ref, outcome)
-    for i in prepared:
-        stitcher.write(i, result)
+    if plan.batch_size < size:
+        autobatch.lower_auto_batch_size(embedder, options, device, plan.batch_size)
     return result
-
-
-def _cut(p: _Prepared, tile: int, side: int) -> np.ndarray:
-    y0, x0 = p.origins[tile]
-    return p.image[:, y0 : y0 + side, x0 : x0 + side]
 
 
 def _nodata_reason(valid_fraction: float, spec: ModelSpec) -> str:

@@ -86,14 +86,15 @@ class InferenceOptions:
     """How tiles are cut, batched and stitched.
 
     Everything but `batch_size` is part of a result's identity: results do not depend on
-    the batch size, so changing it never invalidates work already done.
+    the batch size, so changing it never invalidates work already done. "auto" is the
+    largest batch that fits the device's memory, measured (embedders.autobatch).
     """
 
     input_prep: InputPrep = "resize"
     output: OutputKind = "pooled"
     tile_overlap_px: int = 0
     precision: Precision = "fp32"
-    batch_size: int = 16
+    batch_size: int | Literal["auto"] = 16
 
     def key(self) -> str:
         ident = asdict(self)

@@ -88,7 +88,7 @@ def _time_entry(job: Job, region: Region) -> int:
 
 def _run(job: Job, t: int, *, refresh: bool) -> list[str]:
     """Run every chunk not done, with a progress artifact; the errors of failed chunks."""
-    writes = _submit(job, t, refresh=refresh)
+    writes, upstream = _submit(job, t, refresh=refresh)
     progress: UUID = create_progress_artifact(  # type: ignore[assignment]
         progress=0.0 if writes else 100.0,
         key="swath-export-progress",
@@ -102,11 +102,19 @@ def _run(job: Job, t: int, *, refresh: bool) -> list[str]:
         except Exception as e:  # reported at the end; the chunk stays not done and reruns
             failed.append(f"{type(e).__name__}: {e}")
         update_progress_artifact(progress, progress=100.0 * i / len(writes))
+    if failed:  # name the root cause: a write fails too when its prefetch or infer failed
+        causes = [f.state.message for f in upstream if f.state.is_failed() and f.state.message]
+        failed = causes + failed
     return failed
 
 
-def _submit(job: Job, t: int, *, refresh: bool) -> list[PrefectFuture[str]]:
-    """Prefetch once per (chunk, sensor configuration), then infer and write per (chunk, model)."""
+def _submit(
+    job: Job, t: int, *, refresh: bool
+) -> tuple[list[PrefectFuture[str]], list[PrefectFuture[Any]]]:
+    """Prefetch once per (chunk, sensor configuration), then infer and write per (chunk, model).
+
+    Returns the write futures and the prefetch and infer futures they depend on.
+    """
     plan = job.plan
     chunks = list(plan.chunks)
     done = {
@@ -126,7 +134,7 @@ def _submit(job: Job, t: int, *, refresh: bool) -> list[PrefectFuture[str]]:
             )
     infer = infer_task.with_options(refresh_cache=refresh, result_storage=results)
     resources = _infer_resources()
-    writes = []
+    writes, inferences = [], []
     for i, chunk in enumerate(chunks):
         for run in job.runs:
             if done[run.model][i]:
@@ -142,6 +150,7 @@ def _submit(job: Job, t: int, *, refresh: bool) -> list[PrefectFuture[str]]:
                     return_state=False,
                     wait_for=[pf],
                 )
+            inferences.append(inferred)
             writes.append(
                 write_task.submit(
                     plan.store,
@@ -153,7 +162,7 @@ def _submit(job: Job, t: int, *, refresh: bool) -> list[PrefectFuture[str]]:
                     return_state=False,
                 )
             )
-    return writes
+    return writes, [*prefetches.values(), *inferences]
 
 
 # Dask workers that declare this resource (`dask worker --resources "infer=1"`, or the local

@@ -172,7 +172,7 @@ def resolve_job(plan: Plan) -> Job:
         if plan.options.output == "grid":
             grid = grid_shape(spec, plan.options, plan.imagery.patch_px, plan.imagery.patch_px)
         provenance = {"weights_file": info.file, "weights_note": info.note, "device": device}
-        outputs.append(ModelOutput(name, spec.embed_dim, grid, run.identity(), provenance))
+        outputs.append(ModelOutput(name, spec.embed_dim, grid, _layout_identity(run), provenance))
         runs.append(run)
         weights[str(name)] = info
     chunk_size = len(plan.chunks[0].points)
@@ -184,6 +184,15 @@ def resolve_job(plan: Plan) -> Job:
     except StoreMismatch as e:
         raise UsageError(str(e)) from e
     return Job(plan, tuple(runs), weights, layout, resume)
+
+
+def _layout_identity(run: ModelRun) -> dict[str, object]:
+    """What makes a model's variables in the store what they are, across time entries: the
+    run's identity without the window (each window is its own time entry)."""
+    identity = run.identity()
+    sensor = dict(identity["sensor"])  # type: ignore[call-overload]
+    del sensor["start"], sensor["end"]
+    return {**identity, "sensor": sensor}
 
 
 def _load_weights(name: str, choice: str, device: str) -> WeightsInfo:

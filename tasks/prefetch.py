@@ -13,6 +13,7 @@ Prefetches of different chunks may run at once (threads or processes); one chunk
 configuration is prefetched by one task at a time.
 """
 
+import functools
 import json
 import threading
 from collections.abc import Sequence
@@ -176,8 +177,11 @@ def _dict_attr(group: zarr.Group, name: str) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
 
 
-# One source per process: it keeps each catalog's item list between chunks.
-_SOURCE = StacSource()
+@functools.cache
+def _source() -> StacSource:
+    """One source per process: it keeps each catalog's item list between chunks. A function,
+    not a module global, so that pickling a task for a Dask worker never pickles its lock."""
+    return StacSource()
 
 
 def retry_if_transient(task: Task[..., Any], task_run: TaskRun | None, state: State[Any]) -> bool:
@@ -214,4 +218,4 @@ def prefetch_task(
     *,
     refresh: bool = False,
 ) -> PrefetchReport:
-    return prefetch_chunk(_SOURCE, chunk, bands, config, inputs_path, refresh=refresh)
+    return prefetch_chunk(_source(), chunk, bands, config, inputs_path, refresh=refresh)

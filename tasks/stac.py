@@ -23,6 +23,7 @@ import shapely
 import urllib3.exceptions
 from affine import Affine
 from odc.geo.geobox import GeoBox
+from rasterio.errors import RasterioIOError
 
 from embedders.sentinel2 import BANDS
 from tasks.plan import Point
@@ -44,15 +45,20 @@ SCL_MASKED_CLASSES: tuple[int, ...] = (0, 1, 3, 8, 9, 10)
 UNION_MAX_AREA_RATIO = 4.0
 
 # GDAL HTTP options: no directory listing on open (one HEAD instead of a listing per file),
-# only .tif/.tiff taken for files, and no retries inside GDAL: retrying is Prefect's job.
+# only .tif/.tiff taken for files. GDAL retries each range request itself on HTTP 429/5xx
+# and dropped connections (5 times, 0.2 s apart, growing): a COG read is dozens of requests,
+# so with request-level faults a whole-task retry alone would rarely get through. What still
+# fails is classified and retried by Prefect with backoff (tasks/prefetch.py).
 GDAL_HTTP_OPTIONS: dict[str, str] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff",
-    "GDAL_HTTP_MAX_RETRY": "0",
+    "GDAL_HTTP_MAX_RETRY": "5",
+    "GDAL_HTTP_RETRY_DELAY": "0.2",
 }
 
 # What GDAL and curl say when a retry may help (GDAL puts the HTTP status in the message).
 _GDAL_HTTP_STATUS = re.compile(r"HTTP (?:response )?code:? (\d{3})", re.IGNORECASE)
+_REMOTE = re.compile(r"/vsicurl/|https?://")
 _TRANSIENT_TEXT = re.compile(
     r"timed out|timeout was reached|connection reset|connection refused|empty reply"
     r"|recv failure|send failure|couldn't connect|failed to connect|connection was reset",
@@ -388,8 +394,15 @@ def classify_error(error: BaseException, what: str) -> ImagerySourceError | Tran
     if status is not None:
         transient = status == 429 or status >= 500
     else:
-        transient = any(isinstance(e, transient_types) for e in chain) or bool(
-            _TRANSIENT_TEXT.search(text)
+        transient = (
+            any(isinstance(e, transient_types) for e in chain)
+            or bool(_TRANSIENT_TEXT.search(text))
+            # GDAL over HTTP reports a request that failed after its own retries as a failed
+            # read or open, with no status; a 4xx would have shown its status above.
+            or (
+                _REMOTE.search(f"{what} {text}") is not None
+                and any(isinstance(e, RasterioIOError) for e in chain)
+            )
         )
     if transient:
         return TransientSourceError(f"{what}: {text}; a retry may succeed")

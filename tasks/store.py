@@ -175,6 +175,7 @@ def add_window(path: str, layout: StoreLayout, window: Window) -> int:
     """Append one time entry for `window` (the store's other entries are untouched)."""
     ds, _ = _template(layout, window)
     ds = ds.drop_vars([v for v in ds.variables if "time" not in ds[v].dims])
+    ds.attrs = dict(zarr.open_group(path, mode="r").attrs)  # an append rewrites the root attrs
     with _quiet_consolidation():
         ds.to_zarr(path, append_dim="time", compute=False, consolidated=True)
     index = time_index(path, window)

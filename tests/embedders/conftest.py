@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from embedders import registry
+from embedders import autobatch, registry
 from embedders.spec import Embedder
+
+
+@pytest.fixture(autouse=True)
+def fresh_auto_batch_sizes() -> None:
+    """Every test probes "auto" afresh: no batch size cached by an earlier test."""
+    autobatch.forget_batch_sizes()
 
 
 @pytest.fixture(scope="session")

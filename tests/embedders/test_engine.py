@@ -1,12 +1,13 @@
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from embedders.engine import NODATA_REASON, EmbedResult, embed_images
-from embedders.spec import Embedder, InferenceOptions, ModelSpec, Status, WeightsInfo
+from embedders.spec import Embedder, InferenceOptions, Status
+from tests.embedders.fakes import Wrapper
 
 CPU = torch.device("cpu")
 ImageMaker = Callable[..., np.ndarray]
@@ -16,31 +17,6 @@ TILE_POOLED = InferenceOptions(input_prep="tile", output="pooled")
 
 # One tile, just larger than a tile, smaller than a tile, non-square.
 SIZES = [(224, 224), (230, 230), (100, 100), (224, 300)]
-
-
-@dataclass
-class Wrapper:
-    """An embedder around another one that records what it is given and can fail."""
-
-    inner: Embedder
-    oom_above: int | None = None  # raise OutOfMemoryError for batches larger than this
-    fail_above_value: float | None = None  # raise ValueError for tiles holding a larger value
-    batches: list[int] = field(default_factory=list)  # sizes of the batches that ran
-    tiles: list[float] = field(default_factory=list)  # a fingerprint of every tile that ran
-    spec: ModelSpec = field(init=False)
-    weights: WeightsInfo = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.spec, self.weights = self.inner.spec, self.inner.weights
-
-    def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.oom_above is not None and tiles.shape[0] > self.oom_above:
-            raise torch.OutOfMemoryError(f"fake OOM for a batch of {tiles.shape[0]}")
-        if self.fail_above_value is not None and tiles.max() > self.fail_above_value:
-            raise ValueError("marker tile")
-        self.batches.append(tiles.shape[0])
-        self.tiles += tiles.double().sum(dim=(1, 2, 3)).tolist()
-        return self.inner.forward(tiles)
 
 
 def _run(embedder: Embedder, images: list[np.ndarray], options: InferenceOptions) -> EmbedResult:
@@ -68,8 +44,7 @@ def test_embed__batch_sizes_give_the_same_result(
     resnet18: Embedder, images: list[np.ndarray]
 ) -> None:
     results = [
-        _run(resnet18, images, InferenceOptions(**{**TILE_GRID.__dict__, "batch_size": bs}))
-        for bs in (1, 7, 64)
+        _run(resnet18, images, replace(TILE_GRID, batch_size=bs)) for bs in (1, 7, 64, "auto")
     ]
     for r in results[1:]:
         _assert_same(results[0], r)
@@ -107,13 +82,35 @@ def test_embed__result_does_not_depend_on_neighbours_or_order(
     np.testing.assert_allclose(alone.grid[0], clean.grid[1, :, :8, :8], rtol=1e-5, atol=1e-7)
 
 
+def test_embed__result_does_not_depend_on_which_images_share_a_call_or_their_order(
+    resnet18: Embedder, images: list[np.ndarray], clean: EmbedResult
+) -> None:
+    options = replace(TILE_GRID, batch_size=3)  # batches now mix the tiles of other images
+    first = _run(resnet18, [images[2], images[0]], options)
+    second = _run(resnet18, [images[3], images[1]], options)
+    assert first.grid is not None and second.grid is not None and clean.grid is not None
+    for result, rows in ((first, [2, 0]), (second, [3, 1])):
+        np.testing.assert_allclose(result.pooled, clean.pooled[rows], rtol=1e-5, atol=1e-7)
+        for k, row in enumerate(rows):
+            gh, gw = result.grid.shape[2:]
+            expected = clean.grid[row, :, :gh, :gw]
+            np.testing.assert_allclose(result.grid[k], expected, rtol=1e-5, atol=1e-7, equal_nan=True)
+
+
+def test_embed__an_error_while_cutting_tiles_is_raised_to_the_caller(
+    resnet18: Embedder, images: list[np.ndarray]
+) -> None:
+    with pytest.raises(ValueError, match=r"overlap must be in \[0, tile\)"):
+        _run(resnet18, images, replace(TILE_GRID, tile_overlap_px=224))
+
+
 def test_embed__out_of_memory_halves_the_batch_and_retries_the_same_tiles(
     resnet18: Embedder, images: list[np.ndarray], clean: EmbedResult
 ) -> None:
     reference = Wrapper(resnet18)
     _run(reference, images, TILE_GRID)
     flaky = Wrapper(resnet18, oom_above=3)
-    result = _run(flaky, images, InferenceOptions(**{**TILE_GRID.__dict__, "batch_size": 16}))
+    result = _run(flaky, images, replace(TILE_GRID, batch_size=16))
     _assert_same(result, clean)
     assert max(flaky.batches) == 2  # 16 -> 8 -> 4 -> 2
     assert sorted(flaky.tiles) == sorted(reference.tiles)  # every tile exactly once

@@ -1,0 +1,132 @@
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from embedders.batching import BatchPlan, Failure, Launched, Outcome, run_batches
+
+CPU = torch.device("cpu")
+
+
+def _stream(n: int, fail_at: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Tiles (1, 2, 2) filled with their own index; raises at tile `fail_at`."""
+    for k in range(n):
+        if k == fail_at:
+            raise ValueError(f"image {k}: broken patch")
+        yield k, np.full((1, 2, 2), k, dtype=np.float32)
+
+
+class Recorder:
+    """A forward that returns each tile's value as its vector and records its batches."""
+
+    def __init__(self, oom_above: int | None = None, bad_value: float | None = None) -> None:
+        self.oom_above, self.bad_value = oom_above, bad_value
+        self.batches: list[list[int]] = []  # tile values of each forward that ran
+        self.threads: set[int] = set()
+
+    def __call__(self, tiles: torch.Tensor) -> Launched:
+        self.threads.add(threading.get_ident())
+        if self.oom_above is not None and len(tiles) > self.oom_above:
+            raise torch.OutOfMemoryError(f"fake OOM for a batch of {len(tiles)}")
+        values = tiles[:, 0, 0, 0]
+        if self.bad_value is not None and (values == self.bad_value).any():
+            raise ValueError(f"bad tile {self.bad_value:g}")
+        self.batches.append([int(v) for v in values.tolist()])
+        return Launched(values[:, None].clone(), None)
+
+
+def _values(outcomes: list[tuple[int, Outcome]]) -> list[float]:
+    return [float(o[0][0]) for _, o in outcomes if not isinstance(o, Failure)]
+
+
+def _producer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "swath-batches"]
+
+
+def test_run_batches__every_tile_once_in_order_in_full_batches() -> None:
+    forward = Recorder()
+    out = list(run_batches(_stream(23), forward, BatchPlan(5, CPU, "model m")))
+    assert [ref for ref, _ in out] == list(range(23))
+    assert _values(out) == list(range(23))
+    assert [len(b) for b in forward.batches] == [5, 5, 5, 5, 3]
+    assert forward.threads == {threading.get_ident()}  # forwards run in the caller's thread
+    assert _producer_threads() == []
+
+
+def test_run_batches__the_next_batch_is_built_while_the_forward_runs() -> None:
+    second_batch_started = threading.Event()
+    producer_thread: list[int] = []
+
+    def stream() -> Iterator[tuple[int, np.ndarray]]:
+        for k, tile in _stream(8):
+            producer_thread.append(threading.get_ident())
+            if k == 4:
+                second_batch_started.set()
+            yield k, tile
+
+    def forward(tiles: torch.Tensor) -> Launched:
+        # Without a producer thread running ahead, this would wait in vain.
+        assert second_batch_started.wait(timeout=10), "batch 2 was not built during forward 1"
+        return Launched(tiles[:, 0, 0, :1].clone(), None)
+
+    out = list(run_batches(stream(), forward, BatchPlan(4, CPU, "model m")))
+    assert _values(out) == list(range(8))
+    assert set(producer_thread) != {threading.get_ident()}
+
+
+def test_run_batches__an_error_in_the_tile_stream_is_raised_in_the_caller() -> None:
+    seen: list[int] = []
+    with pytest.raises(ValueError, match="image 6: broken patch"):
+        for ref, _ in run_batches(_stream(10, fail_at=6), Recorder(), BatchPlan(3, CPU, "m")):
+            seen.append(ref)
+    assert seen == sorted(seen) and set(seen) <= set(range(6))  # none from tile 6 on
+    assert _producer_threads() == []
+
+
+def test_run_batches__stopping_early_stops_the_producer() -> None:
+    outcomes = run_batches(_stream(1000), Recorder(), BatchPlan(2, CPU, "model m"))
+    assert next(outcomes)[0] == 0
+    outcomes.close()
+    assert _producer_threads() == []
+
+
+def test_run_batches__out_of_memory_halves_the_batch_for_the_rest_of_the_stream() -> None:
+    forward = Recorder(oom_above=4)
+    plan = BatchPlan(16, CPU, "model m")
+    out = list(run_batches(_stream(40), forward, plan))
+    assert _values(out) == list(range(40))
+    assert sorted(v for b in forward.batches for v in b) == list(range(40))  # each tile once
+    assert {len(b) for b in forward.batches} == {4} and plan.batch_size == 4
+
+
+def test_run_batches__out_of_memory_on_one_tile_names_the_model() -> None:
+    with pytest.raises(torch.OutOfMemoryError, match="model m: out of memory with a batch of one"):
+        list(run_batches(_stream(3), Recorder(oom_above=0), BatchPlan(2, CPU, "model m")))
+    assert _producer_threads() == []
+
+
+def test_run_batches__a_failing_tile_fails_alone() -> None:
+    out = list(run_batches(_stream(12), Recorder(bad_value=7), BatchPlan(8, CPU, "model m")))
+    assert [ref for ref, _ in out] == list(range(12))
+    assert out[7][1] == Failure("ValueError: bad tile 7")
+    assert _values(out) == [v for v in range(12) if v != 7]
+
+
+def test_run_batches__rejects_a_batch_size_below_one() -> None:
+    with pytest.raises(ValueError, match="model m: batch_size must be >= 1, got 0"):
+        list(run_batches(_stream(3), Recorder(), BatchPlan(0, CPU, "model m")))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_run_batches__cuda_tiles_arrive_on_the_device_in_order() -> None:
+    devices: set[str] = set()
+
+    def forward(tiles: torch.Tensor) -> Launched:
+        devices.add(str(tiles.device))
+        return Launched(tiles[:, 0, 0, :1].float().cpu(), None)
+
+    out = list(run_batches(_stream(21), forward, BatchPlan(4, torch.device("cuda"), "m")))
+    assert _values(out) == list(range(21))
+    assert devices == {f"cuda:{torch.cuda.current_device()}"}

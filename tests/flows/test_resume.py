@@ -1,0 +1,165 @@
+"""Time entries, the writer lock, a flaky source and the Dask runner, through the real flow."""
+
+import random
+import subprocess
+import sys
+import threading
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from prefect_dask.task_runners import DaskTaskRunner
+
+from embedders.spec import Status
+from flows.export import INFER_RESOURCE, export
+from flows.params import Imagery, Inference, Output, Region, Window
+from tasks.store import StoreBusy, writer_lock
+from tests.fakes import Request, serve_directory
+
+INSIDE = (-67.655, -47.858, -67.63, -47.850)
+
+
+def params(tmp_path: Path, catalog: str, *, window=None, store="e.zarr", models=None) -> dict:
+    return {
+        "region": Region(bbox=INSIDE, spacing_m=400),
+        "window": window or Window(),
+        "imagery": Imagery(catalog=catalog, patch_px=32),
+        "inference": Inference(
+            models=models or ["ssl4eo_resnet18_rgb"], weights="random", batch_size=4
+        ),
+        "output": Output(
+            store=str(tmp_path / store), work_dir=str(tmp_path / "work"), chunk_size=3
+        ),
+    }
+
+
+def values(store: str) -> dict[str, np.ndarray]:
+    with xr.open_zarr(store) as ds:
+        return {k: ds[k].values for k in ds.data_vars}
+
+
+def test_windows__each_window_adds_one_time_entry_and_a_rerun_replaces_none(tmp_path, served_demo):
+    first = Window(start=date(2024, 1, 1), end=date(2024, 6, 30))
+    second = Window(start=date(2024, 7, 1), end=date(2024, 12, 31))
+    export(**params(tmp_path, served_demo.url, window=first))
+    summary = export(**params(tmp_path, served_demo.url, window=second))
+    assert summary["time_index"] == 1
+    again = export(**params(tmp_path, served_demo.url, window=first))
+    assert again["time_index"] == 0
+    with xr.open_zarr(summary["store"]) as ds:
+        assert ds.sizes["time"] == 2
+        assert list(ds.time.values.astype("datetime64[D]").astype(str)) == [
+            "2024-01-01",
+            "2024-07-01",
+        ]
+        assert list(ds.time_end.values.astype("datetime64[D]").astype(str)) == [
+            "2024-06-30",
+            "2024-12-31",
+        ]
+        assert (ds.ssl4eo_resnet18_rgb_status.values == Status.OK).all()
+        # the demo's one item covers both windows: the same embeddings twice
+        np.testing.assert_array_equal(
+            ds.ssl4eo_resnet18_rgb.values[0], ds.ssl4eo_resnet18_rgb.values[1]
+        )
+
+
+def test_windows__previous_month_is_the_month_before_the_scheduled_day():
+    w = Window(previous_month=True)
+    assert w.resolve(date(2026, 3, 1)) == (date(2026, 2, 1), date(2026, 2, 28))
+    assert w.resolve(date(2026, 1, 15)) == (date(2025, 12, 1), date(2025, 12, 31))
+
+
+def test_lock__a_second_writer_is_refused_with_a_clear_message(tmp_path):
+    store = str(tmp_path / "e.zarr")
+    busy = pytest.raises(StoreBusy, match=r"another export is writing .*e\.zarr \(pid \d+")
+    with writer_lock(store, wait=False), busy, writer_lock(store, wait=False):
+        pass
+
+
+def test_lock__wait_queues_behind_the_holder(tmp_path):
+    store = str(tmp_path / "e.zarr")
+    order: list[str] = []
+    with writer_lock(store, wait=False):
+        waiter = threading.Thread(target=lambda: _wait_then_record(store, order))
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive(), "the waiter must block while the lock is held"
+        order.append("holder done")
+    waiter.join(10)
+    assert order == ["holder done", "waiter got it"]
+
+
+def _wait_then_record(store: str, order: list[str]) -> None:
+    with writer_lock(store, wait=True):
+        order.append("waiter got it")
+
+
+def test_lock__a_killed_holder_leaves_no_stale_lock(tmp_path):
+    store = str(tmp_path / "e.zarr")
+    code = (
+        "import sys, time; sys.path.insert(0, '.'); from tasks.store import writer_lock\n"
+        f"with writer_lock({store!r}, wait=False):\n    print('held', flush=True); time.sleep(60)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with pytest.raises(StoreBusy), writer_lock(store, wait=False):
+        pass
+    holder.kill()
+    holder.wait()
+    with writer_lock(store, wait=False):
+        pass
+
+
+def test_retries__a_flaky_source_still_completes_every_point(
+    tmp_path, demo_catalog_dir, served_demo
+):
+    clean = export(**params(tmp_path, served_demo.url, store="clean.zarr"))
+    rng = random.Random(7)
+    faults: list[Request] = []
+
+    def flaky(request: Request):
+        if rng.random() < 0.3:
+            faults.append(request)
+            return 503 if rng.random() < 0.5 else "drop"
+        return None
+
+    with serve_directory(demo_catalog_dir, fault=flaky) as base:
+        flaky_params = params(tmp_path, f"{base}/catalog.json", store="flaky.zarr")
+        flaky_params["output"] = flaky_params["output"].model_copy(
+            update={"work_dir": str(tmp_path / "flaky-work")}
+        )
+        summary = export(**flaky_params)
+    assert len(faults) >= 5, "the server must actually have failed requests"
+    assert summary["all_ok"]
+    got, want = values(summary["store"]), values(clean["store"])
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_dask__a_two_worker_cluster_writes_the_same_store_as_threads(tmp_path, served_demo):
+    threads = export(**params(tmp_path, served_demo.url, store="threads.zarr"))
+    runner = DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": 2,
+            "threads_per_worker": 1,
+            "processes": True,
+            "resources": {INFER_RESOURCE: 1},
+        }
+    )
+    dask_params = params(tmp_path, served_demo.url, store="dask.zarr")
+    dask_params["output"] = dask_params["output"].model_copy(
+        update={"work_dir": str(tmp_path / "dask-work")}
+    )
+    on_dask = export.with_options(task_runner=runner)(**dask_params)
+    assert on_dask["all_ok"]
+    got, want = values(on_dask["store"]), values(threads["store"])
+    for name in want:
+        if want[name].dtype.kind == "f":
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, err_msg=name)
+        else:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)

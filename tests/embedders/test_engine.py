@@ -94,7 +94,9 @@ def test_embed__result_does_not_depend_on_which_images_share_a_call_or_their_ord
         for k, row in enumerate(rows):
             gh, gw = result.grid.shape[2:]
             expected = clean.grid[row, :, :gh, :gw]
-            np.testing.assert_allclose(result.grid[k], expected, rtol=1e-5, atol=1e-7, equal_nan=True)
+            np.testing.assert_allclose(
+                result.grid[k], expected, rtol=1e-5, atol=1e-7, equal_nan=True
+            )
 
 
 def test_embed__an_error_while_cutting_tiles_is_raised_to_the_caller(

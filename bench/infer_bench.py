@@ -11,24 +11,27 @@ batch per point, as rs-embed does on CPU). Prints JSON, then a short table.
 
 import argparse
 import json
+import os
 import platform
 import resource
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import timm
 import torch
+from timm.models import VisionTransformer
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from embedders import autobatch, batching, engine  # noqa: E402
-from embedders.dofa import S2_MEAN_STD  # noqa: E402
-from embedders.spec import InferenceOptions, ModelSpec, Precision, WeightsInfo  # noqa: E402
+from embedders import autobatch, batching, engine
+from embedders.dofa import S2_MEAN_STD
+from embedders.spec import InferenceOptions, ModelSpec, Precision, WeightsInfo
 
 # The 12 Sentinel-2 L2A bands (B10, a cirrus band, exists in L1C only).
 BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
@@ -55,7 +58,7 @@ class VitEmbedder:
 
     spec: ModelSpec
     weights: WeightsInfo
-    module: torch.nn.Module
+    module: VisionTransformer
 
     def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.module.forward_features(tiles)
@@ -70,6 +73,8 @@ def build_model(device: torch.device) -> VitEmbedder:
     module = timm.create_model(
         "vit_base_patch16_224", pretrained=False, in_chans=len(BANDS), num_classes=0
     )
+    if not isinstance(module, VisionTransformer):
+        raise TypeError(f"timm returned {type(module).__name__}, not a VisionTransformer")
     return VitEmbedder(SPEC, WeightsInfo("random", "seed=0"), module.eval().to(device))
 
 
@@ -202,23 +207,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _setup(args: argparse.Namespace) -> tuple[torch.device, int, int | str]:
+def _setup(args: argparse.Namespace) -> tuple[torch.device, int, InferenceOptions]:
     cuda = args.device == "cuda" or (args.device is None and torch.cuda.is_available())
     device = torch.device("cuda" if cuda else "cpu")
     points = args.points or (512 if cuda else 16)
-    size: int | str = "auto" if args.batch_size == "auto" else int(args.batch_size)
-    return device, points, size
+    size: int | Literal["auto"] = "auto" if args.batch_size == "auto" else int(args.batch_size)
+    return device, points, InferenceOptions(input_prep="tile", output="pooled", batch_size=size)
+
+
+@dataclass
+class Timing:
+    """One precision: the batch size used and the best wall time of each way to run."""
+
+    batch_size: int
+    probe_s: float  # resolving the batch size (the "auto" probe), once per process
+    bare_s: float
+    swath_s: float
+
+
+def time_precision(
+    embedder: VitEmbedder,
+    points: list[np.ndarray],
+    staged: torch.Tensor,
+    options: InferenceOptions,
+    args: argparse.Namespace,
+) -> tuple[Timing, np.ndarray]:
+    device = staged.device
+    start = time.perf_counter()
+    batch = autobatch.resolve_batch_size(embedder, options, device)
+    probe_s = time.perf_counter() - start
+    bare = bare_forward(embedder, staged, batch, options.precision)
+    bare()  # warm-up
+    run, pooled = swath(embedder, points, options, device, args.chunk)
+    bare_s = _best_time(bare, device, args.repeats)
+    swath_s = _best_time(run, device, args.repeats)
+    return Timing(batch, probe_s, bare_s, swath_s), np.concatenate(pooled)
 
 
 def measure(args: argparse.Namespace) -> dict[str, object]:
     """Every figure of the benchmark, as a JSON-ready dict."""
-    device, n_points, size = _setup(args)
+    device, n_points, base = _setup(args)
     side = args.matmul or (8192 if device.type == "cuda" else 2048)
     embedder = build_model(device)
     points = synthetic_points(n_points, args.patch)
-    base = InferenceOptions(input_prep="tile", output="pooled", batch_size=size)  # type: ignore[arg-type]
     staged = staged_tiles(points, base).to(device)
-    n_tiles = len(staged)
     out: dict[str, object] = {
         "run": {
             "device": f"{device.type}: {device_name(device)}",
@@ -227,102 +259,99 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
             "model": "timm vit_base_patch16_224, in_chans=12, random weights",
             "points": n_points,
             "patch_px": args.patch,
-            "tiles": n_tiles,
+            "tiles": len(staged),
             "chunk_points": args.chunk,
             "repeats": args.repeats,
             "matmul_side": side,
+            "batch_size": str(base.batch_size),
+            "load_average_at_start": os.getloadavg()[0],
         },
         "matmul_gflops": {
-            "fp32": matmul_peak(device, torch.float32, side, 5),
-            "bf16": matmul_peak(device, torch.bfloat16, side, 5),
+            "fp32": matmul_peak(device, torch.float32, side, 10),
+            "bf16": matmul_peak(device, torch.bfloat16, side, 10),
         },
         "gflop_per_tile": gflop_per_tile(embedder, device),
     }
     pooled: dict[str, np.ndarray] = {}
     for precision in ("fp32", "bf16"):
         options = replace(base, precision=precision)
-        start = time.perf_counter()
-        batch = autobatch.resolve_batch_size(embedder, options, device)
-        probe_s = time.perf_counter() - start
-        bare = bare_forward(embedder, staged, batch, precision)
-        bare()  # warm-up
-        run, result = swath(embedder, points, options, device, args.chunk)
-        out[precision] = {
-            "batch_size": batch,
-            "probe_s": probe_s,
-            "bare_s": _best_time(bare, device, args.repeats),
-            "swath_s": _best_time(run, device, args.repeats),
-        }
-        pooled[precision] = np.concatenate(result)
-    options = replace(base, precision="fp32")
-    out["per_point_fp32_s"] = _best_time(per_point(embedder, points, options, device), device, 1)
+        timing, pooled[precision] = time_precision(embedder, points, staged, options, args)
+        out[precision] = asdict(timing)
+    one_by_one = per_point(embedder, points, replace(base, precision="fp32"), device)
+    out["per_point_fp32_s"] = _best_time(one_by_one, device, 1)
     cos = cosine(pooled["fp32"], pooled["bf16"])
     out["cosine_bf16_fp32"] = {"min": float(cos.min()), "mean": float(cos.mean())}
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
         out["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    out["load_average_at_end"] = os.getloadavg()[0]
     return out
 
 
-def derive(out: dict[str, object]) -> dict[str, float]:
-    """The ratios the issue asks for, from the raw timings."""
-    tiles = out["run"]["tiles"]  # type: ignore[index]
-    gflop = out["gflop_per_tile"]
-    peak = out["matmul_gflops"]
-    fp32, bf16 = out["fp32"], out["bf16"]
+def derive(out: dict[str, Any]) -> dict[str, float]:
+    """The rates and ratios the issue asks for, from the raw timings."""
+    tiles, gflop, peak = out["run"]["tiles"], out["gflop_per_tile"], out["matmul_gflops"]
     d: dict[str, float] = {}
-    for name, m in (("fp32", fp32), ("bf16", bf16)):
-        bare, sw = tiles / m["bare_s"], tiles / m["swath_s"]  # type: ignore[index]
-        d[f"{name}_bare_tiles_per_s"], d[f"{name}_swath_tiles_per_s"] = bare, sw
-        d[f"{name}_bare_gflops"] = bare * gflop  # type: ignore[operator]
-        d[f"{name}_swath_gflops"] = sw * gflop  # type: ignore[operator]
-        d[f"{name}_swath_share_of_matmul_peak"] = sw * gflop / peak[name]  # type: ignore[index,operator]
-        d[f"{name}_swath_over_bare"] = sw / bare
-    d["per_point_fp32_tiles_per_s"] = tiles / out["per_point_fp32_s"]  # type: ignore[operator]
+    for p in ("fp32", "bf16"):
+        bare, sw = tiles / out[p]["bare_s"], tiles / out[p]["swath_s"]
+        d[f"{p}_bare_tiles_per_s"], d[f"{p}_swath_tiles_per_s"] = bare, sw
+        d[f"{p}_bare_gflops"], d[f"{p}_swath_gflops"] = bare * gflop, sw * gflop
+        d[f"{p}_bare_share_of_matmul_peak"] = bare * gflop / peak[p]
+        d[f"{p}_swath_share_of_matmul_peak"] = sw * gflop / peak[p]
+        d[f"{p}_swath_over_bare"] = sw / bare
+    d["per_point_fp32_tiles_per_s"] = tiles / out["per_point_fp32_s"]
     d["swath_over_per_point_fp32"] = d["fp32_swath_tiles_per_s"] / d["per_point_fp32_tiles_per_s"]
     d["bf16_over_fp32_swath"] = d["bf16_swath_tiles_per_s"] / d["fp32_swath_tiles_per_s"]
     return d
 
 
-def table(out: dict[str, object], d: dict[str, float]) -> str:
+def table(out: dict[str, Any], d: dict[str, float]) -> str:
     peak, cos = out["matmul_gflops"], out["cosine_bf16_fp32"]
     rows = [
-        ("matmul peak GFLOP/s fp32 / bf16", f"{peak['fp32']:.0f} / {peak['bf16']:.0f}"),  # type: ignore[index]
+        (
+            "run",
+            f"{out['run']['tiles']} tiles ({out['run']['points']} points of "
+            f"{out['run']['patch_px']} px) on {out['run']['device']}",
+        ),
+        ("matmul peak GFLOP/s fp32 / bf16", f"{peak['fp32']:.0f} / {peak['bf16']:.0f}"),
         ("GFLOP per tile", f"{out['gflop_per_tile']:.1f}"),
     ]
     for p in ("fp32", "bf16"):
-        m = out[p]
         rows += [
-            (f"{p} batch size (auto)", f"{m['batch_size']}"),  # type: ignore[index]
-            (f"{p} bare forward tiles/s", f"{d[f'{p}_bare_tiles_per_s']:.2f}"),
-            (f"{p} swath tiles/s", f"{d[f'{p}_swath_tiles_per_s']:.2f}"),
-            (f"{p} swath GFLOP/s (share of peak)",
-             f"{d[f'{p}_swath_gflops']:.0f} ({d[f'{p}_swath_share_of_matmul_peak']:.0%})"),
+            (f"{p} batch size", f"{out[p]['batch_size']} ({out['run']['batch_size']})"),
+            (
+                f"{p} bare forward tiles/s (share of peak)",
+                f"{d[f'{p}_bare_tiles_per_s']:.2f} ({d[f'{p}_bare_share_of_matmul_peak']:.0%})",
+            ),
+            (
+                f"{p} swath tiles/s (share of peak)",
+                f"{d[f'{p}_swath_tiles_per_s']:.2f} ({d[f'{p}_swath_share_of_matmul_peak']:.0%})",
+            ),
             (f"{p} swath / bare forward", f"{d[f'{p}_swath_over_bare']:.3f}"),
         ]
     rows += [
         ("per-point fp32 tiles/s", f"{d['per_point_fp32_tiles_per_s']:.2f}"),
         ("swath / per-point (fp32)", f"{d['swath_over_per_point_fp32']:.3f}"),
         ("bf16 / fp32 (swath tiles/s)", f"{d['bf16_over_fp32_swath']:.2f}"),
-        ("cosine bf16 vs fp32 min / mean", f"{cos['min']:.5f} / {cos['mean']:.5f}"),  # type: ignore[index]
+        ("cosine bf16 vs fp32 min / mean", f"{cos['min']:.5f} / {cos['mean']:.5f}"),
         ("peak RSS MiB", f"{out['peak_rss_mib']:.0f}"),
     ]
     if "peak_gpu_mib" in out:
         rows.append(("peak GPU memory MiB", f"{out['peak_gpu_mib']:.0f}"))
-    width = max(len(r[0]) for r in rows)
+    width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     out = measure(args)
-    out["derived"] = d = derive(out)
+    out["derived"] = derived = derive(out)
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
     print()
-    print(table(out, d))
+    print(table(out, derived))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,45 @@
+"""Serve the export's deployments from this process: the simplest way to run swath from the
+Prefect UI and on a schedule, with no work pool.
+
+    prefect server start --host 127.0.0.1 --port 4200          # terminal 1
+    PREFECT_API_URL=http://127.0.0.1:4200/api python -m deployments.serve   # terminal 2
+
+Two deployments appear in the UI:
+- swath-export/demo: the offline demo; press Run, or Custom Run to fill the parameter form.
+- swath-export/monthly: on the 2nd of every month at 03:00 UTC, exports the previous calendar
+  month for the region below into one store, one time entry per month. Edit REGION, CATALOG
+  and STORE for your data. Stopping this process pauses the schedule.
+"""
+
+from prefect import serve
+
+import flows  # noqa: F401 - offline Prefect defaults
+from flows.export import export
+from flows.params import Imagery, Inference, Output, Region, Window
+
+REGION = Region(bbox=(-67.660, -47.861, -67.626, -47.848), spacing_m=250)
+CATALOG = "demo"  # a static STAC catalog.json path or URL
+STORE = "swath-monthly.zarr"
+MONTHLY_CRON = "0 3 2 * *"
+
+
+def main() -> None:
+    demo = export.to_deployment(name="demo", tags=["swath"], description="The offline demo.")
+    monthly = export.to_deployment(
+        name="monthly",
+        cron=MONTHLY_CRON,
+        tags=["swath", "scheduled"],
+        description="Each run exports the previous calendar month into one store.",
+        parameters={
+            "region": REGION.model_dump(mode="json"),
+            "window": Window(previous_month=True).model_dump(mode="json"),
+            "imagery": Imagery(catalog=CATALOG).model_dump(mode="json"),
+            "inference": Inference().model_dump(mode="json"),
+            "output": Output(store=STORE, wait=True).model_dump(mode="json"),
+        },
+    )
+    serve(demo, monthly)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    main()

@@ -66,12 +66,26 @@ class Launched:
 Forward = Callable[[torch.Tensor], Launched]
 
 
+@contextlib.contextmanager
+def _ieee_fp32() -> Iterator[None]:
+    """Float32 as IEEE float32 on CUDA. cuDNN runs float32 convolutions in TF32 (a 10-bit
+    mantissa) by default, which moves results by ~1e-3 and lets them depend on the batch
+    size through the algorithm cuDNN picks for it."""
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
+
+
 def precision_context(
     precision: Precision, device: torch.device
 ) -> contextlib.AbstractContextManager[object]:
-    """Autocast for bf16 (CPU and CUDA) and fp16 (CUDA only); nothing for fp32."""
+    """Autocast for bf16 (CPU and CUDA) and fp16 (CUDA only); IEEE float32 for fp32."""
     if precision == "fp32":
-        return contextlib.nullcontext()
+        return _ieee_fp32() if device.type == "cuda" else contextlib.nullcontext()
     if precision == "fp16" and device.type != "cuda":
         raise ValueError(
             f"precision fp16 needs a CUDA device, got {device}; use bf16 or fp32 on {device.type}"
@@ -161,8 +175,11 @@ class _Producer[R]:
             yield item
 
     def _produce(self) -> None:
+        # A new thread's current CUDA device is 0: pin memory and copy from the plan's
+        # device's context, not device 0's.
+        on_device = torch.cuda.device(self._plan.device) if self._cuda else contextlib.nullcontext()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), on_device:
                 for batch in self._batches():
                     if not self._put(batch):
                         return

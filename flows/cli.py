@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"swath: {len(plan.points)} points in {len(plan.chunks)} chunks -> {plan.store}")
         job = resolve_job(plan)
         if not args.wait:
-            with writer_lock(plan.store, wait=False):
+            with writer_lock(plan.store, wait=False, lock_dir=plan.locks_dir):
                 pass  # refuse now, with a clear line, rather than from inside the flow
     except (UsageError, StoreBusy) as e:
         return _usage_error(str(e))

@@ -30,7 +30,14 @@ from tasks.plan import (
     plan_points,
 )
 from tasks.sources import SensorConfig
-from tasks.store import ModelOutput, StoreLayout, StoreMismatch, check_store, time_index
+from tasks.store import (
+    ModelOutput,
+    StoreLayout,
+    StoreMismatch,
+    check_store,
+    is_url,
+    time_index,
+)
 
 
 class UsageError(ValueError):
@@ -52,6 +59,10 @@ class Plan:
     @property
     def inputs_path(self) -> str:
         return os.path.join(self.work_dir, "inputs.zarr")
+
+    @property
+    def locks_dir(self) -> str:
+        return os.path.join(self.work_dir, "locks")
 
     @property
     def results_path(self) -> str:
@@ -93,8 +104,8 @@ def plan_job(
         if name not in registry.MODELS:
             known = ", ".join(registry.MODELS)
             raise UsageError(f"unknown model '{name}'; known models: {known} (see --list-models)")
-    store = os.path.abspath(output.store)
-    if os.path.exists(store) and not os.path.isdir(store):
+    store = output.store if is_url(output.store) else os.path.abspath(output.store)
+    if not is_url(store) and os.path.exists(store) and not os.path.isdir(store):
         raise UsageError(f"output path {store} is a file, not a swath store; choose another --out")
     options = InferenceOptions(
         input_prep=inference.input_prep,

@@ -28,6 +28,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
+from fsspec.core import url_to_fs
 
 from embedders.spec import Status
 from tasks.plan import Chunk, Point
@@ -36,6 +37,7 @@ STORE_FORMAT = 1
 
 
 Window = tuple[date, date]  # first and last day, inclusive
+CREATING = "creating"
 
 
 class StoreMismatch(ValueError):
@@ -92,7 +94,8 @@ def check_store(path: str, layout: StoreLayout) -> bool:
 
     Raises StoreMismatch when the path holds anything else; nothing is written.
     """
-    if not os.path.exists(path) or (os.path.isdir(path) and not os.listdir(path)):
+    fs, root = url_to_fs(path)
+    if not fs.exists(root) or (fs.isdir(root) and not fs.ls(root)):
         return False
     try:
         group = zarr.open_group(path, mode="r")
@@ -102,6 +105,8 @@ def check_store(path: str, layout: StoreLayout) -> bool:
             f"output path {path} exists and is not a swath store (it holds no Zarr group); "
             "choose another --out or remove it"
         ) from e
+    if isinstance(meta, dict) and meta.get("state") == CREATING:
+        return False  # an object-store layout that a crash interrupted: lay it out again
     if not isinstance(meta, dict) or "fingerprint" not in meta:
         raise StoreMismatch(
             f"output path {path} exists and is not a swath store (a Zarr group without swath's "
@@ -131,17 +136,26 @@ def _short(value: Any) -> str:
 
 def create_store(path: str, layout: StoreLayout, window: Window, attrs: dict[str, Any]) -> None:
     """Lay the store out once, with its first time entry: coordinates written, data variables
-    left to their fill values. Built beside `path` and renamed into place, so a crash leaves
-    either no store or a whole one."""
+    left to their fill values. A crash leaves either no store or one a rerun lays out again:
+    a local store is built beside `path` and renamed into place; an object-store URL (which
+    has no rename) is marked as being created until its attributes are written last."""
     ds, encoding = _template(layout, window)
-    ds.attrs["swath"] = {
+    ds.attrs["models"] = {m.name: {**m.identity, **m.provenance} for m in layout.models}
+    meta = {
         **attrs,
         "format": STORE_FORMAT,
         "fingerprint": layout.fingerprint(),
         "layout": layout.summary(),
         "software": {"swath": version("swath"), "torch": version("torch"), "zarr": version("zarr")},
     }
-    ds.attrs["models"] = {m.name: {**m.identity, **m.provenance} for m in layout.models}
+    if is_url(path):
+        ds.attrs["swath"] = {"state": CREATING}
+        with _quiet_consolidation():
+            ds.to_zarr(path, mode="w", compute=False, zarr_format=3, encoding=encoding)
+            zarr.open_group(path, mode="r+").attrs.update({"swath": meta})
+            zarr.consolidate_metadata(path)
+        return
+    ds.attrs["swath"] = meta
     staging = f"{path.rstrip('/')}.creating-{uuid.uuid4().hex[:8]}"
     with _quiet_consolidation():
         ds.to_zarr(
@@ -150,6 +164,11 @@ def create_store(path: str, layout: StoreLayout, window: Window, attrs: dict[str
     if os.path.isdir(path) and not os.listdir(path):
         os.rmdir(path)
     os.rename(staging, path)
+
+
+def is_url(path: str) -> bool:
+    """Whether a store path is an fsspec URL (s3://, gs://, file://, ...) rather than a path."""
+    return "://" in path
 
 
 def time_index(path: str, window: Window) -> int | None:
@@ -304,13 +323,20 @@ class StoreBusy(RuntimeError):
 
 
 @contextmanager
-def writer_lock(path: str, *, wait: bool) -> Iterator[None]:
-    """Hold the store's one writer lock: an advisory lock on `<path>.lock` beside the store.
+def writer_lock(path: str, *, wait: bool, lock_dir: str) -> Iterator[None]:
+    """Hold the store's one writer lock: an advisory lock on `<path>.lock` beside a local
+    store, or on a file named by the URL's hash in `lock_dir` for an object-store URL (object
+    stores have no locks: exports of one URL must then share a machine and work directory).
 
     The operating system drops the lock when its process dies, so a killed export never
     leaves a stale lock behind. `wait=False` refuses at once when another export holds it.
     """
-    lock_path = f"{path.rstrip('/')}.lock"
+    if is_url(path):
+        os.makedirs(lock_dir, exist_ok=True)
+        digest = hashlib.sha256(path.encode()).hexdigest()[:16]
+        lock_path = os.path.join(lock_dir, f"store-{digest}.lock")
+    else:
+        lock_path = f"{path.rstrip('/')}.lock"
     with open(lock_path, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))

@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from embedders.batching import BatchPlan, Failure, Launched, Outcome, run_batches
+from embedders.batching import (
+    BatchPlan,
+    Failure,
+    Launched,
+    Outcome,
+    precision_context,
+    run_batches,
+)
 
 CPU = torch.device("cpu")
 
@@ -117,6 +124,21 @@ def test_run_batches__a_failing_tile_fails_alone() -> None:
 def test_run_batches__rejects_a_batch_size_below_one() -> None:
     with pytest.raises(ValueError, match="model m: batch_size must be >= 1, got 0"):
         list(run_batches(_stream(3), Recorder(), BatchPlan(0, CPU, "model m")))
+
+
+def test_precision__fp32_on_cuda_is_ieee_float32_not_tf32() -> None:
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    with precision_context("fp32", torch.device("cuda")):  # sets flags only: no GPU needed
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+    assert (conv.fp32_precision, matmul.fp32_precision) == before
+
+
+def test_precision__bf16_autocasts_on_cpu_and_fp16_is_refused_there() -> None:
+    with precision_context("bf16", CPU):
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device, got cpu; use bf16 or fp32"):
+        precision_context("fp16", CPU)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -74,15 +74,19 @@ def test_windows__previous_month_is_the_month_before_the_scheduled_day():
 def test_lock__a_second_writer_is_refused_with_a_clear_message(tmp_path):
     store = str(tmp_path / "e.zarr")
     busy = pytest.raises(StoreBusy, match=r"another export is writing .*e\.zarr \(pid \d+")
-    with writer_lock(store, wait=False), busy, writer_lock(store, wait=False):
+    with (
+        writer_lock(store, wait=False, lock_dir=str(tmp_path)),
+        busy,
+        writer_lock(store, wait=False, lock_dir=str(tmp_path)),
+    ):
         pass
 
 
 def test_lock__wait_queues_behind_the_holder(tmp_path):
     store = str(tmp_path / "e.zarr")
     order: list[str] = []
-    with writer_lock(store, wait=False):
-        waiter = threading.Thread(target=lambda: _wait_then_record(store, order))
+    with writer_lock(store, wait=False, lock_dir=str(tmp_path)):
+        waiter = threading.Thread(target=lambda: _wait_then_record(store, order, str(tmp_path)))
         waiter.start()
         waiter.join(0.5)
         assert waiter.is_alive(), "the waiter must block while the lock is held"
@@ -91,8 +95,8 @@ def test_lock__wait_queues_behind_the_holder(tmp_path):
     assert order == ["holder done", "waiter got it"]
 
 
-def _wait_then_record(store: str, order: list[str]) -> None:
-    with writer_lock(store, wait=True):
+def _wait_then_record(store: str, order: list[str], lock_dir: str) -> None:
+    with writer_lock(store, wait=True, lock_dir=lock_dir):
         order.append("waiter got it")
 
 
@@ -100,18 +104,19 @@ def test_lock__a_killed_holder_leaves_no_stale_lock(tmp_path):
     store = str(tmp_path / "e.zarr")
     code = (
         "import sys, time; sys.path.insert(0, '.'); from tasks.store import writer_lock\n"
-        f"with writer_lock({store!r}, wait=False):\n    print('held', flush=True); time.sleep(60)\n"
+        f"with writer_lock({store!r}, wait=False, lock_dir='.'):\n"
+        "    print('held', flush=True); time.sleep(60)\n"
     )
     root = Path(__file__).resolve().parents[2]
     holder = subprocess.Popen(
         [sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE, text=True
     )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-    with pytest.raises(StoreBusy), writer_lock(store, wait=False):
+    with pytest.raises(StoreBusy), writer_lock(store, wait=False, lock_dir=str(tmp_path)):
         pass
     holder.kill()
     holder.wait()
-    with writer_lock(store, wait=False):
+    with writer_lock(store, wait=False, lock_dir=str(tmp_path)):
         pass
 
 
@@ -163,3 +168,23 @@ def test_dask__a_two_worker_cluster_writes_the_same_store_as_threads(tmp_path, s
             np.testing.assert_allclose(got[name], want[name], rtol=1e-5, err_msg=name)
         else:
             np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_urls__an_fsspec_url_store_is_written_and_resumed(tmp_path, served_demo):
+    url = f"file://{tmp_path}/by-url.zarr"
+    first = export(
+        **params(tmp_path, served_demo.url, store="ignored.zarr")
+        | {"output": Output(store=url, work_dir=str(tmp_path / "work"), chunk_size=3)}
+    )
+    assert first["store"] == url and first["all_ok"]
+    before = values(url)
+    again = export(
+        **params(tmp_path, served_demo.url)
+        | {"output": Output(store=url, work_dir=str(tmp_path / "work"), chunk_size=3)}
+    )
+    assert again["all_ok"]
+    for name, want in before.items():
+        np.testing.assert_array_equal(values(url)[name], want, err_msg=name)
+    assert list((tmp_path / "work" / "locks").glob("store-*.lock")), (
+        "URL stores lock in the work dir"
+    )

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import psutil
 import timm
 import torch
 from timm.models import VisionTransformer
@@ -239,8 +240,10 @@ def time_precision(
     bare = bare_forward(embedder, staged, batch, options.precision)
     bare()  # warm-up
     run, pooled = swath(embedder, points, options, device, args.chunk)
-    bare_s = _best_time(bare, device, args.repeats)
-    swath_s = _best_time(run, device, args.repeats)
+    bare_s = swath_s = float("inf")
+    for _ in range(args.repeats):  # alternated, so a busy spell on the machine hits both
+        bare_s = min(bare_s, _best_time(bare, device, 1))
+        swath_s = min(swath_s, _best_time(run, device, 1))
     return Timing(batch, probe_s, bare_s, swath_s), np.concatenate(pooled)
 
 
@@ -265,6 +268,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
             "matmul_side": side,
             "batch_size": str(base.batch_size),
             "load_average_at_start": os.getloadavg()[0],
+            "rss_after_setup_mib": psutil.Process().memory_info().rss / 2**20,
         },
         "matmul_gflops": {
             "fp32": matmul_peak(device, torch.float32, side, 10),

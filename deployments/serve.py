@@ -12,6 +12,7 @@ Two deployments appear in the UI:
 """
 
 from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
 
 import flows  # noqa: F401 - offline Prefect defaults
 from flows.export import export
@@ -23,9 +24,9 @@ STORE = "swath-monthly.zarr"
 MONTHLY_CRON = "0 3 2 * *"
 
 
-def main() -> None:
-    demo = export.to_deployment(name="demo", tags=["swath"], description="The offline demo.")
-    monthly = export.to_deployment(
+def monthly_deployment() -> RunnerDeployment:
+    """The recurring export: the previous calendar month, each run one time entry."""
+    return export.to_deployment(  # type: ignore[return-value]
         name="monthly",
         cron=MONTHLY_CRON,
         tags=["swath", "scheduled"],
@@ -38,7 +39,11 @@ def main() -> None:
             "output": Output(store=STORE, wait=True).model_dump(mode="json"),
         },
     )
-    serve(demo, monthly)  # type: ignore[arg-type]
+
+
+def main() -> None:
+    demo = export.to_deployment(name="demo", tags=["swath"], description="The offline demo.")
+    serve(demo, monthly_deployment())  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

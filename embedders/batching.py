@@ -71,7 +71,9 @@ def _ieee_fp32() -> Iterator[None]:
     """Float32 as IEEE float32 on CUDA. cuDNN runs float32 convolutions in TF32 (a 10-bit
     mantissa) by default, which moves results by ~1e-3 and lets them depend on the batch
     size through the algorithm cuDNN picks for it."""
-    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    # torch.backends.cudnn.conv exists at runtime (torch >= 2.9); the stubs leave it out.
+    conv = torch.backends.cudnn.conv  # type: ignore[attr-defined]
+    matmul = torch.backends.cuda.matmul
     saved = conv.fp32_precision, matmul.fp32_precision
     conv.fp32_precision = matmul.fp32_precision = "ieee"
     try:

@@ -55,11 +55,19 @@ def export(
             plan.store,
         )
         for name, info in job.weights.items():
-            logger.info("weights of %s: %s", name, info.describe())
+            if info.kind == "random":
+                logger.warning("RANDOM WEIGHTS for %s: %s", name, info.describe())
+            else:
+                logger.info("weights of %s: %s", name, info.describe())
         t = _time_entry(job, region)
         failed = _run(job, t, refresh=output.refresh)
         summary = _summary(job, t, time.monotonic() - started)
     _summary_artifact(summary)
+    if not summary["all_ok"]:
+        logger.warning(
+            "not every point is ok: %s; the store's <model>_reason says why, per point",
+            "; ".join(f"{m}: {_counts(s['status'])}" for m, s in summary["models"].items()),
+        )
     if failed:
         raise RuntimeError(
             f"{len(failed)} chunk task(s) failed, first: {failed[0]}; rerun the same command "
@@ -202,10 +210,15 @@ def _summary(job: Job, t: int, seconds: float) -> dict[str, Any]:
     }
 
 
+def _counts(status: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in status.items() if v)
+
+
 def _summary_artifact(summary: dict[str, Any]) -> None:
     rows = "\n".join(
         f"| {name} | {m['status']['ok']} | {m['status']['failed']} | {m['status']['nodata']} "
-        f"| {m['status']['pending']} | {m['weights']} |"
+        f"| {m['status']['pending']} | {'**RANDOM** ' if m['weights'].startswith('random') else ''}"
+        f"{m['weights']} |"
         for name, m in summary["models"].items()
     )
     create_markdown_artifact(

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from embedders import registry
 from embedders.engine import NODATA_REASON, EmbedResult, embed_images
 from embedders.spec import Embedder, InferenceOptions, Status
 from tests.embedders.fakes import Wrapper
@@ -206,3 +207,18 @@ def test_embed__no_images_gives_empty_arrays(resnet18: Embedder) -> None:
     result = _run(resnet18, [], TILE_GRID)
     assert result.pooled.shape == (0, 512) and result.status.shape == (0,)
     assert result.grid is not None and result.grid.shape[:2] == (0, 512)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_embed__cuda_gives_the_same_result_at_every_batch_size_and_matches_cpu(
+    images: list[np.ndarray], clean: EmbedResult
+) -> None:
+    cuda = torch.device("cuda")
+    model = registry.build("ssl4eo_resnet18_rgb", "random", cuda)
+    results = [
+        embed_images(model, images, replace(TILE_GRID, batch_size=bs), cuda)
+        for bs in (1, 7, 64, "auto")
+    ]
+    for r in results[1:]:
+        _assert_same(results[0], r)
+    np.testing.assert_allclose(results[0].pooled, clean.pooled, rtol=1e-4, atol=1e-6)

@@ -13,6 +13,7 @@ from prefect.states import Failed
 from tasks.demo import DEMO_COLLECTION, build_demo_catalog
 from tasks.plan import Chunk, Point
 from tasks.prefetch import (
+    PREFETCH_RETRIES,
     MissingInputsError,
     prefetch_chunk,
     prefetch_task,
@@ -171,6 +172,10 @@ def test_prefetch__demo_catalog_through_the_stac_source(tmp_path: Path) -> None:
 
 
 def test_prefetch_task__retries_transient_source_errors_only() -> None:
-    assert prefetch_task.retries == 3 and prefetch_task.retry_condition_fn is retry_if_transient
+    assert prefetch_task.retries == PREFETCH_RETRIES >= 3
+    assert prefetch_task.retry_condition_fn is retry_if_transient
+    assert prefetch_task.retry_jitter_factor is not None and prefetch_task.retry_jitter_factor > 0
+    delays = prefetch_task.retry_delay_seconds
+    assert isinstance(delays, list) and delays == sorted(delays) and delays[-1] > delays[0]
     assert retry_if_transient(prefetch_task, None, Failed(data=TransientSourceError("503")))
     assert not retry_if_transient(prefetch_task, None, Failed(data=ImagerySourceError("404")))

@@ -129,12 +129,7 @@ def gflop_per_tile(embedder: VitEmbedder, device: torch.device) -> float:
 
 def staged_tiles(points: list[np.ndarray], options: InferenceOptions) -> torch.Tensor:
     """The normalised tiles swath cuts from the points, in one tensor on the CPU."""
-    tiles = []
-    for image in points:
-        p = engine.prepare(image, SPEC, options)
-        side = SPEC.tile_px
-        tiles += [p.image[:, y : y + side, x : x + side] for y, x in p.layout.origins]
-    return torch.from_numpy(np.stack(tiles))
+    return torch.from_numpy(np.concatenate([engine.cut_tiles(p, SPEC, options) for p in points]))
 
 
 def bare_forward(
@@ -178,7 +173,7 @@ def per_point(
     embedder: VitEmbedder, points: list[np.ndarray], options: InferenceOptions, device: torch.device
 ) -> Callable[[], object]:
     """One call per point, its tiles as one batch (rs-embed's CPU path)."""
-    tiles_per_point = len(engine.prepare(points[0], SPEC, options).layout.origins)
+    tiles_per_point = len(engine.cut_tiles(points[0], SPEC, options))
     one = replace(options, batch_size=tiles_per_point)
     return lambda: [engine.embed_images(embedder, [p], one, device) for p in points]
 
@@ -202,7 +197,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patch", type=int, default=448, help="patch side in pixels (448: 4 tiles)")
     p.add_argument("--chunk", type=int, default=32, help="points per embed_images call")
     p.add_argument("--batch-size", default="auto", help="an integer or 'auto' (the default)")
-    p.add_argument("--repeats", type=int, default=2, help="timings are the best of these")
+    p.add_argument("--repeats", type=int, default=3, help="timings are the best of these")
     p.add_argument("--matmul", type=int, default=None, help="matmul side; default 2048/8192")
     p.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     return p.parse_args(argv)

@@ -1,12 +1,13 @@
 """Batches of tiles through a model: built ahead in a background thread, staged on the
 device, run with out-of-memory backoff and failure isolation.
 
-A producer thread turns a stream of (ref, tile) into batches of `plan.batch_size` tiles:
-each tile is copied once into a host buffer (pinned on CUDA) which, on CUDA, is sent to
-the device on a side stream. It runs up to `PREFETCH_DEPTH` batches ahead of the forward,
-so cutting and copying the next batch overlaps the current forward. The caller's thread
-runs the forwards in stream order; on CUDA it reads a batch's outputs back only after the
-next batch is launched, so the host's work on outputs overlaps the device's work too.
+A producer thread turns a stream of (ref, writer) into batches of `plan.batch_size`
+tiles: each writer fills its tile's slot of a host buffer (pinned on CUDA, reused from
+batch to batch) which, on CUDA, is sent to the device on a side stream. It runs up to
+`PREFETCH_DEPTH` batches ahead of the forward, so cutting and copying the next batch
+overlaps the current forward. The caller's thread runs the forwards in stream order; on
+CUDA it reads a batch's outputs back only after the next batch is launched, so the host's
+work on outputs overlaps the device's work too.
 """
 
 import contextlib
@@ -28,12 +29,17 @@ log = logging.getLogger(__name__)
 PREFETCH_DEPTH = 2
 
 
+# Writes one tile, as the model takes it, into a (C, T, T) float32 slot of a batch.
+TileWriter = Callable[[np.ndarray], None]
+
+
 @dataclass
 class BatchPlan:
     """How a tile stream is batched. `batch_size` is lowered in place on out-of-memory."""
 
     batch_size: int
     device: torch.device
+    tile_shape: tuple[int, int, int]  # (C, T, T)
     what: str  # names the model in messages, e.g. "model dofa_base"
 
 
@@ -123,9 +129,19 @@ def device_of(device: torch.device) -> torch.device:
 
 
 @dataclass
+class _Buffer:
+    """Host memory for one batch, reused: `free_after` fires when the device is done
+    reading it (CUDA)."""
+
+    tensor: torch.Tensor  # (capacity, C, T, T) float32; pinned on CUDA
+    free_after: torch.cuda.Event | None = None
+
+
+@dataclass
 class _Staged[R]:
     refs: list[R]
-    host: torch.Tensor  # (B, C, T, T) float32; pinned on CUDA
+    buffer: _Buffer
+    host: torch.Tensor  # the batch: the first len(refs) tiles of the buffer
     on_device: torch.Tensor | None = None  # the same tiles on the device (CUDA), if copied
     ready: torch.cuda.Event | None = None  # fires when `on_device` has arrived
 
@@ -147,12 +163,13 @@ class _Producer[R]:
     iteration, in the caller's thread. Leaving the context stops the thread.
     """
 
-    def __init__(self, tiles: Iterator[tuple[R, np.ndarray]], plan: BatchPlan) -> None:
+    def __init__(self, tiles: Iterator[tuple[R, TileWriter]], plan: BatchPlan) -> None:
         self._tiles = tiles
         self._plan = plan
         self._cuda = plan.device.type == "cuda"
         self._stream = torch.cuda.Stream(plan.device) if self._cuda else None
         self._queue: queue.Queue[_Staged[R] | _End | _Raised] = queue.Queue(PREFETCH_DEPTH)
+        self._free: queue.SimpleQueue[_Buffer] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._produce, name="swath-batches", daemon=True)
 
@@ -189,8 +206,25 @@ class _Producer[R]:
         except BaseException as e:  # handed to the consumer, which raises it
             self._put(_Raised(e))
 
+    def release(self, batch: _Staged[R]) -> None:
+        """Hand a batch's buffer back for reuse, once the forwards reading it are queued."""
+        if self._cuda:
+            batch.buffer.free_after = torch.cuda.Event()
+            batch.buffer.free_after.record(torch.cuda.current_stream(self._plan.device))
+        self._free.put(batch.buffer)
+
+    def _buffer(self, size: int) -> _Buffer:
+        with contextlib.suppress(queue.Empty):
+            buffer = self._free.get_nowait()
+            if len(buffer.tensor) >= size:
+                if buffer.free_after is not None:
+                    buffer.free_after.synchronize()
+                return buffer
+        shape = (max(size, self._plan.batch_size), *self._plan.tile_shape)
+        return _Buffer(torch.empty(shape, dtype=torch.float32, pin_memory=self._cuda))
+
     def _batches(self) -> Iterator[_Staged[R]]:
-        pending: list[tuple[R, np.ndarray]] = []
+        pending: list[tuple[R, TileWriter]] = []
         for item in self._tiles:
             pending.append(item)
             if len(pending) >= self._plan.batch_size:
@@ -199,13 +233,13 @@ class _Producer[R]:
         if pending:
             yield self._stage(pending)
 
-    def _stage(self, items: list[tuple[R, np.ndarray]]) -> _Staged[R]:
-        first = items[0][1]
-        host = torch.empty((len(items), *first.shape), dtype=torch.float32, pin_memory=self._cuda)
-        buffer = host.numpy()
-        for k, (_, tile) in enumerate(items):
-            buffer[k] = tile  # the one copy of each tile, straight into the batch
-        staged = _Staged([ref for ref, _ in items], host)
+    def _stage(self, items: list[tuple[R, TileWriter]]) -> _Staged[R]:
+        buffer = self._buffer(len(items))
+        host = buffer.tensor[: len(items)]
+        slots = host.numpy()
+        for k, (_, write) in enumerate(items):
+            write(slots[k])  # the one copy of each tile, straight into the batch
+        staged = _Staged([ref for ref, _ in items], buffer, host)
         if self._stream is not None:
             try:
                 with torch.cuda.stream(self._stream):
@@ -291,13 +325,13 @@ def _finish[R](refs: list[R], pieces: list[Launched | Failure]) -> Iterator[tupl
 
 
 def run_batches[R](
-    tiles: Iterator[tuple[R, np.ndarray]], forward: Forward, plan: BatchPlan
+    tiles: Iterator[tuple[R, TileWriter]], forward: Forward, plan: BatchPlan
 ) -> Iterator[tuple[R, Outcome]]:
     """The outcome of every tile of the stream, in stream order.
 
     `tiles` is consumed in a background thread; `forward` runs in the caller's thread
     (inside its inference mode and autocast). Batches are full except the last one and
-    after an out-of-memory backoff.
+    after an out-of-memory backoff. Outputs must not be views of the input tiles.
     """
     if plan.batch_size < 1:
         raise ValueError(f"{plan.what}: batch_size must be >= 1, got {plan.batch_size}")
@@ -310,5 +344,6 @@ def run_batches[R](
                 if previous is not None:  # read back once the next forward is launched
                     yield from _finish(*previous)
                 previous = part
+            producer.release(batch)
     if previous is not None:
         yield from _finish(*previous)

@@ -5,10 +5,12 @@ one tile). The tiles of all images form one stream that runs through the model i
 batches (embedders.batching: built ahead in a background thread, out-of-memory backoff,
 failure isolation). The outputs are stitched back per image in stream order, accumulated
 in float64, so the result does not depend on the batch size or on which other images
-share the call. An image's pixels are dropped once its tiles are cut, and its result is
-written as soon as its last tile is back.
+share the call. Tiles are normalised as they are copied into their batch, so no
+normalised copy of a whole image is made; an image's result is written as soon as its
+last tile is back.
 """
 
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from embedders import autobatch, batching, tiling
-from embedders.batching import BatchPlan, Failure, Launched, Outcome
+from embedders.batching import BatchPlan, Failure, Launched, Outcome, TileWriter
 from embedders.spec import Embedder, InferenceOptions, ModelSpec, Status
 
 log = logging.getLogger(__name__)
@@ -48,9 +50,15 @@ class _Layout:
 
 @dataclass
 class _Prepared:
-    """One image ready for the model: normalised, filled, padded or resized."""
+    """One image ready to be cut: where its tiles lie, and the pixels they are cut from.
 
-    image: np.ndarray  # (C, Hp, Wp) float32
+    An image of at least one tile is cut from the caller's array and normalised on the
+    way into the batch (no normalised copy of the whole image); a padded or resized image
+    is small and normalised here.
+    """
+
+    pixels: np.ndarray  # (C, Hp, Wp) float32
+    valid: np.ndarray | None  # (Hp, Wp) mask when `pixels` are raw, None when normalised
     layout: _Layout
     valid_fraction: float  # share of the unpadded image's pixels that are valid
 
@@ -62,34 +70,72 @@ class _TileRef:
     layout: _Layout
 
 
+@functools.cache
+def _norm(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and std as (C, 1, 1) float32."""
+    mean = np.asarray(spec.norm_mean, dtype=np.float32)[:, None, None]
+    return mean, np.asarray(spec.norm_std, dtype=np.float32)[:, None, None]
+
+
 def normalise(image: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
     """Normalise per band and fill invalid pixels with 0 (the dataset mean).
 
     Returns the filled image and the validity mask (all bands finite).
     """
     valid = np.isfinite(image).all(axis=0)
-    out = image - np.asarray(spec.norm_mean, dtype=np.float32)[:, None, None]
-    out /= np.asarray(spec.norm_std, dtype=np.float32)[:, None, None]
+    mean, std = _norm(spec)
+    out = image - mean
+    out /= std
     out[:, ~valid] = 0.0
     return out, valid
 
 
 def prepare(image: np.ndarray, spec: ModelSpec, options: InferenceOptions) -> _Prepared:
-    """Normalise one (C, H, W) float32 image and cut it into tiles (or resize it to one)."""
-    filled, valid = normalise(image, spec)
+    """Lay one (C, H, W) float32 image out in tiles (or resize it to one tile)."""
+    valid = np.isfinite(image).all(axis=0)
     _, height, width = image.shape
     fraction = float(valid.mean())
     tile = spec.tile_px
     if options.input_prep == "resize":
-        resized, valid_r = tiling.resize_to_tile(filled, valid, tile)
-        weights = np.array([float(valid_r.sum())])
-        return _Prepared(resized, _Layout([(0, 0)], weights, (tile, tile), height, width), fraction)
-    padded, valid_p = tiling.pad_to_tile(filled, valid, tile, spec.pad_mode)
+        resized, valid_r = tiling.resize_to_tile(normalise(image, spec)[0], valid, tile)
+        layout = _Layout([(0, 0)], np.array([float(valid_r.sum())]), (tile, tile), height, width)
+        return _Prepared(resized, None, layout, fraction)
+    pixels, valid_p = image, valid
+    mask: np.ndarray | None = valid
+    if height < tile or width < tile:
+        pixels, valid_p = tiling.pad_to_tile(normalise(image, spec)[0], valid, tile, spec.pad_mode)
+        mask = None
     height_p, width_p = valid_p.shape
     origins = tiling.tile_origins(height_p, width_p, tile, options.tile_overlap_px)
     weights = tiling.tile_weights(valid_p, origins, tile)
     layout = _Layout(origins, weights, (height_p, width_p), height, width)
-    return _Prepared(padded, layout, fraction)
+    return _Prepared(pixels, mask, layout, fraction)
+
+
+def write_tile(p: _Prepared, tile: int, spec: ModelSpec, out: np.ndarray) -> None:
+    """Write tile `tile` of a prepared image into `out` (C, T, T), normalised and filled:
+    the same float32 operations as `normalise`, so the same values to the bit."""
+    y0, x0 = p.layout.origins[tile]
+    rows, cols = slice(y0, y0 + spec.tile_px), slice(x0, x0 + spec.tile_px)
+    if p.valid is None:
+        np.copyto(out, p.pixels[:, rows, cols])
+        return
+    mean, std = _norm(spec)
+    np.subtract(p.pixels[:, rows, cols], mean, out=out)
+    out /= std
+    valid = p.valid[rows, cols]
+    if not valid.all():
+        out[:, ~valid] = 0.0
+
+
+def cut_tiles(image: np.ndarray, spec: ModelSpec, options: InferenceOptions) -> np.ndarray:
+    """Every tile of one image as the model receives it: (n_tiles, C, T, T) float32."""
+    p = prepare(np.asarray(image, dtype=np.float32), spec, options)
+    side = spec.tile_px
+    tiles = np.empty((len(p.layout.origins), len(spec.bands), side, side), dtype=np.float32)
+    for t in range(len(tiles)):
+        write_tile(p, t, spec, tiles[t])
+    return tiles
 
 
 def _check_image(image: np.ndarray, index: int, spec: ModelSpec) -> np.ndarray:
@@ -104,10 +150,9 @@ def _check_image(image: np.ndarray, index: int, spec: ModelSpec) -> np.ndarray:
 
 def _tile_stream(
     arrays: list[np.ndarray], spec: ModelSpec, options: InferenceOptions, result: EmbedResult
-) -> Iterator[tuple[_TileRef, np.ndarray]]:
+) -> Iterator[tuple[_TileRef, TileWriter]]:
     """Every tile of every image, in order, prepared image by image (in the producer
     thread). Images without a valid pixel are marked NODATA here and yield no tile."""
-    side = spec.tile_px
     keep_all = options.output == "grid"  # every cell of the grid needs a tile
     for i, arr in enumerate(arrays):
         p = prepare(arr, spec, options)
@@ -119,8 +164,7 @@ def _tile_stream(
         run = [t for t, w in enumerate(p.layout.weights) if keep_all or w > 0]
         layout = replace(p.layout, n_run=len(run))
         for t in run:
-            y0, x0 = layout.origins[t]
-            yield _TileRef(i, t, layout), p.image[:, y0 : y0 + side, x0 : x0 + side]
+            yield _TileRef(i, t, layout), functools.partial(write_tile, p, t, spec)
 
 
 @dataclass
@@ -226,7 +270,8 @@ def embed_images(
     if not arrays:
         return result
     size = autobatch.resolve_batch_size(embedder, options, device)
-    plan = BatchPlan(size, device, f"model {spec.name}")
+    shape = (len(spec.bands), spec.tile_px, spec.tile_px)
+    plan = BatchPlan(size, device, shape, f"model {spec.name}")
     want_grid = result.grid is not None
 
     def forward(tiles: torch.Tensor) -> Launched:

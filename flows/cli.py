@@ -59,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, metavar="N", help="points per chunk")
     p.add_argument("--input-prep", choices=["resize", "tile"])
     p.add_argument("--output", choices=["pooled", "grid"])
-    p.add_argument("--batch-size", type=int, metavar="N", help="tiles per forward (16)")
+    p.add_argument(
+        "--batch-size", type=_batch_size, metavar="N|auto", help="tiles per forward (auto)"
+    )
     p.add_argument("--tile-overlap", type=int, metavar="PX")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
@@ -82,6 +84,15 @@ def _bbox(text: str) -> tuple[float, float, float, float]:
             f"'{text}' is not four numbers west,south,east,north"
         ) from None
     return w, s, e, n
+
+
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number or 'auto'") from None
 
 
 def _date(text: str) -> date:

@@ -106,8 +106,10 @@ class Inference(BaseModel):
     tile_overlap_px: Annotated[int, Field(ge=0, le=1024)] = Field(
         0, description="overlap between neighbouring tiles, in input pixels"
     )
-    batch_size: Annotated[int, Field(ge=1, le=4096)] = Field(
-        16, description="tiles per forward pass; results do not depend on it"
+    batch_size: Annotated[int, Field(ge=1, le=4096)] | Literal["auto"] = Field(
+        "auto",
+        description="tiles per forward pass; auto: the largest batch that fits the device's "
+        "free memory, measured by a probe; results do not depend on it",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda if present")
     precision: Literal["fp32", "bf16", "fp16"] = Field(

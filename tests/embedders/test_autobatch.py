@@ -66,9 +66,9 @@ def test_probe__less_free_memory_gives_a_smaller_batch(resnet18: Embedder) -> No
         gauge = FakeGauge(available, fixed=100 * MiB, per_tile=20 * MiB)
         return probe_batch_size(resnet18, AUTO, CPU, gauge=gauge)
 
-    # (0.8 * 512 MiB - 100 MiB) // (20 MiB + 3 staged input tiles) = 14
-    assert probe(512 * MiB) == 14
+    # (0.8 * 256 MiB - 100 MiB) // (20 MiB + 3 staged input tiles) = 4
     assert probe(256 * MiB) == 4
+    assert probe(192 * MiB) == 2
     assert probe(64 * 2**30) == CPU_CAP
     assert probe(64 * MiB) == 1  # no room at all: one tile, and the backoff has the last word
 

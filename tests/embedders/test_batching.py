@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from embedders.batching import (
+    PREFETCH_DEPTH,
     BatchPlan,
     Failure,
     Launched,
     Outcome,
+    TileWriter,
     precision_context,
     run_batches,
 )
@@ -17,12 +19,26 @@ from embedders.batching import (
 CPU = torch.device("cpu")
 
 
-def _stream(n: int, fail_at: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+SHAPE = (1, 2, 2)
+
+
+def _plan(batch_size: int, device: torch.device = CPU) -> BatchPlan:
+    return BatchPlan(batch_size, device, SHAPE, "model m")
+
+
+def _stream(n: int, fail_at: int | None = None) -> Iterator[tuple[int, TileWriter]]:
     """Tiles (1, 2, 2) filled with their own index; raises at tile `fail_at`."""
     for k in range(n):
         if k == fail_at:
             raise ValueError(f"image {k}: broken patch")
-        yield k, np.full((1, 2, 2), k, dtype=np.float32)
+        yield k, _writer(k)
+
+
+def _writer(value: float) -> TileWriter:
+    def write(out: np.ndarray) -> None:
+        out.fill(value)
+
+    return write
 
 
 class Recorder:
@@ -32,9 +48,11 @@ class Recorder:
         self.oom_above, self.bad_value = oom_above, bad_value
         self.batches: list[list[int]] = []  # tile values of each forward that ran
         self.threads: set[int] = set()
+        self.buffers: set[int] = set()  # addresses of the batches' memory
 
     def __call__(self, tiles: torch.Tensor) -> Launched:
         self.threads.add(threading.get_ident())
+        self.buffers.add(tiles.data_ptr())
         if self.oom_above is not None and len(tiles) > self.oom_above:
             raise torch.OutOfMemoryError(f"fake OOM for a batch of {len(tiles)}")
         values = tiles[:, 0, 0, 0]
@@ -54,7 +72,7 @@ def _producer_threads() -> list[threading.Thread]:
 
 def test_run_batches__every_tile_once_in_order_in_full_batches() -> None:
     forward = Recorder()
-    out = list(run_batches(_stream(23), forward, BatchPlan(5, CPU, "model m")))
+    out = list(run_batches(_stream(23), forward, _plan(5)))
     assert [ref for ref, _ in out] == list(range(23))
     assert _values(out) == list(range(23))
     assert [len(b) for b in forward.batches] == [5, 5, 5, 5, 3]
@@ -62,11 +80,18 @@ def test_run_batches__every_tile_once_in_order_in_full_batches() -> None:
     assert _producer_threads() == []
 
 
+def test_run_batches__batch_memory_is_reused() -> None:
+    forward = Recorder()
+    out = list(run_batches(_stream(200), forward, _plan(4)))
+    assert _values(out) == list(range(200))  # no batch overwritten while in use
+    assert len(forward.batches) == 50 and len(forward.buffers) <= PREFETCH_DEPTH + 3
+
+
 def test_run_batches__the_next_batch_is_built_while_the_forward_runs() -> None:
     second_batch_started = threading.Event()
     producer_thread: list[int] = []
 
-    def stream() -> Iterator[tuple[int, np.ndarray]]:
+    def stream() -> Iterator[tuple[int, TileWriter]]:
         for k, tile in _stream(8):
             producer_thread.append(threading.get_ident())
             if k == 4:
@@ -78,7 +103,7 @@ def test_run_batches__the_next_batch_is_built_while_the_forward_runs() -> None:
         assert second_batch_started.wait(timeout=10), "batch 2 was not built during forward 1"
         return Launched(tiles[:, 0, 0, :1].clone(), None)
 
-    out = list(run_batches(stream(), forward, BatchPlan(4, CPU, "model m")))
+    out = list(run_batches(stream(), forward, _plan(4)))
     assert _values(out) == list(range(8))
     assert set(producer_thread) != {threading.get_ident()}
 
@@ -86,14 +111,14 @@ def test_run_batches__the_next_batch_is_built_while_the_forward_runs() -> None:
 def test_run_batches__an_error_in_the_tile_stream_is_raised_in_the_caller() -> None:
     seen: list[int] = []
     with pytest.raises(ValueError, match="image 6: broken patch"):
-        for ref, _ in run_batches(_stream(10, fail_at=6), Recorder(), BatchPlan(3, CPU, "m")):
+        for ref, _ in run_batches(_stream(10, fail_at=6), Recorder(), _plan(3)):
             seen.append(ref)
     assert seen == sorted(seen) and set(seen) <= set(range(6))  # none from tile 6 on
     assert _producer_threads() == []
 
 
 def test_run_batches__stopping_early_stops_the_producer() -> None:
-    outcomes = run_batches(_stream(1000), Recorder(), BatchPlan(2, CPU, "model m"))
+    outcomes = run_batches(_stream(1000), Recorder(), _plan(2))
     assert next(outcomes)[0] == 0
     outcomes.close()
     assert _producer_threads() == []
@@ -101,7 +126,7 @@ def test_run_batches__stopping_early_stops_the_producer() -> None:
 
 def test_run_batches__out_of_memory_halves_the_batch_for_the_rest_of_the_stream() -> None:
     forward = Recorder(oom_above=4)
-    plan = BatchPlan(16, CPU, "model m")
+    plan = _plan(16)
     out = list(run_batches(_stream(40), forward, plan))
     assert _values(out) == list(range(40))
     assert sorted(v for b in forward.batches for v in b) == list(range(40))  # each tile once
@@ -110,12 +135,12 @@ def test_run_batches__out_of_memory_halves_the_batch_for_the_rest_of_the_stream(
 
 def test_run_batches__out_of_memory_on_one_tile_names_the_model() -> None:
     with pytest.raises(torch.OutOfMemoryError, match="model m: out of memory with a batch of one"):
-        list(run_batches(_stream(3), Recorder(oom_above=0), BatchPlan(2, CPU, "model m")))
+        list(run_batches(_stream(3), Recorder(oom_above=0), _plan(2)))
     assert _producer_threads() == []
 
 
 def test_run_batches__a_failing_tile_fails_alone() -> None:
-    out = list(run_batches(_stream(12), Recorder(bad_value=7), BatchPlan(8, CPU, "model m")))
+    out = list(run_batches(_stream(12), Recorder(bad_value=7), _plan(8)))
     assert [ref for ref, _ in out] == list(range(12))
     assert out[7][1] == Failure("ValueError: bad tile 7")
     assert _values(out) == [v for v in range(12) if v != 7]
@@ -123,7 +148,7 @@ def test_run_batches__a_failing_tile_fails_alone() -> None:
 
 def test_run_batches__rejects_a_batch_size_below_one() -> None:
     with pytest.raises(ValueError, match="model m: batch_size must be >= 1, got 0"):
-        list(run_batches(_stream(3), Recorder(), BatchPlan(0, CPU, "model m")))
+        list(run_batches(_stream(3), Recorder(), _plan(0)))
 
 
 def test_precision__fp32_on_cuda_is_ieee_float32_not_tf32() -> None:
@@ -149,6 +174,6 @@ def test_run_batches__cuda_tiles_arrive_on_the_device_in_order() -> None:
         devices.add(str(tiles.device))
         return Launched(tiles[:, 0, 0, :1].float().cpu(), None)
 
-    out = list(run_batches(_stream(21), forward, BatchPlan(4, torch.device("cuda"), "m")))
+    out = list(run_batches(_stream(21), forward, _plan(4, torch.device("cuda"))))
     assert _values(out) == list(range(21))
     assert devices == {f"cuda:{torch.cuda.current_device()}"}

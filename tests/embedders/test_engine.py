@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from embedders import registry
-from embedders.engine import NODATA_REASON, EmbedResult, embed_images
+from embedders.engine import NODATA_REASON, EmbedResult, cut_tiles, embed_images, normalise
 from embedders.spec import Embedder, InferenceOptions, Status
 from tests.embedders.fakes import Wrapper
 
@@ -105,6 +105,20 @@ def test_embed__an_error_while_cutting_tiles_is_raised_to_the_caller(
 ) -> None:
     with pytest.raises(ValueError, match=r"overlap must be in \[0, tile\)"):
         _run(resnet18, images, replace(TILE_GRID, tile_overlap_px=224))
+
+
+def test_cut_tiles__are_the_normalised_image_cut_bit_for_bit(
+    resnet18: Embedder, make_image: ImageMaker
+) -> None:
+    image = make_image(3, 230, 300)
+    image[:, 5:9, 100:140] = np.nan
+    image[2, 200, 7] = np.inf
+    tiles = cut_tiles(image, resnet18.spec, TILE_GRID)
+    filled, _ = normalise(image, resnet18.spec)
+    origins = [(0, 0), (0, 76), (6, 0), (6, 76)]  # overlap 40: starts 0, 184 -> moved to 76
+    expected = np.stack([filled[:, y : y + 224, x : x + 224] for y, x in origins])
+    assert np.array_equal(tiles, expected)
+    assert (tiles[0][:, 5:9, 100:140] == 0).all()
 
 
 def test_embed__out_of_memory_halves_the_batch_and_retries_the_same_tiles(

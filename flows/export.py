@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import torch
 from dask.base import annotate
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
@@ -31,8 +32,11 @@ from tasks.prefetch import prefetch_task
 from tasks.store import add_window, create_store, done_mask, status_counts, time_index, writer_lock
 from tasks.write import write_task
 
+# Threads: prefetch and write alongside one infer per device (tasks/infer.py DevicePool).
+THREADS = 4 + torch.cuda.device_count()
 
-@flow(name="swath-export", task_runner=ThreadPoolTaskRunner(max_workers=4))  # type: ignore[arg-type]
+
+@flow(name="swath-export", task_runner=ThreadPoolTaskRunner(max_workers=THREADS))  # type: ignore[arg-type]
 def export(
     region: Region = Region(),  # noqa: B008 - pydantic models are immutable defaults
     window: Window = Window(),  # noqa: B008

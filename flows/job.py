@@ -19,7 +19,7 @@ from embedders.tiling import grid_shape
 from embedders.weights import WeightsUnavailable
 from flows.params import DEMO_CATALOG, Imagery, Inference, Output, Region, Window
 from tasks.demo import build_demo_catalog
-from tasks.infer import ModelRun, load_model, resolve_device
+from tasks.infer import ModelRun, devices_of, load_model, resolve_device
 from tasks.plan import (
     Chunk,
     PlanError,
@@ -177,7 +177,8 @@ def resolve_job(plan: Plan) -> Job:
             start=plan.window[0].isoformat(),
             end=plan.window[1].isoformat(),
         )
-        info = _load_weights(name, plan.inference.weights, device)
+        # loaded where the first infer will run, so that model is reused
+        info = _load_weights(name, plan.inference.weights, devices_of(device)[0])
         run = ModelRun(name, config, plan.options, info.kind, info.identity, device)
         grid = None
         if plan.options.output == "grid":

@@ -6,7 +6,10 @@ time in a process, so threads never fight over a GPU (or the CPU's cores).
 
 import hashlib
 import json
+import queue
 import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -54,7 +57,48 @@ class ModelRun:
 
 _models: dict[tuple[str, str, str], Embedder] = {}
 _models_lock = threading.Lock()
-_device_locks: dict[str, threading.Lock] = {}
+
+
+class DevicePool:
+    """The devices of one kind in this process, each running one infer at a time: with N
+    GPUs, N infer tasks run at once, each pinned to its own GPU, and no more; on the CPU,
+    one (the forward already uses every core)."""
+
+    def __init__(self, devices: Sequence[str]) -> None:
+        if not devices:
+            raise ValueError("a device pool needs at least one device")
+        self.devices = tuple(devices)
+        self._free: queue.SimpleQueue[str] = queue.SimpleQueue()
+        for device in devices:
+            self._free.put(device)
+
+    @contextmanager
+    def take(self) -> Iterator[str]:
+        """Wait for a free device and hold it."""
+        device = self._free.get()
+        try:
+            yield device
+        finally:
+            self._free.put(device)
+
+
+_pools: dict[str, DevicePool] = {}
+_pools_lock = threading.Lock()
+
+
+def devices_of(kind: str) -> list[str]:
+    """The devices an infer of `kind` ("cpu" or "cuda") may run on in this process. A Dask
+    worker pinned to one GPU (CUDA_VISIBLE_DEVICES) sees just that one."""
+    if kind == "cuda":
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return [kind]
+
+
+def device_pool(kind: str) -> DevicePool:
+    with _pools_lock:
+        if kind not in _pools:
+            _pools[kind] = DevicePool(devices_of(kind))
+        return _pools[kind]
 
 
 def load_model(name: str, weights: WeightsChoice, device: str) -> Embedder:
@@ -91,16 +135,15 @@ def infer_chunk(
     group_path = f"{run.key}/{chunk.key}"
     if not refresh and result_complete(results_path, group_path):
         return group_path
-    embedder = load_model(run.model, run.weights, run.device)
-    spec = embedder.spec
-    patches = read_patches(inputs_path, run.config, chunk, spec.bands)
+    bands = registry.get_spec(run.model).bands
+    patches = read_patches(inputs_path, run.config, chunk, bands)
     images = [
-        np.stack([patches.bands[b][i] for b in spec.bands]).astype("float32", copy=False)
+        np.stack([patches.bands[b][i] for b in bands]).astype("float32", copy=False)
         for i in range(len(chunk.points))
     ]
-    lock = _device_locks.setdefault(run.device, threading.Lock())
-    with lock:
-        out = embed_images(embedder, images, run.options, torch.device(run.device))
+    with device_pool(run.device).take() as device:
+        embedder = load_model(run.model, run.weights, device)
+        out = embed_images(embedder, images, run.options, torch.device(device))
     reasons = list(out.reason)
     for i, p in enumerate(chunk.points):
         if out.status[i] == Status.NODATA and p.id in patches.notes:

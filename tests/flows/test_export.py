@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from embedders.spec import Status
 from flows.export import export
@@ -104,3 +106,30 @@ def test_export__a_store_of_another_layout_is_refused_and_left_alone(tmp_path, s
     with pytest.raises(UsageError, match="holds a different export"):
         export(**params(tmp_path, served_demo.url, models=["dofa_base"]))
     assert snapshot(Path(first["store"])) == before
+
+
+def test_export__refresh_redoes_every_chunk_and_gives_the_same_store(tmp_path, served_demo):
+    first = export(**params(tmp_path, served_demo.url, models=["ssl4eo_resnet18_rgb"]))
+    before = {k: v for k, v in xr.open_zarr(first["store"]).load().data_vars.items()}
+    fetched = tif_requests(served_demo.log)
+    p = params(tmp_path, served_demo.url, models=["ssl4eo_resnet18_rgb"])
+    p["output"] = p["output"].model_copy(update={"refresh": True})
+    export(**p)
+    assert tif_requests(served_demo.log) > fetched, "--refresh must fetch again"
+    after = xr.open_zarr(first["store"]).load()
+    for name, var in before.items():
+        np.testing.assert_array_equal(after[name].values, var.values, err_msg=name)
+
+
+def test_export__leaves_a_progress_and_a_summary_artifact(tmp_path, served_demo):
+    state = export(
+        **params(tmp_path, served_demo.url, models=["ssl4eo_resnet18_rgb"]), return_state=True
+    )
+    summary = state.result()
+    run_filter = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        artifacts = {a.key: a for a in client.read_artifacts(flow_run_filter=run_filter)}
+    assert artifacts["swath-export-progress"].data == 100.0
+    table = str(artifacts["swath-export-summary"].data)
+    assert f"| ssl4eo_resnet18_rgb | {summary['points']} | 0 | 0 | 0 |" in table
+    assert summary["store"] in table

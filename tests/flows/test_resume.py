@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from distributed import LocalCluster
 from prefect_dask.task_runners import DaskTaskRunner
 
 from embedders.spec import Status
@@ -188,3 +189,14 @@ def test_urls__an_fsspec_url_store_is_written_and_resumed(tmp_path, served_demo)
     assert list((tmp_path / "work" / "locks").glob("store-*.lock")), (
         "URL stores lock in the work dir"
     )
+
+
+def test_dask__an_existing_cluster_by_address_runs_infer_on_workers_with_the_resource(
+    tmp_path, served_demo
+):
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=True, resources={INFER_RESOURCE: 1}
+    ) as cluster:
+        runner = DaskTaskRunner(address=cluster.scheduler_address)
+        summary = export.with_options(task_runner=runner)(**params(tmp_path, served_demo.url))
+    assert summary["all_ok"]

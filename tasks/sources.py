@@ -1,12 +1,17 @@
-"""Imagery sources: the typed sensor configuration and the Protocol every source implements."""
+"""Imagery sources: the typed sensor configuration, the Protocol every source implements, and
+what a source failure means (transient: retry; permanent: fail with the reason)."""
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
+from urllib.error import HTTPError
 
 import numpy as np
+import urllib3.exceptions
+from rasterio.errors import RasterioIOError
 
 from tasks.plan import Point
 
@@ -57,3 +62,55 @@ class ImagerySource(Protocol):
     def fetch(
         self, points: Sequence[Point], bands: Sequence[str], config: SensorConfig
     ) -> Patches: ...
+
+
+# What GDAL and curl say when a retry may help (GDAL puts the HTTP status in the message).
+_GDAL_HTTP_STATUS = re.compile(r"HTTP (?:response )?code:? (\d{3})", re.IGNORECASE)
+_REMOTE = re.compile(r"/vsicurl/|https?://")
+_TRANSIENT_TEXT = re.compile(
+    r"timed out|timeout was reached|connection reset|connection refused|empty reply"
+    r"|recv failure|send failure|couldn't connect|failed to connect|connection was reset",
+    re.IGNORECASE,
+)
+
+
+def classify_error(error: BaseException, what: str) -> ImagerySourceError | TransientSourceError:
+    """A source failure as TransientSourceError (retry may help) or ImagerySourceError."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = error
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    text = " | ".join(f"{type(e).__name__}: {e}" for e in chain)
+    status = None
+    for e in chain:
+        if isinstance(e, HTTPError):
+            status = e.code
+    match = _GDAL_HTTP_STATUS.search(text)
+    if status is None and match:
+        status = int(match.group(1))
+    transient_types = (
+        TimeoutError,
+        ConnectionError,
+        urllib3.exceptions.MaxRetryError,
+        urllib3.exceptions.ProtocolError,
+        urllib3.exceptions.TimeoutError,
+    )
+    if status is not None:
+        transient = status == 429 or status >= 500
+    else:
+        transient = (
+            any(isinstance(e, transient_types) for e in chain)
+            or bool(_TRANSIENT_TEXT.search(text))
+            # GDAL over HTTP reports a request that failed after its own retries as a failed
+            # read or open, with no status; a 4xx would have shown its status above.
+            or (
+                _REMOTE.search(f"{what} {text}") is not None
+                and any(isinstance(e, RasterioIOError) for e in chain)
+            )
+        )
+    if transient:
+        return TransientSourceError(f"{what}: {text}; a retry may succeed")
+    return ImagerySourceError(
+        f"{what}: {text}; check that the catalog and its asset hrefs exist and are readable"
+    )

@@ -4,14 +4,12 @@ Reads the catalog with pystac and the pixels with odc-stac on each point's own U
 masks nodata and Sentinel-2 scene classes, and takes a per-pixel median over the dates.
 """
 
-import re
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
-from urllib.error import HTTPError
 
 import numpy as np
 import odc.stac
@@ -20,14 +18,17 @@ import rasterio
 import rasterio.cache
 import rasterio.errors
 import shapely
-import urllib3.exceptions
 from affine import Affine
 from odc.geo.geobox import GeoBox
-from rasterio.errors import RasterioIOError
 
 from embedders.sentinel2 import BANDS
 from tasks.plan import Point
-from tasks.sources import ImagerySourceError, Patches, SensorConfig, TransientSourceError
+from tasks.sources import (
+    ImagerySourceError,
+    Patches,
+    SensorConfig,
+    classify_error,
+)
 
 COMPOSITES = ("median",)
 
@@ -55,15 +56,6 @@ GDAL_HTTP_OPTIONS: dict[str, str] = {
     "GDAL_HTTP_MAX_RETRY": "5",
     "GDAL_HTTP_RETRY_DELAY": "0.2",
 }
-
-# What GDAL and curl say when a retry may help (GDAL puts the HTTP status in the message).
-_GDAL_HTTP_STATUS = re.compile(r"HTTP (?:response )?code:? (\d{3})", re.IGNORECASE)
-_REMOTE = re.compile(r"/vsicurl/|https?://")
-_TRANSIENT_TEXT = re.compile(
-    r"timed out|timeout was reached|connection reset|connection refused|empty reply"
-    r"|recv failure|send failure|couldn't connect|failed to connect|connection was reset",
-    re.IGNORECASE,
-)
 
 
 @dataclass(frozen=True)
@@ -367,45 +359,3 @@ def nanmedian_over_time(stack: np.ndarray) -> np.ndarray:
     hi = np.take_along_axis(ordered, (valid // 2)[None], axis=0)[0]
     median = (lo + hi) / np.float32(2)
     return np.where(valid > 0, median, np.float32(np.nan)).astype(np.float32)
-
-
-def classify_error(error: BaseException, what: str) -> ImagerySourceError | TransientSourceError:
-    """A source failure as TransientSourceError (retry may help) or ImagerySourceError."""
-    chain: list[BaseException] = []
-    cause: BaseException | None = error
-    while cause is not None and cause not in chain:
-        chain.append(cause)
-        cause = cause.__cause__ or cause.__context__
-    text = " | ".join(f"{type(e).__name__}: {e}" for e in chain)
-    status = None
-    for e in chain:
-        if isinstance(e, HTTPError):
-            status = e.code
-    match = _GDAL_HTTP_STATUS.search(text)
-    if status is None and match:
-        status = int(match.group(1))
-    transient_types = (
-        TimeoutError,
-        ConnectionError,
-        urllib3.exceptions.MaxRetryError,
-        urllib3.exceptions.ProtocolError,
-        urllib3.exceptions.TimeoutError,
-    )
-    if status is not None:
-        transient = status == 429 or status >= 500
-    else:
-        transient = (
-            any(isinstance(e, transient_types) for e in chain)
-            or bool(_TRANSIENT_TEXT.search(text))
-            # GDAL over HTTP reports a request that failed after its own retries as a failed
-            # read or open, with no status; a 4xx would have shown its status above.
-            or (
-                _REMOTE.search(f"{what} {text}") is not None
-                and any(isinstance(e, RasterioIOError) for e in chain)
-            )
-        )
-    if transient:
-        return TransientSourceError(f"{what}: {text}; a retry may succeed")
-    return ImagerySourceError(
-        f"{what}: {text}; check that the catalog and its asset hrefs exist and are readable"
-    )

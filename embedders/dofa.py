@@ -4,15 +4,19 @@ Xiong et al., "Neural Plasticity-Inspired Multimodal Foundation Model for Earth
 Observation" (https://arxiv.org/abs/2403.15356); weights DOFABase16_Weights.DOFA_MAE.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-from torchgeo.models import DOFA, DOFABase16_Weights, dofa_base_patch16_224
-from torchvision.models._api import WeightsEnum
-
-from embedders import sentinel2, weights
+from embedders import sentinel2
 from embedders.spec import ModelSpec, WeightsChoice, WeightsInfo
+
+if TYPE_CHECKING:  # the model libraries are imported when a model is built, not listed
+    import torch
+    from torch import nn
+    from torchgeo.models import DOFA
+    from torchvision.models._api import WeightsEnum
 
 # DOFA leaves normalisation to the sensor (torchgeo's `_dofa_transforms` only crops), so
 # we use the SSL4EO-S12 Sentinel-2 band statistics torchgeo declares for its Sentinel-2
@@ -36,7 +40,7 @@ S2_MEAN_STD: dict[str, tuple[float, float]] = {
 
 # The bands of the Sentinel-2 sample behind the offline demo.
 _BANDS = ("B02", "B03", "B04", "B07", "B11", "B12")
-_WEIGHTS = DOFABase16_Weights.DOFA_MAE
+_WEIGHTS = "DOFABase16_Weights.DOFA_MAE"  # torchgeo.models; resolved when built
 
 SPEC = ModelSpec(
     name="dofa_base",
@@ -50,7 +54,8 @@ SPEC = ModelSpec(
     grid_stride_px=16,
     norm_mean=tuple(S2_MEAN_STD[b][0] for b in _BANDS),
     norm_std=tuple(S2_MEAN_STD[b][1] for b in _BANDS),
-    pretrained_weights=weights.identity(_WEIGHTS),
+    pretrained_weights=_WEIGHTS,
+    licence="CC-BY-4.0 (weights)",
 )
 
 
@@ -69,6 +74,8 @@ class DofaEmbedder:
     wavelengths_um: tuple[float, ...]
 
     def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         m = self.module
         waves = torch.tensor(self.wavelengths_um, device=tiles.device, dtype=tiles.dtype)
         x, _ = m.patch_embed(tiles, waves)
@@ -85,13 +92,20 @@ class DofaEmbedder:
 
 
 def _architecture(member: WeightsEnum | None) -> nn.Module:
+    from torchgeo.models import DOFABase16_Weights, dofa_base_patch16_224
+
     if member is not None and not isinstance(member, DOFABase16_Weights):
         raise TypeError(f"dofa_base takes DOFABase16_Weights, got {member!r}")
     return dofa_base_patch16_224(weights=member)
 
 
-def build(choice: WeightsChoice, device: torch.device) -> DofaEmbedder:
-    module, info = weights.load(SPEC, _WEIGHTS, _architecture, choice, device)
+def build(spec: ModelSpec, choice: WeightsChoice, device: torch.device) -> DofaEmbedder:
+    from torchgeo.models import DOFA
+
+    from embedders import weights
+
+    member = weights.member(spec.pretrained_weights)
+    module, info = weights.load(spec, member, _architecture, choice, device)
     if not isinstance(module, DOFA):
         raise TypeError(f"dofa_base_patch16_224 returned {type(module).__name__}, not DOFA")
-    return DofaEmbedder(SPEC, info, module, sentinel2.wavelengths_um(SPEC.bands))
+    return DofaEmbedder(spec, info, module, sentinel2.wavelengths_um(spec.bands))

@@ -1,24 +1,32 @@
-"""Every model swath can run, by name. Adding a model: its file, one line here, a test."""
+"""Every model swath can run, by name. Adding a model: its file, one line here, a test.
 
-from collections.abc import Callable
+Importing this module imports no model library: an entry holds the model's spec and the
+path of its builder, which is imported when the model is built.
+"""
+
+from __future__ import annotations
+
+import importlib
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from embedders import dofa, ssl4eo
 from embedders.spec import Embedder, ModelSpec, WeightsChoice
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     spec: ModelSpec
-    build: Callable[[WeightsChoice, torch.device], Embedder]
+    builder: str  # "module:function", called as function(spec, weights, device)
 
 
 MODELS: dict[str, ModelEntry] = {
-    "dofa_base": ModelEntry(dofa.SPEC, dofa.build),
-    "ssl4eo_resnet18_rgb": ModelEntry(ssl4eo.RESNET18_SPEC, ssl4eo.build_resnet18),
-    "ssl4eo_resnet50_rgb": ModelEntry(ssl4eo.RESNET50_SPEC, ssl4eo.build_resnet50),
+    "dofa_base": ModelEntry(dofa.SPEC, "embedders.dofa:build"),
+    "ssl4eo_resnet18_rgb": ModelEntry(ssl4eo.RESNET18_SPEC, "embedders.ssl4eo:build_resnet18"),
+    "ssl4eo_resnet50_rgb": ModelEntry(ssl4eo.RESNET50_SPEC, "embedders.ssl4eo:build_resnet50"),
 }
 
 
@@ -47,4 +55,8 @@ def list_specs() -> list[ModelSpec]:
 
 def build(name: str, weights: WeightsChoice, device: torch.device) -> Embedder:
     """Build model `name` with its weights resolved, in eval mode on `device`."""
-    return _entry(name).build(weights, device)
+    entry = _entry(name)
+    module, _, function = entry.builder.partition(":")
+    builder = getattr(importlib.import_module(module), function)
+    embedder: Embedder = builder(entry.spec, weights, device)
+    return embedder

@@ -1,12 +1,15 @@
 """The typed identity of a model and the small interface every embedder implements."""
 
+from __future__ import annotations
+
 import hashlib
 import json
 from dataclasses import asdict, dataclass
 from enum import IntEnum
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-import torch
+if TYPE_CHECKING:  # torch is imported only where a model is built: listing models stays fast
+    import torch
 
 PadMode = Literal["reflect", "edge"]
 InputPrep = Literal["tile", "resize"]
@@ -27,6 +30,10 @@ class Status(IntEnum):
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything the pipeline needs to know about a model without loading it.
+
+    Importing a spec imports no model library. `version` is part of the results' identity:
+    bump it on purpose when a change alters the values a model produces (its forward, how
+    its output is pooled); `description` and `family` are not identity.
 
     `bands` are sensor band names in the order the model takes them; `norm_mean` and
     `norm_std` are per band, in the units the imagery source delivers (Sentinel-2 L2A
@@ -49,6 +56,8 @@ class ModelSpec:
     pretrained_weights: str
     pad_mode: PadMode = "reflect"
     seed: int = 0
+    version: int = 1
+    licence: str = ""
 
     def __post_init__(self) -> None:
         n = len(self.bands)
@@ -64,6 +73,20 @@ class ModelSpec:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+    def identity(self) -> dict[str, object]:
+        """The fields a model's results depend on (see `version`); not its name or wording."""
+        return {
+            "version": self.version,
+            "bands": list(self.bands),
+            "resolution_m": self.resolution_m,
+            "tile_px": self.tile_px,
+            "embed_dim": self.embed_dim,
+            "grid_stride_px": self.grid_stride_px,
+            "norm_mean": list(self.norm_mean),
+            "norm_std": list(self.norm_std),
+            "pad_mode": self.pad_mode,
+        }
 
 
 @dataclass(frozen=True)

@@ -5,25 +5,27 @@ Self-Supervised Learning in Earth Observation" (https://arxiv.org/abs/2211.07044
 weights ResNet18_Weights.SENTINEL2_RGB_MOCO and ResNet50_Weights.SENTINEL2_RGB_MOCO.
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
-import torch
-from timm.models import ResNet
-from torch import nn
-from torchgeo.models import ResNet18_Weights, ResNet50_Weights, resnet18, resnet50
-from torchvision.models._api import WeightsEnum
-
-from embedders import weights
 from embedders.spec import ModelSpec, WeightsChoice, WeightsInfo
+
+if TYPE_CHECKING:  # the model libraries are imported when a model is built, not listed
+    import torch
+    from timm.models import ResNet
+    from torch import nn
+    from torchvision.models._api import WeightsEnum
 
 # SSL4EO-S12's RGB weights take B4, B3, B2. torchgeo's transform for them
 # (`_ssl4eo_s12_transforms_s2_10k` in torchgeo/models/resnet.py) divides by 10000.
 _BANDS = ("B04", "B03", "B02")
 
 
-def _spec(name: str, depth: int, dim: int, member: WeightsEnum) -> ModelSpec:
+def _spec(name: str, depth: int, dim: int, member: str) -> ModelSpec:
     return ModelSpec(
         name=name,
         family="ssl4eo",
@@ -36,12 +38,14 @@ def _spec(name: str, depth: int, dim: int, member: WeightsEnum) -> ModelSpec:
         grid_stride_px=32,
         norm_mean=(0.0, 0.0, 0.0),
         norm_std=(10000.0, 10000.0, 10000.0),
-        pretrained_weights=weights.identity(member),
+        pretrained_weights=member,
+        licence="CC-BY-4.0 (weights)",
     )
 
 
-RESNET18_SPEC = _spec("ssl4eo_resnet18_rgb", 18, 512, ResNet18_Weights.SENTINEL2_RGB_MOCO)
-RESNET50_SPEC = _spec("ssl4eo_resnet50_rgb", 50, 2048, ResNet50_Weights.SENTINEL2_RGB_MOCO)
+# Weights enum members of torchgeo.models, resolved when a model is built.
+RESNET18_SPEC = _spec("ssl4eo_resnet18_rgb", 18, 512, "ResNet18_Weights.SENTINEL2_RGB_MOCO")
+RESNET50_SPEC = _spec("ssl4eo_resnet50_rgb", 50, 2048, "ResNet50_Weights.SENTINEL2_RGB_MOCO")
 
 
 @dataclass
@@ -54,6 +58,8 @@ class ResNetEmbedder:
     module: ResNet
 
     def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         if tiles.is_cuda:
             tiles = tiles.contiguous(memory_format=torch.channels_last)
         grid = self.module.forward_features(tiles)
@@ -69,12 +75,16 @@ def _architecture(
 
 
 def _build(
-    spec: ModelSpec,
-    member: WeightsEnum,
-    builder: Callable[..., nn.Module],
-    choice: WeightsChoice,
-    device: torch.device,
+    spec: ModelSpec, builder_name: str, choice: WeightsChoice, device: torch.device
 ) -> ResNetEmbedder:
+    import torch
+    import torchgeo.models
+    from timm.models import ResNet
+
+    from embedders import weights
+
+    member = weights.member(spec.pretrained_weights)
+    builder = getattr(torchgeo.models, builder_name)
     architecture = partial(_architecture, builder, type(member))
     module, info = weights.load(spec, member, architecture, choice, device)
     if not isinstance(module, ResNet):
@@ -85,9 +95,9 @@ def _build(
     return ResNetEmbedder(spec, info, module)
 
 
-def build_resnet18(choice: WeightsChoice, device: torch.device) -> ResNetEmbedder:
-    return _build(RESNET18_SPEC, ResNet18_Weights.SENTINEL2_RGB_MOCO, resnet18, choice, device)
+def build_resnet18(spec: ModelSpec, choice: WeightsChoice, device: torch.device) -> ResNetEmbedder:
+    return _build(spec, "resnet18", choice, device)
 
 
-def build_resnet50(choice: WeightsChoice, device: torch.device) -> ResNetEmbedder:
-    return _build(RESNET50_SPEC, ResNet50_Weights.SENTINEL2_RGB_MOCO, resnet50, choice, device)
+def build_resnet50(spec: ModelSpec, choice: WeightsChoice, device: torch.device) -> ResNetEmbedder:
+    return _build(spec, "resnet50", choice, device)

@@ -39,6 +39,20 @@ def identity(member: WeightsEnum) -> str:
     return f"{type(member).__name__}.{member.name}"
 
 
+def member(name: str) -> WeightsEnum:
+    """The torchgeo weights enum member a spec names ("DOFABase16_Weights.DOFA_MAE")."""
+    import torchgeo.models
+
+    kind, _, entry = name.partition(".")
+    enum = getattr(torchgeo.models, kind, None)
+    if enum is None or not hasattr(enum, entry):
+        raise ValueError(f"{name!r} is not a torchgeo.models weights enum member")
+    found = getattr(enum, entry)
+    if not isinstance(found, WeightsEnum):
+        raise ValueError(f"{name!r} is not a torchgeo.models weights enum member")
+    return found
+
+
 def checkpoint_path(member: WeightsEnum) -> Path:
     """Where torch hub keeps (and the builder looks for) the checkpoint of `member`."""
     name = os.path.basename(urlparse(member.url).path)

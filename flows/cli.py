@@ -23,6 +23,7 @@ FLAGS = {  # pydantic field -> command-line flag, for error messages
     "catalog": "--catalog",
     "collection": "--collection",
     "patch_px": "--patch-size",
+    "tessera_store": "--tessera-store",
     "input_prep": "--input-prep",
     "output": "--output",
     "tile_overlap_px": "--tile-overlap",
@@ -56,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", help="static STAC catalog.json path or URL ('demo')")
     p.add_argument("--collection", help="STAC collection id (sentinel-2-l2a)")
     p.add_argument("--patch-size", type=int, metavar="PX", help="patch side in pixels (64)")
+    p.add_argument(
+        "--tessera-store",
+        metavar="V|URL",
+        help="tessera: a dataset version of geotessera's public store (v1.1) or a store URL/path",
+    )
     p.add_argument("--chunk-size", type=int, metavar="N", help="points per chunk")
     p.add_argument("--input-prep", choices=["resize", "tile"])
     p.add_argument("--output", choices=["pooled", "grid"])
@@ -115,7 +121,12 @@ def _params(a: argparse.Namespace) -> dict[str, Any]:
             **given(start=a.start, end=a.end, previous_month=a.previous_month or None)
         ),
         "imagery": Imagery(
-            **given(catalog=a.catalog, collection=a.collection, patch_px=a.patch_size)
+            **given(
+                catalog=a.catalog,
+                collection=a.collection,
+                patch_px=a.patch_size,
+                tessera_store=a.tessera_store,
+            )
         ),
         "inference": Inference(
             **given(
@@ -147,9 +158,9 @@ def _validation_message(e: ValidationError) -> str:
     flag = FLAGS.get(field, field)
     msg = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "literal_error" and field == "models":
-        from embedders.registry import MODELS
+        from tasks.products import PRODUCTS
 
-        return f"unknown model '{err['input']}'; known models: {', '.join(MODELS)}"
+        return f"unknown model '{err['input']}'; known models: {', '.join(PRODUCTS)}"
     if not flag:
         return msg
     return f"invalid {flag} {err.get('input')!s}: {msg}"
@@ -188,11 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                 pass  # refuse now, with a clear line, rather than from inside the flow
     except (UsageError, StoreBusy) as e:
         return _usage_error(str(e))
-    for name, info in job.weights.items():
-        loud = (
-            "" if info.kind == "pretrained" else "  <-- RANDOM WEIGHTS: embeddings carry no meaning"
-        )
-        print(f"swath: {name} weights: {info.describe()}{loud}")
+    for product in job.products:
+        loud = "  <-- RANDOM WEIGHTS: embeddings carry no meaning" if product.warning() else ""
+        print(f"swath: {product.name}: {product.describe()}{loud}")
     if job.resume:
         print("swath: the store exists with this export's layout: resuming (done chunks are kept)")
     flow = export
@@ -229,12 +238,16 @@ def _usage_error(message: str) -> int:
 
 
 def _list_models() -> int:
-    from embedders.registry import list_specs
+    from tasks.products import PRODUCTS
 
-    for spec in list_specs():
+    for name, entry in PRODUCTS.items():
+        c = entry.card
+        tile = f"tile {c.tile_px}px" if c.tile_px else "no tiles"
+        bands = ",".join(c.bands) or "-"
         print(
-            f"{spec.name:24} {spec.embed_dim:5d}-d  tile {spec.tile_px}px  {spec.sensor} "
-            f"{','.join(spec.bands)}\n{'':24} {spec.description} [{spec.pretrained_weights}]"
+            f"{name:24} {c.kind:11} {c.dim:5d}-d  {c.resolution_m:g} m  {tile}  {c.sensor} "
+            f"{bands}\n{'':24} {c.description}\n{'':24} weights: {c.weights}; licence: "
+            f"{c.licence or 'see the weights'}"
         )
     return 0
 

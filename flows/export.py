@@ -4,6 +4,11 @@ python -m flows.export                  # the offline demo
 python -m flows.export --bbox W,S,E,N --spacing 250 --models dofa_base --out e.zarr
 """
 
+if __name__ == "__main__":  # the command line: check arguments before importing torch or Prefect
+    from flows.cli import main
+
+    raise SystemExit(main())
+
 import time
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -24,12 +29,11 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask.task_runners import DaskTaskRunner
 
-from embedders.registry import get_spec
-from flows.job import Job, plan_job, resolve_job
+from flows.job import Job, chunk_work, plan_job, resolve_job
 from flows.params import Imagery, Inference, Output, Region, Window
-from tasks.infer import infer_task
 from tasks.prefetch import prefetch_task
-from tasks.store import add_window, create_store, done_mask, status_counts, time_index, writer_lock
+from tasks.produce import produce_task
+from tasks.store import add_window, create_store, status_counts, time_index, writer_lock
 from tasks.write import write_task
 
 # Threads: prefetch and write alongside one infer per device (tasks/infer.py DevicePool).
@@ -55,14 +59,15 @@ def export(
             len(plan.points),
             len(plan.chunks),
             *plan.window,
-            ", ".join(r.model for r in job.runs),
+            ", ".join(p.name for p in job.products),
             plan.store,
         )
-        for name, info in job.weights.items():
-            if info.kind == "random":
-                logger.warning("RANDOM WEIGHTS for %s: %s", name, info.describe())
+        for product in job.products:
+            warning = product.warning()
+            if warning:
+                logger.warning("%s", warning)
             else:
-                logger.info("weights of %s: %s", name, info.describe())
+                logger.info("%s: %s", product.name, product.describe())
         t = _time_entry(job, region)
         failed = _run(job, t, refresh=output.refresh)
         summary = _summary(job, t, time.monotonic() - started)
@@ -123,58 +128,50 @@ def _run(job: Job, t: int, *, refresh: bool) -> list[str]:
 def _submit(
     job: Job, t: int, *, refresh: bool
 ) -> tuple[list[PrefectFuture[str]], list[PrefectFuture[Any]]]:
-    """Prefetch once per (chunk, sensor configuration), then infer and write per (chunk, model).
+    """Per chunk not done: each shared fetch once, then produce and write per product.
 
-    Returns the write futures and the prefetch and infer futures they depend on.
+    Returns the write futures and the prefetch and produce futures they depend on.
     """
     plan = job.plan
-    chunks = list(plan.chunks)
-    done = {
-        r.model: [False] * len(chunks) if refresh else done_mask(plan.store, r.model, chunks, t)
-        for r in job.runs
-    }
-    prefetches: dict[tuple[str, str], PrefectFuture[Any]] = {}
     # Task results (small reports) are kept in the work directory, next to what they stand for.
     results = Path(plan.work_dir, "prefect-results")
     prefetch = prefetch_task.with_options(refresh_cache=refresh, result_storage=results)
-    for i, chunk in enumerate(chunks):
-        runs = [r for r in job.runs if not done[r.model][i]]
-        for config in {r.config for r in runs}:
-            bands = sorted({b for r in runs if r.config == config for b in get_spec(r.model).bands})
-            prefetches[(config.key(), chunk.key)] = prefetch.submit(
-                chunk, bands, config, plan.inputs_path, refresh=refresh
-            )
-    infer = infer_task.with_options(refresh_cache=refresh, result_storage=results)
+    produce = produce_task.with_options(refresh_cache=refresh, result_storage=results)
     resources = _infer_resources()
-    writes, inferences = [], []
-    for i, chunk in enumerate(chunks):
-        for run in job.runs:
-            if done[run.model][i]:
-                continue
-            pf = prefetches[(run.config.key(), chunk.key)]
-            with annotate(**resources):
-                inferred = infer.submit(
-                    run,
-                    chunk,
+    writes: list[PrefectFuture[str]] = []
+    upstream: list[PrefectFuture[Any]] = []
+    for work in chunk_work(job, t, refresh=refresh):
+        fetched = {
+            f.config.key(): prefetch.submit(
+                work.chunk, f.bands, f.config, plan.inputs_path, refresh=refresh
+            )
+            for f in work.fetches
+        }
+        upstream.extend(fetched.values())
+        for product in work.products:
+            with annotate(**(resources if product.uses_device else {})):
+                produced = produce.submit(
+                    product,
+                    work.chunk,
                     plan.inputs_path,
                     plan.results_path,
                     refresh=refresh,
                     return_state=False,
-                    wait_for=[pf],
+                    wait_for=[fetched[f.config.key()] for f in product.fetches],
                 )
-            inferences.append(inferred)
+            upstream.append(produced)
             writes.append(
                 write_task.submit(
                     plan.store,
-                    chunk,
-                    run.model,
+                    work.chunk,
+                    product.name,
                     plan.results_path,
-                    inferred,
+                    produced,
                     t,
                     return_state=False,
                 )
             )
-    return writes, [*prefetches.values(), *inferences]
+    return writes, upstream
 
 
 # Dask workers that declare this resource (`dask worker --resources "infer=1"`, or the local
@@ -197,10 +194,11 @@ def _infer_resources() -> dict[str, Any]:
 
 def _summary(job: Job, t: int, seconds: float) -> dict[str, Any]:
     models: dict[str, dict[str, Any]] = {}
-    for run in job.runs:
-        models[run.model] = {
-            "status": status_counts(job.plan.store, run.model, t),
-            "weights": job.weights[run.model].describe(),
+    for product in job.products:
+        models[product.name] = {
+            "status": status_counts(job.plan.store, product.name, t),
+            "weights": product.describe(),
+            "warning": product.warning(),
         }
     return {
         "store": job.plan.store,
@@ -221,7 +219,7 @@ def _counts(status: dict[str, int]) -> str:
 def _summary_artifact(summary: dict[str, Any]) -> None:
     rows = "\n".join(
         f"| {name} | {m['status']['ok']} | {m['status']['failed']} | {m['status']['nodata']} "
-        f"| {m['status']['pending']} | {'**RANDOM** ' if m['weights'].startswith('random') else ''}"
+        f"| {m['status']['pending']} | {'**RANDOM** ' if m['warning'] else ''}"
         f"{m['weights']} |"
         for name, m in summary["models"].items()
     )
@@ -235,9 +233,3 @@ def _summary_artifact(summary: dict[str, Any]) -> None:
             f"{rows}\n\nstore: `{summary['store']}`\n"
         ),
     )
-
-
-if __name__ == "__main__":
-    from flows.cli import main
-
-    raise SystemExit(main())

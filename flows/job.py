@@ -1,8 +1,10 @@
 """From parameters to a validated export job: every check that can fail runs here, before
 anything is written to the output store.
 
-`plan_job` is cheap (no model is loaded); `resolve_job` loads each model once (the loaded
-models stay cached for the infer stage in this process) to learn which weights it carries.
+`plan_job` is cheap (no model is loaded); `resolve_job` resolves each product once (a model
+is loaded to learn which weights it carries, and stays cached for the infer stage in this
+process). `chunk_work` is the one place that decides what a run does: which chunks are not
+done for which products, and which fetches those share.
 """
 
 import os
@@ -13,13 +15,11 @@ from pathlib import Path
 import platformdirs
 from shapely.geometry.base import BaseGeometry
 
-from embedders import registry
-from embedders.spec import InferenceOptions, WeightsInfo
-from embedders.tiling import grid_shape
-from embedders.weights import WeightsUnavailable
+from embedders.spec import InferenceOptions
 from flows.params import DEMO_CATALOG, Imagery, Inference, Output, Region, Window
+from tasks import products
 from tasks.demo import build_demo_catalog
-from tasks.infer import ModelRun, devices_of, load_model, resolve_device
+from tasks.infer import resolve_device
 from tasks.plan import (
     Chunk,
     PlanError,
@@ -29,15 +29,8 @@ from tasks.plan import (
     make_chunks,
     plan_points,
 )
-from tasks.sources import SensorConfig
-from tasks.store import (
-    ModelOutput,
-    StoreLayout,
-    StoreMismatch,
-    check_store,
-    is_url,
-    time_index,
-)
+from tasks.products import Fetch, Product, ProductError, ProductRequest
+from tasks.store import StoreLayout, StoreMismatch, check_store, done_mask, is_url, time_index
 
 
 class UsageError(ValueError):
@@ -72,10 +65,44 @@ class Plan:
 @dataclass(frozen=True)
 class Job:
     plan: Plan
-    runs: tuple[ModelRun, ...]
-    weights: dict[str, WeightsInfo]
+    products: tuple[Product, ...]
     layout: StoreLayout
     resume: bool  # the store exists and holds this export
+
+
+@dataclass(frozen=True)
+class ChunkWork:
+    """What a run does for one chunk: the fetches its products share, then the products."""
+
+    chunk: Chunk
+    fetches: tuple[Fetch, ...]  # one per sensor configuration, with the union of the bands
+    products: tuple[Product, ...]  # those not done for this chunk
+
+
+def chunk_work(job: Job, t: int, *, refresh: bool) -> list[ChunkWork]:
+    """For each chunk not done (for time entry `t`), what to fetch once and what to produce."""
+    chunks = list(job.plan.chunks)
+    done = {
+        p.name: [False] * len(chunks) if refresh else done_mask(job.plan.store, p.name, chunks, t)
+        for p in job.products
+    }
+    work = []
+    for i, chunk in enumerate(chunks):
+        todo = tuple(p for p in job.products if not done[p.name][i])
+        if todo:
+            work.append(ChunkWork(chunk, shared_fetches(todo), todo))
+    return work
+
+
+def shared_fetches(todo: tuple[Product, ...]) -> tuple[Fetch, ...]:
+    """One fetch per sensor configuration, with every band its products read."""
+    bands: dict[object, set[str]] = {}
+    configs = {}
+    for product in todo:
+        for fetch in product.fetches:
+            configs[fetch.config.key()] = fetch.config
+            bands.setdefault(fetch.config.key(), set()).update(fetch.bands)
+    return tuple(Fetch(configs[k], tuple(sorted(bands[k]))) for k in configs)
 
 
 def plan_job(
@@ -101,8 +128,8 @@ def plan_job(
             "or reduce --spacing"
         )
     for name in inference.models:
-        if name not in registry.MODELS:
-            known = ", ".join(registry.MODELS)
+        if name not in products.PRODUCTS:
+            known = ", ".join(products.PRODUCTS)
             raise UsageError(f"unknown model '{name}'; known models: {known} (see --list-models)")
     store = output.store if is_url(output.store) else os.path.abspath(output.store)
     if not is_url(store) and os.path.exists(store) and not os.path.isdir(store):
@@ -114,13 +141,6 @@ def plan_job(
         precision=inference.precision,
         batch_size=inference.batch_size,
     )
-    for name in inference.models:
-        tile = registry.get_spec(name).tile_px
-        if options.tile_overlap_px >= tile:
-            raise UsageError(
-                f"--tile-overlap {options.tile_overlap_px} is not smaller than {name}'s tile "
-                f"({tile} px); use a smaller overlap"
-            )
     work_dir = os.path.abspath(output.work_dir or platformdirs.user_cache_dir("swath"))
     chunks = make_chunks(points, output.chunk_size_for(len(points)))
     return Plan(
@@ -154,7 +174,7 @@ def _geometry(region: Region) -> BaseGeometry:
 
 
 def resolve_job(plan: Plan) -> Job:
-    """Load each model once to resolve its weights, then check the output store.
+    """Resolve each product once (models are loaded), then check the output store.
 
     Raises UsageError.
     """
@@ -165,50 +185,27 @@ def resolve_job(plan: Plan) -> Job:
         device = resolve_device(plan.inference.device)
     except ValueError as e:
         raise UsageError(str(e)) from e
-    runs, weights, outputs = [], {}, []
-    for name in plan.inference.models:
-        spec = registry.get_spec(name)
-        config = SensorConfig(
-            sensor=spec.sensor,
-            catalog=catalog,
-            collection=plan.imagery.collection,
-            resolution_m=spec.resolution_m,
-            patch_px=plan.imagery.patch_px,
-            start=plan.window[0].isoformat(),
-            end=plan.window[1].isoformat(),
-        )
-        # loaded where the first infer will run, so that model is reused
-        info = _load_weights(name, plan.inference.weights, devices_of(device)[0])
-        run = ModelRun(name, config, plan.options, info.kind, info.identity, device)
-        grid = None
-        if plan.options.output == "grid":
-            grid = grid_shape(spec, plan.options, plan.imagery.patch_px, plan.imagery.patch_px)
-        provenance = {"weights_file": info.file, "weights_note": info.note, "device": device}
-        outputs.append(ModelOutput(name, spec.embed_dim, grid, _layout_identity(run), provenance))
-        runs.append(run)
-        weights[str(name)] = info
+    request = ProductRequest(
+        start=plan.window[0],
+        end=plan.window[1],
+        patch_px=plan.imagery.patch_px,
+        catalog=catalog,
+        collection=plan.imagery.collection,
+        tessera_store=plan.imagery.tessera_store,
+        options=plan.options,
+        weights=plan.inference.weights,
+        device=device,
+    )
+    try:
+        resolved = tuple(products.resolve(name, request) for name in plan.inference.models)
+    except ProductError as e:
+        raise UsageError(str(e)) from e
     chunk_size = len(plan.chunks[0].points)
-    layout = StoreLayout(plan.points, chunk_size, tuple(outputs))
+    layout = StoreLayout(plan.points, chunk_size, tuple(p.output() for p in resolved))
     try:
         resume = check_store(plan.store, layout)
         if resume:
             time_index(plan.store, plan.window)  # refuses a clashing window
     except StoreMismatch as e:
         raise UsageError(str(e)) from e
-    return Job(plan, tuple(runs), weights, layout, resume)
-
-
-def _layout_identity(run: ModelRun) -> dict[str, object]:
-    """What makes a model's variables in the store what they are, across time entries: the
-    run's identity without the window (each window is its own time entry)."""
-    identity = run.identity()
-    sensor = dict(identity["sensor"])  # type: ignore[call-overload]
-    del sensor["start"], sensor["end"]
-    return {**identity, "sensor": sensor}
-
-
-def _load_weights(name: str, choice: str, device: str) -> WeightsInfo:
-    try:
-        return load_model(name, choice, device).weights  # type: ignore[arg-type]
-    except WeightsUnavailable as e:
-        raise UsageError(str(e)) from e
+    return Job(plan, resolved, layout, resume)

@@ -6,13 +6,17 @@ runs with no arguments and no network.
 """
 
 from datetime import date, timedelta
-from typing import Annotated, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# Registry names, repeated here so the UI can offer them as a dropdown;
-# tests/flows/test_params.py checks this list equals embedders.registry.MODELS.
-ModelName = Literal["dofa_base", "ssl4eo_resnet18_rgb", "ssl4eo_resnet50_rgb"]
+from tasks.products import PRODUCTS
+
+# The product names, from the registry, as a Literal so the UI offers them as a dropdown.
+if TYPE_CHECKING:
+    ModelName = str
+else:
+    ModelName = Literal[tuple(PRODUCTS)]
 
 # The demo sample's 10 m bands cover x 600000-603000, y 4698020-4700020 in EPSG:32719
 # (Patagonia). This lon/lat box lies 200 m inside that footprint, so every point's centre
@@ -70,7 +74,8 @@ class Window(BaseModel):
 
 
 class Imagery(BaseModel):
-    """Which imagery: a static STAC catalog of Cloud-Optimized GeoTIFFs and the patch size."""
+    """Which imagery: a static STAC catalog of Cloud-Optimized GeoTIFFs, the patch size, and
+    where precomputed products (Tessera) are read from."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -83,6 +88,11 @@ class Imagery(BaseModel):
     patch_px: Annotated[int, Field(ge=8, le=4096)] = Field(
         64, description="patch side in pixels, centred on each point, at the model's resolution"
     )
+    tessera_store: str = Field(
+        "v1.1",
+        description="where the tessera product reads: a dataset version of geotessera's public "
+        "Zarr store (v1.1, v2) or the URL or path of a Tessera Zarr store",
+    )
 
 
 class Inference(BaseModel):
@@ -93,7 +103,8 @@ class Inference(BaseModel):
     models: list[ModelName] = Field(
         default_factory=lambda: list(DEFAULT_MODELS),
         min_length=1,
-        description="models to run; each gets its own variable in the store",
+        description="models (and precomputed products such as tessera) to run; each gets its "
+        "own variable in the store",
     )
     input_prep: Literal["resize", "tile"] = Field(
         "resize",

@@ -16,12 +16,16 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE, CacheKeyFnPolicy, CacheP
 from prefect.context import TaskRunContext
 
 
-def while_present(is_present: Callable[[dict[str, Any]], bool]) -> CachePolicy:
-    """INPUTS + TASK_SOURCE, valid only while `is_present(task parameters)` holds."""
+def while_present(
+    is_present: Callable[[dict[str, Any]], bool], *, inputs: bool = True
+) -> CachePolicy:
+    """INPUTS + TASK_SOURCE (or, with `inputs=False`, just the presence key, for a task
+    whose caller composes its own key), valid only while `is_present(parameters)` holds."""
 
     def presence(_: TaskRunContext, parameters: dict[str, Any]) -> str:
         if parameters.get("refresh") or not is_present(parameters):
             return uuid.uuid4().hex  # a key never seen: the task runs
         return "present"
 
-    return INPUTS + TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=presence)
+    policy = CacheKeyFnPolicy(cache_key_fn=presence)
+    return INPUTS + TASK_SOURCE + policy if inputs else policy

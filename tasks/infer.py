@@ -1,11 +1,9 @@
-"""Infer: a chunk's patches through one model, tile-flattened and batched, into the results store.
+"""Model-backed products: a chunk's patches through one model, tile-flattened and batched.
 
 Models are loaded once per worker process and kept; forwards on one device run one at a
 time in a process, so threads never fight over a GPU (or the CPU's cores).
 """
 
-import hashlib
-import json
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -15,44 +13,127 @@ from typing import Any
 
 import numpy as np
 import torch
-import zarr
-from prefect import task
 
 from embedders import registry
 from embedders.engine import embed_images
-from embedders.spec import Embedder, InferenceOptions, Status, WeightsChoice
-from tasks.caching import while_present
+from embedders.spec import (
+    Embedder,
+    InferenceOptions,
+    ModelSpec,
+    Status,
+    WeightsChoice,
+    WeightsInfo,
+)
+from embedders.tiling import grid_shape
+from embedders.weights import WeightsUnavailable
 from tasks.plan import Chunk
 from tasks.prefetch import read_patches
+from tasks.products import Fetch, ProductError, ProductRequest, identity_key
 from tasks.sources import SensorConfig
-from tasks.store import ChunkResult
+from tasks.store import ChunkResult, ModelOutput
 
 
 @dataclass(frozen=True)
-class ModelRun:
-    """One model as this export runs it: everything its results depend on, and where it runs."""
+class ModelProduct:
+    """A model-backed product: imagery from the inputs store through the tile-flattened engine.
 
-    model: str
+    Everything its values depend on is here; `weights` is resolved once by the flow (the
+    model is loaded to learn whether pretrained weights are there), never "auto".
+    """
+
+    name: str
     config: SensorConfig
     options: InferenceOptions
-    weights: WeightsChoice  # resolved once by the flow: "pretrained" or "random", never "auto"
-    weights_identity: str
-    device: str
+    weights: WeightsInfo
+    device: str  # "cpu" or "cuda"
+    uses_device: bool = True
 
-    def identity(self) -> dict[str, object]:
+    @property
+    def spec(self) -> ModelSpec:
+        return registry.get_spec(self.name)
+
+    @property
+    def fetches(self) -> tuple[Fetch, ...]:
+        return (Fetch(self.config, self.spec.bands),)
+
+    def identity(self) -> dict[str, Any]:
         opts = asdict(self.options)
-        del opts["batch_size"]
+        del opts["batch_size"]  # results do not depend on it
         return {
-            "spec": asdict(registry.get_spec(self.model)),
-            "weights": {"kind": self.weights, "identity": self.weights_identity},
-            "sensor": asdict(self.config),
+            "product": "model",
+            "model": self.spec.identity(),
+            "weights": {"kind": self.weights.kind, "identity": self.weights.identity},
+            "sensor": self.config.identity(),
             "inference": opts,
         }
 
-    @property
     def key(self) -> str:
-        blob = json.dumps(self.identity(), sort_keys=True, default=str).encode()
-        return f"{self.model}-{hashlib.sha256(blob).hexdigest()[:12]}"
+        return identity_key(self.name, self.identity(), self.config.key())
+
+    def output(self) -> ModelOutput:
+        spec = self.spec
+        grid = None
+        if self.options.output == "grid":
+            n = self.config.patch_px
+            grid = grid_shape(spec, self.options, n, n)
+        provenance = {
+            "weights_file": self.weights.file,
+            "weights_note": self.weights.note,
+            "device": self.device,
+            "catalog": self.config.catalog,
+            "description": spec.description,
+        }
+        return ModelOutput(self.name, spec.embed_dim, grid, self.identity(), provenance)
+
+    def describe(self) -> str:
+        return self.weights.describe()
+
+    def warning(self) -> str | None:
+        if self.weights.kind == "random":
+            return f"RANDOM WEIGHTS for {self.name}: {self.weights.describe()}"
+        return None
+
+    def produce(self, chunk: Chunk, inputs_path: str) -> ChunkResult:
+        bands = self.spec.bands
+        patches = read_patches(inputs_path, self.config, chunk, bands)
+        images = [
+            np.stack([patches.bands[b][i] for b in bands]).astype("float32", copy=False)
+            for i in range(len(chunk.points))
+        ]
+        with device_pool(self.device).take() as device:
+            embedder = load_model(self.name, self.weights.kind, device)
+            out = embed_images(embedder, images, self.options, torch.device(device))
+        reasons = list(out.reason)
+        for i, p in enumerate(chunk.points):
+            if out.status[i] == Status.NODATA and p.id in patches.notes:
+                reasons[i] = patches.notes[p.id]
+        embeddings = out.grid if out.grid is not None else out.pooled
+        return ChunkResult(embeddings, out.status, reasons, out.valid_fraction)
+
+
+def resolve_model(name: str, request: ProductRequest) -> ModelProduct:
+    """The model `name` as this run runs it; loads it once to resolve its weights (the loaded
+    model stays cached for the first infer, on the device it will run on)."""
+    spec = registry.get_spec(name)
+    if request.options.tile_overlap_px >= spec.tile_px:
+        raise ProductError(
+            f"--tile-overlap {request.options.tile_overlap_px} is not smaller than {name}'s "
+            f"tile ({spec.tile_px} px); use a smaller overlap"
+        )
+    config = SensorConfig(
+        sensor=spec.sensor,
+        catalog=request.catalog,
+        collection=request.collection,
+        resolution_m=spec.resolution_m,
+        patch_px=request.patch_px,
+        start=request.start.isoformat(),
+        end=request.end.isoformat(),
+    )
+    try:
+        info = load_model(name, request.weights, devices_of(request.device)[0]).weights
+    except WeightsUnavailable as e:
+        raise ProductError(str(e)) from e
+    return ModelProduct(name, config, request.options, info, request.device)
 
 
 _models: dict[tuple[str, str, str], Embedder] = {}
@@ -123,85 +204,3 @@ def resolve_device(choice: str) -> str:
             "--device cuda was asked for but torch sees no CUDA device; use --device cpu"
         )
     return choice
-
-
-def infer_chunk(
-    run: ModelRun, chunk: Chunk, inputs_path: str, results_path: str, *, refresh: bool = False
-) -> str:
-    """Embed every point of `chunk` with `run`'s model; returns the result group's path.
-
-    Results already complete are kept unless `refresh`.
-    """
-    group_path = f"{run.key}/{chunk.key}"
-    if not refresh and result_complete(results_path, group_path):
-        return group_path
-    bands = registry.get_spec(run.model).bands
-    patches = read_patches(inputs_path, run.config, chunk, bands)
-    images = [
-        np.stack([patches.bands[b][i] for b in bands]).astype("float32", copy=False)
-        for i in range(len(chunk.points))
-    ]
-    with device_pool(run.device).take() as device:
-        embedder = load_model(run.model, run.weights, device)
-        out = embed_images(embedder, images, run.options, torch.device(device))
-    reasons = list(out.reason)
-    for i, p in enumerate(chunk.points):
-        if out.status[i] == Status.NODATA and p.id in patches.notes:
-            reasons[i] = patches.notes[p.id]
-    embeddings = out.grid if out.grid is not None else out.pooled
-    save_result(
-        results_path, group_path, ChunkResult(embeddings, out.status, reasons, out.valid_fraction)
-    )
-    return group_path
-
-
-def save_result(results_path: str, group_path: str, result: ChunkResult) -> None:
-    group = zarr.open_group(results_path, mode="a").require_group(group_path)
-    for name, arr in (
-        ("embeddings", result.embeddings.astype("float32")),
-        ("status", result.status.astype("int8")),
-        ("valid_fraction", result.valid_fraction.astype("float32")),
-    ):
-        group.create_array(name, shape=arr.shape, dtype=arr.dtype, overwrite=True)[...] = arr
-    group.attrs.update({"reason": list(result.reason), "complete": True})
-
-
-def result_complete(results_path: str, group_path: str) -> bool:
-    try:
-        group = zarr.open_group(results_path, path=group_path, mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-        return False
-    return bool(group.attrs.get("complete"))
-
-
-def load_result(results_path: str, group_path: str) -> ChunkResult:
-    group = zarr.open_group(results_path, path=group_path, mode="r")
-    if not group.attrs.get("complete"):
-        raise FileNotFoundError(
-            f"results {group_path} in {results_path} are not complete; rerun infer"
-        )
-
-    def read(name: str) -> np.ndarray:
-        return np.asarray(zarr.open_array(results_path, path=f"{group_path}/{name}", mode="r")[...])
-
-    reasons = group.attrs["reason"]
-    assert isinstance(reasons, list)
-    return ChunkResult(
-        read("embeddings"), read("status"), [str(r) for r in reasons], read("valid_fraction")
-    )
-
-
-def _results_present(parameters: dict[str, Any]) -> bool:
-    p = parameters
-    return result_complete(p["results_path"], f"{p['run'].key}/{p['chunk'].key}")
-
-
-@task(
-    name="infer",
-    task_run_name="infer {run.model} {chunk.key}",
-    cache_policy=while_present(_results_present),
-)
-def infer_task(
-    run: ModelRun, chunk: Chunk, inputs_path: str, results_path: str, *, refresh: bool = False
-) -> str:
-    return infer_chunk(run, chunk, inputs_path, results_path, refresh=refresh)

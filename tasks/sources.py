@@ -34,8 +34,21 @@ class SensorConfig:
     composite: str = "median"
 
     def key(self) -> str:
+        """Names the inputs group: every field, the catalog and window included."""
         blob = json.dumps(asdict(self), sort_keys=True).encode()
         return f"{self.sensor}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+    def identity(self) -> dict[str, object]:
+        """What a store's values depend on across its time entries: neither the window (each
+        is its own entry) nor where the catalog lies (a moved or monthly catalog is the same
+        sensor configuration)."""
+        return {
+            "sensor": self.sensor,
+            "collection": self.collection,
+            "resolution_m": self.resolution_m,
+            "patch_px": self.patch_px,
+            "composite": self.composite,
+        }
 
 
 @dataclass

@@ -33,7 +33,8 @@ from fsspec.core import url_to_fs
 from embedders.spec import Status
 from tasks.plan import Chunk, Point
 
-STORE_FORMAT = 1
+# 2: layout fingerprints from each product's declared, versioned identity (not its spec).
+STORE_FORMAT = 2
 
 
 Window = tuple[date, date]  # first and last day, inclusive
@@ -75,15 +76,12 @@ class StoreLayout:
         return h.hexdigest()[:16]
 
     def summary(self) -> dict[str, Any]:
+        """What the fingerprint stands for, as recorded in the store (to say what differs)."""
         return {
             "points": len(self.points),
             "chunk_size": self.chunk_size,
             "models": {
-                m.name: {
-                    "dim": m.embed_dim,
-                    "grid": m.grid_shape,
-                    "weights": m.identity.get("weights"),
-                }
+                m.name: {"dim": m.embed_dim, "grid": m.grid_shape, "identity": m.identity}
                 for m in self.models
             },
         }
@@ -112,6 +110,13 @@ def check_store(path: str, layout: StoreLayout) -> bool:
             f"output path {path} exists and is not a swath store (a Zarr group without swath's "
             "attributes); choose another --out or remove it"
         )
+    if meta.get("format") != STORE_FORMAT:
+        raise StoreMismatch(
+            f"output store {path} was written by an older swath (store format "
+            f"{meta.get('format')}, this one writes {STORE_FORMAT}: products now carry versioned "
+            "identities); it stays readable, but cannot be resumed or appended to: export "
+            "into another --out, or remove it to start over"
+        )
     if meta["fingerprint"] != layout.fingerprint():
         diff = _difference(meta.get("layout", {}), layout.summary())
         raise StoreMismatch(
@@ -122,11 +127,31 @@ def check_store(path: str, layout: StoreLayout) -> bool:
 
 
 def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The first field that differs, named by its path (e.g. models.x.identity.weights)."""
     new = json.loads(json.dumps(new))  # tuples as lists, as stored
-    for key in ("points", "chunk_size", "models"):
+    for key in ("points", "chunk_size"):
         if old.get(key) != new.get(key):
             return f"{key}: store has {_short(old.get(key))}, this run has {_short(new.get(key))}"
-    return "same sizes, different point ids or model settings"
+    old_models, new_models = old.get("models", {}), new.get("models", {})
+    if list(old_models) != list(new_models):
+        return f"models: store has {list(old_models)}, this run has {list(new_models)}"
+    for name in new_models:
+        found = _first_difference(old_models[name], new_models[name], f"models.{name}")
+        if found:
+            return found
+    return "same sizes and models, different point ids: another region or spacing"
+
+
+def _first_difference(old: Any, new: Any, where: str) -> str | None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            found = _first_difference(old.get(key), new.get(key), f"{where}.{key}")
+            if found:
+                return found
+        return None
+    if old != new:
+        return f"{where}: store has {_short(old)}, this run has {_short(new)}"
+    return None
 
 
 def _short(value: Any) -> str:

@@ -2,8 +2,8 @@
 
 from prefect import task
 
-from tasks.infer import load_result
 from tasks.plan import Chunk
+from tasks.produce import load_result
 from tasks.store import write_chunk
 
 

@@ -5,10 +5,11 @@ xarray-spatial wheel ships, read through a local STAC catalog, so `python -m flo
 runs with no arguments and no network.
 """
 
+import math
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tasks.products import PRODUCTS
 
@@ -42,6 +43,13 @@ class Region(BaseModel):
     spacing_m: Annotated[float, Field(gt=0, le=1_000_000)] = Field(
         250.0, description="grid spacing in metres on each point's UTM grid"
     )
+
+    @field_validator("spacing_m", mode="before")
+    @classmethod
+    def _finite(cls, value: object) -> object:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("not a finite number of metres; give e.g. --spacing 250")
+        return value
 
 
 class Window(BaseModel):
@@ -106,6 +114,15 @@ class Inference(BaseModel):
         description="models (and precomputed products such as tessera) to run; each gets its "
         "own variable in the store",
     )
+
+    @field_validator("models")
+    @classmethod
+    def _once_each(cls, models: list[str]) -> list[str]:
+        twice = sorted({m for m in models if models.count(m) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} named more than once; name each model once")
+        return models
+
     input_prep: Literal["resize", "tile"] = Field(
         "resize",
         description="resize: each patch becomes one tile of the model's size; tile: cut the "

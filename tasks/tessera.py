@@ -136,6 +136,7 @@ def open_store(store: str) -> Any:
 def _open(store: str) -> Any:
     from geotessera import GeoTesseraZarr
     from geotessera.registry import zarr_store_url
+    from obstore.exceptions import BaseError as ObjectStoreError
 
     location: Any = store
     if store.lstrip("v").replace(".", "").isdigit():  # a dataset version: "v1.1", "2"
@@ -149,10 +150,12 @@ def _open(store: str) -> Any:
         )
     try:
         return GeoTesseraZarr(location)
-    except (ValueError, OSError, FileNotFoundError) as e:
+    except (ValueError, OSError, ObjectStoreError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ProductError(
-            f"cannot open the Tessera store {store} ({e}); check --tessera-store: a dataset "
-            "version (v1.1) or the URL or path of a Tessera Zarr store"
+            f"cannot open the Tessera store {store} ({first_line}); check --tessera-store (a "
+            "dataset version such as v1.1, or the URL or path of a Tessera Zarr store) and "
+            "that it can be reached from here"
         ) from e
 
 

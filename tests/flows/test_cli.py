@@ -37,6 +37,11 @@ def polygon_file(tmp_path: Path, obj: object) -> str:
         (["--bbox", "-67.66,-97,-67.62,-47.84"], "latitude out of range"),
         (["--spacing", "0"], r"invalid --spacing 0.0: .*greater than 0"),
         (["--spacing", "-250"], r"invalid --spacing -250.0: .*greater than 0"),
+        (["--spacing", "nan"], r"invalid --spacing nan: not a finite number of metres"),
+        (
+            ["--models", "dofa_base,ssl4eo_resnet18_rgb,dofa_base"],
+            "dofa_base named more than once; name each model once",
+        ),
         (["--bbox", "-67.641,-47.851,-67.640,-47.850", "--spacing", "5000"], "yields no points"),
         (
             ["--models", "dofa_base,prithvi_9000"],

@@ -1,8 +1,9 @@
-"""The output store as other programs read it: other Zarr v3 readers (tensorstore), netCDF;
-and its attributes through `read_meta`. Stores are written by swath's own `create_store` +
-`write_chunk`."""
+"""The output store as other programs read it: the README's examples, other Zarr v3 readers
+(tensorstore), netCDF; and its attributes through `read_meta`. Stores are written by swath's
+own `create_store` + `write_chunk`."""
 
 import json
+import re
 from datetime import date
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from tasks.store import (
     write_chunk,
 )
 
+README = Path(__file__).parents[2] / "README.md"
 WINDOW = (date(2024, 1, 1), date(2024, 12, 31))
 POINTS = tuple(
     Point(f"32719-{600000 + 250 * i}-4698000", -67.65 + 0.003 * i, -47.85, 32719, 0.0, 0.0)
@@ -61,6 +63,14 @@ def write_store(path: Path, reasons: list[str]) -> str:
 @pytest.fixture
 def store(tmp_path: Path) -> str:
     return write_store(tmp_path / "embeddings.zarr", REASONS)
+
+
+def test_readme__every_python_example_runs_against_a_real_store(store, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    assert blocks, "the README has no Python example"
+    monkeypatch.chdir(Path(store).parent)  # the examples open "embeddings.zarr"
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"README.md python block {i + 1}", "exec"), {"__name__": "readme"})
 
 
 def test_open_store__gives_point_ids_and_reasons_as_strings(store):

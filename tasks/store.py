@@ -6,8 +6,9 @@ Layout (the contract with users, see README):
 - coords `point_id`, `lon`, `lat`, `utm_epsg` on `point`; `time` (window start), `time_end`;
 - per model: `<model>` float32 embeddings, `<model>_status` int8 (Status codes),
   `<model>_reason` text, `<model>_valid_fraction` float32;
-- attrs: `swath` (format, fingerprint, software version, window) and, per model, its spec,
-  weights, sensor configuration and inference options.
+- text (`point_id`, `<model>_reason`) as UTF-8 bytes in uint8 arrays (see TEXT_ENCODING);
+- attrs, as JSON text: `swath` (format, fingerprint, software version, window) and `models`
+  (per model, its spec, weights, sensor configuration and inference options); `read_meta`.
 """
 
 import fcntl
@@ -33,8 +34,23 @@ from fsspec.core import url_to_fs
 from embedders.spec import Status
 from tasks.plan import Chunk, Point
 
-# 2: layout fingerprints from each product's declared, versioned identity (not its spec).
+# 2: layout fingerprints from each product's declared, versioned identity (not its spec);
+#    text as uint8 UTF-8 bytes; root attributes as JSON text.
 STORE_FORMAT = 2
+
+# Text is stored as UTF-8 bytes, zero-padded, in uint8 arrays with a trailing length dim:
+# uint8 is a core Zarr v3 data type that every reader has. zarr-python's text types are
+# extensions that others refuse: tensorstore 0.1.86 reads numeric types and r<N> only, not
+# `fixed_length_utf32` (numpy U), `string` (StringDType) or `null_terminated_bytes` (numpy S).
+# xarray decodes text only from those extension types, and CF's `_Encoding` on a uint8 array
+# makes it fail, so the arrays are marked with TEXT_ATTR instead and `open_store` decodes them.
+TEXT_ATTR = "text_encoding"
+TEXT_ENCODING = "utf-8"
+# Reasons are one line of free text (an error message); longer ones are cut at a character
+# boundary and end in "..." (ASCII, so ASCII reasons stay storable in netCDF-3).
+REASON_BYTES = 256
+REASON_DIM = "reason_nchar"
+META_ATTRS = ("swath", "models")  # root attributes held as JSON text (netCDF takes no dicts)
 
 
 Window = tuple[date, date]  # first and last day, inclusive
@@ -96,8 +112,7 @@ def check_store(path: str, layout: StoreLayout) -> bool:
     if not fs.exists(root) or (fs.isdir(root) and not fs.ls(root)):
         return False
     try:
-        group = zarr.open_group(path, mode="r")
-        meta = dict(group.attrs).get("swath")
+        meta = read_meta(path).get("swath")
     except (FileNotFoundError, ValueError, KeyError, zarr.errors.BaseZarrError) as e:
         raise StoreMismatch(
             f"output path {path} exists and is not a swath store (it holds no Zarr group); "
@@ -113,9 +128,10 @@ def check_store(path: str, layout: StoreLayout) -> bool:
     if meta.get("format") != STORE_FORMAT:
         raise StoreMismatch(
             f"output store {path} was written by an older swath (store format "
-            f"{meta.get('format')}, this one writes {STORE_FORMAT}: products now carry versioned "
-            "identities); it stays readable, but cannot be resumed or appended to: export "
-            "into another --out, or remove it to start over"
+            f"{meta.get('format')}, this one writes {STORE_FORMAT}: versioned product "
+            "identities, text as UTF-8 bytes, attributes as JSON); it stays readable, but "
+            "cannot be resumed or appended to: export into another --out, or remove it to "
+            "start over"
         )
     if meta["fingerprint"] != layout.fingerprint():
         diff = _difference(meta.get("layout", {}), layout.summary())
@@ -165,7 +181,8 @@ def create_store(path: str, layout: StoreLayout, window: Window, attrs: dict[str
     a local store is built beside `path` and renamed into place; an object-store URL (which
     has no rename) is marked as being created until its attributes are written last."""
     ds, encoding = _template(layout, window)
-    ds.attrs["models"] = {m.name: {**m.identity, **m.provenance} for m in layout.models}
+    models = {m.name: {**m.identity, **m.provenance} for m in layout.models}
+    ds.attrs["models"] = json.dumps(models, sort_keys=True)
     meta = {
         **attrs,
         "format": STORE_FORMAT,
@@ -174,13 +191,13 @@ def create_store(path: str, layout: StoreLayout, window: Window, attrs: dict[str
         "software": {"swath": version("swath"), "torch": version("torch"), "zarr": version("zarr")},
     }
     if is_url(path):
-        ds.attrs["swath"] = {"state": CREATING}
+        ds.attrs["swath"] = json.dumps({"state": CREATING})
         with _quiet_consolidation():
             ds.to_zarr(path, mode="w", compute=False, zarr_format=3, encoding=encoding)
-            zarr.open_group(path, mode="r+").attrs.update({"swath": meta})
+            zarr.open_group(path, mode="r+").attrs.update({"swath": json.dumps(meta)})
             zarr.consolidate_metadata(path)
         return
-    ds.attrs["swath"] = meta
+    ds.attrs["swath"] = json.dumps(meta)
     staging = f"{path.rstrip('/')}.creating-{uuid.uuid4().hex[:8]}"
     with _quiet_consolidation():
         ds.to_zarr(
@@ -194,6 +211,61 @@ def create_store(path: str, layout: StoreLayout, window: Window, attrs: dict[str
 def is_url(path: str) -> bool:
     """Whether a store path is an fsspec URL (s3://, gs://, file://, ...) rather than a path."""
     return "://" in path
+
+
+def read_meta(path: str) -> dict[str, Any]:
+    """The store's root attributes, `swath` and `models` parsed from their JSON text. Stores
+    of format 1 hold them as nested objects, which are returned as they are."""
+    attrs: dict[str, Any] = dict(zarr.open_group(path, mode="r").attrs)
+    for key in META_ATTRS:
+        if isinstance(text := attrs.get(key), str):
+            try:
+                attrs[key] = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise StoreMismatch(
+                    f"store {path}: root attribute {key!r} is not JSON ({e}); swath did not "
+                    "write it: choose another --out or remove it"
+                ) from e
+    return attrs
+
+
+def open_store(path: str) -> xr.Dataset:
+    """`xr.open_zarr(path)` with its text arrays (point ids, reasons) decoded to strings."""
+    ds = xr.open_zarr(path)
+    for name in [n for n, v in ds.variables.items() if v.attrs.get(TEXT_ATTR)]:
+        var = ds[name]
+        text = xr.apply_ufunc(
+            decode_text,
+            var,
+            input_core_dims=[[var.dims[-1]]],
+            dask="parallelized",
+            output_dtypes=[np.dtypes.StringDType()],
+            keep_attrs=True,
+        )
+        del text.attrs[TEXT_ATTR]
+        ds = ds.assign_coords({name: text}) if name in ds.coords else ds.assign({name: text})
+    return ds
+
+
+def encode_text(texts: list[str], nbytes: int) -> np.ndarray:
+    """(len(texts), nbytes) uint8: each text's UTF-8 bytes, zero-padded; a longer text is cut
+    at a character boundary and ends in "..."."""
+    out = np.zeros((len(texts), nbytes), dtype=np.uint8)
+    for i, text in enumerate(texts):
+        raw = text.encode(TEXT_ENCODING)
+        if len(raw) > nbytes:
+            cut = raw[: nbytes - 3].decode(TEXT_ENCODING, errors="ignore")
+            raw = cut.encode(TEXT_ENCODING) + b"..."
+        out[i, : len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    return out
+
+
+def decode_text(codes: np.ndarray) -> np.ndarray:
+    """The strings of uint8 UTF-8 codes along the last axis (trailing zeros dropped)."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    raw = codes.view(f"S{codes.shape[-1]}")[..., 0]
+    texts = [b.decode(TEXT_ENCODING) for b in raw.ravel()]
+    return np.array(texts, dtype=np.dtypes.StringDType()).reshape(raw.shape)
 
 
 def time_index(path: str, window: Window) -> int | None:
@@ -239,8 +311,9 @@ def _quiet_consolidation() -> Iterator[None]:
 def _template(layout: StoreLayout, window: Window) -> tuple[xr.Dataset, dict[str, Any]]:
     n, cs = len(layout.points), layout.chunk_size
     pts = layout.points
+    id_bytes = max(len(p.id.encode(TEXT_ENCODING)) for p in pts)
     coords = {
-        "point_id": ("point", np.array([p.id for p in pts])),
+        "point_id": (("point", "point_id_nchar"), encode_text([p.id for p in pts], id_bytes)),
         "lon": ("point", np.array([p.lon for p in pts], dtype="float64")),
         "lat": ("point", np.array([p.lat for p in pts], dtype="float64")),
         "utm_epsg": ("point", np.array([p.epsg for p in pts], dtype="int32")),
@@ -253,11 +326,14 @@ def _template(layout: StoreLayout, window: Window) -> tuple[xr.Dataset, dict[str
         for name, (dims, shape, dtype, fill) in _model_variables(m, n).items():
             chunks = (1, cs, *shape[2:])
             data_vars[name] = (dims, da.full(shape, fill, dtype=dtype, chunks=chunks))
-            if not isinstance(dtype, np.dtypes.StringDType):
-                encoding[name] = {"fill_value": fill}
+            encoding[name] = {"fill_value": fill}
     ds = xr.Dataset(data_vars, coords=coords)
+    ds.point_id.attrs.update({TEXT_ATTR: TEXT_ENCODING, "long_name": "point id, UTF-8 bytes"})
     for m in layout.models:
         ds[m.name].attrs.update(_variable_attrs(m))
+        ds[f"{m.name}_reason"].attrs.update(
+            {TEXT_ATTR: TEXT_ENCODING, "long_name": f"why {m.name} failed or has no data"}
+        )
         ds[f"{m.name}_status"].attrs.update(
             flag_values=[int(s) for s in Status],
             flag_meanings=" ".join(s.name.lower() for s in Status),
@@ -282,7 +358,12 @@ def _model_variables(
     return {
         m.name: (dims, shape, "float32", np.float32("nan")),
         f"{m.name}_status": (("time", "point"), (1, n), "int8", np.int8(Status.PENDING)),
-        f"{m.name}_reason": (("time", "point"), (1, n), np.dtypes.StringDType(), ""),
+        f"{m.name}_reason": (
+            ("time", "point", REASON_DIM),
+            (1, n, REASON_BYTES),
+            "uint8",
+            np.uint8(0),
+        ),
         f"{m.name}_valid_fraction": (("time", "point"), (1, n), "float32", np.float32("nan")),
     }
 
@@ -321,8 +402,8 @@ def write_chunk(path: str, chunk: Chunk, model: str, result: ChunkResult, t: int
         {
             model: (emb_dims, emb.astype("float32")),
             f"{model}_reason": (
-                ("time", "point"),
-                np.array([result.reason], dtype=np.dtypes.StringDType()),
+                ("time", "point", REASON_DIM),
+                encode_text(result.reason, REASON_BYTES)[np.newaxis],
             ),
             f"{model}_valid_fraction": (
                 ("time", "point"),

@@ -14,6 +14,7 @@ from embedders.spec import Status
 from flows.export import export
 from flows.job import UsageError
 from flows.params import Imagery, Inference, Output, Region, Window
+from tasks.store import open_store, read_meta
 
 # Inside the demo sample's 10 m footprint: 10 points at 400 m.
 INSIDE = (-67.655, -47.858, -67.63, -47.850)
@@ -61,7 +62,7 @@ def test_export__writes_one_embedding_per_point_and_model(tmp_path, served_demo)
         assert (ds[f"{model}_status"].values == Status.OK).all()
         assert (ds[f"{model}_valid_fraction"].values > 0.99).all()
         assert len({tuple(row[:8]) for row in emb[0]}) == n, "points must differ"
-        assert ds.attrs["models"][model]["weights"]["kind"] == "random"
+        assert read_meta(summary["store"])["models"][model]["weights"]["kind"] == "random"
     assert summary["all_ok"] is True
 
 
@@ -86,7 +87,7 @@ def test_export__points_without_imagery_are_recorded_as_nodata(tmp_path, served_
     summary = export(
         **params(tmp_path, served_demo.url, bbox=PAST_EDGE, models=["ssl4eo_resnet18_rgb"])
     )
-    ds = xr.open_zarr(summary["store"])
+    ds = open_store(summary["store"])
     status = ds["ssl4eo_resnet18_rgb_status"].values[0]
     # the sample's 10 m bands end at x = 603000; patches are 320 m wide
     x = np.array([int(pid.split("-")[1]) for pid in ds.point_id.values])

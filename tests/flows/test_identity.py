@@ -6,6 +6,7 @@ weights, other bands, a bumped version) is refused, naming the field that differ
 """
 
 import dataclasses
+import json
 from datetime import date
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from flows.export import export, scheduled_day
 from flows.job import UsageError, plan_job, resolve_job
 from flows.params import Imagery, Inference, Output, Region, Window
 from tasks import infer, products
+from tasks.store import read_meta
 
 INSIDE = (-67.655, -47.858, -67.63, -47.850)
 MODEL = "ssl4eo_resnet18_rgb"
@@ -93,9 +95,9 @@ def test_identity__the_demo_into_the_same_store_from_another_work_dir_resumes(tm
 
 def test_identity__a_store_of_an_older_format_is_refused_with_what_to_do(tmp_path, served_demo):
     first = export(**params(tmp_path, served_demo.url))
+    meta = read_meta(first["store"])["swath"]
     group = zarr.open_group(first["store"], mode="r+")
-    meta = dict(group.attrs["swath"])
-    group.attrs["swath"] = {**meta, "format": 1}
+    group.attrs["swath"] = json.dumps({**meta, "format": 1})
     with pytest.raises(
         UsageError, match=r"older swath \(store format 1.*export into another --out"
     ):

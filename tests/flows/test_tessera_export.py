@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import xarray as xr
 
 from embedders.spec import Status
 from flows.export import export
 from flows.params import Imagery, Inference, Output, Region, Window
+from tasks.store import open_store, read_meta
 from tests.fakes import Request, serve_directory
 from tests.tessera_data import DEMO, TesseraStore, build_tessera_store, expected_patch
 
@@ -46,13 +46,13 @@ def test_tessera_export__with_a_model_writes_one_store_of_hand_computed_means(
     p = params(tmp_path, served_demo.url, url, ["tessera", "ssl4eo_resnet18_rgb"])
     summary = export(**p)
     assert summary["all_ok"], summary
-    with xr.open_zarr(summary["store"]) as ds:
+    with open_store(summary["store"]) as ds:
         assert ds["tessera"].shape == (1, ds.sizes["point"], 128)
         assert (ds["tessera_status"].values == Status.OK).all()
         assert np.isfinite(ds["ssl4eo_resnet18_rgb"].values).all()
         ids = ds.point_id.values
         vectors = ds["tessera"].values[0]
-        identity = ds.attrs["models"]["tessera"]
+    identity = read_meta(summary["store"])["models"]["tessera"]
     for pid, vector in zip(ids, vectors, strict=True):
         epsg, x, y = (int(v) for v in pid.split("-"))
         patch = expected_patch(store, epsg, x, y, PATCH).reshape(-1, 128).astype(np.float64)

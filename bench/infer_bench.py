@@ -7,6 +7,13 @@ into 224 px tiles) and a ViT-B/16 from timm with random weights, it measures in 
 the device's matmul peak (float32, bfloat16), the model's bare forward on pre-staged
 tiles, swath's `embed_images` in float32 and bf16, and a per-point loop (one call, one
 batch per point, as rs-embed does on CPU). Prints JSON, then a short table.
+
+bf16 is measured on the guarded path (embedders.precision): the guard runs first, may
+keep layers in float32 (its report is printed), and every bf16 figure is of the model as
+the guard left it; a second copy of the model, never guarded, has its bare bf16 forward
+timed alongside, for the cost of the guard's fix. Exits with status 2 when the guard
+refuses bf16, and 3 when the bf16 embeddings of the benchmark's points fall below the
+guard's cosine threshold.
 """
 
 import argparse
@@ -30,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from embedders import autobatch, batching, engine
+from embedders import autobatch, batching, engine, precision
 from embedders.dofa import S2_MEAN_STD
 from embedders.spec import InferenceOptions, ModelSpec, Precision, WeightsInfo
 
@@ -219,6 +226,7 @@ class Timing:
     probe_s: float  # resolving the batch size (the "auto" probe), once per process
     bare_s: float
     swath_s: float
+    unguarded_bare_s: float | None = None  # bf16: the same model as the guard found it
 
 
 def time_precision(
@@ -227,6 +235,8 @@ def time_precision(
     staged: torch.Tensor,
     options: InferenceOptions,
     args: argparse.Namespace,
+    *,
+    unguarded: VitEmbedder | None = None,
 ) -> tuple[Timing, np.ndarray]:
     device = staged.device
     start = time.perf_counter()
@@ -235,11 +245,22 @@ def time_precision(
     bare = bare_forward(embedder, staged, batch, options.precision)
     bare()  # warm-up
     run, pooled = swath(embedder, points, options, device, args.chunk)
-    bare_s = swath_s = float("inf")
-    for _ in range(args.repeats):  # alternated, so a busy spell on the machine hits both
+    other = None if unguarded is None else bare_forward(unguarded, staged, batch, options.precision)
+    bare_s = swath_s = other_s = float("inf")
+    for _ in range(args.repeats):  # alternated, so a busy spell on the machine hits all
         bare_s = min(bare_s, _best_time(bare, device, 1))
         swath_s = min(swath_s, _best_time(run, device, 1))
-    return Timing(batch, probe_s, bare_s, swath_s), np.concatenate(pooled)
+        if other is not None:
+            other_s = min(other_s, _best_time(other, device, 1))
+    timing = Timing(batch, probe_s, bare_s, swath_s, None if other is None else other_s)
+    return timing, np.concatenate(pooled)
+
+
+def guard(embedder: VitEmbedder, device: torch.device) -> dict[str, object]:
+    """The precision guard's report for bf16 and its time; raises PrecisionError."""
+    start = time.perf_counter()
+    report = precision.check_precision(embedder, "bf16", device)
+    return {**report.as_dict(), "guard_s": time.perf_counter() - start}
 
 
 def measure(args: argparse.Namespace) -> dict[str, object]:
@@ -272,10 +293,16 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         "gflop_per_tile": gflop_per_tile(embedder, device),
     }
     pooled: dict[str, np.ndarray] = {}
-    for precision in ("fp32", "bf16"):
-        options = replace(base, precision=precision)
-        timing, pooled[precision] = time_precision(embedder, points, staged, options, args)
-        out[precision] = asdict(timing)
+    for p in ("fp32", "bf16"):
+        options = replace(base, precision=p)
+        unguarded = None
+        if p == "bf16":
+            unguarded = build_model(device)  # the same weights, never guarded: bare forward only
+            out["guard"] = guard(embedder, device)
+        timing, pooled[p] = time_precision(
+            embedder, points, staged, options, args, unguarded=unguarded
+        )
+        out[p] = asdict(timing)
     one_by_one = per_point(embedder, points, replace(base, precision="fp32"), device)
     out["per_point_fp32_s"] = _best_time(one_by_one, device, 1)
     cos = cosine(pooled["fp32"], pooled["bf16"])
@@ -301,11 +328,13 @@ def derive(out: dict[str, Any]) -> dict[str, float]:
     d["per_point_fp32_tiles_per_s"] = tiles / out["per_point_fp32_s"]
     d["swath_over_per_point_fp32"] = d["fp32_swath_tiles_per_s"] / d["per_point_fp32_tiles_per_s"]
     d["bf16_over_fp32_swath"] = d["bf16_swath_tiles_per_s"] / d["fp32_swath_tiles_per_s"]
+    d["bf16_over_fp32_bare"] = d["bf16_bare_tiles_per_s"] / d["fp32_bare_tiles_per_s"]
+    d["bf16_guarded_over_unguarded_bare"] = out["bf16"]["unguarded_bare_s"] / out["bf16"]["bare_s"]
     return d
 
 
 def table(out: dict[str, Any], d: dict[str, float]) -> str:
-    peak, cos = out["matmul_gflops"], out["cosine_bf16_fp32"]
+    peak, cos, g = out["matmul_gflops"], out["cosine_bf16_fp32"], out["guard"]
     rows = [
         (
             "run",
@@ -331,7 +360,15 @@ def table(out: dict[str, Any], d: dict[str, float]) -> str:
     rows += [
         ("per-point fp32 tiles/s", f"{d['per_point_fp32_tiles_per_s']:.2f}"),
         ("swath / per-point (fp32)", f"{d['swath_over_per_point_fp32']:.3f}"),
-        ("bf16 / fp32 (swath tiles/s)", f"{d['bf16_over_fp32_swath']:.2f}"),
+        (
+            "bf16 guard: probe cosine before -> after",
+            f"{g['cosine_before']:.5f} -> {g['cosine']:.5f}",
+        ),
+        ("bf16 guard: layers kept in fp32", ", ".join(g["fp32_layers"]) or "none"),
+        ("bf16 guard: time s", f"{g['guard_s']:.1f}"),
+        ("bf16 / fp32 (swath tiles/s, guarded)", f"{d['bf16_over_fp32_swath']:.2f}"),
+        ("bf16 / fp32 (bare forward, guarded)", f"{d['bf16_over_fp32_bare']:.2f}"),
+        ("bf16 guarded / unguarded (bare forward)", f"{d['bf16_guarded_over_unguarded_bare']:.3f}"),
         ("cosine bf16 vs fp32 min / mean", f"{cos['min']:.5f} / {cos['mean']:.5f}"),
         ("peak RSS MiB", f"{out['peak_rss_mib']:.0f}"),
     ]
@@ -341,9 +378,13 @@ def table(out: dict[str, Any], d: dict[str, float]) -> str:
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out = measure(args)
+    try:
+        out = measure(args)
+    except precision.PrecisionError as e:
+        print(f"bf16 refused by the precision guard: {e}", file=sys.stderr)
+        return 2
     out["derived"] = derived = derive(out)
     text = json.dumps(out, indent=2)
     print(text)
@@ -351,7 +392,17 @@ def main(argv: list[str] | None = None) -> None:
         args.json.write_text(text + "\n")
     print()
     print(table(out, derived))
+    worst = out["cosine_bf16_fp32"]["min"]  # type: ignore[index]
+    if not worst >= precision.COSINE_THRESHOLD:
+        print(
+            f"bf16 embeddings of the benchmark's points reach a minimum cosine of {worst:.5f} "
+            f"to fp32, below the guard's threshold {precision.COSINE_THRESHOLD}: the guarded "
+            "bf16 path is wrong here; use --precision fp32",
+            file=sys.stderr,
+        )
+        return 3
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from embedders import autobatch, batching, tiling
+from embedders import autobatch, batching, precision, tiling
 from embedders.batching import BatchPlan, Failure, Launched, Outcome, TileWriter
+from embedders.precision import PrecisionReport
 from embedders.spec import Embedder, InferenceOptions, ModelSpec, Status
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class EmbedResult:
     valid_fraction: np.ndarray  # (n,) float32: share of the patch's pixels that were valid
     status: np.ndarray  # (n,) int8, values of embedders.spec.Status
     reason: list[str]  # "" where OK, else a readable reason
+    precision: PrecisionReport | None = None  # the reduced-precision guard's; None in fp32
 
 
 @dataclass(frozen=True, eq=False)
@@ -262,11 +264,16 @@ def embed_images(
     NaN beyond their own `tiling.grid_shape`. Images without a valid pixel get NODATA;
     images whose tiles make the model raise get FAILED with the error as reason.
     `options.batch_size == "auto"` is resolved by `autobatch.resolve_batch_size`.
+    In bf16 and fp16 the model first passes `precision.check_precision` (once per model,
+    device and precision in a process; it may keep layers in float32, or raise
+    PrecisionError), and its report comes with the result.
     """
     spec = embedder.spec
-    precision = batching.precision_context(options.precision, device)
+    autocast = batching.precision_context(options.precision, device)
     arrays = [_check_image(img, i, spec) for i, img in enumerate(images)]
     result = _empty_result(spec, options, [a.shape[1:] for a in arrays])
+    if options.precision != "fp32":
+        result.precision = precision.check_precision(embedder, options.precision, device)
     if not arrays:
         return result
     size = autobatch.resolve_batch_size(embedder, options, device)
@@ -279,7 +286,7 @@ def embed_images(
 
     stitcher = _Stitcher(spec, options, result)
     tiles = _tile_stream(arrays, spec, options, result)
-    with torch.inference_mode(), precision:
+    with torch.inference_mode(), autocast:
         for ref, outcome in batching.run_batches(tiles, forward, plan):
             stitcher.add(ref, outcome)
     if plan.batch_size < size:

@@ -258,4 +258,7 @@ def _print_summary(s: dict[str, Any]) -> None:
         counts = ", ".join(f"{k} {v}" for k, v in m["status"].items() if v)
         print(f"  {name:24} {counts}   weights: {m['weights']}")
     print(f"store: {s['store']}")
-    print(f"open it: python -c \"import xarray as xr; print(xr.open_zarr('{s['store']}'))\"")
+    print(
+        f'open it: python -c "from tasks.store import open_store; '
+        f"print(open_store('{s['store']}'))\"  (or xr.open_zarr: ids and reasons as UTF-8 bytes)"
+    )

@@ -16,6 +16,7 @@ import torch
 
 from embedders import registry
 from embedders.engine import embed_images
+from embedders.precision import PrecisionError, check_precision
 from embedders.spec import (
     Embedder,
     InferenceOptions,
@@ -46,6 +47,7 @@ class ModelProduct:
     options: InferenceOptions
     weights: WeightsInfo
     device: str  # "cpu" or "cuda"
+    precision_check: dict[str, object] | None = None  # the guard's report (bf16/fp16)
     uses_device: bool = True
 
     @property
@@ -82,11 +84,21 @@ class ModelProduct:
             "device": self.device,
             "catalog": self.config.catalog,
             "description": spec.description,
+            "precision_check": self.precision_check,
         }
         return ModelOutput(self.name, spec.embed_dim, grid, self.identity(), provenance)
 
     def describe(self) -> str:
-        return self.weights.describe()
+        check = self.precision_check
+        if not check:
+            return self.weights.describe()
+        layers = check["fp32_layers"]
+        kept = ", ".join(str(x) for x in layers) if isinstance(layers, list) else ""
+        return (
+            f"{self.weights.describe()}; {check['precision']} checked on {check['device']}: "
+            f"cosine to fp32 {float(str(check['cosine'])):.5f}, layers kept in fp32: "
+            f"{kept or 'none'}"
+        )
 
     def warning(self) -> str | None:
         if self.weights.kind == "random":
@@ -129,11 +141,16 @@ def resolve_model(name: str, request: ProductRequest) -> ModelProduct:
         start=request.start.isoformat(),
         end=request.end.isoformat(),
     )
+    device = devices_of(request.device)[0]
     try:
-        info = load_model(name, request.weights, devices_of(request.device)[0]).weights
-    except WeightsUnavailable as e:
+        embedder = load_model(name, request.weights, device)
+        check = None
+        if request.options.precision != "fp32":  # once per process, before any chunk
+            report = check_precision(embedder, request.options.precision, torch.device(device))
+            check = report.as_dict()
+    except (WeightsUnavailable, PrecisionError, ValueError) as e:
         raise ProductError(str(e)) from e
-    return ModelProduct(name, config, request.options, info, request.device)
+    return ModelProduct(name, config, request.options, embedder.weights, request.device, check)
 
 
 _models: dict[tuple[str, str, str], Embedder] = {}

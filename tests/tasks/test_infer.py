@@ -39,3 +39,36 @@ def test_device_pool__needs_a_device():
 
 def test_devices_of__cpu_is_one_device():
     assert devices_of("cpu") == ["cpu"]
+
+
+def _request(precision: str):
+    from datetime import date
+
+    from embedders.spec import InferenceOptions
+    from tasks.products import ProductRequest
+
+    options = InferenceOptions(precision=precision)  # type: ignore[arg-type]
+    return ProductRequest(
+        date(2024, 1, 1), date(2024, 12, 31), 32, "catalog.json", "s2", "", options, "random", "cpu"
+    )
+
+
+def test_resolve_model__bf16_is_checked_once_up_front_and_recorded():
+    from tasks.infer import resolve_model
+
+    product = resolve_model("ssl4eo_resnet18_rgb", _request("bf16"))
+    check = product.precision_check
+    assert check is not None and check["precision"] == "bf16" and check["device"] == "cpu"
+    assert check["cosine"] >= 0.999
+    assert product.output().provenance["precision_check"] == check
+    assert "bf16 checked on cpu: cosine to fp32" in product.describe()
+
+
+def test_resolve_model__fp16_on_the_cpu_is_refused_before_anything_is_written():
+    import pytest
+
+    from tasks.infer import resolve_model
+    from tasks.products import ProductError
+
+    with pytest.raises(ProductError, match="fp16 needs a CUDA device"):
+        resolve_model("ssl4eo_resnet18_rgb", _request("fp16"))

@@ -193,27 +193,38 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = plan_job(**params, today=scheduled_day())
         print(f"swath: {len(plan.points)} points in {len(plan.chunks)} chunks -> {plan.store}")
-        job = resolve_job(plan)
-        if not args.wait:
-            with writer_lock(plan.store, wait=False, lock_dir=plan.locks_dir):
-                pass  # refuse now, with a clear line, rather than from inside the flow
+        # One lock from the checks to the end of the flow: no second export slips in between.
+        with writer_lock(plan.store, wait=args.wait, lock_dir=plan.locks_dir):
+            job = resolve_job(plan)
+            _print_job(job)
+            summary = _run(export, params, args)
     except (UsageError, StoreBusy) as e:
         return _usage_error(str(e))
+    if summary is None:
+        return 1
+    _print_summary(summary)
+    return 0 if summary["all_ok"] else 1
+
+
+def _print_job(job: Any) -> None:
     for product in job.products:
         loud = "  <-- RANDOM WEIGHTS: embeddings carry no meaning" if product.warning() else ""
         print(f"swath: {product.name}: {product.describe()}{loud}")
     if job.resume:
         print("swath: the store exists with this export's layout: resuming (done chunks are kept)")
+
+
+def _run(export: Any, params: dict[str, Any], args: argparse.Namespace) -> dict[str, Any] | None:
+    """The flow's summary, or None when it failed (its own log has the details)."""
     flow = export
     if args.runner == "dask":
         flow = export.with_options(task_runner=_dask_runner(args))
     try:
-        summary = flow(**params)
+        summary: dict[str, Any] = flow(**params)
     except Exception as e:  # the flow's own log has the details
         print(f"swath: export failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    _print_summary(summary)
-    return 0 if summary["all_ok"] else 1
+        return None
+    return summary
 
 
 def _dask_runner(args: argparse.Namespace) -> Any:

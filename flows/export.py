@@ -52,7 +52,7 @@ def export(
     logger = get_run_logger()
     started = time.monotonic()
     plan = plan_job(region, window, imagery, inference, output, today=scheduled_day())
-    with writer_lock(plan.store, wait=output.wait, lock_dir=plan.locks_dir):
+    with writer_lock(plan.store, wait=output.wait, lock_dir=plan.locks_dir, reuse=True):
         job = resolve_job(plan)
         logger.info(
             "%d points in %d chunks, window %s..%s, models %s -> %s",

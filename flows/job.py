@@ -8,6 +8,7 @@ done for which products, and which fetches those share.
 """
 
 import os
+import tempfile
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -142,6 +143,10 @@ def plan_job(
         batch_size=inference.batch_size,
     )
     work_dir = os.path.abspath(output.work_dir or platformdirs.user_cache_dir("swath"))
+    if not is_url(store):
+        _check_writable(os.path.dirname(store), f"--out {store}", must_exist=True)
+    if not is_url(work_dir):
+        _check_writable(work_dir, f"--work-dir {work_dir}", must_exist=False)
     chunks = make_chunks(points, output.chunk_size_for(len(points)))
     return Plan(
         store,
@@ -154,6 +159,23 @@ def plan_job(
         inference,
         options,
     )
+
+
+def _check_writable(folder: str, what: str, *, must_exist: bool) -> None:
+    """Refuse a folder that cannot be written, before anything is: a probe file is made in
+    it (or, for a folder still to be created, in its nearest existing parent) and removed."""
+    probe = folder
+    if must_exist and not os.path.isdir(folder):
+        raise UsageError(f"{what}: the folder {folder} does not exist; create it or choose another")
+    while not os.path.isdir(probe):
+        probe = os.path.dirname(probe)
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise UsageError(
+            f"{what} cannot be written ({e.strerror or e} in {probe}); choose another"
+        ) from e
 
 
 def _geometry(region: Region) -> BaseGeometry:

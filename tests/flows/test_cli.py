@@ -130,3 +130,46 @@ def test_cli__bad_input_in_a_real_process_prints_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     assert "west (10.0) is not less than east (5.0)" in proc.stderr
     assert not (tmp_path / "o.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--out", "/proc/x.zarr"], r"--out /proc/x.zarr cannot be written"),
+        (["--out", "{tmp}/missing/e.zarr"], r"the folder .*missing does not exist"),
+        (["--work-dir", "/proc/wd"], r"--work-dir /proc/wd cannot be written"),
+    ],
+)
+def test_cli__unwritable_paths_are_refused_up_front(capsys, tmp_path, flags, message):
+    flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
+    if "--out" not in flags:
+        flags += ["--out", str(tmp_path / "e.zarr")]
+    code, err = run_main(capsys, "--catalog", str(tmp_path / "catalog.json"), *flags)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert __import__("re").search(message, err), err
+    assert not (tmp_path / "e.zarr").exists()
+
+
+@pytest.mark.slow
+def test_cli__two_exports_started_together_the_second_is_refused_at_once(
+    tmp_path, demo_catalog_dir
+):
+    argv = [
+        sys.executable, "-m", "flows.export", "--catalog", str(demo_catalog_dir / "catalog.json"),
+        "--out", str(tmp_path / "e.zarr"), "--work-dir", str(tmp_path / "work"),
+        "--models", "ssl4eo_resnet18_rgb", "--weights", "random",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert first.stdout is not None
+        assert "points in" in first.stdout.readline()  # the first holds the lock from here on
+        second = subprocess.run(
+            argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
+        )
+        assert second.returncode == 2, second.stderr
+        assert "another export is writing" in second.stderr and "--wait" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.wait(timeout=300)
+    assert first.returncode == 0

@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         return _usage_error(_validation_message(e))
     from flows.export import export, scheduled_day
     from flows.job import UsageError, plan_job, resolve_job
-    from tasks.store import StoreBusy, writer_lock
+    from tasks.locks import StoreBusy, writer_lock
 
     try:
         plan = plan_job(**params, today=scheduled_day())

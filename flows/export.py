@@ -31,9 +31,10 @@ from prefect_dask.task_runners import DaskTaskRunner
 
 from flows.job import Job, chunk_work, plan_job, resolve_job
 from flows.params import Imagery, Inference, Output, Region, Window
+from tasks.locks import writer_lock
 from tasks.prefetch import prefetch_task
 from tasks.produce import produce_task
-from tasks.store import add_window, create_store, status_counts, time_index, writer_lock
+from tasks.store import add_window, create_store, status_counts, time_index
 from tasks.write import write_task
 
 # Threads: prefetch and write alongside one infer per device (tasks/infer.py DevicePool).

@@ -16,7 +16,7 @@ from prefect_dask.task_runners import DaskTaskRunner
 from embedders.spec import Status
 from flows.export import INFER_RESOURCE, export
 from flows.params import Imagery, Inference, Output, Region, Window
-from tasks.store import StoreBusy, writer_lock
+from tasks.locks import StoreBusy, writer_lock
 from tests.fakes import Request, serve_directory
 
 INSIDE = (-67.655, -47.858, -67.63, -47.850)
@@ -104,7 +104,7 @@ def _wait_then_record(store: str, order: list[str], lock_dir: str) -> None:
 def test_lock__a_killed_holder_leaves_no_stale_lock(tmp_path):
     store = str(tmp_path / "e.zarr")
     code = (
-        "import sys, time; sys.path.insert(0, '.'); from tasks.store import writer_lock\n"
+        "import sys, time; sys.path.insert(0, '.'); from tasks.locks import writer_lock\n"
         f"with writer_lock({store!r}, wait=False, lock_dir='.'):\n"
         "    print('held', flush=True); time.sleep(60)\n"
     )

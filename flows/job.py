@@ -19,7 +19,7 @@ from shapely.geometry.base import BaseGeometry
 from embedders.spec import InferenceOptions
 from flows.params import DEMO_CATALOG, Imagery, Inference, Output, Region, Window
 from tasks import products
-from tasks.demo import build_demo_catalog
+from tasks.demo import build_demo_catalog, demo_catalog_path
 from tasks.infer import resolve_device
 from tasks.plan import (
     Chunk,
@@ -30,7 +30,9 @@ from tasks.plan import (
     make_chunks,
     plan_points,
 )
+from tasks.prefetch import check_source
 from tasks.products import Fetch, Product, ProductError, ProductRequest
+from tasks.sources import ImagerySourceError, TransientSourceError
 from tasks.store import StoreLayout, StoreMismatch, check_store, done_mask, is_url, time_index
 
 
@@ -200,13 +202,12 @@ def resolve_job(plan: Plan) -> Job:
 
     Raises UsageError.
     """
-    catalog = plan.imagery.catalog
-    if catalog == DEMO_CATALOG:
-        catalog = str(build_demo_catalog(Path(plan.work_dir)))
     try:
         device = resolve_device(plan.inference.device)
     except ValueError as e:
         raise UsageError(str(e)) from e
+    demo = plan.imagery.catalog == DEMO_CATALOG
+    catalog = str(demo_catalog_path(Path(plan.work_dir))) if demo else plan.imagery.catalog
     request = ProductRequest(
         start=plan.window[0],
         end=plan.window[1],
@@ -230,4 +231,16 @@ def resolve_job(plan: Plan) -> Job:
             time_index(plan.store, plan.window)  # refuses a clashing window
     except StoreMismatch as e:
         raise UsageError(str(e)) from e
+    if demo:  # written only once every other check has passed
+        build_demo_catalog(Path(plan.work_dir))
+    _check_sources(resolved)
     return Job(plan, resolved, layout, resume)
+
+
+def _check_sources(resolved: tuple[Product, ...]) -> None:
+    """Each shared fetch's source can serve it: catalog, collection, bands, one header."""
+    for fetch in shared_fetches(resolved):
+        try:
+            check_source(fetch.bands, fetch.config)
+        except (ImagerySourceError, TransientSourceError) as e:
+            raise UsageError(str(e)) from e

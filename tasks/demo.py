@@ -68,6 +68,11 @@ def sample_files() -> list[Path]:
     return files
 
 
+def demo_catalog_path(cache_dir: Path) -> Path:
+    """Where `build_demo_catalog` puts the catalog.json (nothing is written)."""
+    return cache_dir / DEMO_CATALOG_DIR / "catalog.json"
+
+
 def build_demo_catalog(cache_dir: Path) -> Path:
     """Build (once) the demo catalog under `cache_dir` and return the path of its catalog.json.
 

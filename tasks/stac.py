@@ -132,6 +132,23 @@ class StacSource:
                 )
         return Patches(point_ids=tuple(p.id for p in points), bands=out, notes=notes)
 
+    def check(self, bands: Sequence[str], config: SensorConfig) -> None:
+        """Fail now, before anything is written, when this configuration cannot work: the
+        catalog opens, holds the collection, every band has an asset, and one asset's header
+        reads. Raises ImagerySourceError or TransientSourceError."""
+        items = self._collection(config)
+        assets = resolve_assets(bands, [c.item for c in items], config.collection)
+        _uses_scl([c.item for c in items], config.collection)
+        first = items[0].item
+        key = assets[bands[0]]
+        href = first.assets[key].get_absolute_href() or first.assets[key].href
+        what = f"reading the header of asset {key!r} of item {first.id} ({href})"
+        try:
+            with rasterio.Env(**self._gdal_env), rasterio.open(href):
+                pass
+        except (rasterio.errors.RasterioError, OSError) as e:
+            raise classify_error(e, what) from e
+
     def _collection(self, config: SensorConfig) -> list[CatalogItem]:
         with self._lock:
             if config.catalog not in self._catalogs:

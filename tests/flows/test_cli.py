@@ -173,3 +173,46 @@ def test_cli__two_exports_started_together_the_second_is_refused_at_once(
     finally:
         first.wait(timeout=300)
     assert first.returncode == 0
+
+
+def _bad_catalog(tmp_path: Path, demo_catalog_dir: Path, kind: str) -> str:
+    import shutil
+
+    root = tmp_path / "catalog"
+    shutil.copytree(demo_catalog_dir, root)
+    item_path = root / "xrspatial-sentinel-2-sample" / "xrspatial-sentinel-2-sample.json"
+    item = json.loads(item_path.read_text())
+    if kind == "missing":
+        return str(tmp_path / "nowhere" / "catalog.json")
+    if kind == "not-stac":
+        (root / "catalog.json").write_text(json.dumps({"hello": "world"}))
+    elif kind == "no-band":
+        del item["assets"]["B02"]
+    elif kind == "asset-gone":
+        for tif in root.glob("*/*.tif"):
+            tif.unlink()
+    item_path.write_text(json.dumps(item))
+    return str(root / "catalog.json")
+
+
+@pytest.mark.parametrize(
+    ("kind", "flags", "message"),
+    [
+        ("missing", [], r"reading the STAC catalog .*nowhere/catalog.json"),
+        ("not-stac", [], r"reading the STAC catalog"),
+        ("collection", ["--collection", "landsat-c2-l2"], r"no item in collection 'landsat-c2-l2'"),
+        ("no-band", [], r"B02"),
+        ("asset-gone", [], r"reading the header of asset"),
+    ],
+)
+def test_cli__a_bad_catalog_is_refused_before_anything_is_written(
+    capsys, tmp_path, demo_catalog_dir, kind, flags, message
+):
+    catalog = _bad_catalog(tmp_path, demo_catalog_dir, kind)
+    out, work = tmp_path / "e.zarr", tmp_path / "work"
+    argv = ["--catalog", catalog, *flags, "--out", str(out), "--work-dir", str(work)]
+    code, err = run_main(capsys, *argv, "--models", "dofa_base", "--weights", "random")
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert __import__("re").search(message, err), err
+    assert not out.exists() and not (work / "inputs.zarr").exists()

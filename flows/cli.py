@@ -5,6 +5,9 @@ task failed (rerun to resume); 2 bad input (nothing written).
 """
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
 from datetime import date
 from typing import Any
@@ -180,6 +183,8 @@ def _glue_negative_values(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(_glue_negative_values(sys.argv[1:] if argv is None else argv))
+    if argv is None:  # a real process: stop at once on SIGTERM or Ctrl-C
+        _stop_on_signals()
     if args.list_models:
         return _list_models()
     try:
@@ -204,6 +209,37 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     _print_summary(summary)
     return 0 if summary["all_ok"] else 1
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM (a scheduler cancelling) or SIGINT (Ctrl-C): stop within a moment, with one
+    line. The store survives a stop at any moment (done marks are written last, as for
+    SIGKILL, which the kill tests exercise), so nothing is flushed: the processes this one
+    started (the embedded Prefect server, Dask workers) are ended and this one exits."""
+
+    def stop(signum: int, _: object) -> None:
+        name = signal.Signals(signum).name
+        print(
+            f"\nswath: stopped by {name}; the store is resumable: rerun the same command to "
+            "finish (done chunks are kept)",
+            file=sys.stderr,
+            flush=True,
+        )
+        _end_children()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def _end_children() -> None:
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(children, timeout=5)
 
 
 def _print_job(job: Any) -> None:

@@ -2,10 +2,12 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from flows.cli import main
@@ -216,3 +218,30 @@ def test_cli__a_bad_catalog_is_refused_before_anything_is_written(
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert __import__("re").search(message, err), err
     assert not out.exists() and not (work / "inputs.zarr").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_cli__a_signal_stops_the_export_at_once_and_a_rerun_finishes(
+    tmp_path, demo_catalog_dir, signum
+):
+    argv = [
+        sys.executable, "-m", "flows.export", "--catalog", str(demo_catalog_dir / "catalog.json"),
+        "--out", str(tmp_path / "e.zarr"), "--work-dir", str(tmp_path / "work"),
+        "--models", "ssl4eo_resnet18_rgb", "--weights", "random", "--chunk-size", "8",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout is not None and "points in" in proc.stdout.readline()
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)  # a hang guard, not a timing
+    assert proc.returncode == 128 + signum
+    assert f"stopped by {signal.Signals(signum).name}; the store is resumable" in err
+    assert "Traceback" not in err
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"left running: {alive}"
+    again = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr

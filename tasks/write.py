@@ -1,9 +1,12 @@
 """Write: one chunk's results for one model into its own chunk-aligned region of the store."""
 
 from prefect import task
+from prefect.tasks import exponential_backoff
 
 from tasks.plan import Chunk
+from tasks.prefetch import PREFETCH_BACKOFF_S, PREFETCH_RETRIES, retry_if_transient
 from tasks.produce import load_result
+from tasks.sources import TransientSourceError, classify_error
 from tasks.store import write_chunk
 
 
@@ -21,9 +24,24 @@ def write_results(
 
 
 # Not cached: the store's status (its done mark) decides which chunks the flow submits.
-@task(name="write", task_run_name="write {model} {chunk.key}")
+# Writes to object storage fail transiently too (throttling, 5xx, dropped connections):
+# those are retried like the source's, the whole region again with the done mark last.
+@task(
+    name="write",
+    task_run_name="write {model} {chunk.key}",
+    retries=PREFETCH_RETRIES,
+    retry_delay_seconds=exponential_backoff(backoff_factor=PREFETCH_BACKOFF_S),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_if_transient,
+)
 def write_task(
     store: str, chunk: Chunk, model: str, results_path: str, group_path: str, t: int
 ) -> str:
-    write_results(store, chunk, model, results_path, group_path, t)
+    try:
+        write_results(store, chunk, model, results_path, group_path, t)
+    except (OSError, TimeoutError) as e:
+        error = classify_error(e, f"writing {model} {chunk.key} into {store}")
+        if isinstance(error, TransientSourceError):
+            raise error from e
+        raise
     return chunk.key

@@ -6,11 +6,14 @@ import sys
 import threading
 from datetime import date
 from pathlib import Path
+from typing import ClassVar
 
+import fsspec
 import numpy as np
 import pytest
 import xarray as xr
 from distributed import LocalCluster
+from fsspec.implementations.memory import MemoryFileSystem
 from prefect_dask.task_runners import DaskTaskRunner
 
 from embedders.spec import Status
@@ -200,3 +203,43 @@ def test_dask__an_existing_cluster_by_address_runs_infer_on_workers_with_the_res
         runner = DaskTaskRunner(address=cluster.scheduler_address)
         summary = export.with_options(task_runner=runner)(**params(tmp_path, served_demo.url))
     assert summary["all_ok"]
+
+
+class FlakyMemoryFileSystem(MemoryFileSystem):
+    """An in-memory object store whose next `fails` writes of embedding chunks drop the
+    connection, as a throttled or restarting object store does."""
+
+    protocol = "flakymem"
+    store: ClassVar[dict] = {}
+    pseudo_dirs: ClassVar[list] = [""]
+    fails = 0
+    target = "/ssl4eo_resnet18_rgb/c/"
+
+    def _fail(self, path: str) -> None:
+        if FlakyMemoryFileSystem.fails > 0 and self.target in str(path):
+            FlakyMemoryFileSystem.fails -= 1
+            raise ConnectionResetError("connection reset by peer")
+
+    def pipe_file(self, path, value, **kwargs):
+        self._fail(path)
+        return super().pipe_file(path, value, **kwargs)
+
+    def _open(self, path, mode="rb", **kwargs):
+        if "w" in mode:
+            self._fail(path)
+        return super()._open(path, mode, **kwargs)
+
+
+def test_writes__a_transient_store_failure_is_retried_and_every_point_written(
+    tmp_path, served_demo
+):
+    fsspec.register_implementation("flakymem", FlakyMemoryFileSystem, clobber=True)
+    FlakyMemoryFileSystem.fails = 2
+    url = "flakymem://retried.zarr"
+    summary = export(
+        **params(tmp_path, served_demo.url)
+        | {"output": Output(store=url, work_dir=str(tmp_path / "work"), chunk_size=3)}
+    )
+    assert FlakyMemoryFileSystem.fails == 0, "the faults were never hit"
+    assert summary["all_ok"]
+    assert np.isfinite(values(url)["ssl4eo_resnet18_rgb"]).all()

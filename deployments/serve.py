@@ -30,7 +30,11 @@ def monthly_deployment() -> RunnerDeployment:
         name="monthly",
         cron=MONTHLY_CRON,
         tags=["swath", "scheduled"],
-        description="Each run exports the previous calendar month into one store.",
+        description=(
+            "Each run exports the previous calendar month into one store, one time entry per "
+            "month. EDIT REGION, CATALOG and STORE in deployments/serve.py first: the shipped "
+            "demo catalog has no imagery after 2025-12-31, so its runs end Failed (nodata)."
+        ),
         parameters={
             "region": REGION.model_dump(mode="json"),
             "window": Window(previous_month=True).model_dump(mode="json"),
@@ -42,6 +46,13 @@ def monthly_deployment() -> RunnerDeployment:
 
 
 def main() -> None:
+    if CATALOG == "demo":
+        print(
+            "swath: the monthly deployment reads the demo catalog, whose one item ends on "
+            "2025-12-31: its runs will end Failed with every point nodata. Set REGION, "
+            "CATALOG and STORE in deployments/serve.py to your data.",
+            flush=True,
+        )
     demo = export.to_deployment(name="demo", tags=["swath"], description="The offline demo.")
     serve(demo, monthly_deployment())  # type: ignore[arg-type]
 

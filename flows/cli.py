@@ -255,8 +255,12 @@ def _run(export: Any, params: dict[str, Any], args: argparse.Namespace) -> dict[
     flow = export
     if args.runner == "dask":
         flow = export.with_options(task_runner=_dask_runner(args))
+    from flows.export import ExportGaps
+
     try:
         summary: dict[str, Any] = flow(**params)
+    except ExportGaps as e:  # ran to the end with gaps: the summary says where
+        return e.summary
     except Exception as e:  # the flow's own log has the details
         print(f"swath: export failed: {type(e).__name__}: {e}", file=sys.stderr)
         return None

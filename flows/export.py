@@ -17,7 +17,7 @@ from uuid import UUID
 
 import torch
 from dask.base import annotate
-from prefect import flow, get_run_logger
+from prefect import State, flow, get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -26,6 +26,7 @@ from prefect.artifacts import (
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
+from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask.task_runners import DaskTaskRunner
 
@@ -48,8 +49,12 @@ def export(
     imagery: Imagery = Imagery(),  # noqa: B008
     inference: Inference = Inference(),  # noqa: B008
     output: Output = Output(),  # noqa: B008
-) -> dict[str, Any]:
-    """Export embeddings of every point of a region into one Zarr store."""
+) -> dict[str, Any] | State[Any]:
+    """Export embeddings of every point of a region into one Zarr store.
+
+    Returns the run's summary. A run where not every point is ok ends Failed, and calling
+    the flow raises ExportGaps, which carries the summary.
+    """
     logger = get_run_logger()
     started = time.monotonic()
     plan = plan_job(region, window, imagery, inference, output, today=scheduled_day())
@@ -73,17 +78,30 @@ def export(
         failed = _run(job, t, refresh=output.refresh)
         summary = _summary(job, t, time.monotonic() - started)
     _summary_artifact(summary)
-    if not summary["all_ok"]:
-        logger.warning(
-            "not every point is ok: %s; the store's <model>_reason says why, per point",
-            "; ".join(f"{m}: {_counts(s['status'])}" for m, s in summary["models"].items()),
-        )
     if failed:
         raise RuntimeError(
             f"{len(failed)} chunk task(s) failed, first: {failed[0]}; rerun the same command "
             "to redo only the chunks not done"
         )
+    if not summary["all_ok"]:
+        gaps = "; ".join(f"{m}: {_counts(s['status'])}" for m, s in summary["models"].items())
+        message = f"not every point is ok ({gaps}); the store's <model>_reason says why"
+        logger.warning("%s", message)
+        # A run with gaps ends Failed, as the command line exits 1: a UI user cannot miss it.
+        return Failed(message=message, data=ExportGaps(message, summary))
     return summary
+
+
+class ExportGaps(RuntimeError):
+    """The export ran to the end, but not every point of every product is ok; the store
+    holds what was written and why the others were not. `summary` is the run's summary."""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.summary))
 
 
 def scheduled_day() -> date:

@@ -2,6 +2,7 @@
 seeded random weights, a real Zarr store, under the session's Prefect test server."""
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from embedders.spec import Status
-from flows.export import export
+from flows.export import ExportGaps, export
 from flows.job import UsageError
 from flows.params import Imagery, Inference, Output, Region, Window
 from tasks.store import open_store, read_meta
@@ -84,9 +85,11 @@ def test_export__a_new_model_reuses_the_prefetched_bands(tmp_path, served_demo):
 
 
 def test_export__points_without_imagery_are_recorded_as_nodata(tmp_path, served_demo):
-    summary = export(
-        **params(tmp_path, served_demo.url, bbox=PAST_EDGE, models=["ssl4eo_resnet18_rgb"])
-    )
+    with pytest.raises(
+        ExportGaps, match=r"not every point is ok \(ssl4eo_resnet18_rgb: ok \d+"
+    ) as gaps:
+        export(**params(tmp_path, served_demo.url, bbox=PAST_EDGE, models=["ssl4eo_resnet18_rgb"]))
+    summary = gaps.value.summary
     ds = open_store(summary["store"])
     status = ds["ssl4eo_resnet18_rgb_status"].values[0]
     # the sample's 10 m bands end at x = 603000; patches are 320 m wide
@@ -99,6 +102,20 @@ def test_export__points_without_imagery_are_recorded_as_nodata(tmp_path, served_
     assert np.isnan(ds["ssl4eo_resnet18_rgb"].values[0][east]).all()
     assert (status[~east] == Status.OK).all()
     assert summary["all_ok"] is False
+
+
+def test_export__a_run_with_gaps_ends_failed_in_the_ui_with_the_counts(tmp_path, served_demo):
+    state = export(
+        **params(tmp_path, served_demo.url, bbox=PAST_EDGE, models=["ssl4eo_resnet18_rgb"]),
+        return_state=True,
+    )
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+    assert run.state is not None and run.state.is_failed()
+    assert re.search(
+        r"not every point is ok \(ssl4eo_resnet18_rgb: ok \d+, nodata \d+\)",
+        run.state.message or "",
+    )
 
 
 def test_export__a_store_of_another_layout_is_refused_and_left_alone(tmp_path, served_demo):

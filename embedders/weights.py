@@ -6,6 +6,8 @@ is there and downloads it otherwise. Nothing falls back silently: "auto" records
 used random weights in `WeightsInfo.note`.
 """
 
+import contextlib
+import io
 import os
 import pickle
 from collections.abc import Callable
@@ -73,8 +75,10 @@ def build_pretrained(
     """The architecture with `member`'s weights, or WeightsUnavailable saying what to do."""
     path = checkpoint_path(member)
     present = path.exists()
+    said = io.StringIO()  # torch hub says "Downloading: ..." before it tries, even offline
     try:
-        module = build(member)
+        with contextlib.redirect_stdout(said):
+            module = build(member)
     except _LOAD_ERRORS as e:
         if present:
             problem = f"the checkpoint at {path} could not be loaded ({type(e).__name__}: {e}); "
@@ -88,6 +92,8 @@ def build_pretrained(
             f"weights (seed={spec.seed})",
             file_present=present,
         ) from e
+    if said.getvalue():  # it did download: say so once
+        print(said.getvalue().strip(), flush=True)
     return module, WeightsInfo(kind="pretrained", identity=identity(member), file=str(path))
 
 

@@ -9,6 +9,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Callable, Iterator
 from datetime import date
 from typing import Any
 
@@ -82,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dask-address", metavar="ADDR", help="existing Dask scheduler (tcp://...)")
     p.add_argument("--dask-workers", type=int, default=2, metavar="N", help="local cluster size")
     p.add_argument("--list-models", action="store_true", help="list the models and exit")
+    p.add_argument("--verbose", action="store_true", help="show Prefect's logs of every task")
     return p
 
 
@@ -191,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         params = _params(args)
     except ValidationError as e:
         return _usage_error(_validation_message(e))
+    if not args.verbose:  # before Prefect is imported; a user's own setting wins
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")  # the CLI says the rest
     from flows.export import export, scheduled_day
     from flows.job import UsageError, plan_job, resolve_job
     from tasks.locks import StoreBusy, writer_lock
@@ -255,16 +259,51 @@ def _run(export: Any, params: dict[str, Any], args: argparse.Namespace) -> dict[
     flow = export
     if args.runner == "dask":
         flow = export.with_options(task_runner=_dask_runner(args))
-    from flows.export import ExportGaps
+    from flows.export import PROGRESS_LISTENERS, ExportGaps
 
     try:
-        summary: dict[str, Any] = flow(**params)
+        with _progress_bar() as listener:
+            PROGRESS_LISTENERS.append(listener)
+            try:
+                summary: dict[str, Any] = flow(**params)
+            finally:
+                PROGRESS_LISTENERS.remove(listener)
     except ExportGaps as e:  # ran to the end with gaps: the summary says where
         return e.summary
     except Exception as e:  # the flow's own log has the details
         print(f"swath: export failed: {type(e).__name__}: {e}", file=sys.stderr)
         return None
     return summary
+
+
+@contextlib.contextmanager
+def _progress_bar() -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar of (chunk, product) writes: done / total, rate, time left."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("swath: writing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("chunk-products"),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task("write", total=None)
+
+        def listener(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield listener
 
 
 def _dask_runner(args: argparse.Namespace) -> Any:
@@ -307,7 +346,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     print(f"\nswath: {s['points']} points, {s['chunks']} chunks, {s['seconds']} s")
     for name, m in s["models"].items():
         counts = ", ".join(f"{k} {v}" for k, v in m["status"].items() if v)
-        print(f"  {name:24} {counts}   weights: {m['weights']}")
+        loud = "   <-- RANDOM WEIGHTS" if m.get("warning") else ""
+        print(f"  {name:24} {counts}{loud}")
     print(f"store: {s['store']}")
     print(
         f'open it: python -c "from tasks.store import open_store; '

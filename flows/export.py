@@ -10,6 +10,7 @@ if __name__ == "__main__":  # the command line: check arguments before importing
     raise SystemExit(main())
 
 import time
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,11 @@ def _time_entry(job: Job, region: Region) -> int:
     return t if t is not None else add_window(plan.store, job.layout, plan.window)
 
 
+# Called as listener(done, total) after each (chunk, product) written: the command line's
+# progress bar listens here. Runs from the UI show the progress artifact instead.
+PROGRESS_LISTENERS: list[Callable[[int, int], None]] = []
+
+
 def _run(job: Job, t: int, *, refresh: bool) -> list[str]:
     """Run every chunk not done, with a progress artifact; the errors of failed chunks."""
     writes, upstream = _submit(job, t, refresh=refresh)
@@ -138,6 +144,8 @@ def _run(job: Job, t: int, *, refresh: bool) -> list[str]:
         except Exception as e:  # reported at the end; the chunk stays not done and reruns
             failed.append(f"{type(e).__name__}: {e}")
         update_progress_artifact(progress, progress=100.0 * i / len(writes))
+        for listener in PROGRESS_LISTENERS:
+            listener(i, len(writes))
     if failed:  # name the root cause: a write fails too when its prefetch or infer failed
         causes = [f.state.message for f in upstream if f.state.is_failed() and f.state.message]
         failed = causes + failed

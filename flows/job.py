@@ -238,9 +238,13 @@ def resolve_job(plan: Plan) -> Job:
 
 
 def _check_sources(resolved: tuple[Product, ...]) -> None:
-    """Each shared fetch's source can serve it: catalog, collection, bands, one header."""
+    """Each shared fetch's source can serve it: catalog, collection, bands, one header. A
+    permanent failure refuses the run; a transient one (429, 5xx, a dropped connection) does
+    not: the prefetch tasks retry it with backoff."""
     for fetch in shared_fetches(resolved):
         try:
             check_source(fetch.bands, fetch.config)
-        except (ImagerySourceError, TransientSourceError) as e:
+        except ImagerySourceError as e:
             raise UsageError(str(e)) from e
+        except TransientSourceError:
+            continue

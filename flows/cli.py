@@ -262,6 +262,8 @@ def _run(export: Any, params: dict[str, Any], args: argparse.Namespace) -> dict[
     from flows.export import PROGRESS_LISTENERS, ExportGaps
 
     try:
+        if args.runner == "dask" and not args.dask_address:
+            _share_the_prefect_api()
         with _progress_bar() as listener:
             PROGRESS_LISTENERS.append(listener)
             try:
@@ -306,6 +308,19 @@ def _progress_bar() -> Iterator[Callable[[int, int], None]]:
         yield listener
 
 
+def _share_the_prefect_api() -> None:
+    """Give the local cluster's workers this run's Prefect API. Without PREFECT_API_URL each
+    worker process would start a temporary server of its own (two race for one port), so
+    the temporary server is started here and its URL set before the workers start."""
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the one this process's flow run uses too
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+
+
 def _dask_runner(args: argparse.Namespace) -> Any:
     from prefect_dask.task_runners import DaskTaskRunner
 
@@ -313,11 +328,15 @@ def _dask_runner(args: argparse.Namespace) -> Any:
 
     if args.dask_address:
         return DaskTaskRunner(address=args.dask_address)
+    # Dask's nanny sets OMP_NUM_THREADS=1 in every worker; each worker runs one infer at a
+    # time, so it gets its share of the cores for torch instead.
+    cores = max(1, (os.cpu_count() or 1) // max(1, args.dask_workers))
     return DaskTaskRunner(
         cluster_kwargs={
             "n_workers": args.dask_workers,
             "threads_per_worker": 1,
             "resources": {INFER_RESOURCE: 1},
+            "env": {"OMP_NUM_THREADS": str(cores), "MKL_NUM_THREADS": str(cores)},
         }
     )
 

@@ -245,3 +245,37 @@ def test_cli__a_signal_stops_the_export_at_once_and_a_rerun_finishes(
     assert not alive, f"left running: {alive}"
     again = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.slow
+def test_cli__the_local_dask_cluster_shares_one_prefect_api(tmp_path, demo_catalog_dir):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.export",
+            "--runner",
+            "dask",
+            "--verbose",
+            "--catalog",
+            str(demo_catalog_dir / "catalog.json"),
+            "--out",
+            str(tmp_path / "e.zarr"),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--models",
+            "ssl4eo_resnet18_rgb",
+            "--weights",
+            "random",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    # One temporary Prefect server, this process's: no worker starts its own.
+    assert out.count("Starting temporary server") == 1, out[-3000:]

@@ -34,6 +34,7 @@ from flows.params import Imagery, Inference, Output, Region, Window
 from tasks.locks import writer_lock
 from tasks.prefetch import prefetch_task
 from tasks.produce import produce_task
+from tasks.quicklook import quicklook_artifacts
 from tasks.store import add_window, create_store, status_counts, time_index
 from tasks.write import write_task
 
@@ -73,6 +74,7 @@ def export(
         failed = _run(job, t, refresh=output.refresh)
         summary = _summary(job, t, time.monotonic() - started)
     _summary_artifact(summary)
+    quicklook_artifacts(plan.store, t)
     if not summary["all_ok"]:
         logger.warning(
             "not every point is ok: %s; the store's <model>_reason says why, per point",

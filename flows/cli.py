@@ -368,6 +368,9 @@ def _print_summary(s: dict[str, Any]) -> None:
         loud = "   <-- RANDOM WEIGHTS" if m.get("warning") else ""
         print(f"  {name:24} {counts}{loud}")
     print(f"store: {s['store']}")
+    looks = f"{s['store'].rstrip('/')}.quicklook"
+    if os.path.isdir(looks):
+        print(f"quick-look maps: {looks}/")
     print(
         f'open it: python -c "from tasks.store import open_store; '
         f"print(open_store('{s['store']}'))\"  (or xr.open_zarr: ids and reasons as UTF-8 bytes)"

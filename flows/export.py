@@ -36,6 +36,7 @@ from flows.params import Imagery, Inference, Output, Region, Window
 from tasks.locks import writer_lock
 from tasks.prefetch import prefetch_task
 from tasks.produce import produce_task
+from tasks.quicklook import quicklook_artifacts
 from tasks.store import add_window, create_store, status_counts, time_index
 from tasks.write import write_task
 
@@ -79,6 +80,7 @@ def export(
         failed = _run(job, t, refresh=output.refresh)
         summary = _summary(job, t, time.monotonic() - started)
     _summary_artifact(summary)
+    quicklook_artifacts(plan.store, t)
     if failed:
         raise RuntimeError(
             f"{len(failed)} chunk task(s) failed, first: {failed[0]}; rerun the same command "

@@ -151,3 +151,7 @@ def test_export__leaves_a_progress_and_a_summary_artifact(tmp_path, served_demo)
     table = str(artifacts["swath-export-summary"].data)
     assert f"| ssl4eo_resnet18_rgb | {summary['points']} | 0 | 0 | 0 |" in table
     assert summary["store"] in table
+    quicklook = str(artifacts["swath-quicklook-ssl4eo-resnet18-rgb"].data)
+    assert "](data:image/png;base64," in quicklook
+    png = Path(f"{summary['store']}.quicklook/ssl4eo_resnet18_rgb-{summary['window'][0]}.png")
+    assert png.is_file() and png.name in quicklook

@@ -1,0 +1,216 @@
+"""`python -m flows.inspect STORE`: what a store holds, as tables: its models (dims, weights,
+source), its time entries and, per model and time entry, the points ok / failed / nodata /
+pending. `--patch POINT_ID` writes a true-colour PNG of the patch that point got, read from
+the work directory's inputs store. Imports neither torch nor Prefect, so it answers at once.
+
+Exit codes: 0 done; 1 the point or its inputs are not there; 2 bad input (not a store, no
+such time entry).
+"""
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator
+from datetime import date
+from typing import Any
+
+import numpy as np
+import platformdirs
+import xarray as xr
+import zarr
+import zarr.errors
+from rich.console import Console
+from rich.table import Table
+
+from tasks.reading import (
+    NotAStore,
+    counts,
+    find_time,
+    model_names,
+    provenance_source,
+    statuses,
+    store_meta,
+    time_entries,
+    weights_text,
+)
+from tasks.store import open_store
+
+TRUE_COLOUR = ("B04", "B03", "B02")  # Sentinel-2 red, green, blue
+TRUE_COLOUR_SCALE = 3000.0  # digital numbers (reflectance x 10000) shown as 0..1: bright land
+WIDTH = 160  # columns of the tables when the output is not a terminal (rich would take 80)
+PATCH_MIN_PX = 256  # small patches are scaled up by a whole factor (nearest) to at least this
+
+
+class NotFound(LookupError):
+    """The point, or the inputs it got, are not there."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m flows.inspect", description="Show what a swath store holds."
+    )
+    p.add_argument("store", help="the output store (path or URL)")
+    p.add_argument("--patch", metavar="POINT_ID", help="write a true-colour PNG of its patch")
+    p.add_argument("--time", type=_date, metavar="YYYY-MM-DD", help="time entry (the last)")
+    p.add_argument("--out", metavar="PNG", help="where --patch writes (<point>-<day>.png)")
+    p.add_argument(
+        "--work-dir",
+        metavar="DIR",
+        help="the export's work directory, with inputs.zarr (~/.cache/swath)",
+    )
+    return p
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a date YYYY-MM-DD") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        meta = store_meta(args.store)
+        with open_store(args.store) as ds:
+            if args.patch is None:
+                show(ds, meta, Console(width=None if sys.stdout.isatty() else WIDTH))
+                return 0
+            t = find_time(ds, args.time)
+            work_dir = args.work_dir or platformdirs.user_cache_dir("swath")
+            out = args.out or f"{args.patch}-{time_entries(ds)[t][0]}.png"
+            shape = write_patch(ds, meta, args.patch, t, work_dir, out)
+    except (NotAStore, LookupError) as e:
+        if isinstance(e, NotFound):
+            print(f"swath inspect: {e}", file=sys.stderr)
+            return 1
+        print(f"swath inspect: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}: true colour ({', '.join(TRUE_COLOUR)}), {shape[1]} x {shape[0]} px")
+    return 0
+
+
+def show(ds: xr.Dataset, meta: dict[str, Any], console: Console) -> None:
+    """Print the store's models, time entries and status counts."""
+    swath, n_times = meta["swath"], ds.sizes["time"]
+    console.print(
+        f"swath store, format {swath.get('format')}, {ds.sizes['point']} points, {n_times} "
+        f"time {'entry' if n_times == 1 else 'entries'}; "
+        f"region {_region_text(swath.get('region') or {})}"
+    )
+    models = Table(title="models", title_justify="left")
+    models.add_column("model", no_wrap=True)
+    for column in ("kind", "dim", "grid (y x)", "weights / dataset", "source"):
+        models.add_column(column)
+    for name in model_names(meta):
+        m = meta["models"][name]
+        dims = [ds.sizes[d] for d in ds[name].dims if d not in ("time", "point")]
+        grid = " x ".join(str(d) for d in dims[1:]) or "-"
+        kind = "precomputed" if m.get("product") == "tessera" else str(m.get("product", "?"))
+        models.add_row(name, kind, str(dims[0]), grid, weights_text(m), provenance_source(m))
+    console.print(models)
+    table = Table(title="points per status", title_justify="left")
+    for column in ("t", "window", "model"):
+        table.add_column(column, no_wrap=True)
+    for column in ("ok", "failed", "nodata", "pending"):
+        table.add_column(column, justify="right")
+    for t, (start, end) in enumerate(time_entries(ds)):
+        for name in model_names(meta):
+            n = counts(statuses(ds, name, t))
+            cells = [str(n[k]) for k in ("ok", "failed", "nodata", "pending")]
+            table.add_row(str(t), f"{start}..{end}", name, *cells)
+    console.print(table)
+
+
+def _region_text(region: dict[str, Any]) -> str:
+    spacing = f", spacing {region['spacing_m']:g} m" if region.get("spacing_m") else ""
+    if region.get("geojson"):
+        text = str(region["geojson"])
+        return ("GeoJSON" if text.lstrip().startswith(("{", "[")) else f"GeoJSON {text}") + spacing
+    return f"bbox {region.get('bbox')}{spacing}"
+
+
+def write_patch(
+    ds: xr.Dataset, meta: dict[str, Any], point_id: str, t: int, work_dir: str, out: str
+) -> tuple[int, int]:
+    """Write the true-colour PNG of `point_id`'s patch at time entry `t`; its (rows, cols)."""
+    ids = list(ds["point_id"].values)
+    if point_id not in ids:
+        raise NotFound(f"point {point_id} is not in this store ({len(ids)} points, e.g. {ids[0]})")
+    start, end = time_entries(ds)[t]
+    rgb = read_true_colour(os.path.join(work_dir, "inputs.zarr"), meta, point_id, (start, end))
+    k = max(1, -(-PATCH_MIN_PX // max(rgb.shape[:2])))
+    image = rgb.repeat(k, axis=0).repeat(k, axis=1)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.imsave(out, image)
+    return image.shape[0], image.shape[1]
+
+
+def read_true_colour(
+    inputs_path: str, meta: dict[str, Any], point_id: str, window: tuple[date, date]
+) -> np.ndarray:
+    """(N, N, 4) RGBA in 0..1 of the point's patch (transparent where NaN), from the inputs
+    group of a sensor configuration that a model of the store reads, for `window`."""
+    where = f"inputs store {inputs_path}"
+    if not os.path.isdir(inputs_path):
+        raise NotFound(f"no inputs for point {point_id}: {where} does not exist; pass --work-dir")
+    sensors = [m["sensor"] for m in meta["models"].values() if isinstance(m.get("sensor"), dict)]
+    if not sensors:
+        raise NotFound(f"no model of this store reads imagery, so point {point_id} got no patch")
+    for group in _chunk_groups(inputs_path, sensors, window):
+        ids = _list_attr(group, "point_ids")
+        if point_id in ids and set(TRUE_COLOUR) <= set(_list_attr(group, "bands_done")):
+            return _true_colour(group, ids.index(point_id))
+    raise NotFound(
+        f"no inputs with bands {', '.join(TRUE_COLOUR)} for point {point_id} and window "
+        f"{window[0]}..{window[1]} in {where}; pass the export's --work-dir"
+    )
+
+
+def _true_colour(group: zarr.Group, i: int) -> np.ndarray:
+    """(N, N, 4) RGBA of the i-th patch of a chunk group: digital numbers / 3000, clipped."""
+    bands = []
+    for band in TRUE_COLOUR:
+        array = group[band]
+        assert isinstance(array, zarr.Array)
+        bands.append(np.asarray(array[i], dtype=np.float32))
+    rgb = np.clip(np.stack(bands, axis=-1) / TRUE_COLOUR_SCALE, 0.0, 1.0)
+    alpha = np.isfinite(rgb).all(axis=-1, keepdims=True).astype(np.float32)
+    return np.concatenate([np.nan_to_num(rgb), alpha], axis=-1)
+
+
+def _list_attr(group: zarr.Group, name: str) -> list[Any]:
+    value = group.attrs.get(name)
+    return list(value) if isinstance(value, list) else []
+
+
+def _chunk_groups(
+    inputs_path: str, sensors: list[dict[str, Any]], window: tuple[date, date]
+) -> Iterator[zarr.Group]:
+    """The chunk groups of the sensor configurations that match a model's and the window."""
+    try:
+        root = zarr.open_group(inputs_path, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+        raise NotFound(f"{inputs_path} is not an inputs store: {e}") from e
+    for _, config_group in root.groups():
+        config = config_group.attrs.get("config")
+        if not isinstance(config, dict) or not _matches(config, sensors, window):
+            continue
+        for _, chunk_group in config_group.groups():
+            yield chunk_group
+
+
+def _matches(
+    config: dict[str, Any], sensors: list[dict[str, Any]], window: tuple[date, date]
+) -> bool:
+    if (config.get("start"), config.get("end")) != (str(window[0]), str(window[1])):
+        return False
+    return any(all(config.get(k) == v for k, v in s.items()) for s in sensors)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

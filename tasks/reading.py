@@ -1,0 +1,123 @@
+"""A finished store as people read it: pooled vectors, time entries, status counts and the
+region's outline. Shared by the quick-look maps, `flows.inspect` and `flows.to_parquet`;
+it imports neither torch nor Prefect."""
+
+import json
+import warnings
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from shapely.geometry.base import BaseGeometry
+
+from embedders.spec import Status
+from tasks.plan import PlanError, bbox_region, geojson_region
+from tasks.store import StoreMismatch, read_meta
+
+
+class NotAStore(ValueError):
+    """The path holds no swath store."""
+
+
+def store_meta(path: str) -> dict[str, Any]:
+    """The store's `swath` and `models` attributes; NotAStore when `path` is not a swath store."""
+    try:
+        meta = read_meta(path)
+    except (OSError, ValueError, KeyError, StoreMismatch) as e:  # zarr's errors are ValueErrors
+        raise NotAStore(f"{path} is not a swath store (no Zarr group there: {e})") from e
+    if not isinstance(meta.get("swath"), dict) or not isinstance(meta.get("models"), dict):
+        raise NotAStore(f"{path} is a Zarr group without swath's attributes, not a swath store")
+    return meta
+
+
+def model_names(meta: dict[str, Any]) -> list[str]:
+    """The store's products in the order the export named them (the `models` attribute's
+    keys are sorted)."""
+    layout = meta["swath"].get("layout", {}).get("models")
+    ordered = [n for n in layout if n in meta["models"]] if isinstance(layout, dict) else []
+    return ordered + sorted(set(meta["models"]) - set(ordered))
+
+
+def time_entries(ds: xr.Dataset) -> list[tuple[date, date]]:
+    """Each time entry's window: first and last day."""
+    starts = ds["time"].values.astype("datetime64[D]").tolist()
+    ends = ds["time_end"].values.astype("datetime64[D]").tolist()
+    return list(zip(starts, ends, strict=True))
+
+
+def find_time(ds: xr.Dataset, day: date | None) -> int:
+    """The index of the time entry that starts on `day`; the last entry when `day` is None.
+
+    Raises LookupError naming the entries the store has.
+    """
+    entries = time_entries(ds)
+    if day is None:
+        return len(entries) - 1
+    for i, (start, _) in enumerate(entries):
+        if start == day:
+            return i
+    have = ", ".join(str(s) for s, _ in entries)
+    raise LookupError(f"the store has no time entry starting {day}; it has {have}")
+
+
+def pooled(ds: xr.Dataset, model: str, t: int) -> np.ndarray:
+    """(point, dim) float32 vectors of `model` at time entry `t`; grids are pooled by the
+    nanmean over y/x (NaN where a point has no value)."""
+    values = np.asarray(ds[model].isel(time=t).values, dtype=np.float32)
+    if values.ndim == 4:
+        with warnings.catch_warnings():  # all-NaN maps (points not ok) stay NaN
+            warnings.filterwarnings(
+                "ignore", message="Mean of empty slice", category=RuntimeWarning
+            )
+            values = np.nanmean(values, axis=(2, 3))
+    return values
+
+
+def statuses(ds: xr.Dataset, model: str, t: int) -> np.ndarray:
+    return np.asarray(ds[f"{model}_status"].isel(time=t).values, dtype=np.int8)
+
+
+def counts(status: np.ndarray) -> dict[str, int]:
+    """How many points are in each state, in Status order (pending, ok, failed, nodata)."""
+    return {s.name.lower(): int((status == s).sum()) for s in Status}
+
+
+def region_outline(region: dict[str, Any]) -> BaseGeometry | None:
+    """The region recorded in the store (a bbox, GeoJSON text, or the path of a GeoJSON file
+    that still exists) as a lon/lat geometry; None when it cannot be read back."""
+    geojson = region.get("geojson")
+    try:
+        if isinstance(geojson, str):
+            text = geojson
+            if not text.lstrip().startswith(("{", "[")):
+                path = Path(text)
+                if not path.is_file():
+                    return None  # the export read a file that is no longer there
+                text = path.read_text()
+            return geojson_region(text)
+        bbox = region.get("bbox")
+        if isinstance(bbox, list | tuple) and len(bbox) == 4:
+            return bbox_region(*(float(v) for v in bbox))
+    except PlanError:
+        return None
+    return None
+
+
+def provenance_source(model_meta: dict[str, Any]) -> str:
+    """Where a product's values came from: its imagery catalog or its Tessera store."""
+    for key in ("catalog", "store"):
+        if model_meta.get(key):
+            return f"{key} {model_meta[key]}"
+    return "-"
+
+
+def weights_text(model_meta: dict[str, Any]) -> str:
+    """A model's weights (`kind identity`), or a precomputed product's dataset."""
+    weights = model_meta.get("weights")
+    if isinstance(weights, dict):
+        return f"{weights.get('kind', '?')} {weights.get('identity', weights.get('seed', ''))}"
+    if "dataset" in model_meta:
+        return f"dataset {model_meta['dataset']}"
+    return json.dumps(model_meta.get("product", "?"))

@@ -1,0 +1,102 @@
+"""Small finished output stores, written with swath's own `create_store` + `write_chunk`, for
+the tests of what reads a store (quick looks, inspect, GeoParquet)."""
+
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+from embedders.spec import Status
+from tasks.plan import Point, bbox_region, make_chunks, plan_points
+from tasks.sources import SensorConfig
+from tasks.store import ChunkResult, ModelOutput, StoreLayout, create_store, write_chunk
+
+BBOX = (-67.66, -47.86, -67.64, -47.845)
+SPACING_M = 250.0
+WINDOW = (date(2024, 1, 1), date(2024, 12, 31))
+SENSOR = SensorConfig(
+    sensor="sentinel-2-l2a",
+    catalog="/data/catalog.json",
+    collection="sentinel-2-l2a",
+    resolution_m=10.0,
+    patch_px=8,
+    start=str(WINDOW[0]),
+    end=str(WINDOW[1]),
+)
+WEIGHTS = {"kind": "pretrained", "identity": "W.V1"}
+POOLED = ModelOutput(
+    "pooled_model",
+    6,
+    None,
+    identity={"product": "model", "weights": WEIGHTS, "sensor": SENSOR.identity()},
+    provenance={"catalog": SENSOR.catalog},
+)
+GRID = ModelOutput(
+    "grid_model",
+    4,
+    (2, 2),
+    identity={"product": "model", "weights": {"kind": "random", "identity": "seed=0"}},
+    provenance={"catalog": SENSOR.catalog},
+)
+NONE_OK = ModelOutput(
+    "tessera",
+    3,
+    None,
+    identity={"product": "tessera", "dataset": "v1.1"},
+    provenance={"store": "/data/tessera.zarr"},
+)
+MODELS = (POOLED, GRID, NONE_OK)
+
+
+@dataclass
+class Written:
+    path: str
+    layout: StoreLayout
+    points: list[Point]
+    status: dict[str, np.ndarray]  # model -> (point,) int8
+    embeddings: dict[str, np.ndarray]  # model -> (point, dim) or (point, dim, y, x)
+    reasons: dict[str, list[str]]
+
+
+def statuses(n: int) -> dict[str, np.ndarray]:
+    """Most points ok; point 1 no data, point 2 failed, the last pending (its chunk not done
+    in the grid model); every point of `tessera` no data."""
+    ok = np.full(n, Status.OK, dtype=np.int8)
+    ok[1], ok[2] = Status.NODATA, Status.FAILED
+    return {
+        "pooled_model": ok,
+        "grid_model": ok.copy(),
+        "tessera": np.full(n, Status.NODATA, dtype=np.int8),
+    }
+
+
+def write_store(path: Path, *, chunk_size: int = 8) -> Written:
+    """A store over BBOX at SPACING_M with the three MODELS, one time entry. The last chunk of
+    `grid_model` is not written, so its points stay pending."""
+    points = plan_points(bbox_region(*BBOX), SPACING_M)
+    layout = StoreLayout(points=tuple(points), chunk_size=chunk_size, models=MODELS)
+    region = {"bbox": list(BBOX), "geojson": None, "spacing_m": SPACING_M}
+    create_store(str(path), layout, WINDOW, attrs={"region": region})
+    rng = np.random.default_rng(0)
+    status = statuses(len(points))
+    chunks = make_chunks(points, chunk_size)
+    status["grid_model"][chunks[-1].start :] = Status.PENDING
+    written = Written(str(path), layout, points, status, {}, {})
+    for m in MODELS:
+        emb = rng.standard_normal((len(points), m.embed_dim, *(m.grid_shape or ()))).astype("f4")
+        emb[status[m.name] != Status.OK] = np.nan
+        reasons = [_reason(int(s)) for s in status[m.name]]
+        written.embeddings[m.name], written.reasons[m.name] = emb, reasons
+        for c in chunks:
+            s = slice(c.start, c.stop)
+            if (status[m.name][s] == Status.PENDING).all():
+                continue
+            valid = (status[m.name][s] == Status.OK).astype("float32")
+            result = ChunkResult(emb[s], status[m.name][s], reasons[s], valid)
+            write_chunk(str(path), c, m.name, result, 0)
+    return written
+
+
+def _reason(status: int) -> str:
+    return {Status.NODATA: "no item covers it", Status.FAILED: "timeout"}.get(Status(status), "")

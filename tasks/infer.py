@@ -4,6 +4,8 @@ Models are loaded once per worker process and kept; forwards on one device run o
 time in a process, so threads never fight over a GPU (or the CPU's cores).
 """
 
+import logging
+import os
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -112,6 +114,8 @@ class ModelProduct:
             np.stack([patches.bands[b][i] for b in bands]).astype("float32", copy=False)
             for i in range(len(chunk.points))
         ]
+        if self.device == "cpu":
+            _check_cpu_threads()
         with device_pool(self.device).take() as device:
             embedder = load_model(self.name, self.weights.kind, device)
             out = embed_images(embedder, images, self.options, torch.device(device))
@@ -121,6 +125,19 @@ class ModelProduct:
                 reasons[i] = patches.notes[p.id]
         embeddings = out.grid if out.grid is not None else out.pooled
         return ChunkResult(embeddings, out.status, reasons, out.valid_fraction)
+
+
+def _check_cpu_threads() -> None:
+    """Say so when torch runs on one thread where the process may use more cores (Dask's
+    nanny sets OMP_NUM_THREADS=1 in every worker)."""
+    cores = len(os.sched_getaffinity(0))
+    if torch.get_num_threads() == 1 < cores:
+        logging.getLogger(__name__).warning(
+            "torch runs on 1 thread in this process although %d cores are available "
+            "(OMP_NUM_THREADS=%s); give Dask workers their cores (README, Scale out with Dask)",
+            cores,
+            os.environ.get("OMP_NUM_THREADS", "unset"),
+        )
 
 
 def resolve_model(name: str, request: ProductRequest) -> ModelProduct:

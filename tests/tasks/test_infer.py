@@ -72,3 +72,22 @@ def test_resolve_model__fp16_on_the_cpu_is_refused_before_anything_is_written():
 
     with pytest.raises(ProductError, match="fp16 needs a CUDA device"):
         resolve_model("ssl4eo_resnet18_rgb", _request("fp16"))
+
+
+def test_cpu_threads__one_torch_thread_on_several_cores_is_said(caplog):
+    import os
+
+    import pytest
+    import torch
+
+    from tasks.infer import _check_cpu_threads
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _check_cpu_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert "torch runs on 1 thread" in caplog.text

@@ -193,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         params = _params(args)
     except ValidationError as e:
         return _usage_error(_validation_message(e))
-    if not args.verbose:  # before Prefect is imported; a user's own setting wins
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")  # the CLI says the rest
+    if argv is None and not args.verbose:  # a real process, before Prefect is imported;
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")  # a user's own setting wins
     from flows.export import export, scheduled_day
     from flows.job import UsageError, plan_job, resolve_job
     from tasks.locks import StoreBusy, writer_lock

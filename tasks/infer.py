@@ -4,6 +4,7 @@ Models are loaded once per worker process and kept; forwards on one device run o
 time in a process, so threads never fight over a GPU (or the CPU's cores).
 """
 
+import functools
 import logging
 import os
 import queue
@@ -127,14 +128,16 @@ class ModelProduct:
         return ChunkResult(embeddings, out.status, reasons, out.valid_fraction)
 
 
+@functools.cache
 def _check_cpu_threads() -> None:
-    """Say so when torch runs on one thread where the process may use more cores (Dask's
-    nanny sets OMP_NUM_THREADS=1 in every worker)."""
+    """Say once per process when torch runs on one thread where the process may use more
+    cores (Dask's nanny sets OMP_NUM_THREADS=1 in every worker)."""
     cores = len(os.sched_getaffinity(0))
     if torch.get_num_threads() == 1 < cores:
         logging.getLogger(__name__).warning(
-            "torch runs on 1 thread in this process although %d cores are available "
-            "(OMP_NUM_THREADS=%s); give Dask workers their cores (README, Scale out with Dask)",
+            "torch runs on 1 thread in this process although %d cores are available to it "
+            "(OMP_NUM_THREADS=%s); unless other workers share this machine's cores, give "
+            "this worker its cores (README, Scale out with Dask)",
             cores,
             os.environ.get("OMP_NUM_THREADS", "unset"),
         )

@@ -249,7 +249,9 @@ def test_cli__a_signal_stops_the_export_at_once_and_a_rerun_finishes(
 
 @pytest.mark.slow
 def test_cli__the_local_dask_cluster_shares_one_prefect_api(tmp_path, demo_catalog_dir):
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_LOGGING_LEVEL")
+    }
     proc = subprocess.run(
         [
             sys.executable,

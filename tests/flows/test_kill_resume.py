@@ -27,6 +27,7 @@ def command(store: Path, work: Path) -> list[str]:
         "--models", "ssl4eo_resnet18_rgb,dofa_base", "--weights", "random",
         "--patch-size", "32", "--chunk-size", "2", "--batch-size", "3",
         "--out", str(store), "--work-dir", str(work),
+        "--verbose",  # the kill moments are found in Prefect's log lines
     ]  # fmt: skip
 
 

@@ -86,6 +86,7 @@ def test_cpu_threads__one_torch_thread_on_several_cores_is_said(caplog):
         pytest.skip("needs two cores")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
+    _check_cpu_threads.cache_clear()
     try:
         _check_cpu_threads()
     finally:

@@ -281,3 +281,18 @@ def test_cli__the_local_dask_cluster_shares_one_prefect_api(tmp_path, demo_catal
     assert proc.returncode == 0, out[-3000:]
     # One temporary Prefect server, this process's: no worker starts its own.
     assert out.count("Starting temporary server") == 1, out[-3000:]
+
+
+def test_cli__dry_run_says_what_an_export_would_do_and_writes_nothing(capsys, tmp_path):
+    out, work = tmp_path / "e.zarr", tmp_path / "work"
+    code = main(["--dry-run", "--out", str(out), "--work-dir", str(work), "--output", "grid"])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "59 points, 2 chunks of up to 32" in text
+    assert "10 task runs (2 x (1 fetch + 2 produce + 2 write))" in text
+    # dofa_base and ssl4eo_resnet18_rgb share one fetch of 6 bands: 59 x 6 x 64 x 64 x 4 bytes
+    assert f"inputs fetched: {59 * 6 * 64 * 64 * 4 / 2**20:,.1f} MB" in text
+    # grids: 768 x 4 x 4 (DOFA, 16 px cells) and 512 x 2 x 2 (ResNet, 32 px cells) per point
+    per_window = 59 * (768 * 16 + 512 * 4) * 4 + 2 * 59 * 6
+    assert f"store per window: {per_window / 2**20:,.1f} MB" in text
+    assert not out.exists() and not work.exists()

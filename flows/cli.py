@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     from flows.export import export, scheduled_day
     from flows.job import UsageError, plan_job, resolve_job
     from tasks.locks import StoreBusy, writer_lock
+    from tasks.store import is_url
 
     try:
         plan = plan_job(**params, today=scheduled_day())
@@ -209,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
             print(dry_run(plan))
             return 0
         # One lock from the checks to the end of the flow: no second export slips in between.
-        with writer_lock(plan.store, wait=args.wait, lock_dir=plan.locks_dir):
+        shared = is_url(plan.store) and bool(os.environ.get("PREFECT_API_URL"))
+        with writer_lock(
+            plan.store, wait=args.wait, lock_dir=plan.locks_dir, across_machines=shared
+        ):
             job = resolve_job(plan)
             _print_job(job)
             summary = _run(export, params, args)

@@ -37,7 +37,7 @@ from tasks.locks import writer_lock
 from tasks.prefetch import prefetch_task
 from tasks.produce import produce_task
 from tasks.quicklook import quicklook_artifacts
-from tasks.store import add_window, create_store, status_counts, time_index
+from tasks.store import add_window, create_store, is_url, status_counts, time_index
 from tasks.write import write_task
 
 # Threads: prefetch and write alongside one infer per device (tasks/infer.py DevicePool).
@@ -60,7 +60,14 @@ def export(
     logger = get_run_logger()
     started = time.monotonic()
     plan = plan_job(region, window, imagery, inference, output, today=scheduled_day())
-    with writer_lock(plan.store, wait=output.wait, lock_dir=plan.locks_dir, reuse=True):
+    # Object-store URLs: one writer across machines through the run's Prefect server.
+    with writer_lock(
+        plan.store,
+        wait=output.wait,
+        lock_dir=plan.locks_dir,
+        reuse=True,
+        across_machines=is_url(plan.store),
+    ):
         job = resolve_job(plan)
         logger.info(
             "%d points in %d chunks, window %s..%s, models %s -> %s",

@@ -1,5 +1,8 @@
-"""The store's one writer: an advisory lock, so two exports never write one store at once."""
+"""The store's one writer, so two exports never write one store at once: an advisory file
+lock on this machine and, for object-store URLs, a Prefect global concurrency limit of one
+named for the store, which holds across machines that share a Prefect server."""
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -18,7 +21,9 @@ _held_locks: set[str] = set()  # lock files this process holds
 
 
 @contextmanager
-def writer_lock(path: str, *, wait: bool, lock_dir: str, reuse: bool = False) -> Iterator[None]:
+def writer_lock(
+    path: str, *, wait: bool, lock_dir: str, reuse: bool = False, across_machines: bool = False
+) -> Iterator[None]:
     """Hold the store's one writer lock: an advisory lock on `<path>.lock` beside a local
     store, or on a file named by the URL's hash in `lock_dir` for an object-store URL (object
     stores have no locks: exports of one URL must then share a machine and work directory).
@@ -27,7 +32,8 @@ def writer_lock(path: str, *, wait: bool, lock_dir: str, reuse: bool = False) ->
     leaves a stale lock behind. `wait=False` refuses at once when another export holds it.
     `reuse=True` (the flow) goes on under a lock this process already holds: the command
     line takes the lock before its checks and keeps it until the flow ends, so no second
-    export can start in between.
+    export can start in between. `across_machines=True` also takes the store's Prefect
+    global concurrency limit (`store_limit`).
     """
     lock_path = _lock_path(path, lock_dir)
     if reuse and lock_path in _held_locks:
@@ -49,10 +55,50 @@ def writer_lock(path: str, *, wait: bool, lock_dir: str, reuse: bool = False) ->
         f.flush()
         _held_locks.add(lock_path)
         try:
-            yield
+            with store_limit(path, wait=wait) if across_machines else contextlib.nullcontext():
+                yield
         finally:
             _held_locks.discard(lock_path)
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# A holder renews its slot while it lives; a killed holder's slot frees after this long.
+LEASE_S = 60.0  # the least the server takes
+
+
+@contextmanager
+def store_limit(path: str, *, wait: bool) -> Iterator[None]:
+    """Hold the store's Prefect global concurrency limit of one, created if missing (an
+    unknown limit would silently limit nothing). Every export that names the same store and
+    talks to the same Prefect server, on any machine, is refused (or waits) while it is held."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    name = f"swath-store-{hashlib.sha256(path.encode()).hexdigest()[:16]}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another export made it first
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=1)
+                )
+    held = contextlib.ExitStack()
+    try:
+        held.enter_context(
+            concurrency(
+                name, timeout_seconds=None if wait else 2, lease_duration=LEASE_S, strict=True
+            )
+        )
+    except TimeoutError:
+        raise StoreBusy(
+            f"another export is writing {path} (Prefect concurrency limit {name} is held); "
+            "wait for it to finish, or pass --wait to queue behind it"
+        ) from None
+    with held:
+        yield
 
 
 def _lock_path(path: str, lock_dir: str) -> str:

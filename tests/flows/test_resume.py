@@ -1,5 +1,6 @@
 """Time entries, the writer lock, a flaky source and the Dask runner, through the real flow."""
 
+import os
 import random
 import subprocess
 import sys
@@ -243,3 +244,37 @@ def test_writes__a_transient_store_failure_is_retried_and_every_point_written(
     assert FlakyMemoryFileSystem.fails == 0, "the faults were never hit"
     assert summary["all_ok"]
     assert np.isfinite(values(url)["ssl4eo_resnet18_rgb"]).all()
+
+
+def test_lock__two_processes_without_a_shared_work_dir_are_one_writer_of_a_url(tmp_path):
+    """Each process has its own work directory (as on two machines): the file lock cannot
+    see the other, the store's Prefect concurrency limit on the shared server does."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = f"file://{tmp_path}/shared.zarr"
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    code = (
+        "import sys, time; sys.path.insert(0, '.'); from tasks.locks import writer_lock\n"
+        "with writer_lock(sys.argv[1], wait=False, lock_dir=sys.argv[2], across_machines=True):\n"
+        "    print('held', flush=True); sys.stdin.readline()\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    first = subprocess.Popen(
+        [sys.executable, "-c", code, url, str(tmp_path / "work-a")],
+        cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert first.stdout is not None and first.stdin is not None
+    assert first.stdout.readline().strip() == "held"
+    second = subprocess.run(
+        [sys.executable, "-c", code, url, str(tmp_path / "work-b")],
+        cwd=root, env=env, capture_output=True, text=True, timeout=120, input="\n",
+    )  # fmt: skip
+    assert second.returncode != 0
+    assert "StoreBusy: another export is writing" in second.stderr
+    assert "concurrency limit swath-store-" in second.stderr
+    first.communicate("\n", timeout=60)  # the first lets go
+    third = subprocess.run(
+        [sys.executable, "-c", code, url, str(tmp_path / "work-b")],
+        cwd=root, env=env, capture_output=True, text=True, timeout=120, input="\n",
+    )  # fmt: skip
+    assert third.returncode == 0 and "held" in third.stdout, third.stderr

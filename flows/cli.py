@@ -79,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dask-address", metavar="ADDR", help="existing Dask scheduler (tcp://...)")
     p.add_argument("--dask-workers", type=int, default=2, metavar="N", help="local cluster size")
     p.add_argument("--list-models", action="store_true", help="list the models and exit")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check that every chunk marked done in --out holds the data written with it, "
+        "and exit (0 sound, 1 damaged: rerun the export, 2 not a swath store)",
+    )
     return p
 
 
@@ -182,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(_glue_negative_values(sys.argv[1:] if argv is None else argv))
     if args.list_models:
         return _list_models()
+    if args.verify:
+        return _verify(args.out or Output().store)
     try:
         params = _params(args)
     except ValidationError as e:
@@ -263,11 +271,40 @@ def _list_models() -> int:
     return 0
 
 
+def _verify(store: str) -> int:
+    """Check a store's done chunks against their checksums: 0 sound, 1 damaged, 2 no store."""
+    from tasks.verify import NotAStore, verify_store
+
+    try:
+        checks = verify_store(store)
+    except NotAStore as e:
+        return _usage_error(str(e))
+    print(f"swath: verifying {store}")
+    for c in checks:
+        named = ", ".join(f"{d.key} ({d.why})" for d in c.damaged[:3])
+        more = f", and {len(c.damaged) - 3} more" if len(c.damaged) > 3 else ""
+        print(
+            f"  {c.window}  {c.product:24} {c.marked_done} of {c.chunks} chunks marked done, "
+            f"{len(c.damaged)} damaged{': ' + named + more if named else ''}"
+        )
+    damaged = sum(len(c.damaged) for c in checks)
+    if damaged:
+        print(
+            f"swath: {damaged} chunk(s) damaged; rerun the export that wrote this store (the "
+            "same command): it redoes exactly the damaged chunks"
+        )
+        return 1
+    print("swath: sound: every chunk marked done holds the data written with it")
+    return 0
+
+
 def _print_summary(s: dict[str, Any]) -> None:
     print(f"\nswath: {s['points']} points, {s['chunks']} chunks, {s['seconds']} s")
     for name, m in s["models"].items():
         counts = ", ".join(f"{k} {v}" for k, v in m["status"].items() if v)
         print(f"  {name:24} {counts}   weights: {m['weights']}")
+        if m.get("redone_damaged"):
+            print(f"  {'':24} redone, damaged in the store: {', '.join(m['redone_damaged'])}")
     print(f"store: {s['store']}")
     print(
         f'open it: python -c "from tasks.store import open_store; '

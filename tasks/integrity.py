@@ -16,7 +16,7 @@ data) reads the same without its file, and then nothing is lost.
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import zarr
@@ -52,7 +52,7 @@ class Damage:
     why: str
 
 
-class WriteNotKept(RuntimeError):
+class WriteNotKept(Exception):
     """Data read back right after a write differs from what was written."""
 
 
@@ -146,7 +146,7 @@ def _mismatch(arrays: "_Arrays", t: int, chunk: ChunkRegion, status: np.ndarray)
 class _Arrays:
     """One model's arrays in a store, opened once for many chunks."""
 
-    def __init__(self, path: str, model: str, *, mode: Any) -> None:
+    def __init__(self, path: str, model: str, *, mode: Literal["r", "r+"]) -> None:
         self.data = [zarr.open_array(path, path=name, mode="r") for name in data_names(model)]
         self.status = zarr.open_array(path, path=f"{model}_status", mode="r")
         self.checksums = zarr.open_array(path, path=checksum_name(model), mode=mode)

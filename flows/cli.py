@@ -87,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dry-run", action="store_true", help="say what the export would do; write nothing"
     )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check that every chunk marked done in --out holds the data written with it, "
+        "and exit (0 sound, 1 damaged: rerun the export, 2 not a swath store)",
+    )
     return p
 
 
@@ -192,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         _stop_on_signals()
     if args.list_models:
         return _list_models()
+    if args.verify:
+        return _verify(args.out or Output().store)
     try:
         params = _params(args)
     except ValidationError as e:
@@ -413,12 +421,41 @@ def _list_models() -> int:
     return 0
 
 
+def _verify(store: str) -> int:
+    """Check a store's done chunks against their checksums: 0 sound, 1 damaged, 2 no store."""
+    from tasks.verify import NotAStore, verify_store
+
+    try:
+        checks = verify_store(store)
+    except NotAStore as e:
+        return _usage_error(str(e))
+    print(f"swath: verifying {store}")
+    for c in checks:
+        named = ", ".join(f"{d.key} ({d.why})" for d in c.damaged[:3])
+        more = f", and {len(c.damaged) - 3} more" if len(c.damaged) > 3 else ""
+        print(
+            f"  {c.window}  {c.product:24} {c.marked_done} of {c.chunks} chunks marked done, "
+            f"{len(c.damaged)} damaged{': ' + named + more if named else ''}"
+        )
+    damaged = sum(len(c.damaged) for c in checks)
+    if damaged:
+        print(
+            f"swath: {damaged} chunk(s) damaged; rerun the export that wrote this store (the "
+            "same command): it redoes exactly the damaged chunks"
+        )
+        return 1
+    print("swath: sound: every chunk marked done holds the data written with it")
+    return 0
+
+
 def _print_summary(s: dict[str, Any]) -> None:
     print(f"\nswath: {s['points']} points, {s['chunks']} chunks, {s['seconds']} s")
     for name, m in s["models"].items():
         counts = ", ".join(f"{k} {v}" for k, v in m["status"].items() if v)
         loud = "   <-- RANDOM WEIGHTS" if m.get("warning") else ""
         print(f"  {name:24} {counts}{loud}")
+        if m.get("redone_damaged"):
+            print(f"  {'':24} redone, damaged in the store: {', '.join(m['redone_damaged'])}")
     print(f"store: {s['store']}")
     looks = f"{s['store'].rstrip('/')}.quicklook"
     if os.path.isdir(looks):

@@ -31,8 +31,9 @@ from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask.task_runners import DaskTaskRunner
 
-from flows.job import Job, chunk_work, plan_job, resolve_job
+from flows.job import Job, Work, chunk_work, plan_job, resolve_job
 from flows.params import Imagery, Inference, Output, Region, Window
+from tasks.integrity import Damage
 from tasks.locks import writer_lock
 from tasks.prefetch import prefetch_task
 from tasks.produce import produce_task
@@ -84,8 +85,11 @@ def export(
             else:
                 logger.info("%s: %s", product.name, product.describe())
         t = _time_entry(job, region)
-        failed = _run(job, t, refresh=output.refresh)
-        summary = _summary(job, t, time.monotonic() - started)
+        todo = chunk_work(job, t, refresh=output.refresh)
+        for line in todo.damage_reports("..".join(str(d) for d in plan.window)):
+            logger.warning("%s", line)
+        failed = _run(job, todo, t, refresh=output.refresh)
+        summary = _summary(job, t, time.monotonic() - started, damaged=todo.damaged)
     _summary_artifact(summary)
     quicklook_artifacts(plan.store, t)
     if failed:
@@ -137,9 +141,9 @@ def _time_entry(job: Job, region: Region) -> int:
 PROGRESS_LISTENERS: list[Callable[[int, int], None]] = []
 
 
-def _run(job: Job, t: int, *, refresh: bool) -> list[str]:
+def _run(job: Job, todo: Work, t: int, *, refresh: bool) -> list[str]:
     """Run every chunk not done, with a progress artifact; the errors of failed chunks."""
-    writes, upstream = _submit(job, t, refresh=refresh)
+    writes, upstream = _submit(job, todo, t, refresh=refresh)
     progress: UUID = create_progress_artifact(  # type: ignore[assignment]
         progress=0.0 if writes else 100.0,
         key="swath-export-progress",
@@ -162,7 +166,7 @@ def _run(job: Job, t: int, *, refresh: bool) -> list[str]:
 
 
 def _submit(
-    job: Job, t: int, *, refresh: bool
+    job: Job, todo: Work, t: int, *, refresh: bool
 ) -> tuple[list[PrefectFuture[str]], list[PrefectFuture[Any]]]:
     """Per chunk not done: each shared fetch once, then produce and write per product.
 
@@ -176,7 +180,7 @@ def _submit(
     resources = _infer_resources()
     writes: list[PrefectFuture[str]] = []
     upstream: list[PrefectFuture[Any]] = []
-    for work in chunk_work(job, t, refresh=refresh):
+    for work in todo.chunks:
         fetched = {
             f.config.key(): prefetch.submit(
                 work.chunk, f.bands, f.config, plan.inputs_path, refresh=refresh
@@ -228,11 +232,14 @@ def _infer_resources() -> dict[str, Any]:
     return {}
 
 
-def _summary(job: Job, t: int, seconds: float) -> dict[str, Any]:
+def _summary(
+    job: Job, t: int, seconds: float, *, damaged: dict[str, list[Damage]]
+) -> dict[str, Any]:
     models: dict[str, dict[str, Any]] = {}
     for product in job.products:
         models[product.name] = {
             "status": status_counts(job.plan.store, product.name, t),
+            "redone_damaged": [d.key for d in damaged.get(product.name, [])],
             "weights": product.describe(),
             "warning": product.warning(),
         }

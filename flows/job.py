@@ -21,6 +21,7 @@ from flows.params import DEMO_CATALOG, Imagery, Inference, Output, Region, Windo
 from tasks import products
 from tasks.demo import build_demo_catalog, demo_catalog_path
 from tasks.infer import resolve_device
+from tasks.integrity import Damage, check_done
 from tasks.plan import (
     Chunk,
     PlanError,
@@ -33,7 +34,7 @@ from tasks.plan import (
 from tasks.prefetch import check_source
 from tasks.products import Fetch, Product, ProductError, ProductRequest
 from tasks.sources import ImagerySourceError, TransientSourceError
-from tasks.store import StoreLayout, StoreMismatch, check_store, done_mask, is_url, time_index
+from tasks.store import StoreLayout, StoreMismatch, check_store, is_url, time_index
 
 
 class UsageError(ValueError):
@@ -82,19 +83,48 @@ class ChunkWork:
     products: tuple[Product, ...]  # those not done for this chunk
 
 
-def chunk_work(job: Job, t: int, *, refresh: bool) -> list[ChunkWork]:
-    """For each chunk not done (for time entry `t`), what to fetch once and what to produce."""
+@dataclass(frozen=True)
+class Work:
+    """What a run does: the chunks not done, and per product the chunks that were marked
+    done but whose data no longer matches its checksum (they are among the chunks redone)."""
+
+    chunks: list[ChunkWork]
+    damaged: dict[str, list[Damage]]
+
+    def damage_reports(self, window: str) -> list[str]:
+        """One line per product with damaged chunks, naming the first few."""
+        return [
+            f"{name}: {len(found)} chunk(s) of window {window} damaged in the store "
+            f"({_first_few(found)}): redoing them"
+            for name, found in self.damaged.items()
+            if found
+        ]
+
+
+def chunk_work(job: Job, t: int, *, refresh: bool) -> Work:
+    """For each chunk not done (for time entry `t`), what to fetch once and what to produce.
+
+    A chunk is done when its status is set and its data matches the checksum recorded with
+    it; `refresh` counts none as done."""
     chunks = list(job.plan.chunks)
-    done = {
-        p.name: [False] * len(chunks) if refresh else done_mask(job.plan.store, p.name, chunks, t)
-        for p in job.products
-    }
+    done: dict[str, list[bool]] = {}
+    damaged: dict[str, list[Damage]] = {}
+    for p in job.products:
+        if refresh:
+            done[p.name], damaged[p.name] = [False] * len(chunks), []
+        else:
+            done[p.name], damaged[p.name] = check_done(job.plan.store, p.name, chunks, t)
     work = []
     for i, chunk in enumerate(chunks):
         todo = tuple(p for p in job.products if not done[p.name][i])
         if todo:
             work.append(ChunkWork(chunk, shared_fetches(todo), todo))
-    return work
+    return Work(work, damaged)
+
+
+def _first_few(found: list[Damage], n: int = 3) -> str:
+    named = ", ".join(f"{d.key}: {d.why}" for d in found[:n])
+    return named + (f", and {len(found) - n} more" if len(found) > n else "")
 
 
 def shared_fetches(todo: tuple[Product, ...]) -> tuple[Fetch, ...]:

@@ -36,12 +36,17 @@ class Chunk:
 
     @property
     def key(self) -> str:
-        digest = hashlib.sha256("\n".join(p.id for p in self.points).encode()).hexdigest()[:8]
-        return f"chunk-{self.index:05d}-{digest}"
+        return chunk_key(self.index, [p.id for p in self.points])
 
     @property
     def stop(self) -> int:
         return self.start + len(self.points)
+
+
+def chunk_key(index: int, point_ids: list[str]) -> str:
+    """A chunk's name: its index and a digest of its point ids (`chunk-00001-1a2b3c4d`)."""
+    digest = hashlib.sha256("\n".join(point_ids).encode()).hexdigest()[:8]
+    return f"chunk-{index:05d}-{digest}"
 
 
 class PlanError(ValueError):

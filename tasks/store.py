@@ -5,7 +5,8 @@ Layout (the contract with users, see README):
 - dims `time`, `point`, and per model `<model>_dim` (+ `<model>_y`, `<model>_x` for grids);
 - coords `point_id`, `lon`, `lat`, `utm_epsg` on `point`; `time` (window start), `time_end`;
 - per model: `<model>` float32 embeddings, `<model>_status` int8 (Status codes),
-  `<model>_reason` text, `<model>_valid_fraction` float32;
+  `<model>_reason` text, `<model>_valid_fraction` float32, and `<model>_checksum` int32 on
+  (time, chunk): each chunk's CRC-32, written before its status (tasks/integrity.py);
 - text (`point_id`, `<model>_reason`) as UTF-8 bytes in uint8 arrays (see TEXT_ENCODING);
 - attrs, as JSON text: `swath` (format, fingerprint, software version, window) and `models`
   (per model, its spec, weights, sensor configuration and inference options); `read_meta`.
@@ -30,6 +31,7 @@ import zarr
 from fsspec.core import url_to_fs
 
 from embedders.spec import Status
+from tasks.integrity import CHECKSUM_ATTRS, CHECKSUM_FILL, checksum_name, checksum_variable, seal
 from tasks.plan import Chunk, Point
 
 # 2: layout fingerprints from each product's declared, versioned identity (not its spec);
@@ -325,6 +327,9 @@ def _template(layout: StoreLayout, window: Window) -> tuple[xr.Dataset, dict[str
             chunks = (1, cs, *shape[2:])
             data_vars[name] = (dims, da.full(shape, fill, dtype=dtype, chunks=chunks))
             encoding[name] = {"fill_value": fill}
+        dims, values, along = checksum_variable(m.name, -(-n // cs))
+        data_vars[checksum_name(m.name)] = (dims, da.from_array(values, chunks=(1, along)))
+        encoding[checksum_name(m.name)] = {"fill_value": values.dtype.type(CHECKSUM_FILL)}
     ds = xr.Dataset(data_vars, coords=coords)
     ds.point_id.attrs.update({TEXT_ATTR: TEXT_ENCODING, "long_name": "point id, UTF-8 bytes"})
     for m in layout.models:
@@ -337,6 +342,7 @@ def _template(layout: StoreLayout, window: Window) -> tuple[xr.Dataset, dict[str
             flag_meanings=" ".join(s.name.lower() for s in Status),
             long_name=f"state of each point's {m.name} embedding",
         )
+        ds[checksum_name(m.name)].attrs.update(CHECKSUM_ATTRS)
     ds.lon.attrs.update(units="degrees_east", standard_name="longitude")
     ds.lat.attrs.update(units="degrees_north", standard_name="latitude")
     ds.time.attrs.update(long_name="first day of the export window")
@@ -375,12 +381,6 @@ def _variable_attrs(m: ModelOutput) -> dict[str, Any]:
     }
 
 
-def done_mask(path: str, model: str, chunks: list[Chunk], t: int) -> list[bool]:
-    """For each chunk, whether its region of `model` is marked done in the store."""
-    status = np.asarray(zarr.open_array(path, path=f"{model}_status", mode="r")[t, :])
-    return [bool((status[c.start : c.stop] != Status.PENDING).all()) for c in chunks]
-
-
 @dataclass
 class ChunkResult:
     """A chunk's results for one model, as written into the store."""
@@ -392,28 +392,25 @@ class ChunkResult:
 
 
 def write_chunk(path: str, chunk: Chunk, model: str, result: ChunkResult, t: int) -> None:
-    """Write one chunk's region of one model, data first and the status (the done mark) last."""
+    """Write one chunk's region of one model: data first, then its checksum (of the data as
+    read back), and the status (the done mark) last."""
     region = {"time": slice(t, t + 1), "point": slice(chunk.start, chunk.stop)}
-    emb = result.embeddings[np.newaxis]
-    emb_dims = ("time", "point", f"{model}_dim", f"{model}_y", f"{model}_x")[: emb.ndim]
+    emb = result.embeddings.astype("float32")
+    emb_dims = ("time", "point", f"{model}_dim", f"{model}_y", f"{model}_x")[: emb.ndim + 1]
+    reason = encode_text(result.reason, REASON_BYTES)
+    valid = result.valid_fraction.astype("float32")
+    status = result.status.astype("int8")
     data = xr.Dataset(
         {
-            model: (emb_dims, emb.astype("float32")),
-            f"{model}_reason": (
-                ("time", "point", REASON_DIM),
-                encode_text(result.reason, REASON_BYTES)[np.newaxis],
-            ),
-            f"{model}_valid_fraction": (
-                ("time", "point"),
-                result.valid_fraction[np.newaxis].astype("float32"),
-            ),
+            model: (emb_dims, emb[np.newaxis]),
+            f"{model}_reason": (("time", "point", REASON_DIM), reason[np.newaxis]),
+            f"{model}_valid_fraction": (("time", "point"), valid[np.newaxis]),
         }
     )
     data.to_zarr(path, region=region, mode="r+", consolidated=False)
-    status = xr.Dataset(
-        {f"{model}_status": (("time", "point"), result.status[np.newaxis].astype("int8"))}
-    )
-    status.to_zarr(path, region=region, mode="r+", consolidated=False)
+    seal(path, model, chunk, t, [emb, reason, valid, status])
+    done = xr.Dataset({f"{model}_status": (("time", "point"), status[np.newaxis])})
+    done.to_zarr(path, region=region, mode="r+", consolidated=False)
 
 
 def status_counts(path: str, model: str, t: int) -> dict[str, int]:

@@ -1,5 +1,6 @@
 """Flows run against one Prefect test server for the whole session, and a served demo catalog."""
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,18 @@ from tests.fakes import Request, serve_directory
 def prefect_backend() -> Iterator[None]:
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(autouse=True)
+def restore_environ() -> Iterator[None]:
+    """Undo what a test leaves in os.environ. Starting a distributed LocalCluster sets
+    OMP_NUM_THREADS=1 (and MKL, OpenBLAS) in this process for good: later exports run in a
+    subprocess would then use one torch thread, and differ from an in-process run by ~1e-6."""
+    before = dict(os.environ)
+    yield
+    for name in set(os.environ) - set(before):
+        del os.environ[name]
+    os.environ.update({k: v for k, v in before.items() if os.environ.get(k) != v})
 
 
 @pytest.fixture(scope="session")

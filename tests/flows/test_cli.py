@@ -296,3 +296,26 @@ def test_cli__dry_run_says_what_an_export_would_do_and_writes_nothing(capsys, tm
     per_window = 59 * (768 * 16 + 512 * 4) * 4 + 2 * 59 * 6
     assert f"store per window: {per_window / 2**20:,.1f} MB" in text
     assert not out.exists() and not work.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--weights", "pretrained"], r"pretrained weights .* unavailable"),
+        (["--device", "cuda"], r"--device cuda was asked for but torch sees no CUDA device"),
+        (["--precision", "fp16"], r"fp16 needs a CUDA device"),
+    ],
+)
+def test_cli__device_weights_and_precision_are_refused_before_the_demo_catalog_is_written(
+    capsys, tmp_path, flags, message
+):
+    import torch
+
+    if "cuda" in flags and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    out, work = tmp_path / "e.zarr", tmp_path / "work"
+    code, err = run_main(capsys, *flags, "--models", "ssl4eo_resnet18_rgb", "--out", str(out),
+                         "--work-dir", str(work))  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert __import__("re").search(message, err), err
+    assert not out.exists() and not (work / "demo-catalog-v1").exists()

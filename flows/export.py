@@ -33,12 +33,20 @@ from prefect_dask.task_runners import DaskTaskRunner
 
 from flows.job import Job, Work, chunk_work, plan_job, resolve_job
 from flows.params import Imagery, Inference, Output, Region, Window
+from tasks.conventions import write_stac_items
 from tasks.integrity import Damage
 from tasks.locks import writer_lock
 from tasks.prefetch import prefetch_task
 from tasks.produce import produce_task
 from tasks.quicklook import quicklook_artifacts
-from tasks.store import add_window, create_store, is_url, status_counts, time_index
+from tasks.store import (
+    add_window,
+    create_store,
+    is_url,
+    status_counts,
+    stored_windows,
+    time_index,
+)
 from tasks.write import write_task
 
 # Threads: prefetch and write alongside one infer per device (tasks/infer.py DevicePool).
@@ -92,6 +100,7 @@ def export(
         summary = _summary(job, t, time.monotonic() - started, damaged=todo.damaged)
     _summary_artifact(summary)
     quicklook_artifacts(plan.store, t)
+    write_stac_items(plan.store, job.layout, stored_windows(plan.store))
     if failed:
         raise RuntimeError(
             f"{len(failed)} chunk task(s) failed, first: {failed[0]}; rerun the same command "

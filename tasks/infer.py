@@ -88,8 +88,17 @@ class ModelProduct:
             "catalog": self.config.catalog,
             "description": spec.description,
             "precision_check": self.precision_check,
+            "model_url": self._model_url(),
         }
         return ModelOutput(self.name, spec.embed_dim, grid, self.identity(), provenance)
+
+    def _model_url(self) -> str:
+        """The weights' URL; a URN naming the seed for random weights (no model's values)."""
+        if self.weights.kind != "pretrained":
+            return f"urn:swath:random-weights:{self.name}:{self.weights.identity}"
+        from embedders.weights import member
+
+        return str(member(self.spec.pretrained_weights).url)
 
     def describe(self) -> str:
         check = self.precision_check

@@ -31,6 +31,7 @@ import zarr
 from fsspec.core import url_to_fs
 
 from embedders.spec import Status
+from tasks import conventions
 from tasks.integrity import CHECKSUM_ATTRS, CHECKSUM_FILL, checksum_name, checksum_variable, seal
 from tasks.plan import Chunk, Point
 
@@ -287,6 +288,14 @@ def time_index(path: str, window: Window) -> int | None:
     return None
 
 
+def stored_windows(path: str) -> Window:
+    """The first day of the store's first window and the last day of its last."""
+    with xr.open_zarr(path, consolidated=True) as ds:
+        starts = ds["time"].values.astype("datetime64[D]")
+        ends = ds["time_end"].values.astype("datetime64[D]")
+    return starts.min().astype(date), ends.max().astype(date)
+
+
 def add_window(path: str, layout: StoreLayout, window: Window) -> int:
     """Append one time entry for `window` (the store's other entries are untouched)."""
     ds, _ = _template(layout, window)
@@ -347,6 +356,9 @@ def _template(layout: StoreLayout, window: Window) -> tuple[xr.Dataset, dict[str
     ds.lat.attrs.update(units="degrees_north", standard_name="latitude")
     ds.time.attrs.update(long_name="first day of the export window")
     ds.time_end.attrs.update(long_name="last day of the export window")
+    start, end = coords["time"][1][0], coords["time_end"][1][0]
+    ds["time_bounds"] = (("time", "bnds"), conventions.time_bounds(start, end))
+    conventions.annotate(ds, layout)
     return ds, encoding
 
 

@@ -80,7 +80,7 @@ def test_open_store__gives_point_ids_and_reasons_as_strings(store):
     assert reasons[:4] == REASONS[:4]
     assert len(reasons[4].encode()) <= REASON_BYTES and reasons[4].endswith("...")
     assert LONG.startswith(reasons[4][:-3])
-    assert set(ds.sizes) == {"time", "point", "chunk", "dofa_base_dim", "tiny_grid_dim"} | {
+    assert set(ds.sizes) == {"time", "point", "chunk", "bnds", "dofa_base_dim", "tiny_grid_dim"} | {
         "tiny_grid_y",
         "tiny_grid_x",
     }

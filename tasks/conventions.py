@@ -75,9 +75,7 @@ def annotate(ds: xr.Dataset, layout: StoreLayout) -> None:
     ds.lon.attrs.update(long_name="longitude of the point")
     ds.lat.attrs.update(long_name="latitude of the point")
     for m in layout.models:
-        ds[m.name].attrs.update(
-            units="1", grid_mapping="crs", **geoemb_fields(m)
-        )
+        ds[m.name].attrs.update(units="1", grid_mapping="crs", **geoemb_fields(m))
         ds[f"{m.name}_valid_fraction"].attrs.update(
             units="1", long_name=f"share of the valid pixels of each point's {m.name} patch"
         )

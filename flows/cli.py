@@ -51,8 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--bbox", type=_bbox, help="west,south,east,north in degrees")
     where.add_argument("--region", metavar="FILE", help="GeoJSON polygon file (holes respected)")
     p.add_argument("--spacing", type=float, metavar="M", help="grid spacing in metres (250)")
-    p.add_argument("--start", type=_date, help="first day, YYYY-MM-DD (2024-01-01)")
-    p.add_argument("--end", type=_date, help="last day, YYYY-MM-DD (2024-12-31)")
+    p.add_argument("--start", type=iso_date, help="first day, YYYY-MM-DD (2024-01-01)")
+    p.add_argument("--end", type=iso_date, help="last day, YYYY-MM-DD (2024-12-31)")
     p.add_argument("--models", type=lambda s: [m.strip() for m in s.split(",") if m.strip()])
     p.add_argument("--out", metavar="PATH", help="output Zarr store (swath-demo.zarr)")
     p.add_argument(
@@ -115,7 +115,8 @@ def _batch_size(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number or 'auto'") from None
 
 
-def _date(text: str) -> date:
+def iso_date(text: str) -> date:
+    """An argparse type: a YYYY-MM-DD date, or a clear error."""
     try:
         return date.fromisoformat(text)
     except ValueError:

@@ -22,6 +22,7 @@ import zarr.errors
 from rich.console import Console
 from rich.table import Table
 
+from flows.cli import iso_date
 from tasks.reading import (
     NotAStore,
     counts,
@@ -51,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("store", help="the output store (path or URL)")
     p.add_argument("--patch", metavar="POINT_ID", help="write a true-colour PNG of its patch")
-    p.add_argument("--time", type=_date, metavar="YYYY-MM-DD", help="time entry (the last)")
+    p.add_argument("--time", type=iso_date, metavar="YYYY-MM-DD", help="time entry (the last)")
     p.add_argument("--out", metavar="PNG", help="where --patch writes (<point>-<day>.png)")
     p.add_argument(
         "--work-dir",
@@ -59,13 +60,6 @@ def _parser() -> argparse.ArgumentParser:
         help="the export's work directory, with inputs.zarr (~/.cache/swath)",
     )
     return p
-
-
-def _date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a date YYYY-MM-DD") from None
 
 
 def main(argv: list[str] | None = None) -> int:

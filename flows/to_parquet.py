@@ -23,6 +23,7 @@ import shapely
 from pyproj import CRS
 
 from embedders.spec import Status
+from flows.cli import iso_date
 from tasks.reading import (
     NotAStore,
     find_time,
@@ -45,15 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("store", help="the output store (path or URL)")
     p.add_argument("out", help="the GeoParquet file to write")
-    p.add_argument("--time", type=_date, metavar="YYYY-MM-DD", help="time entry (the last)")
+    p.add_argument("--time", type=iso_date, metavar="YYYY-MM-DD", help="time entry (the last)")
     return p
-
-
-def _date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a date YYYY-MM-DD") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -216,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = plan_job(**params, today=scheduled_day())
         print(f"swath: {len(plan.points)} points in {len(plan.chunks)} chunks -> {plan.store}")
         if args.dry_run:
+            from flows.dry_run import dry_run
+
             print(dry_run(plan))
             return 0
         # One lock from the checks to the end of the flow: no second export slips in between.
@@ -232,48 +234,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     _print_summary(summary)
     return 0 if summary["all_ok"] else 1
-
-
-def dry_run(plan: Any) -> str:
-    """What an export of `plan` would do, from the registry alone: nothing is loaded or
-    written. Products that read the same sensor at the same resolution share one fetch."""
-    from embedders.registry import MODELS
-    from tasks.products import PRODUCTS
-
-    n, chunks, patch = len(plan.points), len(plan.chunks), plan.imagery.patch_px
-    grid = plan.options.output == "grid"
-    fetches: dict[tuple[str, float], set[str]] = {}
-    out_bytes = 0
-    for name in plan.inference.models:
-        card = PRODUCTS[name].card
-        if name in MODELS:
-            spec = MODELS[name].spec
-            fetches.setdefault((spec.sensor, spec.resolution_m), set()).update(spec.bands)
-            cells = (patch // spec.grid_stride_px) ** 2 if grid else 1
-        else:
-            cells = patch * patch if grid else 1
-        out_bytes += n * card.dim * cells * 4 + n * 6  # float32 + status, valid fraction
-    in_bytes = sum(n * len(bands) * patch * patch * 4 for bands in fetches.values())
-    products = len(plan.inference.models)
-    tasks = chunks * (len(fetches) + 2 * products)
-    lines = [
-        f"dry run: {n:,} points, {chunks:,} chunks of up to {len(plan.chunks[0].points)}",
-        f"  window {plan.window[0]}..{plan.window[1]}; {products} product(s)",
-        f"  1 flow run, {tasks:,} task runs ({chunks:,} x ({len(fetches)} fetch + "
-        f"{products} produce + {products} write))",
-        f"  inputs fetched: {_size(in_bytes)} ({len(fetches)} sensor configuration(s))",
-        f"  store per window: {_size(out_bytes)}",
-        "  nothing was written",
-    ]
-    return "\n".join(lines)
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:,.1f} {unit}"
-        n /= 1024
-    return f"{n:,.1f} TB"
 
 
 def _stop_on_signals() -> None:

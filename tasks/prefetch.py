@@ -206,13 +206,20 @@ def bands_present(parameters: dict[str, Any]) -> bool:
     return set(p["bands"]) <= set(_list_attr(group, "bands_done"))
 
 
+# Retries for transient failures only (a source's or a store's 429, 5xx, timeouts, resets):
+# the prefetch, produce and write tasks all take these.
+TRANSIENT_RETRIES: dict[str, Any] = {
+    "retries": PREFETCH_RETRIES,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=PREFETCH_BACKOFF_S),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": retry_if_transient,
+}
+
+
 @task(
     name="prefetch",
     task_run_name="prefetch {chunk.key}",
-    retries=PREFETCH_RETRIES,
-    retry_delay_seconds=exponential_backoff(backoff_factor=PREFETCH_BACKOFF_S),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_if_transient,
+    **TRANSIENT_RETRIES,
     cache_policy=while_present(bands_present),
 )
 def prefetch_task(

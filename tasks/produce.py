@@ -11,11 +11,10 @@ import zarr
 from prefect import task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 from prefect.context import TaskRunContext
-from prefect.tasks import exponential_backoff
 
 from tasks.caching import while_present
 from tasks.plan import Chunk
-from tasks.prefetch import PREFETCH_BACKOFF_S, PREFETCH_RETRIES, retry_if_transient
+from tasks.prefetch import TRANSIENT_RETRIES
 from tasks.products import Product
 from tasks.store import ChunkResult
 
@@ -88,10 +87,7 @@ def _product_key(_: TaskRunContext, parameters: dict[str, Any]) -> str:
 @task(
     name="produce",
     task_run_name="produce {product.name} {chunk.key}",
-    retries=PREFETCH_RETRIES,
-    retry_delay_seconds=exponential_backoff(backoff_factor=PREFETCH_BACKOFF_S),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_if_transient,
+    **TRANSIENT_RETRIES,
     cache_policy=TASK_SOURCE
     + CacheKeyFnPolicy(cache_key_fn=_product_key)
     + while_present(_results_present, inputs=False),

@@ -1,10 +1,9 @@
 """Write: one chunk's results for one model into its own chunk-aligned region of the store."""
 
 from prefect import task
-from prefect.tasks import exponential_backoff
 
 from tasks.plan import Chunk
-from tasks.prefetch import PREFETCH_BACKOFF_S, PREFETCH_RETRIES, retry_if_transient
+from tasks.prefetch import TRANSIENT_RETRIES
 from tasks.produce import load_result
 from tasks.sources import TransientSourceError, classify_error
 from tasks.store import write_chunk
@@ -29,10 +28,7 @@ def write_results(
 @task(
     name="write",
     task_run_name="write {model} {chunk.key}",
-    retries=PREFETCH_RETRIES,
-    retry_delay_seconds=exponential_backoff(backoff_factor=PREFETCH_BACKOFF_S),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_if_transient,
+    **TRANSIENT_RETRIES,
 )
 def write_task(
     store: str, chunk: Chunk, model: str, results_path: str, group_path: str, t: int

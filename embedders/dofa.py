@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from embedders import sentinel2
 from embedders.spec import ModelSpec, WeightsChoice, WeightsInfo
+from tasks import sensors
 
 if TYPE_CHECKING:  # the model libraries are imported when a model is built, not listed
     import torch
@@ -108,4 +108,4 @@ def build(spec: ModelSpec, choice: WeightsChoice, device: torch.device) -> DofaE
     module, info = weights.load(spec, member, _architecture, choice, device)
     if not isinstance(module, DOFA):
         raise TypeError(f"dofa_base_patch16_224 returned {type(module).__name__}, not DOFA")
-    return DofaEmbedder(spec, info, module, sentinel2.wavelengths_um(spec.bands))
+    return DofaEmbedder(spec, info, module, sensors.wavelengths_um(spec.bands))

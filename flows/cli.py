@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from flows.params import Imagery, Inference, Output, Region, Window
+from tasks.sources import SOURCES
 
 FLAGS = {  # pydantic field -> command-line flag, for error messages
     "bbox": "--bbox",
@@ -24,8 +25,16 @@ FLAGS = {  # pydantic field -> command-line flag, for error messages
     "start": "--start",
     "end": "--end",
     "models": "--models",
+    "source": "--source",
     "catalog": "--catalog",
+    "stac_url": "--stac-url",
     "collection": "--collection",
+    "max_cloud_cover": "--max-cloud-cover",
+    "stac_signing": "--stac-signing",
+    "ee_project": "--ee-project",
+    "ee_key_file": "--ee-key-file",
+    "ee_url": "--ee-url",
+    "ee_concurrency": "--ee-concurrency",
     "patch_px": "--patch-size",
     "tessera_store": "--tessera-store",
     "input_prep": "--input-prep",
@@ -58,8 +67,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--work-dir", metavar="DIR", help="inputs, results, demo catalog (~/.cache/swath)"
     )
-    p.add_argument("--catalog", help="static STAC catalog.json path or URL ('demo')")
-    p.add_argument("--collection", help="STAC collection id (sentinel-2-l2a)")
+    src = p.add_argument_group("imagery source")
+    src.add_argument("--source", choices=list(SOURCES), help="where imagery comes from")
+    src.add_argument("--catalog", help="stac-catalog: catalog.json path or URL ('demo')")
+    src.add_argument(
+        "--stac-url", metavar="URL", help="stac-api: root URL, planetary-computer or earth-search"
+    )
+    src.add_argument("--collection", help="collection id (the sensor's own for the source)")
+    src.add_argument(
+        "--max-cloud-cover", type=float, metavar="PCT", help="skip cloudier scenes (80)"
+    )
+    src.add_argument("--stac-signing", choices=["auto", "planetary-computer", "none"])
+    src.add_argument("--ee-project", metavar="ID", help="earthengine: Google Cloud project")
+    src.add_argument(
+        "--ee-key-file", metavar="KEY.json", help="earthengine: service account key (else ADC)"
+    )
+    src.add_argument("--ee-url", metavar="URL", help="earthengine: API endpoint (high-volume)")
+    src.add_argument(
+        "--ee-concurrency", type=int, metavar="N", help="earthengine: requests in flight (8)"
+    )
     p.add_argument("--patch-size", type=int, metavar="PX", help="patch side in pixels (64)")
     p.add_argument(
         "--tessera-store",
@@ -137,8 +163,16 @@ def _params(a: argparse.Namespace) -> dict[str, Any]:
         ),
         "imagery": Imagery(
             **given(
+                source=a.source,
                 catalog=a.catalog,
+                stac_url=a.stac_url,
                 collection=a.collection,
+                max_cloud_cover=a.max_cloud_cover,
+                stac_signing=a.stac_signing,
+                ee_project=a.ee_project,
+                ee_key_file=a.ee_key_file,
+                ee_url=a.ee_url,
+                ee_concurrency=a.ee_concurrency,
                 patch_px=a.patch_size,
                 tessera_store=a.tessera_store,
             )
@@ -417,6 +451,9 @@ def _print_summary(s: dict[str, Any]) -> None:
         print(f"  {name:24} {counts}{loud}")
         if m.get("redone_damaged"):
             print(f"  {'':24} redone, damaged in the store: {', '.join(m['redone_damaged'])}")
+    from flows.export import imagery_line
+
+    print(imagery_line(s["imagery"]))
     print(f"store: {s['store']}")
     looks = f"{s['store'].rstrip('/')}.quicklook"
     if os.path.isdir(looks):

@@ -36,7 +36,7 @@ from flows.params import Imagery, Inference, Output, Region, Window
 from tasks.conventions import write_stac_items
 from tasks.integrity import Damage
 from tasks.locks import writer_lock
-from tasks.prefetch import prefetch_task
+from tasks.prefetch import PrefetchReport, prefetch_task
 from tasks.produce import produce_task
 from tasks.quicklook import quicklook_artifacts
 from tasks.store import (
@@ -96,8 +96,9 @@ def export(
         todo = chunk_work(job, t, refresh=output.refresh)
         for line in todo.damage_reports("..".join(str(d) for d in plan.window)):
             logger.warning("%s", line)
-        failed = _run(job, todo, t, refresh=output.refresh)
-        summary = _summary(job, t, time.monotonic() - started, damaged=todo.damaged)
+        failed, fetched = _run(job, todo, t, refresh=output.refresh)
+        seconds = time.monotonic() - started
+        summary = _summary(job, t, seconds, damaged=todo.damaged, fetched=fetched)
     _summary_artifact(summary)
     quicklook_artifacts(plan.store, t)
     write_stac_items(plan.store, job.layout, stored_windows(plan.store))
@@ -150,8 +151,9 @@ def _time_entry(job: Job, region: Region) -> int:
 PROGRESS_LISTENERS: list[Callable[[int, int], None]] = []
 
 
-def _run(job: Job, todo: Work, t: int, *, refresh: bool) -> list[str]:
-    """Run every chunk not done, with a progress artifact; the errors of failed chunks."""
+def _run(job: Job, todo: Work, t: int, *, refresh: bool) -> tuple[list[str], dict[str, int]]:
+    """Run every chunk not done, with a progress artifact. Returns the errors of failed
+    chunks and what this run fetched (see `_fetched`)."""
     writes, upstream = _submit(job, todo, t, refresh=refresh)
     progress: UUID = create_progress_artifact(  # type: ignore[assignment]
         progress=0.0 if writes else 100.0,
@@ -171,7 +173,25 @@ def _run(job: Job, todo: Work, t: int, *, refresh: bool) -> list[str]:
     if failed:  # name the root cause: a write fails too when its prefetch or infer failed
         causes = [f.state.message for f in upstream if f.state.is_failed() and f.state.message]
         failed = causes + failed
-    return failed
+    return failed, _fetched(upstream)
+
+
+def _fetched(upstream: list[PrefectFuture[Any]]) -> dict[str, int]:
+    """What this run's prefetch tasks fetched, as their sources count it: requests, bytes of
+    pixels, and the attempts retried after a transient failure (429, 5xx, timeouts). Cached
+    prefetches fetched nothing in this run and are not counted."""
+    totals = {"fetches": 0, "requests": 0, "bytes": 0, "retries": 0}
+    for fut in upstream:
+        state = fut.state
+        if not state.is_completed() or state.name == "Cached":
+            continue
+        report = fut.result()
+        if isinstance(report, PrefetchReport):
+            totals["fetches"] += 1 if report.fetched else 0
+            totals["requests"] += report.requests
+            totals["bytes"] += report.bytes_read
+            totals["retries"] += report.retries
+    return totals
 
 
 def _submit(
@@ -242,7 +262,12 @@ def _infer_resources() -> dict[str, Any]:
 
 
 def _summary(
-    job: Job, t: int, seconds: float, *, damaged: dict[str, list[Damage]]
+    job: Job,
+    t: int,
+    seconds: float,
+    *,
+    damaged: dict[str, list[Damage]],
+    fetched: dict[str, int],
 ) -> dict[str, Any]:
     models: dict[str, dict[str, Any]] = {}
     for product in job.products:
@@ -259,6 +284,7 @@ def _summary(
         "points": len(job.plan.points),
         "chunks": len(job.plan.chunks),
         "models": models,
+        "imagery": fetched,
         "seconds": round(seconds, 1),
         "all_ok": all(m["status"]["ok"] == len(job.plan.points) for m in models.values()),
     }
@@ -266,6 +292,16 @@ def _summary(
 
 def _counts(status: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in status.items() if v)
+
+
+def imagery_line(fetched: dict[str, int]) -> str:
+    """What the run fetched, in one line (the summary artifact and the command line)."""
+    if not fetched["fetches"]:
+        return "imagery: nothing fetched in this run"
+    return (
+        f"imagery: {fetched['fetches']} chunk fetch(es), {fetched['requests']} request(s), "
+        f"{fetched['bytes'] / 1e6:.1f} MB, {fetched['retries']} retried attempt(s)"
+    )
 
 
 def _summary_artifact(summary: dict[str, Any]) -> None:
@@ -282,6 +318,6 @@ def _summary_artifact(summary: dict[str, Any]) -> None:
             f"## swath export\n\n{summary['points']} points, {summary['chunks']} chunks, window "
             f"{summary['window'][0]}..{summary['window'][1]}, {summary['seconds']} s\n\n"
             "| model | ok | failed | no data | pending | weights |\n|---|---|---|---|---|---|\n"
-            f"{rows}\n\nstore: `{summary['store']}`\n"
+            f"{rows}\n\n{imagery_line(summary['imagery'])}\n\nstore: `{summary['store']}`\n"
         ),
     )

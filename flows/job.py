@@ -236,14 +236,23 @@ def resolve_job(plan: Plan) -> Job:
         device = resolve_device(plan.inference.device)
     except ValueError as e:
         raise UsageError(str(e)) from e
-    demo = plan.imagery.catalog == DEMO_CATALOG
-    catalog = str(demo_catalog_path(Path(plan.work_dir))) if demo else plan.imagery.catalog
+    imagery = plan.imagery
+    demo = imagery.source == "stac-catalog" and imagery.catalog == DEMO_CATALOG
+    catalog = {
+        "stac-catalog": imagery.catalog,
+        "stac-api": imagery.stac_url or "",
+    }.get(imagery.source, "")
+    if demo:
+        catalog = str(demo_catalog_path(Path(plan.work_dir)))
     request = ProductRequest(
         start=plan.window[0],
         end=plan.window[1],
-        patch_px=plan.imagery.patch_px,
+        patch_px=imagery.patch_px,
+        source=imagery.source,
         catalog=catalog,
-        collection=plan.imagery.collection,
+        collection=imagery.collection,
+        max_cloud_cover=imagery.max_cloud_cover,
+        access=imagery.access(),
         tessera_store=plan.imagery.tessera_store,
         options=plan.options,
         weights=plan.inference.weights,

@@ -12,12 +12,16 @@ from typing import TYPE_CHECKING, Annotated, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tasks.products import PRODUCTS
+from tasks.sources import SOURCES, SourceAccess
 
-# The product names, from the registry, as a Literal so the UI offers them as a dropdown.
+# The product and source names, from their registries, as Literals so that the UI offers
+# them as dropdowns.
 if TYPE_CHECKING:
     ModelName = str
+    SourceName = str
 else:
     ModelName = Literal[tuple(PRODUCTS)]
+    SourceName = Literal[tuple(SOURCES)]
 
 # The demo sample's 10 m bands cover x 600000-603000, y 4698020-4700020 in EPSG:32719
 # (Patagonia). This lon/lat box lies 200 m inside that footprint, so every point's centre
@@ -82,25 +86,96 @@ class Window(BaseModel):
 
 
 class Imagery(BaseModel):
-    """Which imagery: a static STAC catalog of Cloud-Optimized GeoTIFFs, the patch size, and
-    where precomputed products (Tessera) are read from."""
+    """Which imagery: the source (a static STAC catalog, a STAC search API or Earth Engine),
+    the collection, scene pre-selection and patch size, how to reach the source, and where
+    precomputed products (Tessera) are read from."""
 
     model_config = ConfigDict(frozen=True)
 
+    source: SourceName = Field(
+        "stac-catalog",
+        description="stac-catalog: a static STAC catalog of COGs; stac-api: a STAC search API "
+        "(Planetary Computer, Earth Search, ...); earthengine: Google Earth Engine",
+    )
     catalog: str = Field(
         DEMO_CATALOG,
-        description="path or URL of a static STAC catalog.json; 'demo' builds the offline "
-        "Sentinel-2 sample catalog in the work directory",
+        description="stac-catalog: path or URL of a static STAC catalog.json; 'demo' builds the "
+        "offline Sentinel-2 sample catalog in the work directory",
     )
-    collection: str = Field("sentinel-2-l2a", description="STAC collection id of the items")
+    stac_url: str | None = Field(
+        None,
+        description="stac-api: the API's root URL, or planetary-computer or earth-search",
+    )
+    collection: str | None = Field(
+        None,
+        description="the collection id; default: the sensor's own for the source "
+        "(sentinel-2-l2a on STAC, COPERNICUS/S2_SR_HARMONIZED on Earth Engine)",
+    )
+    max_cloud_cover: Annotated[float, Field(ge=0, le=100)] = Field(
+        80.0,
+        description="scenes whose cloud cover (percent, from their metadata) is above this are "
+        "not read; cloud and shadow pixels of the others are masked per pixel",
+    )
     patch_px: Annotated[int, Field(ge=8, le=4096)] = Field(
         64, description="patch side in pixels, centred on each point, at the model's resolution"
+    )
+    stac_signing: Literal["auto", "planetary-computer", "none"] = Field(
+        "auto",
+        description="stac-api: how asset URLs are signed; auto: Planetary Computer's tokens "
+        "for its API, none elsewhere",
+    )
+    ee_project: str | None = Field(
+        None,
+        description="earthengine: the Google Cloud project registered for Earth Engine "
+        "(default: the credentials' own project)",
+    )
+    ee_key_file: str | None = Field(
+        None,
+        description="earthengine: a service account's JSON key file; default: application "
+        "default credentials (earthengine authenticate, or gcloud auth application-default "
+        "login)",
+    )
+    ee_url: str | None = Field(
+        None,
+        description="earthengine: the API endpoint; default: the high-volume endpoint",
+    )
+    ee_concurrency: Annotated[int, Field(ge=1, le=100)] = Field(
+        8, description="earthengine: requests in flight at once across the whole run"
     )
     tessera_store: str = Field(
         "v1.1",
         description="where the tessera product reads: a dataset version of geotessera's public "
         "Zarr store (v1.1, v2) or the URL or path of a Tessera Zarr store",
     )
+
+    @model_validator(mode="after")
+    def _source_settings(self) -> Self:
+        if self.source == "stac-api" and not self.stac_url:
+            raise ValueError(
+                "--source stac-api needs --stac-url: the API's root URL, or "
+                "planetary-computer or earth-search"
+            )
+        if self.source != "stac-api" and self.stac_url:
+            raise ValueError(
+                f"--stac-url is for --source stac-api, and the source is {self.source}; "
+                "give --source stac-api or leave --stac-url out"
+            )
+        if self.source != "stac-catalog" and self.catalog != DEMO_CATALOG:
+            raise ValueError(
+                f"--catalog is for --source stac-catalog, and the source is {self.source}; "
+                "leave --catalog out"
+            )
+        return self
+
+    def access(self) -> SourceAccess:
+        """How the run reaches its sources (never part of what values depend on)."""
+        return SourceAccess(
+            stac_signing=self.stac_signing,
+            ee_project=self.ee_project,
+            ee_key_file=self.ee_key_file,
+            ee_url=self.ee_url,
+            ee_concurrency=self.ee_concurrency,
+        )
 
 
 class Inference(BaseModel):

@@ -33,7 +33,7 @@ from embedders.weights import WeightsUnavailable
 from tasks.plan import Chunk
 from tasks.prefetch import read_patches
 from tasks.products import Fetch, ProductError, ProductRequest, identity_key
-from tasks.sources import SensorConfig
+from tasks.sources import SensorConfig, sensor_config
 from tasks.store import ChunkResult, ModelOutput
 
 
@@ -85,6 +85,7 @@ class ModelProduct:
             "weights_file": self.weights.file,
             "weights_note": self.weights.note,
             "device": self.device,
+            "source": self.config.source,
             "catalog": self.config.catalog,
             "description": spec.description,
             "precision_check": self.precision_check,
@@ -161,15 +162,10 @@ def resolve_model(name: str, request: ProductRequest) -> ModelProduct:
             f"--tile-overlap {request.options.tile_overlap_px} is not smaller than {name}'s "
             f"tile ({spec.tile_px} px); use a smaller overlap"
         )
-    config = SensorConfig(
-        sensor=spec.sensor,
-        catalog=request.catalog,
-        collection=request.collection,
-        resolution_m=spec.resolution_m,
-        patch_px=request.patch_px,
-        start=request.start.isoformat(),
-        end=request.end.isoformat(),
-    )
+    try:
+        config = sensor_config(request, spec.sensor, spec.resolution_m)
+    except ValueError as e:
+        raise ProductError(f"{name}: {e}") from e
     device = devices_of(request.device)[0]
     try:
         embedder = load_model(name, request.weights, device)

@@ -13,14 +13,14 @@ Prefetches of different chunks may run at once (threads or processes); one chunk
 configuration is prefetched by one task at a time.
 """
 
-import functools
-import json
+import dataclasses
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import prefect.runtime.task_run
 import zarr
 import zarr.errors
 from prefect import State, Task, task
@@ -29,8 +29,13 @@ from prefect.tasks import exponential_backoff
 
 from tasks.caching import while_present
 from tasks.plan import Chunk
-from tasks.sources import ImagerySource, Patches, SensorConfig, TransientSourceError
-from tasks.stac import StacSource
+from tasks.sources import (
+    ImagerySource,
+    Patches,
+    SensorConfig,
+    TransientSourceError,
+    get_source,
+)
 
 # Retries for failures a retry may fix (HTTP 429/5xx, timeouts, resets), after the source's
 # own per-request retries: exponential backoff (2, 4, 8, 16, 32 s) with +-50% jitter, so a
@@ -52,6 +57,9 @@ class PrefetchReport:
     config: str
     fetched: tuple[str, ...]  # bands fetched from the source by this call
     reused: tuple[str, ...]  # bands already in the store
+    requests: int = 0  # requests the source made (as it counts them)
+    bytes_read: int = 0  # bytes of pixels it received
+    retries: int = 0  # attempts of this task that failed transiently before this one
 
 
 def prefetch_chunk(
@@ -71,8 +79,10 @@ def prefetch_chunk(
     done = set() if refresh else set(_list_attr(group, "bands_done"))
     todo = [b for b in dict.fromkeys(bands) if b not in done]
     reused = tuple(b for b in dict.fromkeys(bands) if b in done)
+    requests = bytes_read = 0
     if todo:
         patches = source.fetch(chunk.points, todo, config)
+        requests, bytes_read = patches.requests, patches.bytes_read
         _check_patches(patches, chunk, todo, config)
         for band in todo:
             data = patches.bands[band].astype(np.float32, copy=False)
@@ -89,7 +99,7 @@ def prefetch_chunk(
             notes = {**_dict_attr(group, "notes"), **patches.notes}
             done = set(_list_attr(group, "bands_done")) | set(todo)
             group.attrs.update({"notes": notes, "bands_done": sorted(done)})
-    return PrefetchReport(chunk.key, config.key(), tuple(todo), reused)
+    return PrefetchReport(chunk.key, config.key(), tuple(todo), reused, requests, bytes_read)
 
 
 def read_patches(
@@ -117,7 +127,7 @@ def read_patches(
 
 def _chunk_group(inputs_path: str, config: SensorConfig, chunk: Chunk) -> zarr.Group:
     """Open the chunk's group, creating it and its configuration's group if needed."""
-    _require_group(inputs_path, config.key(), {"config": json.loads(json.dumps(asdict(config)))})
+    _require_group(inputs_path, config.key(), {"config": config.record()})
     point_ids = [p.id for p in chunk.points]
     path = f"{config.key()}/{chunk.key}"
     group = _require_group(
@@ -177,16 +187,9 @@ def _dict_attr(group: zarr.Group, name: str) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
 
 
-@functools.cache
-def _source() -> StacSource:
-    """One source per process: it keeps each catalog's item list between chunks. A function,
-    not a module global, so that pickling a task for a Dask worker never pickles its lock."""
-    return StacSource()
-
-
 def check_source(bands: Sequence[str], config: SensorConfig) -> None:
     """The source's own check that it can serve `bands` for `config` (before any write)."""
-    _source().check(bands, config)
+    get_source(config.source).check(bands, config)
 
 
 def retry_if_transient(task: Task[..., Any], task_run: TaskRun | None, state: State[Any]) -> bool:
@@ -230,4 +233,7 @@ def prefetch_task(
     *,
     refresh: bool = False,
 ) -> PrefetchReport:
-    return prefetch_chunk(_source(), chunk, bands, config, inputs_path, refresh=refresh)
+    report = prefetch_chunk(
+        get_source(config.source), chunk, bands, config, inputs_path, refresh=refresh
+    )
+    return dataclasses.replace(report, retries=max(0, prefect.runtime.task_run.run_count - 1))

@@ -30,7 +30,7 @@ from embedders.spec import InferenceOptions, ModelSpec, WeightsChoice
 
 if TYPE_CHECKING:
     from tasks.plan import Chunk
-    from tasks.sources import SensorConfig
+    from tasks.sources import SensorConfig, SourceAccess
     from tasks.store import ChunkResult, ModelOutput
 
 
@@ -49,8 +49,12 @@ class ProductRequest:
     start: date
     end: date  # inclusive
     patch_px: int
-    catalog: str  # the STAC catalog, resolved (the demo catalog is built by then)
-    collection: str
+    source: str  # a name of tasks.sources.SOURCES
+    catalog: str  # stac-catalog: the catalog, resolved (the demo catalog is built by then);
+    # stac-api: the API URL; earthengine: ""
+    collection: str | None  # None: each sensor's own collection for the source
+    max_cloud_cover: float
+    access: SourceAccess
     tessera_store: str
     options: InferenceOptions
     weights: WeightsChoice  # as asked: auto, pretrained or random

@@ -1,19 +1,58 @@
-"""Imagery sources: the typed sensor configuration, the Protocol every source implements, and
-what a source failure means (transient: retry; permanent: fail with the reason)."""
+"""Imagery sources: the typed sensor configuration, the Protocol every source implements, the
+registry of sources, and what a source failure means (transient: retry; permanent: fail
+with the reason).
 
+Every source delivers the same thing for the same point: an N x N patch on the point's UTM
+grid, north-up, centred to the pixel, bands in the requested order, float32, on the
+sensor's harmonised scale (tasks/sensors.py), NaN where masked (nodata, cloud, shadow).
+
+Importing this module imports no source library: the registry names each source's class,
+imported when a source is first used.
+"""
+
+from __future__ import annotations
+
+import functools
 import hashlib
+import importlib
 import json
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.error import HTTPError
 
 import numpy as np
 import urllib3.exceptions
-from rasterio.errors import RasterioIOError
 
-from tasks.plan import Point
+from tasks import sensors
+
+if TYPE_CHECKING:
+    from tasks.plan import Point
+    from tasks.products import ProductRequest
+
+# Every imagery source, by the name `--source` takes: "module:Class", built once per process.
+# Adding a source is its module, one line here and its tests.
+SOURCES: dict[str, str] = {
+    "stac-catalog": "tasks.stac:StacSource",
+    "stac-api": "tasks.stac_api:StacApiSource",
+    "earthengine": "tasks.earthengine:EarthEngineSource",
+}
+
+
+@dataclass(frozen=True)
+class SourceAccess:
+    """How to reach a source: never part of what the values depend on (no key, no identity).
+
+    Holds no secret: a worker reads credentials itself (application default credentials, or
+    the key file named here), so nothing secret travels in task parameters.
+    """
+
+    stac_signing: str = "auto"  # auto | planetary-computer | none
+    ee_project: str | None = None  # the Google Cloud project Earth Engine bills
+    ee_key_file: str | None = None  # a service account's JSON key file
+    ee_url: str | None = None  # Earth Engine's API endpoint; None: the high-volume one
+    ee_concurrency: int = 8  # Earth Engine requests in flight at once, across the run
 
 
 @dataclass(frozen=True)
@@ -21,21 +60,31 @@ class SensorConfig:
     """What to fetch for every point: the hash of this names the inputs group.
 
     Bands are not part of it: a group holds one array per band, so models that read the
-    same sensor over the same window and patch share one fetch, each taking its bands.
+    same sensor from the same source over the same window and patch share one fetch, each
+    taking its bands.
     """
 
-    sensor: str  # e.g. "sentinel-2-l2a"
-    catalog: str  # a static STAC catalog (path or URL of catalog.json)
+    sensor: str  # e.g. "sentinel-2-l2a" (tasks/sensors.py)
+    catalog: str  # stac-catalog: catalog.json path or URL; stac-api: the API URL; else ""
     collection: str
     resolution_m: float
     patch_px: int
     start: str  # ISO date, inclusive
     end: str  # ISO date, inclusive
     composite: str = "median"
+    source: str = "stac-catalog"  # a name of SOURCES
+    max_cloud_cover: float = 100.0  # scenes cloudier than this (percent) are not read
+    access: SourceAccess = field(default=SourceAccess(), compare=False)
+
+    def record(self) -> dict[str, object]:
+        """Every field but the access: what the inputs group records of its configuration."""
+        fields = asdict(self)
+        del fields["access"]
+        return fields
 
     def key(self) -> str:
-        """Names the inputs group: every field, the catalog and window included."""
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        """Names the inputs group: every field but the access, catalog and window included."""
+        blob = json.dumps(self.record(), sort_keys=True).encode()
         return f"{self.sensor}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
     def identity(self) -> dict[str, object]:
@@ -44,11 +93,50 @@ class SensorConfig:
         sensor configuration)."""
         return {
             "sensor": self.sensor,
+            "source": self.source,
             "collection": self.collection,
             "resolution_m": self.resolution_m,
             "patch_px": self.patch_px,
             "composite": self.composite,
+            "max_cloud_cover": self.max_cloud_cover,
         }
+
+
+def sensor_config(
+    request: ProductRequest,
+    sensor: str,
+    resolution_m: float,
+    *,
+    source: str | None = None,
+    composite: str = "median",
+) -> SensorConfig:
+    """The configuration a product of this run fetches `sensor` with: from the run's source
+    (or `source`, for a product that lives in one place), in the collection the user named
+    for that source or else the sensor's own collection there (tasks/sensors.py).
+
+    Raises ValueError naming what is known when the sensor does not come from the source."""
+    source = source or request.source
+    mine = source == request.source
+    if mine and request.collection:
+        collection = request.collection
+    else:
+        try:
+            collection = sensors.default_collection(sensor, source)
+        except KeyError as e:
+            raise ValueError(f"{e.args[0]}: pick a --source that serves it") from e
+    return SensorConfig(
+        sensor=sensor,
+        catalog=request.catalog if mine else "",
+        collection=collection,
+        resolution_m=resolution_m,
+        patch_px=request.patch_px,
+        start=request.start.isoformat(),
+        end=request.end.isoformat(),
+        composite=composite,
+        source=source,
+        max_cloud_cover=request.max_cloud_cover,
+        access=request.access,
+    )
 
 
 @dataclass
@@ -58,6 +146,8 @@ class Patches:
     point_ids: tuple[str, ...]
     bands: dict[str, np.ndarray]
     notes: dict[str, str] = field(default_factory=dict)  # point id -> why it has no data
+    requests: int = 0  # requests the source made for these patches (searches, reads)
+    bytes_read: int = 0  # bytes of pixels it received
 
 
 class ImagerySourceError(RuntimeError):
@@ -75,6 +165,26 @@ class ImagerySource(Protocol):
     def fetch(
         self, points: Sequence[Point], bands: Sequence[str], config: SensorConfig
     ) -> Patches: ...
+
+    def check(self, bands: Sequence[str], config: SensorConfig) -> None:
+        """Fail now, before anything is written, when `config` cannot work (the collection,
+        a band, the credentials); cheap: one small request at most. Raises
+        ImagerySourceError or TransientSourceError."""
+        ...
+
+
+@functools.cache
+def get_source(name: str) -> ImagerySource:
+    """The source `name`, one per process: sources keep what they learnt (a catalog's items,
+    an initialised client) between chunks. A function, not a module global, so that
+    pickling a task for a Dask worker never pickles a source."""
+    if name not in SOURCES:
+        raise ImagerySourceError(
+            f"unknown imagery source {name!r}; known sources: {', '.join(SOURCES)}"
+        )
+    module, _, cls = SOURCES[name].partition(":")
+    source: ImagerySource = getattr(importlib.import_module(module), cls)()
+    return source
 
 
 # What GDAL and curl say when a retry may help (GDAL puts the HTTP status in the message).
@@ -94,6 +204,8 @@ def classify_error(error: BaseException, what: str) -> ImagerySourceError | Tran
     while cause is not None and cause not in chain:
         chain.append(cause)
         cause = cause.__cause__ or cause.__context__
+    from rasterio.errors import RasterioIOError  # imported here: rasterio is a heavy import
+
     text = " | ".join(f"{type(e).__name__}: {e}" for e in chain)
     status = None
     for e in chain:

@@ -21,8 +21,8 @@ import shapely
 from affine import Affine
 from odc.geo.geobox import GeoBox
 
-from embedders.sentinel2 import BANDS
 from tasks.plan import Point
+from tasks.sensors import BANDS, SCL_ASSET, SCL_MASKED_CLASSES
 from tasks.sources import (
     ImagerySourceError,
     Patches,
@@ -31,14 +31,6 @@ from tasks.sources import (
 )
 
 COMPOSITES = ("median",)
-
-# Sentinel-2 L2A scene classification (asset "SCL"). Masked classes, from ESA's "Sentinel-2
-# Products Specification Document" (S2-PDGS-TAS-DI-PSD), L2A Scene Classification table:
-# 0 no data, 1 saturated or defective, 3 cloud shadows, 8 cloud medium probability,
-# 9 cloud high probability, 10 thin cirrus. Kept: 2 dark area, 4 vegetation, 5 not
-# vegetated, 6 water, 7 unclassified, 11 snow or ice.
-SCL_ASSET = "SCL"
-SCL_MASKED_CLASSES: tuple[int, ...] = (0, 1, 3, 8, 9, 10)
 
 # A group of points is loaded as one raster when the box around all its patches is at most
 # this many times the patches' own area; beyond that, reading the gaps costs more than the

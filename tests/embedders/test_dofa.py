@@ -9,10 +9,11 @@ import torch
 from torchgeo.models import DOFABase16_Weights
 from torchgeo.models.resnet import _mean_s2, _std_s2
 
-from embedders import dofa, registry, sentinel2
+from embedders import dofa, registry
 from embedders.engine import embed_images
 from embedders.spec import InferenceOptions, Status
 from embedders.weights import checkpoint_path
+from tasks import sensors
 
 CPU = torch.device("cpu")
 
@@ -42,7 +43,7 @@ def test_dofa__takes_the_wavelengths_of_its_bands(model: dofa.DofaEmbedder) -> N
 
 
 def test_dofa__normalisation_is_torchgeos_ssl4eo_s2_statistics() -> None:
-    assert list(dofa.S2_MEAN_STD) == list(sentinel2.ALL_BANDS)
+    assert list(dofa.S2_MEAN_STD) == list(sensors.ALL_BANDS)
     assert [m for m, _ in dofa.S2_MEAN_STD.values()] == _mean_s2
     assert [s for _, s in dofa.S2_MEAN_STD.values()] == _std_s2
     spec = dofa.SPEC

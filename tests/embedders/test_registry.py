@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from embedders import registry, sentinel2
+from embedders import registry
 from embedders.spec import Embedder
+from tasks import sensors
 
 
 def test_registry__names_are_the_specs_names() -> None:
@@ -16,7 +17,7 @@ def test_registry__names_are_the_specs_names() -> None:
 def test_registry__specs_use_sentinel2_bands_and_fit_their_grid(name: str) -> None:
     spec = registry.get_spec(name)
     assert spec.sensor == "sentinel-2-l2a"
-    assert all(b in sentinel2.BANDS for b in spec.bands)
+    assert all(b in sensors.BANDS for b in spec.bands)
     assert spec.tile_px % spec.grid_stride_px == 0 and spec.embed_dim > 0
     assert all(s > 0 for s in spec.norm_std)
 

@@ -4,9 +4,10 @@ import torch
 from torchgeo.models.resnet import _ssl4eo_s12_transforms_s2_10k
 from torchvision.transforms.v2 import Normalize
 
-from embedders import registry, sentinel2
+from embedders import registry
 from embedders.spec import Embedder, ModelSpec
 from embedders.ssl4eo import RESNET18_SPEC, RESNET50_SPEC, ResNetEmbedder
+from tasks import sensors
 
 
 def _tiles(seed: int, n: int) -> torch.Tensor:
@@ -42,4 +43,4 @@ def test_ssl4eo__normalisation_is_torchgeos_divide_by_10000(spec: ModelSpec) -> 
     assert (normalize.mean, normalize.std) == ([0], [10000])
     assert spec.norm_mean == (0.0,) * 3 and spec.norm_std == (10000.0,) * 3
     assert spec.bands == ("B04", "B03", "B02")
-    assert all(b in sentinel2.BANDS for b in spec.bands)
+    assert all(b in sensors.BANDS for b in spec.bands)

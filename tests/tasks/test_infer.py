@@ -46,10 +46,22 @@ def _request(precision: str):
 
     from embedders.spec import InferenceOptions
     from tasks.products import ProductRequest
+    from tasks.sources import SourceAccess
 
     options = InferenceOptions(precision=precision)  # type: ignore[arg-type]
     return ProductRequest(
-        date(2024, 1, 1), date(2024, 12, 31), 32, "catalog.json", "s2", "", options, "random", "cpu"
+        start=date(2024, 1, 1),
+        end=date(2024, 12, 31),
+        patch_px=32,
+        source="stac-catalog",
+        catalog="catalog.json",
+        collection="s2",
+        max_cloud_cover=100.0,
+        access=SourceAccess(),
+        tessera_store="",
+        options=options,
+        weights="random",
+        device="cpu",
     )
 
 

@@ -17,6 +17,7 @@ from embedders.spec import InferenceOptions, Status
 from tasks import tessera
 from tasks.plan import Point, _point_id
 from tasks.products import ProductError, ProductRequest
+from tasks.sources import SourceAccess
 from tests.fakes import Request, serve_directory
 from tests.tessera_data import TesseraStore, build_tessera_store, expected_patch
 
@@ -55,7 +56,20 @@ OUTSIDE = point(5.5, 52.05)  # west of every zone grid of the store
 
 
 def request(url: str, start: date = date(2024, 1, 1), end: date = date(2024, 12, 31)):
-    return ProductRequest(start, end, N, "", "", url, InferenceOptions(), "random", "cpu")
+    return ProductRequest(
+        start=start,
+        end=end,
+        patch_px=N,
+        source="stac-catalog",
+        catalog="",
+        collection=None,
+        max_cloud_cover=100.0,
+        access=SourceAccess(),
+        tessera_store=url,
+        options=InferenceOptions(),
+        weights="random",
+        device="cpu",
+    )
 
 
 def data_ranges(log: list[Request]) -> dict[str, list[tuple[int, int]]]:

@@ -1,0 +1,166 @@
+"""Sensor facts, declared once with their provenance: bands, scale and offset, cloud-mask
+rules, and the collection each imagery source serves them under.
+
+Every source delivers a sensor's bands on one scale (for Sentinel-2 L2A: surface reflectance
+x 10,000, as digital numbers before processing baseline 04.00), so a model's normalisation
+holds whichever source fetched its input. Importing this module imports nothing heavy.
+"""
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Band:
+    name: str
+    common_name: str
+    wavelength_um: float
+    resolution_m: int
+    ee_name: str = ""  # the band's name in Earth Engine's collection, where it differs
+
+
+@dataclass(frozen=True)
+class Sensor:
+    """A sensor as swath fetches it: its bands and, per source, where it lives and how its
+    values are harmonised and masked."""
+
+    name: str
+    bands: dict[str, Band]
+    resolution_m: float
+    collections: dict[str, str]  # source name -> the collection id swath uses by default
+    cloud_cover_property: dict[str, str] = field(default_factory=dict)  # source -> property
+    provenance: str = ""
+
+
+# Sentinel-2 MSI. Centre wavelengths and native resolutions are those of Sentinel-2A in ESA's
+# "Sentinel-2 User Handbook" (ESA, 2015), Table 1. Band names use the two-digit form (B02,
+# not B2) that STAC catalogs of Sentinel-2 L2A use as asset keys; Earth Engine names them
+# without the zero (B2), per its catalog page of COPERNICUS/S2_SR_HARMONIZED.
+BANDS: dict[str, Band] = {
+    b.name: b
+    for b in (
+        Band("B01", "coastal", 0.443, 60, "B1"),
+        Band("B02", "blue", 0.490, 10, "B2"),
+        Band("B03", "green", 0.560, 10, "B3"),
+        Band("B04", "red", 0.665, 10, "B4"),
+        Band("B05", "rededge1", 0.705, 20, "B5"),
+        Band("B06", "rededge2", 0.740, 20, "B6"),
+        Band("B07", "rededge3", 0.783, 20, "B7"),
+        Band("B08", "nir", 0.842, 10, "B8"),
+        Band("B8A", "nir08", 0.865, 20, "B8A"),
+        Band("B09", "nir09", 0.945, 60, "B9"),
+        Band("B10", "cirrus", 1.375, 60, "B10"),
+        Band("B11", "swir16", 1.610, 20, "B11"),
+        Band("B12", "swir22", 2.190, 20, "B12"),
+    )
+}
+
+# The 13 Level-1C bands in ESA order, as SSL4EO-S12 stacks them.
+ALL_BANDS: tuple[str, ...] = tuple(BANDS)
+# Level-2A products drop the cirrus band B10.
+L2A_BANDS: tuple[str, ...] = tuple(b for b in BANDS if b != "B10")
+
+# Harmonisation. From processing baseline 04.00 (25 January 2022) ESA adds 1000 to every L2A
+# digital number, so that negative reflectances survive in uint16 (ESA, "Sentinel-2: New
+# processing baseline 04.00", the BOA_ADD_OFFSET of the product metadata). swath removes it
+# per item, from the item's metadata, so that every date is on the scale of before 04.00.
+# Earth Engine's COPERNICUS/S2_SR_HARMONIZED has removed it already.
+S2_BOA_ADD_OFFSET_DN = 1000.0
+S2_OFFSET_FROM_BASELINE = (4, 0)
+S2_PROCESSING_BASELINE_PROPERTY = "s2:processing_baseline"  # the STAC sat/s2 extension
+# Earth Search's own flag: true where it has removed the offset already.
+EARTH_SEARCH_OFFSET_APPLIED_PROPERTY = "earthsearch:boa_offset_applied"
+
+# Sentinel-2 L2A scene classification (STAC asset "SCL"). Masked classes, from ESA's
+# "Sentinel-2 Products Specification Document" (S2-PDGS-TAS-DI-PSD), L2A Scene
+# Classification table: 0 no data, 1 saturated or defective, 3 cloud shadows, 8 cloud medium
+# probability, 9 cloud high probability, 10 thin cirrus. Kept: 2 dark area, 4 vegetation,
+# 5 not vegetated, 6 water, 7 unclassified, 11 snow or ice.
+SCL_ASSET = "SCL"
+SCL_MASKED_CLASSES: tuple[int, ...] = (0, 1, 3, 8, 9, 10)
+
+# Earth Engine masks with Cloud Score+ (Pasquarella et al., CVPR 2023 workshops), not SCL:
+# it scores each pixel's clearness against a cloud-free reference with shadows included,
+# and Google's catalog page of the dataset recommends it over SCL and QA60 for compositing.
+# A pixel is kept where `cs_cdf` >= 0.60, the middle of the 0.50-0.65 range that page
+# recommends. Its images share the system:index of the Sentinel-2 images they score.
+CLOUD_SCORE_PLUS = "GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED"
+CLOUD_SCORE_PLUS_BAND = "cs_cdf"
+CLOUD_SCORE_PLUS_CLEAR = 0.60
+
+SENTINEL_2_L2A = Sensor(
+    name="sentinel-2-l2a",
+    bands=BANDS,
+    resolution_m=10.0,
+    collections={
+        "stac-catalog": "sentinel-2-l2a",
+        "stac-api": "sentinel-2-l2a",  # Planetary Computer's and Earth Search's id
+        "earthengine": "COPERNICUS/S2_SR_HARMONIZED",
+    },
+    cloud_cover_property={
+        "stac-catalog": "eo:cloud_cover",
+        "stac-api": "eo:cloud_cover",
+        "earthengine": "CLOUDY_PIXEL_PERCENTAGE",
+    },
+    provenance="ESA Sentinel-2 User Handbook (2015); Level-2A surface reflectance x 10,000",
+)
+
+# Google's Satellite Embedding (AlphaEarth Foundations), annual, 64 bands A00..A63 at 10 m:
+# unit-length vectors per pixel, one image per year and UTM zone, per the catalog page of
+# GOOGLE/SATELLITE_EMBEDDING/V1/ANNUAL (Brown et al., 2025, arXiv:2507.22291).
+SATELLITE_EMBEDDING = Sensor(
+    name="satellite-embedding",
+    bands={f"A{i:02d}": Band(f"A{i:02d}", f"A{i:02d}", 0.0, 10) for i in range(64)},
+    resolution_m=10.0,
+    collections={"earthengine": "GOOGLE/SATELLITE_EMBEDDING/V1/ANNUAL"},
+    provenance="Google DeepMind AlphaEarth Foundations, Satellite Embedding V1 (annual)",
+)
+
+SENSORS: dict[str, Sensor] = {s.name: s for s in (SENTINEL_2_L2A, SATELLITE_EMBEDDING)}
+
+
+def wavelengths_um(bands: tuple[str, ...]) -> tuple[float, ...]:
+    """Centre wavelength of each named Sentinel-2 band, in micrometres."""
+    return tuple(BANDS[b].wavelength_um for b in bands)
+
+
+def default_collection(sensor: str, source: str) -> str:
+    """The collection id swath uses for `sensor` from `source`. Raises KeyError naming what
+    is known."""
+    facts = SENSORS.get(sensor)
+    if facts is None:
+        raise KeyError(f"no sensor facts for {sensor!r}; known sensors: {', '.join(SENSORS)}")
+    if source not in facts.collections:
+        raise KeyError(
+            f"{sensor} is not known to come from the {source} source; it comes from "
+            f"{', '.join(facts.collections)}"
+        )
+    return facts.collections[source]
+
+
+def s2_processing_baseline(value: object) -> tuple[int, int] | None:
+    """'05.09' -> (5, 9); None when absent or unreadable."""
+    try:
+        major, minor = str(value).split(".")[:2]
+        return int(major), int(minor)
+    except (ValueError, TypeError):
+        return None
+
+
+def s2_offset_dn(properties: dict[str, object], asset_fields: dict[str, object]) -> float:
+    """The digital-number offset to add to an item's L2A values to harmonise them (0 or -1000).
+
+    In order, from the item's own metadata: Earth Search's flag that the offset is removed
+    already; the asset's raster:bands offset and scale (Earth Search declares -0.1 and
+    0.0001 from 04.00 on); the processing baseline (Planetary Computer, Copernicus). Without
+    any of them the item is taken as harmonised (a user's own catalog, pre-04.00 data).
+    """
+    if properties.get(EARTH_SEARCH_OFFSET_APPLIED_PROPERTY) is True:
+        return 0.0
+    bands = asset_fields.get("raster:bands") or asset_fields.get("bands") or []
+    for band in bands if isinstance(bands, list) else []:
+        if isinstance(band, dict) and band.get("offset") and band.get("scale"):
+            return round(float(band["offset"]) / float(band["scale"]))
+    baseline = s2_processing_baseline(properties.get(S2_PROCESSING_BASELINE_PROPERTY))
+    if baseline is not None and baseline >= S2_OFFSET_FROM_BASELINE:
+        return -S2_BOA_ADD_OFFSET_DN
+    return 0.0

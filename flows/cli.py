@@ -47,6 +47,7 @@ FLAGS = {  # pydantic field -> command-line flag, for error messages
     "store": "--out",
     "work_dir": "--work-dir",
     "chunk_size": "--chunk-size",
+    "dtype": "--dtype",
 }
 
 
@@ -93,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
         help="tessera: a dataset version of geotessera's public store (v1.1) or a store URL/path",
     )
     p.add_argument("--chunk-size", type=int, metavar="N", help="points per chunk")
+    p.add_argument(
+        "--dtype", choices=["float32", "float16", "int8"], help="stored embeddings (float32)"
+    )
     p.add_argument("--input-prep", choices=["resize", "tile"])
     p.add_argument("--output", choices=["pooled", "grid"])
     p.add_argument(
@@ -194,6 +198,7 @@ def _params(a: argparse.Namespace) -> dict[str, Any]:
                 store=a.out,
                 work_dir=a.work_dir,
                 chunk_size=a.chunk_size,
+                dtype=a.dtype,
                 refresh=a.refresh or None,
                 wait=a.wait or None,
             )
@@ -449,6 +454,11 @@ def _print_summary(s: dict[str, Any]) -> None:
         counts = ", ".join(f"{k} {v}" for k, v in m["status"].items() if v)
         loud = "   <-- RANDOM WEIGHTS" if m.get("warning") else ""
         print(f"  {name:24} {counts}{loud}")
+        if m.get("worst_cosine_to_float32") is not None:
+            print(
+                f"  {'':24} stored as {m['dtype']}: worst cosine to float32 "
+                f"{m['worst_cosine_to_float32']:.6f}"
+            )
         if m.get("redone_damaged"):
             print(f"  {'':24} redone, damaged in the store: {', '.join(m['redone_damaged'])}")
     from flows.export import imagery_line

@@ -21,7 +21,9 @@ def dry_run(plan: Any) -> str:
             cells = (patch // spec.grid_stride_px) ** 2 if grid else 1
         else:
             cells = patch * patch if grid else 1
-        out_bytes += n * card.dim * cells * 4 + n * 6  # float32 + status, valid fraction
+        width = {"float32": 4, "float16": 2, "int8": 1}[plan.dtype]
+        scales = 4 * cells if plan.dtype == "int8" else 0  # one float32 scale per vector
+        out_bytes += n * (card.dim * cells * width + scales) + n * 6  # + status, valid fraction
     in_bytes = sum(n * len(bands) * patch * patch * 4 for bands in fetches.values())
     products = len(plan.inference.models)
     tasks = chunks * (len(fetches) + 2 * products)
@@ -31,7 +33,7 @@ def dry_run(plan: Any) -> str:
         f"  1 flow run, {tasks:,} task runs ({chunks:,} x ({len(fetches)} fetch + "
         f"{products} produce + {products} write))",
         f"  inputs fetched: {_size(in_bytes)} ({len(fetches)} sensor configuration(s))",
-        f"  store per window: {_size(out_bytes)}",
+        f"  store per window: {_size(out_bytes)} (embeddings as {plan.dtype})",
         "  nothing was written",
     ]
     return "\n".join(lines)

@@ -47,7 +47,7 @@ from tasks.store import (
     stored_windows,
     time_index,
 )
-from tasks.write import write_task
+from tasks.write import WriteReport, write_task
 
 # Threads: prefetch and write alongside one infer per device (tasks/infer.py DevicePool).
 THREADS = 4 + torch.cuda.device_count()
@@ -96,9 +96,11 @@ def export(
         todo = chunk_work(job, t, refresh=output.refresh)
         for line in todo.damage_reports("..".join(str(d) for d in plan.window)):
             logger.warning("%s", line)
-        failed, fetched = _run(job, todo, t, refresh=output.refresh)
+        failed, fetched, cosines = _run(job, todo, t, refresh=output.refresh)
         seconds = time.monotonic() - started
         summary = _summary(job, t, seconds, damaged=todo.damaged, fetched=fetched)
+        for name, cosine in cosines.items():
+            summary["models"][name]["worst_cosine_to_float32"] = cosine
     _summary_artifact(summary)
     quicklook_artifacts(plan.store, t)
     write_stac_items(plan.store, job.layout, stored_windows(plan.store))
@@ -151,9 +153,12 @@ def _time_entry(job: Job, region: Region) -> int:
 PROGRESS_LISTENERS: list[Callable[[int, int], None]] = []
 
 
-def _run(job: Job, todo: Work, t: int, *, refresh: bool) -> tuple[list[str], dict[str, int]]:
+def _run(
+    job: Job, todo: Work, t: int, *, refresh: bool
+) -> tuple[list[str], dict[str, int], dict[str, float]]:
     """Run every chunk not done, with a progress artifact. Returns the errors of failed
-    chunks and what this run fetched (see `_fetched`)."""
+    chunks, what this run fetched (see `_fetched`) and, for a compact store, each model's
+    worst cosine of a stored vector to its float32 value over the chunks written."""
     writes, upstream = _submit(job, todo, t, refresh=refresh)
     progress: UUID = create_progress_artifact(  # type: ignore[assignment]
         progress=0.0 if writes else 100.0,
@@ -161,10 +166,15 @@ def _run(job: Job, todo: Work, t: int, *, refresh: bool) -> tuple[list[str], dic
         description=f"chunks written to {job.plan.store}",
     )
     failed = []
+    cosines: dict[str, float] = {}
     for i, fut in enumerate(as_completed(writes), start=1):
         try:
-            key = fut.result()
-            get_run_logger().info("written %d/%d: %s", i, len(writes), key)
+            report = fut.result()
+            get_run_logger().info(
+                "written %d/%d: %s %s", i, len(writes), report.model, report.chunk
+            )
+            if report.worst_cosine is not None:
+                cosines[report.model] = min(cosines.get(report.model, 1.0), report.worst_cosine)
         except Exception as e:  # reported at the end; the chunk stays not done and reruns
             failed.append(f"{type(e).__name__}: {e}")
         update_progress_artifact(progress, progress=100.0 * i / len(writes))
@@ -173,7 +183,7 @@ def _run(job: Job, todo: Work, t: int, *, refresh: bool) -> tuple[list[str], dic
     if failed:  # name the root cause: a write fails too when its prefetch or infer failed
         causes = [f.state.message for f in upstream if f.state.is_failed() and f.state.message]
         failed = causes + failed
-    return failed, _fetched(upstream)
+    return failed, _fetched(upstream), cosines
 
 
 def _fetched(upstream: list[PrefectFuture[Any]]) -> dict[str, int]:
@@ -196,7 +206,7 @@ def _fetched(upstream: list[PrefectFuture[Any]]) -> dict[str, int]:
 
 def _submit(
     job: Job, todo: Work, t: int, *, refresh: bool
-) -> tuple[list[PrefectFuture[str]], list[PrefectFuture[Any]]]:
+) -> tuple[list[PrefectFuture[WriteReport]], list[PrefectFuture[Any]]]:
     """Per chunk not done: each shared fetch once, then produce and write per product.
 
     Returns the write futures and the prefetch and produce futures they depend on.
@@ -207,7 +217,7 @@ def _submit(
     prefetch = prefetch_task.with_options(refresh_cache=refresh, result_storage=results)
     produce = produce_task.with_options(refresh_cache=refresh, result_storage=results)
     resources = _infer_resources()
-    writes: list[PrefectFuture[str]] = []
+    writes: list[PrefectFuture[WriteReport]] = []
     upstream: list[PrefectFuture[Any]] = []
     for work in todo.chunks:
         fetched = {
@@ -275,6 +285,7 @@ def _summary(
             "status": status_counts(job.plan.store, product.name, t),
             "redone_damaged": [d.key for d in damaged.get(product.name, [])],
             "weights": product.describe(),
+            "dtype": job.layout.dtype,
             "warning": product.warning(),
         }
     return {
@@ -295,13 +306,17 @@ def _counts(status: dict[str, int]) -> str:
 
 
 def imagery_line(fetched: dict[str, int]) -> str:
-    """What the run fetched, in one line (the summary artifact and the command line)."""
+    """What the run fetched, in one line (the summary artifact and the command line); the
+    counts a source does not keep (requests of GDAL's own reads) are left out."""
     if not fetched["fetches"]:
         return "imagery: nothing fetched in this run"
-    return (
-        f"imagery: {fetched['fetches']} chunk fetch(es), {fetched['requests']} request(s), "
-        f"{fetched['bytes'] / 1e6:.1f} MB, {fetched['retries']} retried attempt(s)"
-    )
+    parts = [f"{fetched['fetches']} chunk fetch(es)"]
+    if fetched["requests"]:
+        parts.append(f"{fetched['requests']} request(s)")
+    if fetched["bytes"]:
+        parts.append(f"{fetched['bytes'] / 1e6:.1f} MB")
+    parts.append(f"{fetched['retries']} retried attempt(s)")
+    return "imagery: " + ", ".join(parts)
 
 
 def _summary_artifact(summary: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from shapely.geometry.base import BaseGeometry
 from embedders.spec import InferenceOptions
 from flows.params import DEMO_CATALOG, Imagery, Inference, Output, Region, Window
 from tasks import products
+from tasks.compact import Dtype
 from tasks.demo import build_demo_catalog, demo_catalog_path
 from tasks.infer import resolve_device
 from tasks.integrity import Damage, check_done
@@ -52,6 +53,7 @@ class Plan:
     imagery: Imagery
     inference: Inference
     options: InferenceOptions
+    dtype: Dtype = "float32"  # how the store holds embeddings (tasks/compact.py)
 
     @property
     def inputs_path(self) -> str:
@@ -190,6 +192,7 @@ def plan_job(
         imagery,
         inference,
         options,
+        output.dtype,
     )
 
 
@@ -263,7 +266,8 @@ def resolve_job(plan: Plan) -> Job:
     except ProductError as e:
         raise UsageError(str(e)) from e
     chunk_size = len(plan.chunks[0].points)
-    layout = StoreLayout(plan.points, chunk_size, tuple(p.output() for p in resolved))
+    outputs = tuple(p.output() for p in resolved)
+    layout = StoreLayout(plan.points, chunk_size, outputs, plan.dtype)
     try:
         resume = check_store(plan.store, layout)
         if resume:

@@ -244,6 +244,11 @@ class Output(BaseModel):
         False,
         description="when another export is writing the store, wait for it instead of refusing",
     )
+    dtype: Literal["float32", "float16", "int8"] = Field(
+        "float32",
+        description="how embeddings are stored: float32; float16 (half the size); int8 with "
+        "a float32 scale per vector (about a quarter; tasks.store.open_store decodes it)",
+    )
     chunk_size: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
         None,
         description="points per chunk: the unit of work, retry and resume; default: 32, "

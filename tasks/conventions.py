@@ -75,17 +75,18 @@ def annotate(ds: xr.Dataset, layout: StoreLayout) -> None:
     ds.lon.attrs.update(long_name="longitude of the point")
     ds.lat.attrs.update(long_name="latitude of the point")
     for m in layout.models:
-        ds[m.name].attrs.update(units="1", grid_mapping="crs", **geoemb_fields(m))
+        fields = geoemb_fields(m, layout.dtype)
+        ds[m.name].attrs.update(units="1", grid_mapping="crs", **fields)
         ds[f"{m.name}_valid_fraction"].attrs.update(
             units="1", long_name=f"share of the valid pixels of each point's {m.name} patch"
         )
     single = len(layout.models) == 1
     if single:
-        fields = geoemb_fields(layout.models[0])
+        fields = geoemb_fields(layout.models[0], layout.dtype)
         ds.attrs.update({"zarr_conventions": json.dumps([GEOEMB]), **fields})
 
 
-def geoemb_fields(m: ModelOutput) -> dict[str, Any]:
+def geoemb_fields(m: ModelOutput, dtype: str = "float32") -> dict[str, Any]:
     """The geoemb: fields of one product's variable, flat."""
     ident, prov = m.identity, m.provenance
     gsd = float(ident.get("resolution_m") or ident.get("model", {}).get("resolution_m") or 10)
@@ -94,7 +95,7 @@ def geoemb_fields(m: ModelOutput) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "geoemb:type": "pixel" if m.grid_shape is not None and _stride(m) == 1 else "chip",
         "geoemb:dimensions": m.embed_dim,
-        "geoemb:data_type": "float32",
+        "geoemb:data_type": dtype,
         "geoemb:gsd": gsd,
         "geoemb:model": str(prov.get("model_url") or ident.get("dataset") or ""),
         "geoemb:source_data": " ".join(SOURCE_DATA[sensor]),
@@ -105,6 +106,16 @@ def geoemb_fields(m: ModelOutput) -> dict[str, Any]:
         fields["geoemb:chip_layout_type"] = "irregular"
         fields["geoemb:chip_size"] = [side, side]
     return fields
+
+
+def _quantization(model: str, dtype: str) -> dict[str, Any]:
+    """The STAC Item's `emb:quantization` for a compact store (tasks/compact.py)."""
+    if dtype == "int8":
+        method = {"method": "linear per vector", "scale": f"{model}_scale", "missing": -128}
+        return {"emb:quantization": method}
+    if dtype == "float16":
+        return {"emb:quantization": {"method": "float16"}}
+    return {}
 
 
 def _stride(m: ModelOutput) -> int:
@@ -124,7 +135,7 @@ def write_stac_items(store: str, layout: StoreLayout, window: tuple[Any, Any]) -
     start, end = window
     written = []
     for m in layout.models:
-        fields = geoemb_fields(m)
+        fields = geoemb_fields(m, layout.dtype)
         item = {
             "type": "Feature",
             "stac_version": "1.0.0",
@@ -138,7 +149,8 @@ def write_stac_items(store: str, layout: StoreLayout, window: tuple[Any, Any]) -
                 "datetime": None,
                 "emb:type": fields["geoemb:type"],
                 "emb:dimensions": m.embed_dim,
-                "data_type": "float32",
+                "data_type": layout.dtype,
+                **_quantization(m.name, layout.dtype),
                 "gsd": fields["geoemb:gsd"],
                 "emb:runtime_parameters": m.identity,
             },

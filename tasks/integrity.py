@@ -73,7 +73,8 @@ def checksum_variable(model: str, n_chunks: int) -> tuple[tuple[str, ...], np.nd
 
 CHECKSUM_ATTRS = {
     "long_name": "CRC-32 of each chunk's values as written (signed int32), checked on resume",
-    "covers": "embeddings, reason, valid_fraction, status (NaN canonical), in this order",
+    "covers": "embeddings (and their scales when int8), reason, valid_fraction, status "
+    "(NaN canonical), in this order",
 }
 
 
@@ -147,7 +148,11 @@ class _Arrays:
     """One model's arrays in a store, opened once for many chunks."""
 
     def __init__(self, path: str, model: str, *, mode: Literal["r", "r+"]) -> None:
-        self.data = [zarr.open_array(path, path=name, mode="r") for name in data_names(model)]
+        names = list(data_names(model))
+        group = zarr.open_group(path, mode="r")
+        if f"{model}_scale" in group:  # int8 storage: the scales sit after the values
+            names.insert(1, f"{model}_scale")
+        self.data = [zarr.open_array(path, path=name, mode="r") for name in names]
         self.status = zarr.open_array(path, path=f"{model}_status", mode="r")
         self.checksums = zarr.open_array(path, path=checksum_name(model), mode=mode)
 

@@ -4,7 +4,8 @@ chunk-aligned region at a time, each region marked done (its status) after its d
 Layout (the contract with users, see README):
 - dims `time`, `point`, and per model `<model>_dim` (+ `<model>_y`, `<model>_x` for grids);
 - coords `point_id`, `lon`, `lat`, `utm_epsg` on `point`; `time` (window start), `time_end`;
-- per model: `<model>` float32 embeddings, `<model>_status` int8 (Status codes),
+- per model: `<model>` embeddings (float32; float16, or int8 with `<model>_scale` on
+  request, see tasks/compact.py), `<model>_status` int8 (Status codes),
   `<model>_reason` text, `<model>_valid_fraction` float32, and `<model>_checksum` int32 on
   (time, chunk): each chunk's CRC-32, written before its status (tasks/integrity.py);
 - text (`point_id`, `<model>_reason`) as UTF-8 bytes in uint8 arrays (see TEXT_ENCODING);
@@ -31,7 +32,7 @@ import zarr
 from fsspec.core import url_to_fs
 
 from embedders.spec import Status
-from tasks import conventions
+from tasks import compact, conventions
 from tasks.integrity import CHECKSUM_ATTRS, CHECKSUM_FILL, checksum_name, checksum_variable, seal
 from tasks.plan import Chunk, Point
 
@@ -80,10 +81,14 @@ class StoreLayout:
     points: tuple[Point, ...]
     chunk_size: int
     models: tuple[ModelOutput, ...]
+    dtype: compact.Dtype = "float32"  # how embeddings are stored (tasks/compact.py)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
-        h.update(json.dumps([STORE_FORMAT, self.chunk_size]).encode())
+        # A compact dtype joins the fingerprint; float32 adds nothing, so that stores written
+        # before --dtype existed keep their fingerprint.
+        compact_dtype = [] if self.dtype == "float32" else [self.dtype]
+        h.update(json.dumps([STORE_FORMAT, self.chunk_size, *compact_dtype]).encode())
         for p in self.points:
             h.update(p.id.encode() + b"\n")
         for m in self.models:
@@ -97,6 +102,7 @@ class StoreLayout:
         return {
             "points": len(self.points),
             "chunk_size": self.chunk_size,
+            "dtype": self.dtype,
             "models": {
                 m.name: {"dim": m.embed_dim, "grid": m.grid_shape, "identity": m.identity}
                 for m in self.models
@@ -231,7 +237,8 @@ def read_meta(path: str) -> dict[str, Any]:
 
 
 def open_store(path: str) -> xr.Dataset:
-    """`xr.open_zarr(path)` with its text arrays (point ids, reasons) decoded to strings."""
+    """`xr.open_zarr(path)` with its text arrays (point ids, reasons) decoded to strings, and
+    float16 and int8 embeddings decoded to float32 (int8 with their per-vector scales)."""
     ds = xr.open_zarr(path)
     for name in [n for n, v in ds.variables.items() if v.attrs.get(TEXT_ATTR)]:
         var = ds[name]
@@ -245,6 +252,13 @@ def open_store(path: str) -> xr.Dataset:
         )
         del text.attrs[TEXT_ATTR]
         ds = ds.assign_coords({name: text}) if name in ds.coords else ds.assign({name: text})
+    for name in [n for n, v in ds.data_vars.items() if v.dtype == np.float16]:
+        ds[name] = ds[name].astype("float32")
+    for name in [n for n in ds.data_vars if compact.scale_name(str(n)) in ds.data_vars]:
+        q, scale = ds[name], ds[compact.scale_name(str(name))]
+        values = (q.astype("float32") * scale).where(q != compact.INT8_MISSING)
+        ds[name] = values.transpose(*q.dims).assign_attrs(q.attrs)
+        ds = ds.drop_vars(compact.scale_name(str(name)))
     return ds
 
 
@@ -332,7 +346,7 @@ def _template(layout: StoreLayout, window: Window) -> tuple[xr.Dataset, dict[str
     data_vars: dict[str, Any] = {}
     encoding: dict[str, dict[str, Any]] = {}
     for m in layout.models:
-        for name, (dims, shape, dtype, fill) in _model_variables(m, n).items():
+        for name, (dims, shape, dtype, fill) in _model_variables(m, n, layout.dtype).items():
             chunks = (1, cs, *shape[2:])
             data_vars[name] = (dims, da.full(shape, fill, dtype=dtype, chunks=chunks))
             encoding[name] = {"fill_value": fill}
@@ -342,7 +356,11 @@ def _template(layout: StoreLayout, window: Window) -> tuple[xr.Dataset, dict[str
     ds = xr.Dataset(data_vars, coords=coords)
     ds.point_id.attrs.update({TEXT_ATTR: TEXT_ENCODING, "long_name": "point id, UTF-8 bytes"})
     for m in layout.models:
-        ds[m.name].attrs.update(_variable_attrs(m))
+        ds[m.name].attrs.update(_variable_attrs(m, layout.dtype))
+        if layout.dtype == "int8":
+            ds[compact.scale_name(m.name)].attrs.update(
+                long_name=f"scale of each {m.name} vector: value = {m.name} * this"
+            )
         ds[f"{m.name}_reason"].attrs.update(
             {TEXT_ATTR: TEXT_ENCODING, "long_name": f"why {m.name} failed or has no data"}
         )
@@ -363,7 +381,7 @@ def _template(layout: StoreLayout, window: Window) -> tuple[xr.Dataset, dict[str
 
 
 def _model_variables(
-    m: ModelOutput, n: int
+    m: ModelOutput, n: int, dtype: str
 ) -> dict[str, tuple[tuple[str, ...], tuple[int, ...], Any, Any]]:
     if m.grid_shape is None:
         dims: tuple[str, ...] = ("time", "point", f"{m.name}_dim")
@@ -371,8 +389,18 @@ def _model_variables(
     else:
         dims = ("time", "point", f"{m.name}_dim", f"{m.name}_y", f"{m.name}_x")
         shape = (1, n, m.embed_dim, *m.grid_shape)
+    fill = compact.INT8_MISSING if dtype == "int8" else np.dtype(dtype).type("nan")
+    scale: dict[str, tuple[tuple[str, ...], tuple[int, ...], Any, Any]] = {}
+    if dtype == "int8":  # one scale per vector: the embedding dim dropped
+        scale[compact.scale_name(m.name)] = (
+            dims[:2] + dims[3:],
+            shape[:2] + shape[3:],
+            "float32",
+            np.float32("nan"),
+        )
     return {
-        m.name: (dims, shape, "float32", np.float32("nan")),
+        m.name: (dims, shape, dtype, fill),
+        **scale,
         f"{m.name}_status": (("time", "point"), (1, n), "int8", np.int8(Status.PENDING)),
         f"{m.name}_reason": (
             ("time", "point", REASON_DIM),
@@ -384,10 +412,11 @@ def _model_variables(
     }
 
 
-def _variable_attrs(m: ModelOutput) -> dict[str, Any]:
+def _variable_attrs(m: ModelOutput, dtype: str) -> dict[str, Any]:
     weights = m.identity.get("weights", {})
     return {
         "long_name": f"{m.name} embedding",
+        "quantization": compact.quantization_attr(dtype).replace("{model}", m.name),
         "weights": f"{weights.get('kind', '?')} {weights.get('identity', '?')}",
         "identity": json.dumps(m.identity, sort_keys=True),
     }
@@ -403,26 +432,39 @@ class ChunkResult:
     valid_fraction: np.ndarray  # (n,) float32
 
 
-def write_chunk(path: str, chunk: Chunk, model: str, result: ChunkResult, t: int) -> None:
+def write_chunk(path: str, chunk: Chunk, model: str, result: ChunkResult, t: int) -> float | None:
     """Write one chunk's region of one model: data first, then its checksum (of the data as
-    read back), and the status (the done mark) last."""
+    read back), and the status (the done mark) last. Embeddings are stored in the store's
+    own dtype (tasks/compact.py).
+
+    Returns the worst cosine between a stored vector and its float32 value (None for a
+    float32 store, or a chunk with no vector)."""
     region = {"time": slice(t, t + 1), "point": slice(chunk.start, chunk.stop)}
     emb = result.embeddings.astype("float32")
+    dtype = str(zarr.open_array(path, path=model, mode="r").dtype)
+    stored, scale = compact.encode(emb, dtype)
     emb_dims = ("time", "point", f"{model}_dim", f"{model}_y", f"{model}_x")[: emb.ndim + 1]
     reason = encode_text(result.reason, REASON_BYTES)
     valid = result.valid_fraction.astype("float32")
     status = result.status.astype("int8")
+    variables = {model: (emb_dims, stored[np.newaxis])}
+    if scale is not None:
+        variables[compact.scale_name(model)] = (emb_dims[:2] + emb_dims[3:], scale[np.newaxis])
     data = xr.Dataset(
         {
-            model: (emb_dims, emb[np.newaxis]),
+            **variables,
             f"{model}_reason": (("time", "point", REASON_DIM), reason[np.newaxis]),
             f"{model}_valid_fraction": (("time", "point"), valid[np.newaxis]),
         }
     )
     data.to_zarr(path, region=region, mode="r+", consolidated=False)
-    seal(path, model, chunk, t, [emb, reason, valid, status])
+    written = [stored] + ([scale] if scale is not None else []) + [reason, valid, status]
+    seal(path, model, chunk, t, written)
     done = xr.Dataset({f"{model}_status": (("time", "point"), status[np.newaxis])})
     done.to_zarr(path, region=region, mode="r+", consolidated=False)
+    if dtype == "float32":
+        return None
+    return compact.worst_cosine(emb, compact.decode(stored, scale))
 
 
 def status_counts(path: str, model: str, t: int) -> dict[str, int]:

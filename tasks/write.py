@@ -1,5 +1,7 @@
 """Write: one chunk's results for one model into its own chunk-aligned region of the store."""
 
+from dataclasses import dataclass
+
 from prefect import task
 
 from tasks.plan import Chunk
@@ -9,17 +11,25 @@ from tasks.sources import TransientSourceError, classify_error
 from tasks.store import write_chunk
 
 
+@dataclass(frozen=True)
+class WriteReport:
+    chunk: str
+    model: str
+    worst_cosine: float | None  # stored vs float32, for a compact store (tasks/compact.py)
+
+
 def write_results(
     store: str, chunk: Chunk, model: str, results_path: str, group_path: str, t: int
-) -> None:
-    """Copy a chunk's results into the output store; its status, the done mark, goes last."""
+) -> float | None:
+    """Copy a chunk's results into the output store; its status, the done mark, goes last.
+    Returns the worst cosine of a stored vector to its float32 value (compact stores)."""
     result = load_result(results_path, group_path)
     if len(result.status) != len(chunk.points):
         raise ValueError(
             f"results {group_path} hold {len(result.status)} points, chunk {chunk.key} has "
             f"{len(chunk.points)}; remove {results_path}/{group_path} and rerun"
         )
-    write_chunk(store, chunk, model, result, t)
+    return write_chunk(store, chunk, model, result, t)
 
 
 # Not cached: the store's status (its done mark) decides which chunks the flow submits.
@@ -32,12 +42,12 @@ def write_results(
 )
 def write_task(
     store: str, chunk: Chunk, model: str, results_path: str, group_path: str, t: int
-) -> str:
+) -> WriteReport:
     try:
-        write_results(store, chunk, model, results_path, group_path, t)
+        cosine = write_results(store, chunk, model, results_path, group_path, t)
     except (OSError, TimeoutError) as e:
         error = classify_error(e, f"writing {model} {chunk.key} into {store}")
         if isinstance(error, TransientSourceError):
             raise error from e
         raise
-    return chunk.key
+    return WriteReport(chunk.key, model, cosine)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from embedders.spec import Status
+from tasks.compact import Dtype
 from tasks.plan import Point, bbox_region, make_chunks, plan_points
 from tasks.sources import SensorConfig
 from tasks.store import ChunkResult, ModelOutput, StoreLayout, create_store, write_chunk
@@ -71,11 +72,11 @@ def statuses(n: int) -> dict[str, np.ndarray]:
     }
 
 
-def write_store(path: Path, *, chunk_size: int = 8) -> Written:
-    """A store over BBOX at SPACING_M with the three MODELS, one time entry. The last chunk of
-    `grid_model` is not written, so its points stay pending."""
+def write_store(path: Path, *, chunk_size: int = 8, dtype: Dtype = "float32") -> Written:
+    """A store over BBOX at SPACING_M with the three MODELS, one time entry, embeddings stored
+    as `dtype`. The last chunk of `grid_model` is not written, so its points stay pending."""
     points = plan_points(bbox_region(*BBOX), SPACING_M)
-    layout = StoreLayout(points=tuple(points), chunk_size=chunk_size, models=MODELS)
+    layout = StoreLayout(tuple(points), chunk_size, MODELS, dtype)
     region = {"bbox": list(BBOX), "geojson": None, "spacing_m": SPACING_M}
     create_store(str(path), layout, WINDOW, attrs={"region": region})
     rng = np.random.default_rng(0)

@@ -53,6 +53,10 @@ def polygon_file(tmp_path: Path, obj: object) -> str:
             ["--start", "2024-06-01", "--end", "2024-01-01"],
             "end date 2024-01-01 is before start date",
         ),
+        (["--source", "stac-api"], "--source stac-api needs --stac-url"),
+        (["--stac-url", "earth-search"], "--stac-url is for --source stac-api"),
+        (["--source", "earthengine", "--catalog", "c.json"], "--catalog is for --source stac-c"),
+        (["--max-cloud-cover", "120"], r"invalid --max-cloud-cover 120.0: .*less than or equal"),
     ],
 )
 def test_cli__bad_input_is_one_line_and_exit_2(capsys, out, argv, message):

@@ -155,3 +155,19 @@ def test_export__leaves_a_progress_and_a_summary_artifact(tmp_path, served_demo)
     assert "](data:image/png;base64," in quicklook
     png = Path(f"{summary['store']}.quicklook/ssl4eo_resnet18_rgb-{summary['window'][0]}.png")
     assert png.is_file() and png.name in quicklook
+
+
+def test_export__int8_store_decodes_close_to_float32_and_reports_its_cosine(tmp_path, served_demo):
+    model = ["ssl4eo_resnet18_rgb"]
+    full = export(**params(tmp_path, served_demo.url, models=model, store="f.zarr"))
+    p = params(tmp_path, served_demo.url, models=model, store="q.zarr")
+    p["output"] = p["output"].model_copy(update={"dtype": "int8"})
+    small = export(**p)  # the same results, written compact
+    cosine = small["models"]["ssl4eo_resnet18_rgb"]["worst_cosine_to_float32"]
+    assert 0.999 <= cosine < 1.0
+    assert "worst_cosine_to_float32" not in full["models"]["ssl4eo_resnet18_rgb"]
+    assert xr.open_zarr(small["store"]).ssl4eo_resnet18_rgb.dtype == np.int8
+    a = open_store(full["store"]).ssl4eo_resnet18_rgb.values[0].astype("f8")
+    b = open_store(small["store"]).ssl4eo_resnet18_rgb.values[0].astype("f8")
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() == pytest.approx(cosine, abs=1e-6)

@@ -320,19 +320,38 @@ def imagery_line(fetched: dict[str, int]) -> str:
 
 
 def _summary_artifact(summary: dict[str, Any]) -> None:
-    rows = "\n".join(
-        f"| {name} | {m['status']['ok']} | {m['status']['failed']} | {m['status']['nodata']} "
-        f"| {m['status']['pending']} | {'**RANDOM** ' if m['warning'] else ''}"
-        f"{m['weights']} |"
-        for name, m in summary["models"].items()
-    )
+    """The run's summary in the UI: a narrow table (what a weights note explains is listed
+    under it, not squeezed into a cell), what was fetched, where the store is."""
+    rows, notes = [], []
+    for name, m in summary["models"].items():
+        weights, _, note = str(m["weights"]).partition(" (")
+        if note:
+            notes.append(f"- {name}: ({note}")
+        stored = m["dtype"]
+        if m.get("worst_cosine_to_float32") is not None:
+            stored += f", cos ≥ {m['worst_cosine_to_float32']:.5f}"
+        if m["warning"]:
+            weights = "**RANDOM** " + weights.removeprefix("random ")
+        status = m["status"]
+        rows.append(
+            f"| {name} | {status['ok']} | {status['failed']} | {status['nodata']} "
+            f"| {status['pending']} | {weights} | {stored} |"
+        )
     create_markdown_artifact(
         key="swath-export-summary",
         description="points per status and model",
         markdown=(
             f"## swath export\n\n{summary['points']} points, {summary['chunks']} chunks, window "
             f"{summary['window'][0]}..{summary['window'][1]}, {summary['seconds']} s\n\n"
-            "| model | ok | failed | no data | pending | weights |\n|---|---|---|---|---|---|\n"
-            f"{rows}\n\n{imagery_line(summary['imagery'])}\n\nstore: `{summary['store']}`\n"
+            "| model | ok | failed | no data | pending | weights | stored |\n"
+            "|---|---|---|---|---|---|---|\n"
+            + "\n".join(rows)
+            + ("\n\n" + "\n".join(notes) if notes else "")
+            + (
+                "\n\ncos: the worst cosine of a stored vector to its float32 value"
+                if any("worst_cosine_to_float32" in m for m in summary["models"].values())
+                else ""
+            )
+            + f"\n\n{imagery_line(summary['imagery'])}\n\nstore: `{summary['store']}`\n"
         ),
     )

@@ -106,7 +106,14 @@ def region_outline(region: dict[str, Any]) -> BaseGeometry | None:
 
 
 def provenance_source(model_meta: dict[str, Any]) -> str:
-    """Where a product's values came from: its imagery catalog or its Tessera store."""
+    """Where a product's values came from: its imagery source (and catalog or API, and
+    collection), or its Tessera store."""
+    source = model_meta.get("source")
+    sensor = model_meta.get("sensor")
+    collection = sensor.get("collection") if isinstance(sensor, dict) else None
+    if source and source != "stac-catalog":
+        where = f" {model_meta['catalog']}" if model_meta.get("catalog") else ""
+        return f"{source}{where}" + (f" {collection}" if collection else "")
     for key in ("catalog", "store"):
         if model_meta.get(key):
             return f"{key} {model_meta[key]}"

@@ -150,6 +150,8 @@ def test_export__leaves_a_progress_and_a_summary_artifact(tmp_path, served_demo)
     assert artifacts["swath-export-progress"].data == 100.0
     table = str(artifacts["swath-export-summary"].data)
     assert f"| ssl4eo_resnet18_rgb | {summary['points']} | 0 | 0 | 0 |" in table
+    row = next(line for line in table.splitlines() if line.startswith("| ssl4eo"))
+    assert row.endswith("| **RANDOM** seed=0 | float32 |"), row  # narrow cells
     assert summary["store"] in table
     quicklook = str(artifacts["swath-quicklook-ssl4eo-resnet18-rgb"].data)
     assert "](data:image/png;base64," in quicklook

@@ -11,14 +11,15 @@ def dry_run(plan: Any) -> str:
 
     n, chunks, patch = len(plan.points), len(plan.chunks), plan.imagery.patch_px
     grid = plan.options.output == "grid"
-    fetches: dict[tuple[str, float], set[str]] = {}
+    fetches: dict[tuple[str, str, float], set[str]] = {}
     out_bytes = 0
     for name in plan.inference.models:
         card = PRODUCTS[name].card
+        if card.bands:  # imagery to prefetch: shared by products of one source and sensor
+            key = (card.source or plan.imagery.source, card.sensor, card.resolution_m)
+            fetches.setdefault(key, set()).update(card.bands)
         if name in MODELS:
-            spec = MODELS[name].spec
-            fetches.setdefault((spec.sensor, spec.resolution_m), set()).update(spec.bands)
-            cells = (patch // spec.grid_stride_px) ** 2 if grid else 1
+            cells = (patch // MODELS[name].spec.grid_stride_px) ** 2 if grid else 1
         else:
             cells = patch * patch if grid else 1
         width = {"float32": 4, "float16": 2, "int8": 1}[plan.dtype]
@@ -32,7 +33,9 @@ def dry_run(plan: Any) -> str:
         f"  window {plan.window[0]}..{plan.window[1]}; {products} product(s)",
         f"  1 flow run, {tasks:,} task runs ({chunks:,} x ({len(fetches)} fetch + "
         f"{products} produce + {products} write))",
-        f"  inputs fetched: {_size(in_bytes)} ({len(fetches)} sensor configuration(s))",
+        f"  inputs fetched: {_size(in_bytes)} ({len(fetches)} sensor configuration(s): "
+        + ", ".join(f"{source} {sensor}" for source, sensor, _ in fetches)
+        + ")",
         f"  store per window: {_size(out_bytes)} (embeddings as {plan.dtype})",
         "  nothing was written",
     ]

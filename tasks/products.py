@@ -118,6 +118,7 @@ class Card:
     weights: str  # the weights or dataset the values come from
     licence: str
     description: str
+    source: str | None = None  # where its imagery comes from; None: the run's --source
 
 
 @dataclass(frozen=True)

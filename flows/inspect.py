@@ -22,7 +22,7 @@ import zarr.errors
 from rich.console import Console
 from rich.table import Table
 
-from flows.cli import iso_date
+from flows.flags import iso_date
 from tasks.reading import (
     NotAStore,
     counts,

@@ -23,7 +23,7 @@ import shapely
 from pyproj import CRS
 
 from embedders.spec import Status
-from flows.cli import iso_date
+from flows.flags import iso_date
 from tasks.reading import (
     NotAStore,
     find_time,

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
+import ee
+import ee.image_converter
 import numpy as np
 
 from tasks import sensors
@@ -109,31 +111,48 @@ def _phase(origin: float, resolution_m: float) -> float:
 
 
 def plan_grids(points: Sequence[Point], n: int, resolution_m: float) -> list[PixelGrid]:
-    """The grids that answer the points' N x N patches: one per group of nearby points of one
-    zone and pixel phase (see UNION_MAX_AREA_RATIO), else one per patch. A patch's top-left
-    corner is (x - N r / 2, y + N r / 2), as tasks.stac.patch_geobox places it."""
+    """The grids that answer the points' N x N patches. Points of one zone and pixel phase
+    join a grid while the box around its patches stays within UNION_MAX_AREA_RATIO times
+    their area (greedily, north to south), else start their own. A patch's top-left corner
+    is (x - N r / 2, y + N r / 2), as tasks.stac.patch_geobox places it."""
     half = n * resolution_m / 2
     groups: dict[tuple[int, float, float], list[tuple[int, float, float]]] = defaultdict(list)
     for i, p in enumerate(points):
         x0, y0 = p.x - half, p.y + half
-        key = (p.epsg, _phase(x0, resolution_m), _phase(y0, resolution_m))
-        groups[key].append((i, x0, y0))
-    grids = []
+        groups[(p.epsg, _phase(x0, resolution_m), _phase(y0, resolution_m))].append((i, x0, y0))
+    grids: list[PixelGrid] = []
     for (epsg, _, _), members in groups.items():
-        left, top = min(x for _, x, _ in members), max(y for _, _, y in members)
-        cells = [
-            (i, round((top - y) / resolution_m), round((x - left) / resolution_m))
-            for i, x, y in members
-        ]
-        height = max(row for _, row, _ in cells) + n
-        width = max(col for _, _, col in cells) + n
-        if len(members) > 1 and height * width <= UNION_MAX_AREA_RATIO * len(members) * n * n:
-            grids.append(PixelGrid(epsg, left, top, resolution_m, height, width, tuple(cells)))
-        else:
-            grids.extend(
-                PixelGrid(epsg, x, y, resolution_m, n, n, ((i, 0, 0),)) for i, x, y in members
-            )
+        clusters: list[list[tuple[int, float, float]]] = []
+        for member in sorted(members, key=lambda m: (-m[2], m[1])):
+            for cluster in clusters:
+                if _area_ratio([*cluster, member], n, resolution_m) <= UNION_MAX_AREA_RATIO:
+                    cluster.append(member)
+                    break
+            else:
+                clusters.append([member])
+        grids.extend(_grid(epsg, cluster, n, resolution_m) for cluster in clusters)
     return grids
+
+
+def _bounds(members: list[tuple[int, float, float]]) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) corners of the members' patches' top-left corners."""
+    xs, ys = [x for _, x, _ in members], [y for _, _, y in members]
+    return min(xs), max(ys), max(xs), min(ys)
+
+
+def _area_ratio(members: list[tuple[int, float, float]], n: int, res: float) -> float:
+    left, top, right, bottom = _bounds(members)
+    box = ((right - left) / res + n) * ((top - bottom) / res + n)
+    return box / (len(members) * n * n)
+
+
+def _grid(epsg: int, members: list[tuple[int, float, float]], n: int, res: float) -> PixelGrid:
+    left, top, right, bottom = _bounds(members)
+    cells = tuple(
+        (i, round((top - y) / res), round((x - left) / res)) for i, x, y in sorted(members)
+    )
+    height, width = round((top - bottom) / res) + n, round((right - left) / res) + n
+    return PixelGrid(epsg, left, top, res, height, width, cells)
 
 
 def split_grid(grid: PixelGrid, n_bands: int) -> list[tuple[int, int, PixelGrid]]:
@@ -164,10 +183,11 @@ def ee_band_names(bands: Sequence[str], config: SensorConfig) -> list[str]:
     return [sensor.bands[b].ee_name or b for b in bands]
 
 
-def composite(config: SensorConfig, ee_names: Sequence[str], bands: Sequence[str], region: Any):
+def composite(
+    config: SensorConfig, ee_names: Sequence[str], bands: Sequence[str], region: ee.Geometry
+) -> ee.Image:
     """The expression of the composite over the window, bands renamed to swath's, float32,
     masked pixels unmasked to NODATA (also outside every image's footprint)."""
-    import ee
 
     if config.composite not in COMPOSITES:
         raise ImagerySourceError(
@@ -191,21 +211,15 @@ def composite(config: SensorConfig, ee_names: Sequence[str], bands: Sequence[str
     return image.unmask(NODATA, False)
 
 
-class _CountingNumPy:
-    """Earth Engine's NUMPY_NDARRAY converter that also counts the response's bytes."""
+class _CountingNumPy(ee.image_converter.NumPyConverter):
+    """Earth Engine's NUMPY_NDARRAY converter (what `fileFormat: "NUMPY_NDARRAY"` picks) that
+    also counts the response's bytes."""
 
-    def __init__(self) -> None:
-        from ee.image_converter import NumPyConverter
-
-        self._numpy = NumPyConverter()
-        self.nbytes = 0
-
-    def expected_data_format(self) -> str:
-        return self._numpy.expected_data_format()
+    nbytes = 0
 
     def do_conversion(self, data: bytes) -> Any:
         self.nbytes = len(data)
-        return self._numpy.do_conversion(data)
+        return super().do_conversion(data)
 
 
 class EarthEngineSource:
@@ -221,8 +235,6 @@ class EarthEngineSource:
         self._limits: set[int] = set()  # slot counts the concurrency limit was set to
 
     def fetch(self, points: Sequence[Point], bands: Sequence[str], config: SensorConfig) -> Patches:
-        import ee
-
         names = ee_band_names(bands, config)
         self._initialise(config.access)
         n, res = config.patch_px, config.resolution_m
@@ -255,8 +267,6 @@ class EarthEngineSource:
     def check(self, bands: Sequence[str], config: SensorConfig) -> None:
         """One 1 x 1 px computePixels of the collection's first image with the bands: proves
         the credentials, the project, the collection and the band names."""
-        import ee
-
         names = ee_band_names(bands, config)
         self._initialise(config.access)
         image = ee.ImageCollection(config.collection).first().select(names).toFloat()
@@ -268,8 +278,6 @@ class EarthEngineSource:
         self, image: Any, grid: PixelGrid, bands: Sequence[str], access: SourceAccess, what: str
     ) -> tuple[np.ndarray, int]:
         """One computePixels: (bands, H, W) float32 with NaN where masked, and its bytes."""
-        import ee
-
         converter = _CountingNumPy()
         request = {"expression": image, "fileFormat": converter, "grid": grid.request()}
         with self._slot(access):
@@ -285,8 +293,6 @@ class EarthEngineSource:
     def _initialise(self, access: SourceAccess) -> None:
         """ee.Initialize once per process and access settings, with the client's own retries
         off (Prefect retries transient failures with backoff and jitter instead)."""
-        import ee
-
         with self._lock:
             if self._initialised == access:
                 return
@@ -345,7 +351,6 @@ def load_credentials(access: SourceAccess) -> tuple[Any, str | None]:
     `ee_key_file`; else what `earthengine authenticate` stored; else application default
     credentials (GOOGLE_APPLICATION_CREDENTIALS, gcloud's ADC file, the metadata server).
     The project is `ee_project`, else the credentials' own."""
-    import ee
     import google.auth
     import google.auth.exceptions
     from google.oauth2 import credentials as user_credentials
@@ -379,7 +384,6 @@ def load_credentials(access: SourceAccess) -> tuple[Any, str | None]:
 
 def _stored_earthengine_credentials() -> dict[str, Any] | None:
     """What `earthengine authenticate` wrote (~/.config/earthengine/credentials), or None."""
-    import ee
 
     try:
         args = ee.oauth.get_credentials_arguments()

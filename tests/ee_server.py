@@ -97,6 +97,7 @@ class FakeEarthEngine:
     log: list[str] = field(default_factory=list)  # "METHOD path" of every request
     computations: list[Computation] = field(default_factory=list)
     grants: list[str] = field(default_factory=list)  # grant_type of each token request
+    sent_bytes: list[int] = field(default_factory=list)  # body size of each pixel response
     limit_bytes: int = LIMIT_BYTES
     # Asked before each computePixels: an HTTP status (429, 401, 403, 500) to answer, or None.
     fault: Callable[[Computation], int | None] | None = None
@@ -199,6 +200,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         buffer = io.BytesIO()
         np.save(buffer, array)
+        self.fake.sent_bytes.append(len(buffer.getvalue()))
         self._reply(200, buffer.getvalue(), "application/octet-stream")
 
 

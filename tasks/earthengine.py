@@ -222,6 +222,12 @@ class _CountingNumPy(ee.image_converter.NumPyConverter):
         return super().do_conversion(data)
 
 
+# The client's state is the process's (ee.data keeps one set of credentials and one URL): the
+# access settings it was initialised with, for every instance.
+_initialised: SourceAccess | None = None
+_initialise_lock = threading.Lock()
+
+
 class EarthEngineSource:
     """An ImagerySource over Earth Engine, through the earthengine-api client.
 
@@ -231,7 +237,6 @@ class EarthEngineSource:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._initialised: SourceAccess | None = None
         self._limits: set[int] = set()  # slot counts the concurrency limit was set to
 
     def fetch(self, points: Sequence[Point], bands: Sequence[str], config: SensorConfig) -> Patches:
@@ -293,8 +298,9 @@ class EarthEngineSource:
     def _initialise(self, access: SourceAccess) -> None:
         """ee.Initialize once per process and access settings, with the client's own retries
         off (Prefect retries transient failures with backoff and jitter instead)."""
-        with self._lock:
-            if self._initialised == access:
+        global _initialised
+        with _initialise_lock:
+            if _initialised == access:
                 return
             credentials, project = load_credentials(access)
             ee.data.setMaxRetries(0)  # every call: `execute(num_retries=0)`, no hidden loop
@@ -304,7 +310,7 @@ class EarthEngineSource:
                 )
             except Exception as e:  # EEException, HttpError, auth and transport errors
                 raise classify_ee_error(e, "initialising Earth Engine") from e
-            self._initialised = access
+            _initialised = access
 
     def _slot(self, access: SourceAccess) -> contextlib.AbstractContextManager[None]:
         """A slot of the run's Earth Engine concurrency limit, inside a flow or task run;

@@ -69,6 +69,8 @@ def no_stored_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
     monkeypatch.setenv("NO_GCE_CHECK", "True")
+    # As in a fresh process: credentials found anew (the client's state is per process).
+    monkeypatch.setattr(earthengine, "_initialised", None)
 
 
 def config(fake: FakeEarthEngine, key: Path | None, **changes: object) -> SensorConfig:

@@ -100,7 +100,9 @@ def show(ds: xr.Dataset, meta: dict[str, Any], console: Console) -> None:
         m = meta["models"][name]
         dims = [ds.sizes[d] for d in ds[name].dims if d not in ("time", "point")]
         grid = " x ".join(str(d) for d in dims[1:]) or "-"
-        kind = "precomputed" if m.get("product") == "tessera" else str(m.get("product", "?"))
+        kind = (
+            "precomputed" if m.get("product") in ("tessera", "gse") else str(m.get("product", "?"))
+        )
         models.add_row(name, kind, str(dims[0]), grid, weights_text(m), provenance_source(m))
     console.print(models)
     table = Table(title="points per status", title_justify="left")

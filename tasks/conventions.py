@@ -47,6 +47,13 @@ SOURCE_DATA = {
         "https://sentinel.esa.int/web/sentinel/missions/sentinel-1",
         "https://sentinel.esa.int/web/sentinel/missions/sentinel-2",
     ],
+    # AlphaEarth Foundations' optical and radar inputs (Brown et al., 2025, Table 1), among
+    # others (GEDI, climate and elevation data).
+    "gse": [
+        "https://sentinel.esa.int/web/sentinel/missions/sentinel-1",
+        "https://sentinel.esa.int/web/sentinel/missions/sentinel-2",
+        "https://landsat.gsfc.nasa.gov/",
+    ],
 }
 
 
@@ -91,7 +98,8 @@ def geoemb_fields(m: ModelOutput, dtype: str = "float32") -> dict[str, Any]:
     ident, prov = m.identity, m.provenance
     gsd = float(ident.get("resolution_m") or ident.get("model", {}).get("resolution_m") or 10)
     patch = int(ident.get("patch_px") or ident.get("sensor", {}).get("patch_px") or 0)
-    sensor = "tessera" if ident.get("product") == "tessera" else "sentinel-2-l2a"
+    product = ident.get("product")
+    sensor = product if isinstance(product, str) and product in SOURCE_DATA else "sentinel-2-l2a"
     fields: dict[str, Any] = {
         "geoemb:type": "pixel" if m.grid_shape is not None and _stride(m) == 1 else "chip",
         "geoemb:dimensions": m.embed_dim,

@@ -153,6 +153,18 @@ TESSERA_CARD = Card(
     description="Tessera annual embeddings, int8 with per-pixel scales, read through geotessera",
 )
 
+GSE_CARD = Card(
+    kind="precomputed",
+    sensor="satellite-embedding (annual, AlphaEarth Foundations)",
+    bands=(),
+    resolution_m=10,
+    tile_px=None,
+    dim=64,
+    weights="Google Satellite Embedding V1 annual (Earth Engine)",
+    licence="CC-BY-4.0",
+    description="Google's annual 64-d unit-length embeddings, through Earth Engine",
+)
+
 # Every product, by name: each model of the model registry, then the precomputed products.
 PRODUCTS: dict[str, ProductEntry] = {
     **{
@@ -160,6 +172,7 @@ PRODUCTS: dict[str, ProductEntry] = {
         for name, entry in registry.MODELS.items()
     },
     "tessera": ProductEntry(TESSERA_CARD, "tasks.tessera:resolve"),
+    "gse": ProductEntry(GSE_CARD, "tasks.gse:resolve"),
 }
 
 

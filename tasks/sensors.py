@@ -86,6 +86,8 @@ SCL_MASKED_CLASSES: tuple[int, ...] = (0, 1, 3, 8, 9, 10)
 CLOUD_SCORE_PLUS = "GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED"
 CLOUD_SCORE_PLUS_BAND = "cs_cdf"
 CLOUD_SCORE_PLUS_CLEAR = 0.60
+# Cloud Score+ scores Sentinel-2 scenes only: the sensors whose Earth Engine pixels it masks.
+CLOUD_SCORE_PLUS_SENSORS: tuple[str, ...] = ("sentinel-2-l2a",)
 
 SENTINEL_2_L2A = Sensor(
     name="sentinel-2-l2a",

@@ -1,0 +1,449 @@
+"""Earth Engine imagery source: composites computed by Earth Engine, read with computePixels.
+
+Per group of nearby points (one UTM zone, one pixel phase, patches close together) one
+`ee.data.computePixels` request answers the whole group as a NumPy array, on an explicit
+north-up grid in the points' UTM zone at the configuration's resolution, snapped so that
+every patch is exactly the N x N grid `tasks.stac.patch_geobox` gives its point. A grid whose
+response would exceed Earth Engine's limit is split into sub-grids and stitched.
+
+The expression is the composite over the window: the collection filtered by date and bounds,
+for Sentinel-2 its scenes pre-selected by cloud cover and its pixels masked with Cloud
+Score+, reduced (median; mosaic for precomputed annual products), the bands selected in the
+requested order under swath's names, as float32, masked pixels unmasked to a sentinel that
+becomes NaN here.
+
+Failures: the client's own retry loop is switched off, so a 429 / RESOURCE_EXHAUSTED (quota,
+too many concurrent requests) or a 5xx raises TransientSourceError at once, and Prefect
+retries the prefetch task with backoff and jitter; everything else is ImagerySourceError with
+Earth Engine's own message and a fix. Requests in flight are bounded across the run by the
+Prefect global concurrency limit `swath-earthengine` (SourceAccess.ee_concurrency slots).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+import ee
+import ee.image_converter
+import numpy as np
+
+from tasks import sensors
+from tasks.plan import Point
+from tasks.sources import (
+    ImagerySourceError,
+    Patches,
+    SensorConfig,
+    SourceAccess,
+    TransientSourceError,
+)
+
+# Earth Engine refuses a computePixels whose response would exceed 48 MiB ("Total request
+# size (... bytes) must be less than or equal to 50331648 bytes", the limit Xee also declares
+# in xee/ext.py as REQUEST_BYTE_LIMIT).
+MAX_RESPONSE_BYTES = 50_331_648
+# Earth Engine's endpoint for many small automated requests, which Google recommends for
+# computePixels workloads ("High-volume endpoint" in its guide to the API).
+HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
+# A group of points is read as one grid while the box around its patches is at most this
+# many times the patches' own area; beyond it, one request per patch.
+UNION_MAX_AREA_RATIO = 4.0
+# What masked pixels are unmasked to before they leave Earth Engine (the lowest float32, a
+# value no band of a sensor takes); turned back into NaN here.
+NODATA = float(np.finfo(np.float32).min)
+# The Prefect global concurrency limit that bounds requests in flight across a run.
+CONCURRENCY_LIMIT = "swath-earthengine"
+COMPOSITES = ("median", "mosaic")
+
+NO_CREDENTIALS = (
+    "no Earth Engine credentials found: run `earthengine authenticate` (or `gcloud auth "
+    "application-default login`), or pass --ee-key-file KEY.json with a service account's "
+    "key; and pass --ee-project with a Google Cloud project registered for Earth Engine"
+)
+AUTH_FIX = (
+    "check that the project (--ee-project) is registered for Earth Engine and that the "
+    "account (or the service account of --ee-key-file) has access to it and to the collection"
+)
+
+
+@dataclass(frozen=True)
+class PixelGrid:
+    """One computePixels grid: north-up at `resolution_m` in `epsg`, its top-left corner at
+    (x0, y0), and where each point's patch lies in it."""
+
+    epsg: int
+    x0: float
+    y0: float
+    resolution_m: float
+    height: int
+    width: int
+    members: tuple[tuple[int, int, int], ...] = ()  # (point index, row, col) of each patch
+
+    def request(self) -> dict[str, Any]:
+        """The grid as Earth Engine's PixelGrid."""
+        r = self.resolution_m
+        return {
+            "crsCode": f"EPSG:{self.epsg}",
+            "affineTransform": {
+                "scaleX": r,
+                "shearX": 0.0,
+                "translateX": self.x0,
+                "shearY": 0.0,
+                "scaleY": -r,
+                "translateY": self.y0,
+            },
+            "dimensions": {"width": self.width, "height": self.height},
+        }
+
+    def window(self, row: int, col: int, height: int, width: int) -> PixelGrid:
+        r = self.resolution_m
+        return PixelGrid(self.epsg, self.x0 + col * r, self.y0 - row * r, r, height, width)
+
+
+def _phase(origin: float, resolution_m: float) -> float:
+    """Where a grid origin falls within a pixel (0..1): grids of equal phase line up."""
+    return round((origin / resolution_m) % 1.0, 6) % 1.0
+
+
+def plan_grids(points: Sequence[Point], n: int, resolution_m: float) -> list[PixelGrid]:
+    """The grids that answer the points' N x N patches. Points of one zone and pixel phase
+    join a grid while the box around its patches stays within UNION_MAX_AREA_RATIO times
+    their area (greedily, north to south), else start their own. A patch's top-left corner
+    is (x - N r / 2, y + N r / 2), as tasks.stac.patch_geobox places it."""
+    half = n * resolution_m / 2
+    groups: dict[tuple[int, float, float], list[tuple[int, float, float]]] = defaultdict(list)
+    for i, p in enumerate(points):
+        x0, y0 = p.x - half, p.y + half
+        groups[(p.epsg, _phase(x0, resolution_m), _phase(y0, resolution_m))].append((i, x0, y0))
+    grids: list[PixelGrid] = []
+    for (epsg, _, _), members in groups.items():
+        clusters: list[list[tuple[int, float, float]]] = []
+        for member in sorted(members, key=lambda m: (-m[2], m[1])):
+            for cluster in clusters:
+                if _area_ratio([*cluster, member], n, resolution_m) <= UNION_MAX_AREA_RATIO:
+                    cluster.append(member)
+                    break
+            else:
+                clusters.append([member])
+        grids.extend(_grid(epsg, cluster, n, resolution_m) for cluster in clusters)
+    return grids
+
+
+def _bounds(members: list[tuple[int, float, float]]) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) corners of the members' patches' top-left corners."""
+    xs, ys = [x for _, x, _ in members], [y for _, _, y in members]
+    return min(xs), max(ys), max(xs), min(ys)
+
+
+def _area_ratio(members: list[tuple[int, float, float]], n: int, res: float) -> float:
+    left, top, right, bottom = _bounds(members)
+    box = ((right - left) / res + n) * ((top - bottom) / res + n)
+    return box / (len(members) * n * n)
+
+
+def _grid(epsg: int, members: list[tuple[int, float, float]], n: int, res: float) -> PixelGrid:
+    left, top, right, bottom = _bounds(members)
+    cells = tuple(
+        (i, round((top - y) / res), round((x - left) / res)) for i, x, y in sorted(members)
+    )
+    height, width = round((top - bottom) / res) + n, round((right - left) / res) + n
+    return PixelGrid(epsg, left, top, res, height, width, cells)
+
+
+def split_grid(grid: PixelGrid, n_bands: int) -> list[tuple[int, int, PixelGrid]]:
+    """(row, col, sub-grid) tiles of `grid` whose float32 responses fit MAX_RESPONSE_BYTES."""
+    budget = max(1, MAX_RESPONSE_BYTES // (4 * n_bands))  # pixels per request
+    width = min(grid.width, budget)
+    height = min(grid.height, max(1, budget // width))
+    return [
+        (r, c, grid.window(r, c, min(height, grid.height - r), min(width, grid.width - c)))
+        for r in range(0, grid.height, height)
+        for c in range(0, grid.width, width)
+    ]
+
+
+def ee_band_names(bands: Sequence[str], config: SensorConfig) -> list[str]:
+    """Earth Engine's names of swath's bands. Raises ImagerySourceError naming the known ones."""
+    sensor = sensors.SENSORS.get(config.sensor)
+    if sensor is None:
+        raise ImagerySourceError(
+            f"no sensor facts for {config.sensor!r}; known sensors: {', '.join(sensors.SENSORS)}"
+        )
+    unknown = [b for b in bands if b not in sensor.bands]
+    if unknown:
+        raise ImagerySourceError(
+            f"band(s) {unknown} are not bands of {config.sensor} in Earth Engine's "
+            f"{config.collection}; its bands are {', '.join(sensor.bands)}"
+        )
+    return [sensor.bands[b].ee_name or b for b in bands]
+
+
+def composite(
+    config: SensorConfig, ee_names: Sequence[str], bands: Sequence[str], region: ee.Geometry
+) -> ee.Image:
+    """The expression of the composite over the window, bands renamed to swath's, float32,
+    masked pixels unmasked to NODATA (also outside every image's footprint)."""
+
+    if config.composite not in COMPOSITES:
+        raise ImagerySourceError(
+            f"composite {config.composite!r} is not supported by the Earth Engine source; "
+            f"use one of {COMPOSITES}"
+        )
+    end = (date.fromisoformat(config.end) + timedelta(days=1)).isoformat()  # exclusive
+    images = ee.ImageCollection(config.collection).filterDate(config.start, end)
+    images = images.filterBounds(region)
+    cloud_property = sensors.SENSORS[config.sensor].cloud_cover_property.get("earthengine")
+    if cloud_property and config.max_cloud_cover < 100:
+        images = images.filter(ee.Filter.lte(cloud_property, config.max_cloud_cover))
+    if config.sensor in sensors.CLOUD_SCORE_PLUS_SENSORS:
+        # Cloud Score+ masks clouds and their shadows per pixel, and Google recommends it
+        # for Sentinel-2 composites over QA60 and SCL (tasks/sensors.py says more).
+        band, clear = sensors.CLOUD_SCORE_PLUS_BAND, sensors.CLOUD_SCORE_PLUS_CLEAR
+        images = images.linkCollection(ee.ImageCollection(sensors.CLOUD_SCORE_PLUS), [band])
+        images = images.map(lambda image: image.updateMask(image.select(band).gte(clear)))
+    image = images.median() if config.composite == "median" else images.mosaic()
+    image = image.select(list(ee_names)).rename(list(bands)).toFloat()
+    return image.unmask(NODATA, False)
+
+
+class _CountingNumPy(ee.image_converter.NumPyConverter):
+    """Earth Engine's NUMPY_NDARRAY converter (what `fileFormat: "NUMPY_NDARRAY"` picks) that
+    also counts the response's bytes."""
+
+    nbytes = 0
+
+    def do_conversion(self, data: bytes) -> Any:
+        self.nbytes = len(data)
+        return super().do_conversion(data)
+
+
+# The client's state is the process's (ee.data keeps one set of credentials and one URL): the
+# access settings it was initialised with, for every instance.
+_initialised: SourceAccess | None = None
+_initialise_lock = threading.Lock()
+
+
+class EarthEngineSource:
+    """An ImagerySource over Earth Engine, through the earthengine-api client.
+
+    The client is initialised once per process and access settings (thread-safe); one
+    instance serves every thread of a process.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._limits: set[int] = set()  # slot counts the concurrency limit was set to
+
+    def fetch(self, points: Sequence[Point], bands: Sequence[str], config: SensorConfig) -> Patches:
+        names = ee_band_names(bands, config)
+        self._initialise(config.access)
+        n, res = config.patch_px, config.resolution_m
+        out = {b: np.full((len(points), n, n), np.nan, np.float32) for b in bands}
+        requests = bytes_read = 0
+        for grid in plan_grids(points, n, res):
+            x1, y1 = grid.x0 + grid.width * res, grid.y0 - grid.height * res
+            region = ee.Geometry.Rectangle(
+                [grid.x0, y1, x1, grid.y0], proj=f"EPSG:{grid.epsg}", geodesic=False
+            )
+            image = composite(config, names, bands, region)
+            pixels = np.full((len(bands), grid.height, grid.width), np.nan, np.float32)
+            for row, col, tile in split_grid(grid, len(bands)):
+                what = f"points {points[grid.members[0][0]].id}.. of {config.collection}"
+                values, nbytes = self._compute(image, tile, bands, config.access, what)
+                pixels[:, row : row + tile.height, col : col + tile.width] = values
+                requests, bytes_read = requests + 1, bytes_read + nbytes
+            for i, row, col in grid.members:
+                for k, b in enumerate(bands):
+                    out[b][i] = pixels[k, row : row + n, col : col + n]
+        window = f"{config.collection} between {config.start} and {config.end}"
+        notes = {
+            p.id: f"every pixel of its {n} px patch is masked (cloud, shadow or no image) in "
+            f"{window}"
+            for i, p in enumerate(points)
+            if all(np.isnan(out[b][i]).all() for b in bands)
+        }
+        return Patches(tuple(p.id for p in points), out, notes, requests, bytes_read)
+
+    def check(self, bands: Sequence[str], config: SensorConfig) -> None:
+        """One 1 x 1 px computePixels of the collection's first image with the bands: proves
+        the credentials, the project, the collection and the band names."""
+        names = ee_band_names(bands, config)
+        self._initialise(config.access)
+        image = ee.ImageCollection(config.collection).first().select(names).toFloat()
+        tile = PixelGrid(4326, 0.0, 0.0, 1e-4, 1, 1)
+        what = f"checking collection {config.collection} and bands {list(bands)}"
+        self._compute(image, tile, names, config.access, what)
+
+    def _compute(
+        self, image: Any, grid: PixelGrid, bands: Sequence[str], access: SourceAccess, what: str
+    ) -> tuple[np.ndarray, int]:
+        """One computePixels: (bands, H, W) float32 with NaN where masked, and its bytes."""
+        converter = _CountingNumPy()
+        request = {"expression": image, "fileFormat": converter, "grid": grid.request()}
+        with self._slot(access):
+            try:
+                data = ee.data.computePixels(request)
+            except Exception as e:  # the client raises EEException, HttpError, auth and IO errors
+                raise classify_ee_error(e, what) from e
+        stacked = np.stack([np.asarray(data[b], np.float32) for b in bands])
+        return np.where(
+            stacked == np.float32(NODATA), np.float32(np.nan), stacked
+        ), converter.nbytes
+
+    def _initialise(self, access: SourceAccess) -> None:
+        """ee.Initialize once per process and access settings, with the client's own retries
+        off (Prefect retries transient failures with backoff and jitter instead)."""
+        global _initialised
+        with _initialise_lock:
+            if _initialised == access:
+                return
+            credentials, project = load_credentials(access)
+            ee.data.setMaxRetries(0)  # every call: `execute(num_retries=0)`, no hidden loop
+            try:
+                ee.Initialize(
+                    credentials=credentials, project=project, url=access.ee_url or HIGH_VOLUME_URL
+                )
+            except Exception as e:  # EEException, HttpError, auth and transport errors
+                raise classify_ee_error(e, "initialising Earth Engine") from e
+            _initialised = access
+
+    def _slot(self, access: SourceAccess) -> contextlib.AbstractContextManager[None]:
+        """A slot of the run's Earth Engine concurrency limit, inside a flow or task run;
+        nothing outside one (the up-front check)."""
+        from prefect.concurrency.sync import concurrency
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        if TaskRunContext.get() is None and FlowRunContext.get() is None:
+            return contextlib.nullcontext()
+        with self._lock:
+            if access.ee_concurrency not in self._limits:
+                ensure_limit(CONCURRENCY_LIMIT, access.ee_concurrency)
+                self._limits = {access.ee_concurrency}
+        # strict: a limit that vanished fails loudly instead of limiting nothing
+        return concurrency(CONCURRENCY_LIMIT, occupy=1, strict=True)
+
+
+def ensure_limit(name: str, slots: int) -> None:
+    """Create the Prefect global concurrency limit `name` with `slots`, or set it to that."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import (
+        GlobalConcurrencyLimitCreate,
+        GlobalConcurrencyLimitUpdate,
+    )
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another worker made it first
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=slots)
+                )
+            return
+        if limit.limit != slots or not limit.active:
+            client.update_global_concurrency_limit(
+                name, GlobalConcurrencyLimitUpdate(limit=slots, active=True)
+            )
+
+
+def load_credentials(access: SourceAccess) -> tuple[Any, str | None]:
+    """Credentials and project as Earth Engine users expect them: the service account key of
+    `ee_key_file`; else what `earthengine authenticate` stored; else application default
+    credentials (GOOGLE_APPLICATION_CREDENTIALS, gcloud's ADC file, the metadata server).
+    The project is `ee_project`, else the credentials' own."""
+    import google.auth
+    import google.auth.exceptions
+    from google.oauth2 import credentials as user_credentials
+    from google.oauth2 import service_account
+
+    project: str | None = None
+    if access.ee_key_file:
+        try:
+            sa = service_account.Credentials.from_service_account_file(
+                access.ee_key_file, scopes=ee.oauth.SCOPES
+            )
+        except (OSError, ValueError, KeyError) as e:
+            raise ImagerySourceError(
+                f"cannot read the service account key {access.ee_key_file} "
+                f"({type(e).__name__}); pass --ee-key-file the JSON key file Google Cloud "
+                "created for the service account"
+            ) from None  # the parser's message may quote the file
+        return sa, access.ee_project or sa.project_id
+    stored = _stored_earthengine_credentials()
+    if stored is not None:
+        args = {**stored}
+        project = args.pop("quota_project_id", None)
+        return user_credentials.Credentials(None, **args), access.ee_project or project
+    try:
+        credentials, project = google.auth.default(scopes=ee.oauth.SCOPES)
+    except google.auth.exceptions.DefaultCredentialsError as e:
+        raise ImagerySourceError(NO_CREDENTIALS) from e
+    project = access.ee_project or project or getattr(credentials, "quota_project_id", None)
+    return credentials, project
+
+
+def _stored_earthengine_credentials() -> dict[str, Any] | None:
+    """What `earthengine authenticate` wrote (~/.config/earthengine/credentials), or None."""
+
+    try:
+        args = ee.oauth.get_credentials_arguments()
+    except (OSError, ValueError):
+        return None
+    return args if args.get("refresh_token") else None
+
+
+_QUOTA_TEXT = ("RESOURCE_EXHAUSTED", "Too many concurrent", "Quota exceeded", "rate limit")
+
+
+def classify_ee_error(error: BaseException, what: str) -> ImagerySourceError | TransientSourceError:
+    """A client failure as TransientSourceError (429, quota, 5xx, transport) or
+    ImagerySourceError (401/403, a bad collection or band, a refused request), with Earth
+    Engine's own message. Never quotes credentials: only messages, no request or headers."""
+    import google.auth.exceptions
+    import googleapiclient.errors
+    import requests
+
+    chain = list(_chain(error))
+    status = next(
+        (e.resp.status for e in chain if isinstance(e, googleapiclient.errors.HttpError)), None
+    )
+    message = str(error).strip() or type(error).__name__
+    transport = (
+        TimeoutError,
+        ConnectionError,
+        requests.ConnectionError,
+        requests.Timeout,
+        google.auth.exceptions.TransportError,
+    )
+    if (
+        (status is not None and (int(status) == 429 or int(status) >= 500))
+        or any(text.lower() in message.lower() for text in _QUOTA_TEXT)
+        or any(isinstance(e, transport) for e in chain)
+    ):
+        return TransientSourceError(f"{what}: Earth Engine said: {message}; a retry may succeed")
+    if status in (401, 403) or isinstance(error, google.auth.exceptions.RefreshError):
+        return ImagerySourceError(f"{what}: Earth Engine refused access: {message}; {AUTH_FIX}")
+    if "project" in message.lower() and "ee.Initialize" in message:  # ee's "no project" text
+        return ImagerySourceError(
+            f"{what}: {message}; pass --ee-project ID, a Google Cloud project registered for "
+            "Earth Engine"
+        )
+    return ImagerySourceError(
+        f"{what}: Earth Engine said: {message}; check the collection (--collection), the "
+        "bands and the window"
+    )
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    seen: list[BaseException] = []
+    cause: BaseException | None = error
+    while cause is not None and cause not in seen:
+        seen.append(cause)
+        yield cause
+        cause = cause.__cause__ or cause.__context__

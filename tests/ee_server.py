@@ -1,0 +1,434 @@
+"""A fake Earth Engine REST server on 127.0.0.1 that the real `earthengine-api` client talks to.
+
+It serves what `ee.Initialize` asks for (the discovery document and the algorithms list the
+wheel ships for its own tests, pointed at this server), an OAuth token endpoint (service
+account and authorized-user credentials whose `token_uri` points here get a fake access
+token, which every other call must then carry), and `image:computePixels`.
+
+It cannot run Earth Engine, so it holds a small world: per collection id, rasters on a UTM
+grid (with a mask and a date range) that stand for the composite. For each computePixels it
+decodes the serialized expression far enough to find the collection, the date filter, the
+cloud-mask link and threshold, the reducer, the selected and renamed bands and the unmask
+value, records them, and answers the requested grid from the world at the requested pixel
+centres (a wrong grid gives wrong values) as a NPY structured array, one float32 field per
+band, like Earth Engine.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import secrets
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import ee
+import numpy as np
+
+_EE_TESTS = Path(ee.__file__).parent / "tests"
+# Earth Engine's own limit on a computePixels response, and its message when exceeded.
+LIMIT_BYTES = 50331648
+
+
+@dataclass
+class Raster:
+    """A composite as the world holds it: EE band name -> (H, W) values, valid where `mask`."""
+
+    epsg: int
+    x0: float  # west edge, metres
+    y0: float  # north edge, metres
+    resolution_m: float
+    bands: dict[str, np.ndarray]
+    mask: np.ndarray  # (H, W) bool, True = valid
+    start: str = "1900-01-01"  # the dates it stands for, [start, end)
+    end: str = "2100-01-01"
+
+    def value_at(self, band: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Values and validity at the points (x, y): the pixel that contains each one."""
+        col = np.floor((x - self.x0) / self.resolution_m).astype(int)
+        row = np.floor((self.y0 - y) / self.resolution_m).astype(int)
+        h, w = self.mask.shape
+        inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
+        r, c = np.clip(row, 0, h - 1), np.clip(col, 0, w - 1)
+        return self.bands[band][r, c], inside & self.mask[r, c]
+
+
+@dataclass(frozen=True)
+class Call:
+    """A function invocation of the decoded expression."""
+
+    name: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Computation:
+    """What one computePixels asked for, as the fake understood it."""
+
+    collection: str
+    linked: tuple[str, ...]  # collections linked in (Cloud Score+)
+    linked_bands: tuple[str, ...]
+    dates: tuple[str, str] | None  # [start, end) of the date filter
+    property_filters: tuple[tuple[str, str, Any], ...]  # (property, "<=", value), ...
+    thresholds: tuple[float, ...]  # constants of Image.gte
+    reducer: str  # "reduce.median", "ImageCollection.mosaic", ...
+    selected: tuple[str, ...]
+    renamed: tuple[str, ...]
+    unmask_value: float | None
+    unmask_same_footprint: Any
+    crs: str
+    affine: dict[str, float]
+    width: int
+    height: int
+
+
+@dataclass
+class FakeEarthEngine:
+    world: dict[str, list[Raster]]
+    url: str = ""
+    token_uri: str = ""
+    access_token: str = field(default_factory=lambda: f"fake-access-{secrets.token_hex(12)}")
+    log: list[str] = field(default_factory=list)  # "METHOD path" of every request
+    computations: list[Computation] = field(default_factory=list)
+    grants: list[str] = field(default_factory=list)  # grant_type of each token request
+    sent_bytes: list[int] = field(default_factory=list)  # body size of each pixel response
+    limit_bytes: int = LIMIT_BYTES
+    # Asked before each computePixels: an HTTP status (429, 401, 403, 500) to answer, or None.
+    fault: Callable[[Computation], int | None] | None = None
+
+    def pixel_requests(self) -> int:
+        return sum(1 for line in self.log if line.endswith("image:computePixels"))
+
+
+_ERROR_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
+_FAULT_MESSAGE = {
+    401: "Request had invalid authentication credentials.",
+    403: "Caller does not have required permission to use project fake-project.",
+    429: "Too many concurrent aggregations.",
+    500: "An internal error has occurred.",
+}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeEarthEngine
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the fake's log replaces the access log."""
+
+    def _reply(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, status: int, message: str) -> None:
+        error = {"code": status, "message": message, "status": _ERROR_STATUS.get(status, "")}
+        self._reply(status, json.dumps({"error": error}).encode())
+
+    def _authorised(self) -> bool:
+        if self.headers.get("Authorization") == f"Bearer {self.fake.access_token}":
+            return True
+        self._error(401, "Request is missing required authentication credential.")
+        return False
+
+    def do_GET(self) -> None:
+        path = urllib.parse.urlsplit(self.path).path
+        self.fake.log.append(f"GET {path}")
+        if not self._authorised():
+            return
+        if path == "/$discovery/rest":
+            document = json.loads((_EE_TESTS / "cloud_api_discovery_document.json").read_text())
+            document["rootUrl"] = document["baseUrl"] = f"{self.fake.url}/"
+            self._reply(200, json.dumps(document).encode())
+        elif path.endswith("/algorithms"):
+            self._reply(200, (_EE_TESTS / "algorithms.json").read_bytes())
+        else:
+            self._error(404, f"fake Earth Engine: nothing at {path}")
+
+    def do_POST(self) -> None:
+        path = urllib.parse.urlsplit(self.path).path
+        self.fake.log.append(f"POST {path}")
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if path == "/token":
+            form = urllib.parse.parse_qs(body.decode())
+            self.fake.grants.append(form.get("grant_type", [""])[0])
+            token = {"access_token": self.fake.access_token, "expires_in": 3600}
+            self._reply(200, json.dumps({**token, "token_type": "Bearer"}).encode())
+            return
+        if not self._authorised():
+            return
+        if not path.endswith("/image:computePixels"):
+            self._error(404, f"fake Earth Engine: nothing at {path}")
+            return
+        try:
+            request = json.loads(body)
+            computation = decode(request)
+        except (KeyError, ValueError, TypeError) as e:
+            self._error(400, f"fake Earth Engine cannot read this request: {e!r}")
+            return
+        self.fake.computations.append(computation)
+        fault = self.fake.fault(computation) if self.fake.fault else None
+        if fault is not None:
+            self._error(fault, _FAULT_MESSAGE.get(fault, "fault"))
+            return
+        size = computation.width * computation.height * 4 * len(computation.renamed)
+        if size > self.fake.limit_bytes:
+            self._error(
+                400,
+                f"Total request size ({size} bytes) must be less than or equal to "
+                f"{self.fake.limit_bytes} bytes.",
+            )
+            return
+        try:
+            array = answer(self.fake.world, computation)
+        except LookupError as e:
+            self._error(400, str(e.args[0]))
+            return
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        self.fake.sent_bytes.append(len(buffer.getvalue()))
+        self._reply(200, buffer.getvalue(), "application/octet-stream")
+
+
+def _resolve(node: Any, values: dict[str, Any]) -> Any:
+    """A serialized expression node as Python: constants, lists, dicts and Calls."""
+    if "valueReference" in node:
+        return _resolve(values[node["valueReference"]], values)
+    if "constantValue" in node:
+        return node["constantValue"]
+    if "arrayValue" in node:
+        return [_resolve(v, values) for v in node["arrayValue"]["values"]]
+    if "dictionaryValue" in node:
+        return {k: _resolve(v, values) for k, v in node["dictionaryValue"]["values"].items()}
+    if "functionInvocationValue" in node:
+        call = node["functionInvocationValue"]
+        args = {k: _resolve(v, values) for k, v in call.get("arguments", {}).items()}
+        return Call(call.get("functionName") or "<applied function>", args)
+    if "functionDefinitionValue" in node:
+        body = _resolve(values[node["functionDefinitionValue"]["body"]], values)
+        return Call("<function>", {"body": body})
+    if "argumentReference" in node:
+        return Call("<argument>", {"name": node["argumentReference"]})
+    raise ValueError(f"unknown node {sorted(node)}")
+
+
+def _calls(value: Any) -> Iterator[Call]:
+    if isinstance(value, Call):
+        yield value
+        for arg in value.args.values():
+            yield from _calls(arg)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _calls(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _calls(v)
+
+
+def _spine(root: Any) -> list[Call]:
+    """The chain of calls from the result inwards through each call's image/collection input."""
+    chain = []
+    while isinstance(root, Call):
+        chain.append(root)
+        root = next(
+            (root.args[k] for k in ("input", "collection", "image", "value") if k in root.args),
+            None,
+        )
+    return chain
+
+
+def _constant(value: Any) -> Any:
+    """A number given as a constant, or as Image.constant(number)."""
+    if isinstance(value, Call) and value.name == "Image.constant":
+        return value.args["value"]
+    return value
+
+
+_OPS = {
+    "Filter.greaterThan": ">",
+    "Filter.lessThan": "<",
+    "Filter.equals": "==",
+    "Filter.greaterThanOrEquals": ">=",
+    "Filter.lessThanOrEquals": "<=",
+}
+_NOT = {">": "<=", "<": ">=", "==": "!=", ">=": "<", "<=": ">"}
+
+
+def decode(request: dict[str, Any]) -> Computation:
+    expression = request["expression"]
+    root = _resolve(expression["values"][expression["result"]], expression["values"])
+    calls = list(_calls(root))
+    spine = _spine(root)
+    by_name: dict[str, list[Call]] = {}
+    for c in spine:
+        by_name.setdefault(c.name, []).append(c)
+    loads = [c.args["id"] for c in calls if c.name == "ImageCollection.load"]
+    links = [c for c in calls if c.name == "Image.linkCollection"]
+    linked = {c.args["imageCollection"].args["id"] for c in links}
+    dates = next(
+        (
+            (str(c.args["leftValue"].args["start"]), str(c.args["leftValue"].args["end"]))
+            for c in calls
+            if c.name == "Filter.dateRangeContains"
+        ),
+        None,
+    )
+    negated = {id(c.args["filter"]) for c in calls if c.name == "Filter.not"}
+    filters = tuple(
+        (c.args["leftField"], _NOT[_OPS[c.name]] if id(c) in negated else _OPS[c.name], value)
+        for c in calls
+        if c.name in _OPS
+        for value in [c.args["rightValue"]]
+    )
+    reducers = [c.name for c in spine if c.name.startswith("reduce.") or c.name.endswith("mosaic")]
+    selected = by_name["Image.select"][0].args["bandSelectors"] if "Image.select" in by_name else []
+    renamed = by_name["Image.rename"][0].args["names"] if "Image.rename" in by_name else selected
+    unmask = by_name.get("Image.unmask", [Call("", {})])[0]
+    grid = request["grid"]
+    return Computation(
+        collection=next(i for i in loads if i not in linked),
+        linked=tuple(sorted(linked)),
+        linked_bands=tuple(b for c in links for b in c.args.get("linkedBands", [])),
+        dates=dates,
+        property_filters=filters,
+        thresholds=tuple(
+            float(_constant(c.args["image2"])) for c in calls if c.name == "Image.gte"
+        ),
+        reducer=reducers[0] if reducers else "",
+        selected=tuple(selected),
+        renamed=tuple(renamed),
+        unmask_value=_constant(unmask.args["value"]) if "value" in unmask.args else None,
+        unmask_same_footprint=unmask.args.get("sameFootprint"),
+        crs=grid["crsCode"],
+        affine={k: float(v) for k, v in grid["affineTransform"].items()},
+        width=int(grid["dimensions"]["width"]),
+        height=int(grid["dimensions"]["height"]),
+    )
+
+
+def _time(value: Any) -> str:
+    """A date argument (ISO text or milliseconds since 1970) as an ISO date."""
+    if isinstance(value, int | float):
+        return str(np.datetime64(int(value), "ms").astype("datetime64[D]"))
+    return str(value)[:10]
+
+
+def answer(world: dict[str, list[Raster]], c: Computation) -> np.ndarray:
+    """The requested grid from the world: per pixel, the first raster of the collection in
+    the window and the CRS that is valid there; the unmask value elsewhere."""
+    if c.collection not in world:
+        raise LookupError(
+            f"ImageCollection.load: ImageCollection asset '{c.collection}' not found."
+        )
+    a = c.affine
+    cols, rows = np.meshgrid(np.arange(c.width) + 0.5, np.arange(c.height) + 0.5)
+    x = a["translateX"] + cols * a["scaleX"] + rows * a.get("shearX", 0.0)
+    y = a["translateY"] + cols * a.get("shearY", 0.0) + rows * a["scaleY"]
+    start, end = (_time(d) for d in c.dates) if c.dates else ("0000", "9999")
+    rasters = [
+        r
+        for r in world[c.collection]
+        if f"EPSG:{r.epsg}" == c.crs and r.start < end and start < r.end
+    ]
+    for band in c.selected:
+        if not all(band in r.bands for r in world[c.collection]):
+            known = ", ".join(world[c.collection][0].bands)
+            raise LookupError(
+                f"Image.select: Pattern '{band}' did not match any bands. Available bands: "
+                f"[{known}]"
+            )
+    fill = np.float32(c.unmask_value if c.unmask_value is not None else 0)
+    out = np.zeros((c.height, c.width), [(name, "<f4") for name in c.renamed])
+    done = np.zeros((c.height, c.width), bool)
+    for name in c.renamed:
+        out[name] = fill
+    for r in rasters:
+        for ee_band, name in zip(c.selected, c.renamed, strict=True):
+            values, valid = r.value_at(ee_band, x, y)
+            take = valid & ~done
+            out[name][take] = values[take]
+        done |= r.value_at(c.selected[0], x, y)[1]
+    return out
+
+
+@contextmanager
+def serve_earthengine(world: dict[str, list[Raster]]) -> Iterator[FakeEarthEngine]:
+    """Serve a fake Earth Engine over `world` on 127.0.0.1 (a free port)."""
+    fake = FakeEarthEngine(world)
+    handler = type("Handler", (_Handler,), {"fake": fake})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    fake.token_uri = f"{fake.url}/token"
+    thread = threading.Thread(target=server.serve_forever, name="fake-earthengine", daemon=True)
+    thread.start()
+    # ee.Initialize also fetches Google's list of deprecated datasets from Cloud Storage (and
+    # warns when it cannot): the fake world has none.
+    fetch_catalog = ee.deprecation._FetchDataCatalogStac
+    ee.deprecation._FetchDataCatalogStac = lambda: {}
+    try:
+        yield fake
+    finally:
+        ee.deprecation._FetchDataCatalogStac = fetch_catalog
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def service_account_key(path: Path, fake: FakeEarthEngine) -> str:
+    """Write a service account's JSON key (a fresh RSA key, token_uri -> the fake) to `path`;
+    returns the private key as PEM, for tests to look for where it must not be."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    info = {
+        "type": "service_account",
+        "project_id": "fake-project",
+        "private_key_id": secrets.token_hex(8),
+        "private_key": pem,
+        "client_email": "swath-test@fake-project.iam.gserviceaccount.com",
+        "client_id": "1234567890",
+        "token_uri": fake.token_uri,
+    }
+    path.write_text(json.dumps(info))
+    return pem
+
+
+def coordinate_raster(
+    epsg: int,
+    x0: float,
+    y0: float,
+    shape: tuple[int, int],
+    names: list[str],
+    *,
+    resolution_m: float = 10.0,
+    **dates: str,
+) -> Raster:
+    """A raster whose every pixel is unique per band: band k holds k * 1e5 + row * W + col
+    (exact in float32), so a patch read one pixel off, or bands swapped, differ."""
+    h, w = shape
+    rows, cols = np.mgrid[0:h, 0:w]
+    bands = {
+        name: (k * 100_000 + rows * w + cols).astype(np.float32) for k, name in enumerate(names)
+    }
+    return Raster(epsg, x0, y0, resolution_m, bands, np.ones(shape, bool), **dates)

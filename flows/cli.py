@@ -201,6 +201,8 @@ def _list_models() -> int:
         c = entry.card
         tile = f"tile {c.tile_px}px" if c.tile_px else "no tiles"
         bands = ",".join(c.bands) or "-"
+        if len(c.bands) > 13:  # more than a sensor's bands: a precomputed product's dims
+            bands = f"{c.bands[0]}..{c.bands[-1]} ({len(c.bands)} bands)"
         print(
             f"{name:24} {c.kind:11} {c.dim:5d}-d  {c.resolution_m:g} m  {tile}  {c.sensor} "
             f"{bands}\n{'':24} {c.description}\n{'':24} weights: {c.weights}; licence: "

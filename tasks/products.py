@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from embedders import registry
 from embedders.spec import InferenceOptions, ModelSpec, WeightsChoice
+from tasks.sensors import SATELLITE_EMBEDDING
 
 if TYPE_CHECKING:
     from tasks.plan import Chunk
@@ -155,14 +156,16 @@ TESSERA_CARD = Card(
 
 GSE_CARD = Card(
     kind="precomputed",
-    sensor="satellite-embedding (annual, AlphaEarth Foundations)",
-    bands=(),
+    sensor="satellite-embedding",
+    bands=tuple(SATELLITE_EMBEDDING.bands),
     resolution_m=10,
     tile_px=None,
     dim=64,
     weights="Google Satellite Embedding V1 annual (Earth Engine)",
     licence="CC-BY-4.0",
-    description="Google's annual 64-d unit-length embeddings, through Earth Engine",
+    description="Google's annual 64-d unit-length embeddings (AlphaEarth Foundations), "
+    "through Earth Engine",
+    source="earthengine",
 )
 
 # Every product, by name: each model of the model registry, then the precomputed products.

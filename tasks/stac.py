@@ -231,10 +231,10 @@ def read_catalog(href: str) -> list[CatalogItem]:
         raise
     except Exception as e:  # pystac raises a bare Exception for HTTP errors: classify them all
         raise classify_error(e, f"reading the STAC catalog {href}") from e
-    return [_parse_item(item, href) for item in items]
+    return [parse_item(item, href) for item in items]
 
 
-def _parse_item(item: pystac.Item, catalog: str) -> CatalogItem:
+def parse_item(item: pystac.Item, catalog: str) -> CatalogItem:
     start = item.common_metadata.start_datetime or item.datetime
     end = item.common_metadata.end_datetime or item.datetime
     if start is None or end is None:

@@ -173,12 +173,9 @@ class StacApiSource:
     def _require_collection(self, client: Client, api: Api, collection: str) -> None:
         what = f"reading collection {collection!r} of {api.url}"
         try:
-            client.get_collection(collection)
-            return
-        except APIError as e:
-            if getattr(e, "status_code", None) != 404:
-                raise api_error(e, what, checking=True) from e
-        except Exception as e:  # pystac's parsing errors, requests' connection errors
+            if client.get_collection(collection) is not None:  # None: answered 404
+                return
+        except Exception as e:  # APIError, pystac's parsing errors, requests' errors
             raise api_error(e, what, checking=True) from e
         try:
             known = sorted(c.id for c in client.get_collections())

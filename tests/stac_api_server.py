@@ -146,7 +146,7 @@ def _write_cog(path: Path, data: np.ndarray) -> None:
         "crs": f"EPSG:{EPSG}",
         "transform": Affine(RES, 0, X0, 0, -RES, Y0),
         "nodata": 0,
-        "blocksize": 64,
+        "blocksize": 128,  # GDAL's COG driver minimum
     }
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data, 1)

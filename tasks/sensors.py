@@ -76,6 +76,9 @@ EARTH_SEARCH_OFFSET_APPLIED_PROPERTY = "earthsearch:boa_offset_applied"
 # probability, 9 cloud high probability, 10 thin cirrus. Kept: 2 dark area, 4 vegetation,
 # 5 not vegetated, 6 water, 7 unclassified, 11 snow or ice.
 SCL_ASSET = "SCL"
+# The same asset's key on Earth Search (v1), whose Sentinel-2 assets are named in lower case
+# after common names ("blue", "scl"), per its sentinel-2-l2a collection's item_assets.
+SCL_ASSET_KEYS: tuple[str, ...] = (SCL_ASSET, "scl")
 SCL_MASKED_CLASSES: tuple[int, ...] = (0, 1, 3, 8, 9, 10)
 
 # Earth Engine masks with Cloud Score+ (Pasquarella et al., CVPR 2023 workshops), not SCL:
@@ -165,4 +168,12 @@ def s2_offset_dn(properties: dict[str, object], asset_fields: dict[str, object])
     baseline = s2_processing_baseline(properties.get(S2_PROCESSING_BASELINE_PROPERTY))
     if baseline is not None and baseline >= S2_OFFSET_FROM_BASELINE:
         return -S2_BOA_ADD_OFFSET_DN
+    return 0.0
+
+
+def dn_offset(sensor: str, properties: dict[str, object], asset_fields: dict[str, object]) -> float:
+    """The offset to add to an asset's values of an item of `sensor` to bring them onto the
+    sensor's harmonised scale: s2_offset_dn for Sentinel-2 L2A, 0 for every other sensor."""
+    if sensor == SENTINEL_2_L2A.name:
+        return s2_offset_dn(properties, asset_fields)
     return 0.0

@@ -236,6 +236,11 @@ def classify_error(error: BaseException, what: str) -> ImagerySourceError | Tran
         )
     if transient:
         return TransientSourceError(f"{what}: {text}; a retry may succeed")
+    if status in (401, 403):
+        return ImagerySourceError(
+            f"{what}: {text}; the server refused access: the asset URLs need signing or "
+            "credentials (Planetary Computer's: --stac-signing planetary-computer)"
+        )
     return ImagerySourceError(
         f"{what}: {text}; check that the catalog and its asset hrefs exist and are readable"
     )

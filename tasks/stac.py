@@ -1,15 +1,18 @@
-"""STAC/COG imagery source: patches from a static STAC catalog of Cloud-Optimized GeoTIFFs.
+"""STAC/COG imagery source: patches from a static STAC catalog of Cloud-Optimized GeoTIFFs,
+and the machinery every STAC source shares (tasks/stac_api.py's search API source too).
 
 Reads the catalog with pystac and the pixels with odc-stac on each point's own UTM grid,
-masks nodata and Sentinel-2 scene classes, and takes a per-pixel median over the dates.
+masks nodata and Sentinel-2 scene classes on the raw values, removes each item's offset
+(tasks/sensors.py), and takes a per-pixel median over the dates.
 """
 
+import re
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import odc.stac
@@ -22,7 +25,7 @@ from affine import Affine
 from odc.geo.geobox import GeoBox
 
 from tasks.plan import Point
-from tasks.sensors import BANDS, SCL_ASSET, SCL_MASKED_CLASSES
+from tasks.sensors import BANDS, SCL_ASSET_KEYS, SCL_MASKED_CLASSES, SENSORS, dn_offset
 from tasks.sources import (
     ImagerySourceError,
     Patches,
@@ -86,60 +89,19 @@ class StacSource:
         self._lock = threading.Lock()
 
     def fetch(self, points: Sequence[Point], bands: Sequence[str], config: SensorConfig) -> Patches:
-        if config.composite not in COMPOSITES:
-            raise ImagerySourceError(
-                f"composite {config.composite!r} is not supported by the STAC source; "
-                f"use one of {COMPOSITES}"
-            )
-        items = self._collection(config)
-        assets = resolve_assets(bands, [c.item for c in items], config.collection)
-        use_scl = _uses_scl([c.item for c in items], config.collection)
-        start, end = time_window(config)
-        window = [c for c in items if c.start < end and c.end >= start]
-        loads, uncovered = plan_loads(points, window, config)
-
-        n = config.patch_px
-        out = {b: np.full((len(points), n, n), np.nan, np.float32) for b in bands}
-        dates = np.zeros(len(points), int)
+        check_composite(config)
         with rasterio.Env(**self._gdal_env):
-            for load in loads:
-                ids = [points[i].id for i, _, _ in load.members]
-                composite, n_dates = load_composite(load, bands, assets, use_scl, ids)
-                for i, row, col in load.members:
-                    dates[i] = n_dates
-                    for b in bands:
-                        out[b][i] = composite[b][row : row + n, col : col + n]
-
-        span = f"between {config.start} and {config.end}"
-        notes = {
-            points[i].id: f"no {config.collection} item {span} covers its {n} px patch"
-            for i in uncovered
-        }
-        skip = set(uncovered)
-        for i, p in enumerate(points):
-            if i not in skip and all(np.isnan(out[b][i]).all() for b in bands):
-                notes[p.id] = (
-                    f"every pixel of its {n} px patch is masked (nodata, cloud, shadow or "
-                    f"cirrus) in the {dates[i]} date(s) {span}"
-                )
-        return Patches(point_ids=tuple(p.id for p in points), bands=out, notes=notes)
+            return composite_patches(points, bands, config, self._collection(config))
 
     def check(self, bands: Sequence[str], config: SensorConfig) -> None:
         """Fail now, before anything is written, when this configuration cannot work: the
         catalog opens, holds the collection, every band has an asset, and one asset's header
         reads. Raises ImagerySourceError or TransientSourceError."""
-        items = self._collection(config)
-        assets = resolve_assets(bands, [c.item for c in items], config.collection)
-        _uses_scl([c.item for c in items], config.collection)
-        first = items[0].item
-        key = assets[bands[0]]
-        href = first.assets[key].get_absolute_href() or first.assets[key].href
-        what = f"reading the header of asset {key!r} of item {first.id} ({href})"
-        try:
-            with rasterio.Env(**self._gdal_env), rasterio.open(href):
-                pass
-        except (rasterio.errors.RasterioError, OSError) as e:
-            raise classify_error(e, what) from e
+        items = [c.item for c in self._collection(config)]
+        assets = resolve_assets(bands, items, config.collection)
+        scl_asset(items, config.collection)
+        with rasterio.Env(**self._gdal_env):
+            open_header(items[0], assets[bands[0]])
 
     def _collection(self, config: SensorConfig) -> list[CatalogItem]:
         with self._lock:
@@ -156,6 +118,108 @@ class StacSource:
         return selected
 
 
+def check_composite(config: SensorConfig) -> None:
+    if config.composite not in COMPOSITES:
+        raise ImagerySourceError(
+            f"composite {config.composite!r} is not supported by the STAC sources; "
+            f"use one of {COMPOSITES}"
+        )
+
+
+def composite_patches(
+    points: Sequence[Point], bands: Sequence[str], config: SensorConfig, items: list[CatalogItem]
+) -> Patches:
+    """The points' patches from `items` (of the configuration's collection): the items of
+    the window and below the cloud-cover limit are read, masked, harmonised and composited.
+    Call it inside a rasterio.Env holding the GDAL options."""
+    n = config.patch_px
+    span = f"between {config.start} and {config.end}"
+    window = select_items(items, config)
+    loads, uncovered = plan_loads(points, window, config) if window else ([], [*range(len(points))])
+    out = {b: np.full((len(points), n, n), np.nan, np.float32) for b in bands}
+    dates = np.zeros(len(points), int)
+    bytes_read = 0
+    if loads:
+        read = [item for load in loads for item in load.items]
+        assets = resolve_assets(bands, read, config.collection)
+        scl = scl_asset(read, config.collection)
+        for load in loads:
+            ids = [points[i].id for i, _, _ in load.members]
+            composite, n_dates, nbytes = load_composite(load, bands, assets, scl, ids, config)
+            bytes_read += nbytes
+            for i, row, col in load.members:
+                dates[i] = n_dates
+                for b in bands:
+                    out[b][i] = composite[b][row : row + n, col : col + n]
+
+    limit = (
+        f" of cloud cover {config.max_cloud_cover:g}% or less"
+        if config.max_cloud_cover < 100
+        else ""
+    )
+    notes = {
+        points[i].id: f"no {config.collection} item{limit} {span} covers its {n} px patch"
+        for i in uncovered
+    }
+    skip = set(uncovered)
+    for i, p in enumerate(points):
+        if i not in skip and all(np.isnan(out[b][i]).all() for b in bands):
+            notes[p.id] = (
+                f"every pixel of its {n} px patch is masked (nodata, cloud, shadow or "
+                f"cirrus) in the {dates[i]} date(s) {span}"
+            )
+    return Patches(
+        point_ids=tuple(p.id for p in points), bands=out, notes=notes, bytes_read=bytes_read
+    )
+
+
+def select_items(items: Sequence[CatalogItem], config: SensorConfig) -> list[CatalogItem]:
+    """The items of the configuration's window whose cloud cover is at most its limit (items
+    that do not state their cloud cover are kept: their pixels are still masked one by one)."""
+    start, end = time_window(config)
+    sensor = SENSORS.get(config.sensor)
+    prop = sensor.cloud_cover_property.get(config.source) if sensor else None
+    selected = []
+    for c in items:
+        if not (c.start < end and c.end >= start):
+            continue
+        cover = c.item.properties.get(prop) if prop else None
+        if isinstance(cover, int | float) and cover > config.max_cloud_cover:
+            continue
+        selected.append(c)
+    return selected
+
+
+def open_header(item: pystac.Item, key: str) -> None:
+    """Open one asset and read its header: the cheapest proof that its pixels are readable."""
+    href = item.assets[key].get_absolute_href() or item.assets[key].href
+    try:
+        with rasterio.open(href):
+            pass
+    except (rasterio.errors.RasterioError, OSError) as e:
+        raise_classified(e, f"reading the header of asset {key!r} of item {item.id} ({href})")
+
+
+# A URL's query string may hold a signature (Planetary Computer's SAS tokens): error messages
+# show every URL without it.
+_URL_QUERY = re.compile(r"(https?://[^\s?#'\"]*)\?[^\s'\"]*")
+
+
+def redact_urls(text: str) -> str:
+    """`text` with the query string of every http(s) URL in it replaced by '?<redacted>'."""
+    return _URL_QUERY.sub(r"\1?<redacted>", text)
+
+
+def raise_classified(error: BaseException, what: str) -> NoReturn:
+    """Raise `error` classified (transient or not), with URL query strings redacted. When the
+    redaction changed the message the cause is dropped, since its text holds the secret."""
+    classified = classify_error(error, what)
+    message = redact_urls(str(classified))
+    if message == str(classified):
+        raise classified from error
+    raise type(classified)(f"{message} (cause not shown: it holds a signed URL)") from None
+
+
 def read_catalog(href: str) -> list[CatalogItem]:
     """Every item of a static catalog (or collection), with its footprint and time interval."""
     try:
@@ -167,10 +231,10 @@ def read_catalog(href: str) -> list[CatalogItem]:
         raise
     except Exception as e:  # pystac raises a bare Exception for HTTP errors: classify them all
         raise classify_error(e, f"reading the STAC catalog {href}") from e
-    return [_parse_item(item, href) for item in items]
+    return [parse_item(item, href) for item in items]
 
 
-def _parse_item(item: pystac.Item, catalog: str) -> CatalogItem:
+def parse_item(item: pystac.Item, catalog: str) -> CatalogItem:
     start = item.common_metadata.start_datetime or item.datetime
     end = item.common_metadata.end_datetime or item.datetime
     if start is None or end is None:
@@ -195,20 +259,31 @@ def time_window(config: SensorConfig) -> tuple[datetime, datetime]:
 
 
 def band_assets(band: str, item: pystac.Item) -> list[str]:
-    """Keys of the item's assets that carry `band`: by key, by common name, by eo:bands name."""
+    """Keys of the item's assets that carry `band`: by key (B02, or its common name blue), or
+    as the one band an asset's eo:bands lists, by name or common name."""
     common = BANDS[band].common_name if band in BANDS else None
     found = [key for key in item.assets if key in (band, common)]
     for key, asset in item.assets.items():
         eo_bands = asset.extra_fields.get("eo:bands") or asset.extra_fields.get("bands") or []
-        if key not in found and any(b.get("name") == band for b in eo_bands):
+        if key in found or len(eo_bands) != 1 or not isinstance(eo_bands[0], dict):
+            continue
+        if eo_bands[0].get("name") == band or (
+            common is not None and eo_bands[0].get("common_name") == common
+        ):
             found.append(key)
     return found
+
+
+def _is_geotiff(asset: pystac.Asset) -> bool:
+    return "image/tiff" in (asset.media_type or "")
 
 
 def resolve_assets(
     bands: Sequence[str], items: Sequence[pystac.Item], collection: str
 ) -> dict[str, str]:
-    """Band name -> the one asset key that carries it in every item that has it."""
+    """Band name -> the one asset key that carries it in every item that has it. Where a band
+    comes both as a GeoTIFF (a COG) and in another format (Earth Search's `blue` and
+    `blue-jp2`), the GeoTIFF is taken: GDAL reads COGs by HTTP range requests."""
     assets: dict[str, str] = {}
     for band in bands:
         keys = {key for item in items for key in band_assets(band, item)}
@@ -219,6 +294,14 @@ def resolve_assets(
                 f"{available}: pick bands the collection has, or name the asset after the band"
             )
         if len(keys) > 1:
+            tiffs = {
+                key
+                for item in items
+                for key in keys
+                if key in item.assets and _is_geotiff(item.assets[key])
+            }
+            keys = tiffs if len(tiffs) == 1 else keys
+        if len(keys) > 1:
             raise ImagerySourceError(
                 f"band {band} of collection {collection!r} matches several assets "
                 f"{sorted(keys)}: name one asset after the band"
@@ -227,12 +310,18 @@ def resolve_assets(
     return assets
 
 
-def _uses_scl(items: Sequence[pystac.Item], collection: str) -> bool:
-    without = [item.id for item in items if SCL_ASSET not in item.assets]
-    if len(without) in (0, len(items)):
-        return not without
+def scl_asset(items: Sequence[pystac.Item], collection: str) -> str | None:
+    """The key of the items' scene classification asset (SCL, or scl), or None when no item
+    has one. Raises ImagerySourceError when only some items have it."""
+    keys = {key for item in items for key in SCL_ASSET_KEYS if key in item.assets}
+    if not keys:
+        return None
+    key = min(keys)
+    without = [item.id for item in items if key not in item.assets]
+    if not without:
+        return key
     raise ImagerySourceError(
-        f"collection {collection!r}: some items carry an {SCL_ASSET} asset and these do not: "
+        f"collection {collection!r}: some items carry an {key} asset and these do not: "
         f"{without[:5]}; cloud masking needs it on every item"
     )
 
@@ -299,26 +388,61 @@ def load_composite(
     load: PatchLoad,
     bands: Sequence[str],
     assets: dict[str, str],
-    use_scl: bool,
+    scl: str | None,
     point_ids: Sequence[str],
-) -> tuple[dict[str, np.ndarray], int]:
-    """Read a load's bands on its grid, mask, and take the per-pixel median over its dates.
+    config: SensorConfig,
+) -> tuple[dict[str, np.ndarray], int, int]:
+    """Read a load's bands on its grid, mask, harmonise, and take the per-pixel median over
+    its dates.
 
-    Returns band -> (height, width) float32 with NaN where no date has a valid pixel, and the
-    number of dates read.
+    Items are read in groups of equal offset (tasks/sensors.py dn_offset), since odc-stac
+    merges the items of a solar day: each group is masked on its raw values (SCL classes,
+    declared nodata), then its offset is added, so items on both sides of Sentinel-2's
+    baseline 04.00 composite on one scale. Returns band -> (height, width) float32 with NaN
+    where no date has a valid pixel, the number of dates read, and the bytes of pixels read.
     """
-    keys = [assets[b] for b in bands] + ([SCL_ASSET] if use_scl else [])
-    hrefs = [str(item.assets[key].get_absolute_href()) for item in load.items for key in keys]
+    groups: dict[tuple[float, ...], list[pystac.Item]] = defaultdict(list)
+    for item in load.items:
+        offsets = tuple(
+            dn_offset(config.sensor, item.properties, item.assets[assets[b]].extra_fields)
+            for b in bands
+        )
+        groups[offsets].append(item)
+    stacks: dict[str, list[np.ndarray]] = {b: [] for b in bands}
+    n_dates = nbytes = 0
+    for offsets, items in groups.items():
+        ds = _load(
+            load.geobox, items, [assets[b] for b in bands] + ([scl] if scl else []), point_ids
+        )
+        n_dates += ds.sizes["time"]
+        nbytes += sum(int(ds[key].nbytes) for key in ds.data_vars)
+        valid = np.ones((ds.sizes["time"], *load.geobox.shape), bool)
+        if scl:
+            classes = ds[scl].values
+            valid = np.isfinite(classes) & ~np.isin(classes, SCL_MASKED_CLASSES)
+        for band, offset in zip(bands, offsets, strict=True):
+            values = ds[assets[band]].values.astype(np.float32, copy=False)
+            masked = ~valid | np.isin(values, _declared_nodata(items, assets[band]))
+            stacks[band].append(np.where(masked, np.float32(np.nan), values + np.float32(offset)))
+    composite = {b: nanmedian_over_time(np.concatenate(stacks[b])) for b in bands}
+    return composite, n_dates, nbytes
+
+
+def _load(
+    geobox: GeoBox, items: Sequence[pystac.Item], keys: list[str], point_ids: Sequence[str]
+) -> Any:
+    """odc.stac.load of `keys` of `items` on `geobox`, as float32, one time step a solar day."""
+    hrefs = [str(item.assets[key].get_absolute_href()) for item in items for key in keys]
     more = f" and {len(hrefs) - 3} more" if len(hrefs) > 3 else ""
     what = (
-        f"reading assets {keys} of items {[item.id for item in load.items]} "
+        f"reading assets {keys} of items {[item.id for item in items]} "
         f"({', '.join(hrefs[:3])}{more}) for points {point_ids[0]}..{point_ids[-1]}"
     )
     try:
-        ds = odc.stac.load(
-            load.items,
+        return odc.stac.load(
+            items,
             bands=keys,
-            geobox=load.geobox,
+            geobox=geobox,
             resampling="nearest",
             dtype="float32",
             nodata=np.nan,  # output fill: source nodata and areas no item covers become NaN
@@ -330,19 +454,7 @@ def load_composite(
         # GDAL remembers failed HTTP responses: forget them so that a retry asks again
         for href in hrefs:
             rasterio.cache.invalidate(href)
-        raise classify_error(e, what) from e
-
-    valid = np.ones((ds.sizes["time"], *load.geobox.shape), bool)
-    if use_scl:
-        scl = ds[SCL_ASSET].values
-        valid = np.isfinite(scl) & ~np.isin(scl, SCL_MASKED_CLASSES)
-    composite = {}
-    for band in bands:
-        values = ds[assets[band]].values.astype(np.float32, copy=False)
-        declared = _declared_nodata(load.items, assets[band])
-        masked = ~valid | np.isin(values, declared)
-        composite[band] = nanmedian_over_time(np.where(masked, np.float32(np.nan), values))
-    return composite, ds.sizes["time"]
+        raise_classified(e, what)
 
 
 def _declared_nodata(items: Iterable[pystac.Item], key: str) -> list[float]:

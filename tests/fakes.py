@@ -36,7 +36,10 @@ Fault = int | Literal["drop"] | None
 FaultHook = Callable[[Request], Fault]
 
 
-class _RangeHandler(SimpleHTTPRequestHandler):
+class RangeHandler(SimpleHTTPRequestHandler):
+    """Serves a directory, answering Range with 206; every request is logged and offered to
+    the fault hook first. Subclasses serve more (an API) by overriding serve_get/serve_post."""
+
     def __init__(
         self, *args: Any, log: list[Request], fault: FaultHook | None, **kwargs: Any
     ) -> None:
@@ -49,11 +52,24 @@ class _RangeHandler(SimpleHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self._serve_fault():
-            super().do_GET()
+            self.serve_get()
 
     def do_HEAD(self) -> None:
         if self._serve_fault():
-            super().do_HEAD()
+            self.serve_head()
+
+    def do_POST(self) -> None:
+        if self._serve_fault():
+            self.serve_post()
+
+    def serve_get(self) -> None:
+        super().do_GET()
+
+    def serve_head(self) -> None:
+        super().do_HEAD()
+
+    def serve_post(self) -> None:
+        self.send_error(HTTPStatus.METHOD_NOT_ALLOWED)
 
     def _serve_fault(self) -> bool:
         """Record the request and apply the fault hook; True when it is to be served."""
@@ -106,14 +122,21 @@ def serve_directory(
     *,
     log: list[Request] | None = None,
     fault: FaultHook | None = None,
+    handler_class: type[RangeHandler] = RangeHandler,
+    **handler_kwargs: Any,
 ) -> Iterator[str]:
     """Serve `root` on 127.0.0.1 (a free port) and yield its base URL, "http://127.0.0.1:<port>".
 
     Every request is appended to `log` when one is given. `fault`, when given, is asked about
     every request before it is served and may answer an HTTP status or drop the connection.
+    `handler_class` (a RangeHandler) is built with `handler_kwargs` besides.
     """
     handler = partial(
-        _RangeHandler, directory=str(root), log=log if log is not None else [], fault=fault
+        handler_class,
+        directory=str(root),
+        log=log if log is not None else [],
+        fault=fault,
+        **handler_kwargs,
     )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True

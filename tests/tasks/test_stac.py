@@ -1,5 +1,6 @@
 """StacSource: patches from a static STAC catalog of COGs, local and over loopback HTTP."""
 
+import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,10 +47,15 @@ def write_cog(path: Path, data: np.ndarray, nodata: float) -> None:
 
 
 def make_catalog(
-    root: Path, offsets: Sequence[float] = (0,), scl: Sequence[np.ndarray] = ()
+    root: Path,
+    offsets: Sequence[float] = (0,),
+    scl: Sequence[np.ndarray] = (),
+    properties: Sequence[dict[str, object]] = (),
+    add_dn: Sequence[float] = (),
 ) -> str:
     """A catalog of one item per date. Assets are found by key (B02), by common name (red is
-    B04) and by eo:bands name only (data_nir is B08); `scl` adds an SCL asset per date."""
+    B04) and by eo:bands name only (data_nir is B08); `scl` adds an SCL asset per date,
+    `properties` item properties, and `add_dn` a number added to each date's valid DNs."""
     rows, cols = np.mgrid[0:SIZE, 0:SIZE]
     footprint = BoundingBox(X0, Y0 - SIZE * RES, X0 + SIZE * RES, Y0, crs=f"EPSG:{EPSG}")
     lonlat = footprint.polygon.to_crs("EPSG:4326")
@@ -60,11 +66,12 @@ def make_catalog(
             geometry=lonlat.json,
             bbox=list(lonlat.boundingbox),
             datetime=datetime(2021, 6, 1 + k, 10, tzinfo=UTC),
-            properties={},
+            properties=dict(properties[k]) if properties else {},
             collection="synthetic-s2",
         )
         (root / item.id).mkdir(parents=True)
         values = (rows * 1000 + cols + 1 + offset * DATE_STEP).astype(np.float32)
+        values += add_dn[k] if add_dn else 0
         values[:NODATA_BLOCK, :NODATA_BLOCK] = 0
         for key, band in (("B02", "B02"), ("red", "B04"), ("data_nir", "B08")):
             write_cog(root / item.id / f"{key}.tif", values, nodata=0)
@@ -198,6 +205,60 @@ def test_composite__median_over_dates_after_scl_cloud_mask(tmp_path: Path) -> No
     assert (
         "masked (nodata, cloud, shadow or cirrus) in the 3 date(s)" in patches.notes["north-west"]
     )
+
+
+BASELINE = "s2:processing_baseline"
+
+
+def test_harmonise__items_either_side_of_baseline_04_00_composite_on_one_scale(
+    tmp_path: Path,
+) -> None:
+    """A 05.00 item's DNs carry +1000: removed per item, after masking its raw nodata (0)."""
+    both = make_catalog(
+        tmp_path / "both",
+        offsets=(0, 1),
+        properties=[{BASELINE: "03.01"}, {BASELINE: "05.00"}],
+        add_dn=(0, 1000),
+    )
+    harmonised = make_catalog(
+        tmp_path / "harmonised", offsets=(0, 1), properties=[{BASELINE: "03.01"}] * 2
+    )
+    corner = at(X0 + NODATA_BLOCK * RES, Y0 - NODATA_BLOCK * RES)  # half in the nodata block
+    points = [corner, at(X0 + 600, Y0 - 600, "q")]
+    mixed = StacSource().fetch(points, ["B02", "B04"], config_for(both, 4))
+    plain = StacSource().fetch(points, ["B02", "B04"], config_for(harmonised, 4))
+    for band in ("B02", "B04"):
+        np.testing.assert_array_equal(mixed.bands[band], plain.bands[band])
+    # the median of dates 0 and 1 on the harmonised scale; the nodata corner stays NaN
+    assert mixed.bands["B02"][1, 0, 0] == pixel_value(58, 58) + 0.5 * DATE_STEP
+    assert np.isnan(mixed.bands["B02"][0, :2, :2]).all()
+    assert np.isfinite(mixed.bands["B02"][0, 2:, 2:]).all()
+
+
+def test_harmonise__only_for_sentinel_2_l2a(tmp_path: Path) -> None:
+    catalog = make_catalog(tmp_path, properties=[{BASELINE: "05.00"}], add_dn=(1000,))
+    config = dataclasses.replace(config_for(catalog, 2), sensor="some-other-sensor")
+    patch = StacSource().fetch([at(X0 + 600, Y0 - 600)], ["B02"], config).bands["B02"][0]
+    assert patch[0, 0] == pixel_value(59, 59) + 1000
+
+
+def test_cloud_cover__cloudier_items_are_not_read(tmp_path: Path) -> None:
+    covers: list[dict[str, object]] = [{"eo:cloud_cover": 10}, {"eo:cloud_cover": 95}, {}]
+    catalog = make_catalog(tmp_path, offsets=(0, 1, 2), properties=covers)
+    point = at(X0 + 600, Y0 - 600)
+    config = dataclasses.replace(config_for(catalog, 2), max_cloud_cover=80)
+    kept = StacSource().fetch([point], ["B02"], config).bands["B02"][0]
+    assert kept[0, 0] == pixel_value(59, 59) + 1 * DATE_STEP  # median of dates 0 and 2
+    every = StacSource().fetch([point], ["B02"], config_for(catalog, 2)).bands["B02"][0]
+    assert every[0, 0] == pixel_value(59, 59, date_index=1)  # 100%: all three dates
+
+
+def test_cloud_cover__a_point_with_only_cloudy_items_gets_a_note(tmp_path: Path) -> None:
+    catalog = make_catalog(tmp_path, properties=[{"eo:cloud_cover": 95}])
+    config = dataclasses.replace(config_for(catalog, 2), max_cloud_cover=50)
+    patches = StacSource().fetch([at(X0 + 600, Y0 - 600)], ["B02"], config)
+    assert np.isnan(patches.bands["B02"]).all()
+    assert "no synthetic-s2 item of cloud cover 50% or less between" in patches.notes["p"]
 
 
 def test_composite__median_matches_numpy_nanmedian() -> None:

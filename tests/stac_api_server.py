@@ -1,0 +1,375 @@
+"""A small STAC search API on 127.0.0.1 in two styles, Planetary Computer's and Earth Search's.
+
+It serves a landing page (conformsTo core, item-search, query), /collections, /collections/<id>
+and /search (GET and POST: bbox, datetime, collections, query on eo:cloud_cover, limit, a
+`next` link per page), and the items' COGs with HTTP Range (tests/fakes.py's handler).
+
+- "planetary-computer": the API under /api/stac/v1, assets B02.. and SCL, the item's
+  s2:processing_baseline; a COG request without the current token answers 403; a token
+  endpoint at /api/sas/v1/token/<collection>.
+- "earth-search": the API under /v1, assets by common name (blue, ..., scl) each with a
+  `*-jp2` duplicate (whose files do not exist: reading one fails) and a three-band `visual`,
+  raster:bands offset -0.1 and scale 0.0001 from baseline 04.00.
+
+Every scene is GRID on EPSG:32633; band k of a scene holds pixel_value(row, col, k) plus the
+scene's `delta`, plus its `add_dn` (1000 for a baseline from 04.00), 0 in a nodata corner.
+"""
+
+import json
+import secrets
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlencode, urlparse
+
+import numpy as np
+import pystac
+import rasterio
+import shapely
+from affine import Affine
+from odc.geo.geom import BoundingBox
+
+from tests.fakes import FaultHook, RangeHandler, Request, serve_directory
+
+Style = Literal["planetary-computer", "earth-search"]
+COLLECTION = "sentinel-2-l2a"
+EPSG, X0, Y0, RES = 32633, 500_000.0, 5_000_000.0, 10.0
+BANDS = ("B02", "B03", "B04", "B08")
+COMMON = {"B02": "blue", "B03": "green", "B04": "red", "B08": "nir"}
+BAND_STEP = 10_000  # band k adds k * BAND_STEP
+NODATA_PX = 8  # the north-west NODATA_PX x NODATA_PX corner is 0 in every band
+CONFORMS = (
+    "https://api.stacspec.org/v1.0.0/core",
+    "https://api.stacspec.org/v1.0.0/collections",
+    "https://api.stacspec.org/v1.0.0/item-search",
+    "https://api.stacspec.org/v1.0.0/item-search#query",
+)
+PREFIX: dict[str, str] = {"planetary-computer": "/api/stac/v1", "earth-search": "/v1"}
+SAS_PREFIX = "/api/sas/v1/token/"
+GEOJSON = "application/geo+json"
+
+
+def pixel_value(row: int, col: int, band_index: int = 0) -> float:
+    """The harmonised value of band `band_index` at (row, col) of a scene with delta 0."""
+    return row * 37 + col * 3 + 1 + band_index * BAND_STEP
+
+
+@dataclass(frozen=True)
+class Scene:
+    id: str
+    day: int  # day of June 2021
+    baseline: str = "03.01"
+    add_dn: float = 0.0  # what the scene's DNs carry on top of the harmonised value
+    delta: float = 0.0  # added to every pixel of this scene (tells dates apart)
+    cloud_cover: float | None = 5.0
+    size: int = 96  # pixels a side
+
+
+@dataclass
+class FakeApi:
+    """What a test sees of a running fake API."""
+
+    url: str  # the STAC API's root
+    base: str  # http://127.0.0.1:<port>
+    token: str  # the SAS token the COGs require (planetary-computer style)
+    log: list[Request]
+    searches: list[dict[str, Any]] = field(default_factory=list)  # each /search's parameters
+
+    def count(self, path: str) -> int:
+        return sum(1 for r in self.log if urlparse(r.path).path.startswith(path))
+
+
+@contextmanager
+def serve_stac_api(
+    root: Path,
+    scenes: Sequence[Scene],
+    *,
+    style: Style = "planetary-computer",
+    page_size: int = 100,
+    fault: FaultHook | None = None,
+) -> Iterator[FakeApi]:
+    """Write the scenes' COGs under `root` and serve them behind a STAC API."""
+    for scene in scenes:
+        _write_scene(root, scene, style)
+    state = _State(scenes, style, page_size, f"sig={secrets.token_hex(12)}&sp=rl")
+    log: list[Request] = []
+    with serve_directory(root, log=log, fault=fault, handler_class=_Handler, state=state) as base:
+        api = FakeApi(f"{base}{PREFIX[style]}", base, state.token, log, state.searches)
+        yield api
+
+
+@dataclass
+class _State:
+    scenes: Sequence[Scene]
+    style: Style
+    page_size: int
+    token: str
+    searches: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _footprint(scene: Scene) -> shapely.Geometry:
+    box = BoundingBox(X0, Y0 - scene.size * RES, X0 + scene.size * RES, Y0, crs=f"EPSG:{EPSG}")
+    return box.polygon.to_crs("EPSG:4326").geom
+
+
+def _asset_keys(style: Style) -> dict[str, str]:
+    """Band (or SCL) -> asset key in this style."""
+    if style == "planetary-computer":
+        return {**{b: b for b in BANDS}, "SCL": "SCL"}
+    return {**COMMON, "SCL": "scl"}
+
+
+def _write_scene(root: Path, scene: Scene, style: Style) -> None:
+    folder = root / "blobs" / scene.id
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, cols = np.mgrid[0 : scene.size, 0 : scene.size]
+    for k, band in enumerate(BANDS):
+        values = rows * 37 + cols * 3 + 1 + k * BAND_STEP + scene.delta + scene.add_dn
+        values[:NODATA_PX, :NODATA_PX] = 0
+        _write_cog(folder / f"{_asset_keys(style)[band]}.tif", values.astype(np.uint16))
+    _write_cog(folder / f"{_asset_keys(style)['SCL']}.tif", np.full(rows.shape, 4, np.uint8))
+
+
+def _write_cog(path: Path, data: np.ndarray) -> None:
+    profile = {
+        "driver": "COG",
+        "width": data.shape[1],
+        "height": data.shape[0],
+        "count": 1,
+        "dtype": data.dtype.name,
+        "crs": f"EPSG:{EPSG}",
+        "transform": Affine(RES, 0, X0, 0, -RES, Y0),
+        "nodata": 0,
+        "blocksize": 128,  # GDAL's COG driver minimum
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data, 1)
+
+
+def _item(scene: Scene, style: Style, base: str) -> dict[str, Any]:
+    footprint = _footprint(scene)
+    properties: dict[str, Any] = {"s2:processing_baseline": scene.baseline}
+    if scene.cloud_cover is not None:
+        properties["eo:cloud_cover"] = scene.cloud_cover
+    if style == "earth-search":
+        properties["earthsearch:boa_offset_applied"] = False
+    item = pystac.Item(
+        id=scene.id,
+        geometry=shapely.geometry.mapping(footprint),
+        bbox=list(footprint.bounds),
+        datetime=datetime(2021, 6, scene.day, 10, tzinfo=UTC),
+        properties=properties,
+        collection=COLLECTION,
+    )
+    cog = "image/tiff; application=geotiff; profile=cloud-optimized"
+    new_baseline = scene.baseline >= "04.00"
+    for band, key in _asset_keys(style).items():
+        href = f"{base}/blobs/{scene.id}/{key}.tif"
+        extra: dict[str, Any] = {}
+        if band != "SCL":
+            common = COMMON[band]
+            extra["eo:bands"] = [{"name": band if style == "planetary-computer" else common}]
+            extra["eo:bands"][0]["common_name"] = common
+        if style == "earth-search" and band != "SCL":
+            offset = -0.1 if new_baseline else 0.0
+            extra["raster:bands"] = [{"nodata": 0, "scale": 0.0001, "offset": offset}]
+        item.add_asset(key, pystac.Asset(href, media_type=cog, extra_fields=extra))
+        if style == "earth-search":
+            jp2 = pystac.Asset(
+                f"{base}/blobs/{scene.id}/{key}.jp2", media_type="image/jp2", extra_fields=extra
+            )
+            item.add_asset(f"{key}-jp2", jp2)
+    if style == "earth-search":
+        three = [{"name": c, "common_name": c} for c in ("red", "green", "blue")]
+        visual = pystac.Asset(f"{base}/blobs/{scene.id}/TCI.tif", media_type=cog)
+        visual.extra_fields["eo:bands"] = three
+        item.add_asset("visual", visual)
+    out = item.to_dict(include_self_link=False, transform_hrefs=False)
+    out["links"] = [
+        {"rel": "collection", "href": f"{base}{PREFIX[style]}/collections/{COLLECTION}"}
+    ]
+    return out
+
+
+class _Handler(RangeHandler):
+    def __init__(self, *args: Any, state: _State, **kwargs: Any) -> None:
+        self._state = state
+        super().__init__(*args, **kwargs)
+
+    @property
+    def _base(self) -> str:
+        return f"http://{self.headers.get('Host')}"
+
+    def serve_get(self) -> None:
+        url = urlparse(self.path)
+        prefix = PREFIX[self._state.style]
+        if url.path.startswith(SAS_PREFIX) and self._state.style == "planetary-computer":
+            self._token(url.path[len(SAS_PREFIX) :])
+        elif url.path.rstrip("/") == prefix:
+            self._json(self._landing())
+        elif url.path == f"{prefix}/collections":
+            self._json({"collections": [self._collection()], "links": []})
+        elif url.path.startswith(f"{prefix}/collections/"):
+            if url.path.rsplit("/", 1)[1] == COLLECTION:
+                self._json(self._collection())
+            else:
+                self._json({"code": "NotFound", "description": "no such collection"}, 404)
+        elif url.path == f"{prefix}/search":
+            query = {k: v[0] for k, v in parse_qs(url.query).items()}
+            self._search(_from_query(query), "GET")
+        elif self._signed(url.query):
+            super().serve_get()
+
+    def serve_head(self) -> None:
+        if self._signed(urlparse(self.path).query):
+            super().serve_head()
+
+    def serve_post(self) -> None:
+        if urlparse(self.path).path != f"{PREFIX[self._state.style]}/search":
+            self.send_error(HTTPStatus.METHOD_NOT_ALLOWED)
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        self._search(json.loads(self.rfile.read(length) or b"{}"), "POST")
+
+    def _signed(self, query: str) -> bool:
+        """COGs of the planetary-computer style need the token; else answer 403."""
+        if self._state.style != "planetary-computer":
+            return True
+        if parse_qs(query) == parse_qs(self._state.token):
+            return True
+        self._json({"error": "AuthenticationFailed"}, 403)
+        return False
+
+    def _token(self, collection: str) -> None:
+        if collection != COLLECTION:
+            self._json({"detail": f"unknown collection {collection}"}, 404)
+            return
+        expiry = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self._json({"msft:expiry": expiry, "token": self._state.token})
+
+    def _landing(self) -> dict[str, Any]:
+        root = f"{self._base}{PREFIX[self._state.style]}"
+        return {
+            "type": "Catalog",
+            "stac_version": "1.0.0",
+            "id": f"fake-{self._state.style}",
+            "description": "a fake STAC API for tests",
+            "conformsTo": list(CONFORMS),
+            "links": [
+                {"rel": "self", "href": root, "type": "application/json"},
+                {"rel": "root", "href": root, "type": "application/json"},
+                {"rel": "data", "href": f"{root}/collections", "type": "application/json"},
+                {"rel": "search", "href": f"{root}/search", "type": GEOJSON, "method": "GET"},
+                {"rel": "search", "href": f"{root}/search", "type": GEOJSON, "method": "POST"},
+            ],
+        }
+
+    def _collection(self) -> dict[str, Any]:
+        root = f"{self._base}{PREFIX[self._state.style]}"
+        return {
+            "type": "Collection",
+            "stac_version": "1.0.0",
+            "id": COLLECTION,
+            "description": "fake Sentinel-2 L2A",
+            "license": "proprietary",
+            "extent": {
+                "spatial": {"bbox": [[-180, -90, 180, 90]]},
+                "temporal": {"interval": [["2015-06-27T00:00:00Z", None]]},
+            },
+            "links": [
+                {"rel": "self", "href": f"{root}/collections/{COLLECTION}"},
+                {"rel": "root", "href": root},
+            ],
+        }
+
+    def _search(self, params: dict[str, Any], method: str) -> None:
+        with self._state.lock:
+            self._state.searches.append(params)
+        found = [s for s in self._state.scenes if _matches(s, params)]
+        page, size = (
+            int(params.get("page", 1)),
+            min(int(params.get("limit", 10)), self._state.page_size),
+        )
+        features = [
+            _item(s, self._state.style, self._base) for s in found[(page - 1) * size :][:size]
+        ]
+        links = []
+        if page * size < len(found):
+            url = f"{self._base}{PREFIX[self._state.style]}/search"
+            following = {**params, "page": page + 1}
+            if method == "POST":
+                links.append({"rel": "next", "href": url, "method": "POST", "body": following})
+            else:
+                links.append({"rel": "next", "href": f"{url}?{_to_query(following)}"})
+        self._json({"type": "FeatureCollection", "features": features, "links": links})
+
+    def _json(self, body: dict[str, Any], status: int = 200) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _from_query(query: dict[str, str]) -> dict[str, Any]:
+    params: dict[str, Any] = dict(query)
+    if "bbox" in query:
+        params["bbox"] = [float(v) for v in query["bbox"].split(",")]
+    if "collections" in query:
+        params["collections"] = query["collections"].split(",")
+    if "query" in query:
+        params["query"] = json.loads(query["query"])
+    return params
+
+
+def _to_query(params: dict[str, Any]) -> str:
+    flat = {
+        k: ",".join(map(str, v)) if isinstance(v, list) else json.dumps(v) if isinstance(v, dict)
+        else v
+        for k, v in params.items()
+    }  # fmt: skip
+    return urlencode(flat)
+
+
+_OPS = {
+    "lte": float.__le__,
+    "lt": float.__lt__,
+    "gte": float.__ge__,
+    "gt": float.__gt__,
+    "eq": float.__eq__,
+}
+
+
+def _matches(scene: Scene, params: dict[str, Any]) -> bool:
+    if "collections" in params and COLLECTION not in params["collections"]:
+        return False
+    if "bbox" in params:
+        west, south, east, north = params["bbox"]
+        if not _footprint(scene).intersects(shapely.box(west, south, east, north)):
+            return False
+    if "datetime" in params:
+        start, _, end = str(params["datetime"]).partition("/")
+        when = datetime(2021, 6, scene.day, 10, tzinfo=UTC)
+        if start not in ("", "..") and when < _parse_time(start):
+            return False
+        if end not in ("", "..") and when > _parse_time(end):
+            return False
+    for name, ops in (params.get("query") or {}).items():
+        value = {"eo:cloud_cover": scene.cloud_cover}.get(name)
+        if value is None:  # as real servers: an item without the property does not match
+            return False
+        if not all(_OPS[op](float(value), float(limit)) for op, limit in ops.items()):
+            return False
+    return True
+
+
+def _parse_time(text: str) -> datetime:
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

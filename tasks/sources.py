@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 # Every imagery source, by the name `--source` takes: "module:Class", built once per process.
 # Adding a source is its module, one line here and its tests.
 SOURCES: dict[str, str] = {
-    "stac-catalog": "tasks.stac:StacSource",
+    "stac-catalog": "tasks.stac_catalog:StacCatalogSource",
     "stac-api": "tasks.stac_api:StacApiSource",
     "earthengine": "tasks.earthengine:EarthEngineSource",
 }

@@ -1,13 +1,13 @@
-"""STAC/COG imagery source: patches from a static STAC catalog of Cloud-Optimized GeoTIFFs,
-and the machinery every STAC source shares (tasks/stac_api.py's search API source too).
+"""What every STAC source shares (tasks/stac_catalog.py: a static catalog; tasks/stac_api.py:
+a search API): from STAC items of Cloud-Optimized GeoTIFFs to the points' patches.
 
-Reads the catalog with pystac and the pixels with odc-stac on each point's own UTM grid,
-masks nodata and Sentinel-2 scene classes on the raw values, removes each item's offset
-(tasks/sensors.py), and takes a per-pixel median over the dates.
+Items are selected by window and cloud cover, bands resolved to assets, and the pixels read
+with odc-stac on each point's own UTM grid; nodata and Sentinel-2 scene classes are masked
+on the raw values, each item's offset is removed (tasks/sensors.py), and the per-pixel
+median is taken over the dates.
 """
 
 import re
-import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -70,52 +70,6 @@ class PatchLoad:
     geobox: GeoBox
     items: tuple[pystac.Item, ...]
     members: tuple[tuple[int, int, int], ...]  # (point index, row, col) of each patch
-
-
-class StacSource:
-    """An ImagerySource over a static STAC catalog (local path or http(s) URL of catalog.json).
-
-    The catalog is read once per source instance and kept; one instance may serve several
-    threads.
-    """
-
-    def __init__(self, *, http_timeout_s: int = 30) -> None:
-        self._gdal_env = {
-            **GDAL_HTTP_OPTIONS,
-            "GDAL_HTTP_TIMEOUT": str(http_timeout_s),
-            "GDAL_HTTP_CONNECTTIMEOUT": str(http_timeout_s),
-        }
-        self._catalogs: dict[str, list[CatalogItem]] = {}
-        self._lock = threading.Lock()
-
-    def fetch(self, points: Sequence[Point], bands: Sequence[str], config: SensorConfig) -> Patches:
-        check_composite(config)
-        with rasterio.Env(**self._gdal_env):
-            return composite_patches(points, bands, config, self._collection(config))
-
-    def check(self, bands: Sequence[str], config: SensorConfig) -> None:
-        """Fail now, before anything is written, when this configuration cannot work: the
-        catalog opens, holds the collection, every band has an asset, and one asset's header
-        reads. Raises ImagerySourceError or TransientSourceError."""
-        items = [c.item for c in self._collection(config)]
-        assets = resolve_assets(bands, items, config.collection)
-        scl_asset(items, config.collection)
-        with rasterio.Env(**self._gdal_env):
-            open_header(items[0], assets[bands[0]])
-
-    def _collection(self, config: SensorConfig) -> list[CatalogItem]:
-        with self._lock:
-            if config.catalog not in self._catalogs:
-                self._catalogs[config.catalog] = read_catalog(config.catalog)
-            items = self._catalogs[config.catalog]
-        selected = [c for c in items if c.item.collection_id == config.collection]
-        if not selected:
-            found = sorted({str(c.item.collection_id) for c in items})
-            raise ImagerySourceError(
-                f"catalog {config.catalog} has no item in collection {config.collection!r}; "
-                f"its collections are {found}: fix the collection in the sensor configuration"
-            )
-        return selected
 
 
 def check_composite(config: SensorConfig) -> None:
@@ -218,20 +172,6 @@ def raise_classified(error: BaseException, what: str) -> NoReturn:
     if message == str(classified):
         raise classified from error
     raise type(classified)(f"{message} (cause not shown: it holds a signed URL)") from None
-
-
-def read_catalog(href: str) -> list[CatalogItem]:
-    """Every item of a static catalog (or collection), with its footprint and time interval."""
-    try:
-        root = pystac.read_file(href)
-        if not isinstance(root, pystac.Catalog):
-            raise ImagerySourceError(f"{href} is a STAC {root.STAC_OBJECT_TYPE}, not a catalog")
-        items = list(root.get_items(recursive=True))
-    except ImagerySourceError:
-        raise
-    except Exception as e:  # pystac raises a bare Exception for HTTP errors: classify them all
-        raise classify_error(e, f"reading the STAC catalog {href}") from e
-    return [parse_item(item, href) for item in items]
 
 
 def parse_item(item: pystac.Item, catalog: str) -> CatalogItem:

@@ -22,7 +22,7 @@ from tasks.prefetch import (
     retry_if_transient,
 )
 from tasks.sources import ImagerySourceError, Patches, SensorConfig, TransientSourceError
-from tasks.stac import StacSource
+from tasks.stac_catalog import StacCatalogSource
 
 CONFIG = SensorConfig(
     sensor="sentinel-2-l2a",
@@ -173,7 +173,7 @@ def test_prefetch__demo_catalog_through_the_stac_source(tmp_path: Path) -> None:
         Point("out", -67.0, -47.85, 32719, 650_000.0, 4_699_000.0),
     )
     chunk, inputs = Chunk(0, 0, points), str(tmp_path / "inputs")
-    report = prefetch_chunk(StacSource(), chunk, ["B04", "B11"], config, inputs)
+    report = prefetch_chunk(StacCatalogSource(), chunk, ["B04", "B11"], config, inputs)
     patches = read_patches(inputs, config, chunk, ["B11", "B04"])
     assert report.fetched == ("B04", "B11")
     assert np.isfinite(patches.bands["B04"][0]).all() and np.isnan(patches.bands["B04"][1]).all()

@@ -24,8 +24,9 @@ from tasks import sensors
 from tasks.earthengine import EarthEngineSource
 from tasks.plan import Point, _point_id
 from tasks.sources import SOURCES, Patches, SensorConfig, SourceAccess, get_source
-from tasks.stac import StacSource, patch_geobox
+from tasks.stac import patch_geobox
 from tasks.stac_api import StacApiSource
+from tasks.stac_catalog import StacCatalogSource
 from tests.ee_server import Raster, serve_earthengine, service_account_key
 from tests.stac_api_server import (
     BAND_STEP,
@@ -133,7 +134,7 @@ def fetched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Patc
             pts, ASKED, config("stac-api", pc.url, signed)
         )
         catalog = static_catalog(tmp / "pc")
-        out["stac-catalog"] = StacSource().fetch(pts, ASKED, config("stac-catalog", catalog))
+        out["stac-catalog"] = StacCatalogSource().fetch(pts, ASKED, config("stac-catalog", catalog))
     with serve_stac_api(tmp / "es", [SCENE], style="earth-search") as es:
         out["stac-api earth-search"] = StacApiSource().fetch(
             pts, ASKED, config("stac-api", es.url, SourceAccess(stac_signing="none"))

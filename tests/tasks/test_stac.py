@@ -1,4 +1,4 @@
-"""StacSource: patches from a static STAC catalog of COGs, local and over loopback HTTP."""
+"""StacCatalogSource: patches from a static STAC catalog of COGs, local and over loopback HTTP."""
 
 import dataclasses
 from collections.abc import Sequence
@@ -15,7 +15,8 @@ from odc.geo.geom import BoundingBox
 from tasks.demo import DEMO_COLLECTION, build_demo_catalog
 from tasks.plan import Point
 from tasks.sources import ImagerySourceError, SensorConfig, TransientSourceError
-from tasks.stac import StacSource, nanmedian_over_time, plan_loads, read_catalog
+from tasks.stac import nanmedian_over_time, plan_loads
+from tasks.stac_catalog import StacCatalogSource, read_catalog
 from tests.fakes import Fault, Request, serve_directory
 
 # The synthetic scene: 120 x 120 px of 10 m on EPSG:32633 whose pixel (row, col) holds
@@ -122,7 +123,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_patch__even_size_is_centred_on_the_point_and_north_up(synthetic: str) -> None:
     row, col, n = 50, 60, 8  # the point is the corner shared by pixels (49..50, 59..60)
-    patches = StacSource().fetch(
+    patches = StacCatalogSource().fetch(
         [at(X0 + col * RES, Y0 - row * RES)], ["B02"], config_for(synthetic, n)
     )
     expected = [[pixel_value(row - 4 + r, col - 4 + c) for c in range(n)] for r in range(n)]
@@ -133,7 +134,7 @@ def test_patch__even_size_is_centred_on_the_point_and_north_up(synthetic: str) -
 def test_patch__odd_size_puts_the_points_pixel_in_the_middle(synthetic: str) -> None:
     row, col = 30, 70
     point = at(X0 + col * RES + 5, Y0 - row * RES - 5)  # centre of pixel (30, 70)
-    patch = StacSource().fetch([point], ["B02"], config_for(synthetic, 5)).bands["B02"][0]
+    patch = StacCatalogSource().fetch([point], ["B02"], config_for(synthetic, 5)).bands["B02"][0]
     assert patch[2, 2] == pixel_value(row, col)
     assert patch[0, 2] == pixel_value(row - 2, col)  # north is up: row 0 is the northmost
     assert patch[2, 0] == pixel_value(row, col - 2)  # west is left
@@ -141,7 +142,7 @@ def test_patch__odd_size_puts_the_points_pixel_in_the_middle(synthetic: str) -> 
 
 def test_patch__bands_resolve_by_key_common_name_and_eo_bands_name(synthetic: str) -> None:
     point = at(X0 + 600, Y0 - 600)
-    patches = StacSource().fetch([point], ["B02", "B04", "B08"], config_for(synthetic, 4))
+    patches = StacCatalogSource().fetch([point], ["B02", "B04", "B08"], config_for(synthetic, 4))
     np.testing.assert_array_equal(patches.bands["B04"], patches.bands["B02"])
     np.testing.assert_array_equal(patches.bands["B08"], patches.bands["B02"])
 
@@ -151,14 +152,14 @@ def test_patch__bands_resolve_by_key_common_name_and_eo_bands_name(synthetic: st
 
 def test_nodata__source_nodata_becomes_nan(synthetic: str) -> None:
     point = at(X0 + NODATA_BLOCK * RES, Y0 - NODATA_BLOCK * RES)  # the nodata block's corner
-    patch = StacSource().fetch([point], ["B02"], config_for(synthetic, 4)).bands["B02"][0]
+    patch = StacCatalogSource().fetch([point], ["B02"], config_for(synthetic, 4)).bands["B02"][0]
     assert np.isnan(patch[:2, :2]).all()  # north-west quarter: inside the nodata block
     assert np.isfinite(patch[2:, :]).all() and np.isfinite(patch[:, 2:]).all()
 
 
 def test_nodata__patch_reaching_past_the_scene_edge_is_nan_outside(synthetic: str) -> None:
     point = at(X0 + SIZE * RES, Y0 - 60 * RES)  # on the east edge
-    patches = StacSource().fetch([point], ["B02"], config_for(synthetic, 6))
+    patches = StacCatalogSource().fetch([point], ["B02"], config_for(synthetic, 6))
     patch = patches.bands["B02"][0]
     assert np.isfinite(patch[:, :3]).all() and np.isnan(patch[:, 3:]).all()
     assert patches.notes == {}
@@ -166,7 +167,7 @@ def test_nodata__patch_reaching_past_the_scene_edge_is_nan_outside(synthetic: st
 
 def test_notes__point_outside_coverage_gets_a_note_not_an_error(synthetic: str) -> None:
     inside, outside = at(X0 + 600, Y0 - 600, "in"), at(X0 + 50_000, Y0 - 600, "out")
-    patches = StacSource().fetch([inside, outside], ["B02"], config_for(synthetic, 4))
+    patches = StacCatalogSource().fetch([inside, outside], ["B02"], config_for(synthetic, 4))
     assert patches.point_ids == ("in", "out")
     assert list(patches.notes) == ["out"]
     assert "no synthetic-s2 item between 2021-06-01 and 2021-06-30" in patches.notes["out"]
@@ -175,13 +176,13 @@ def test_notes__point_outside_coverage_gets_a_note_not_an_error(synthetic: str) 
 
 def test_notes__window_without_items_notes_every_point(synthetic: str) -> None:
     config = config_for(synthetic, 4, start="2022-01-01", end="2022-12-31")
-    patches = StacSource().fetch([at(X0 + 600, Y0 - 600)], ["B02"], config)
+    patches = StacCatalogSource().fetch([at(X0 + 600, Y0 - 600)], ["B02"], config)
     assert "between 2022-01-01 and 2022-12-31" in patches.notes["p"]
 
 
 def test_notes__fully_masked_patch_gets_a_note(synthetic: str) -> None:
     point = at(X0 + 2 * RES, Y0 - 2 * RES)  # inside the nodata block
-    patches = StacSource().fetch([point], ["B02"], config_for(synthetic, 4))
+    patches = StacCatalogSource().fetch([point], ["B02"], config_for(synthetic, 4))
     assert np.isnan(patches.bands["B02"]).all()
     assert "every pixel of its 4 px patch is masked" in patches.notes["p"]
 
@@ -197,7 +198,7 @@ def test_composite__median_over_dates_after_scl_cloud_mask(tmp_path: Path) -> No
         at(X0 + 900, Y0 - 300, "north"),
         at(X0 + 300, Y0 - 300, "north-west"),
     ]
-    patches = StacSource().fetch(points, ["B02"], config_for(catalog, 2))
+    patches = StacCatalogSource().fetch(points, ["B02"], config_for(catalog, 2))
     south, north, north_west = patches.bands["B02"]
     assert south[0, 0] == pixel_value(89, 89, date_index=1)  # median of dates 0, 1, 5
     assert north[0, 0] == pixel_value(29, 89, date_index=0) + 2.5 * DATE_STEP  # of 0 and 5
@@ -225,8 +226,8 @@ def test_harmonise__items_either_side_of_baseline_04_00_composite_on_one_scale(
     )
     corner = at(X0 + NODATA_BLOCK * RES, Y0 - NODATA_BLOCK * RES)  # half in the nodata block
     points = [corner, at(X0 + 600, Y0 - 600, "q")]
-    mixed = StacSource().fetch(points, ["B02", "B04"], config_for(both, 4))
-    plain = StacSource().fetch(points, ["B02", "B04"], config_for(harmonised, 4))
+    mixed = StacCatalogSource().fetch(points, ["B02", "B04"], config_for(both, 4))
+    plain = StacCatalogSource().fetch(points, ["B02", "B04"], config_for(harmonised, 4))
     for band in ("B02", "B04"):
         np.testing.assert_array_equal(mixed.bands[band], plain.bands[band])
     # the median of dates 0 and 1 on the harmonised scale; the nodata corner stays NaN
@@ -238,7 +239,7 @@ def test_harmonise__items_either_side_of_baseline_04_00_composite_on_one_scale(
 def test_harmonise__only_for_sentinel_2_l2a(tmp_path: Path) -> None:
     catalog = make_catalog(tmp_path, properties=[{BASELINE: "05.00"}], add_dn=(1000,))
     config = dataclasses.replace(config_for(catalog, 2), sensor="some-other-sensor")
-    patch = StacSource().fetch([at(X0 + 600, Y0 - 600)], ["B02"], config).bands["B02"][0]
+    patch = StacCatalogSource().fetch([at(X0 + 600, Y0 - 600)], ["B02"], config).bands["B02"][0]
     assert patch[0, 0] == pixel_value(59, 59) + 1000
 
 
@@ -247,16 +248,16 @@ def test_cloud_cover__cloudier_items_are_not_read(tmp_path: Path) -> None:
     catalog = make_catalog(tmp_path, offsets=(0, 1, 2), properties=covers)
     point = at(X0 + 600, Y0 - 600)
     config = dataclasses.replace(config_for(catalog, 2), max_cloud_cover=80)
-    kept = StacSource().fetch([point], ["B02"], config).bands["B02"][0]
+    kept = StacCatalogSource().fetch([point], ["B02"], config).bands["B02"][0]
     assert kept[0, 0] == pixel_value(59, 59) + 1 * DATE_STEP  # median of dates 0 and 2
-    every = StacSource().fetch([point], ["B02"], config_for(catalog, 2)).bands["B02"][0]
+    every = StacCatalogSource().fetch([point], ["B02"], config_for(catalog, 2)).bands["B02"][0]
     assert every[0, 0] == pixel_value(59, 59, date_index=1)  # 100%: all three dates
 
 
 def test_cloud_cover__a_point_with_only_cloudy_items_gets_a_note(tmp_path: Path) -> None:
     catalog = make_catalog(tmp_path, properties=[{"eo:cloud_cover": 95}])
     config = dataclasses.replace(config_for(catalog, 2), max_cloud_cover=50)
-    patches = StacSource().fetch([at(X0 + 600, Y0 - 600)], ["B02"], config)
+    patches = StacCatalogSource().fetch([at(X0 + 600, Y0 - 600)], ["B02"], config)
     assert np.isnan(patches.bands["B02"]).all()
     assert "no synthetic-s2 item of cloud cover 50% or less between" in patches.notes["p"]
 
@@ -300,10 +301,10 @@ def test_loads__union_load_equals_per_point_loads(
     ]
     config = config_for(synthetic, 16)
     assert len(plan_loads(points, read_catalog(synthetic), config)[0]) == 2
-    together = StacSource().fetch(points, ["B02", "B04"], config)
+    together = StacCatalogSource().fetch(points, ["B02", "B04"], config)
     monkeypatch.setattr("tasks.stac.UNION_MAX_AREA_RATIO", 0.0)
     assert len(plan_loads(points, read_catalog(synthetic), config)[0]) == len(points)
-    alone = StacSource().fetch(points, ["B02", "B04"], config)
+    alone = StacCatalogSource().fetch(points, ["B02", "B04"], config)
     for band in ("B02", "B04"):
         assert np.isfinite(together.bands[band]).all()
         np.testing.assert_array_equal(together.bands[band], alone.bands[band])
@@ -314,25 +315,27 @@ def test_loads__union_load_equals_per_point_loads(
 
 def test_errors__band_no_item_offers_names_band_collection_and_assets(synthetic: str) -> None:
     with pytest.raises(ImagerySourceError, match=r"band B11 .*'synthetic-s2'.*'B02', 'data_nir'"):
-        StacSource().fetch([at(X0 + 600, Y0 - 600)], ["B02", "B11"], config_for(synthetic, 4))
+        StacCatalogSource().fetch(
+            [at(X0 + 600, Y0 - 600)], ["B02", "B11"], config_for(synthetic, 4)
+        )
 
 
 def test_errors__unknown_collection_lists_the_catalogs_collections(synthetic: str) -> None:
     config = config_for(synthetic, 4, collection="landsat")
     with pytest.raises(ImagerySourceError, match=r"'landsat'.*\['synthetic-s2'\]"):
-        StacSource().fetch([at(X0 + 600, Y0 - 600)], ["B02"], config)
+        StacCatalogSource().fetch([at(X0 + 600, Y0 - 600)], ["B02"], config)
 
 
 def test_errors__unsupported_composite(synthetic: str) -> None:
     config = config_for(synthetic, 4, composite="mean")
     with pytest.raises(ImagerySourceError, match=r"composite 'mean'.*\('median',\)"):
-        StacSource().fetch([at(X0 + 600, Y0 - 600)], ["B02"], config)
+        StacCatalogSource().fetch([at(X0 + 600, Y0 - 600)], ["B02"], config)
 
 
 def test_errors__missing_catalog_is_not_transient(tmp_path: Path) -> None:
     config = config_for(str(tmp_path / "nothing" / "catalog.json"), 4)
     with pytest.raises(ImagerySourceError, match=r"reading the STAC catalog .*nothing"):
-        StacSource().fetch([at(X0, Y0)], ["B02"], config)
+        StacCatalogSource().fetch([at(X0, Y0)], ["B02"], config)
 
 
 # --- over HTTP ------------------------------------------------------------------------------
@@ -357,10 +360,12 @@ DEMO_BANDS = ["B02", "B03", "B04", "B07", "B11", "B12"]
 
 
 def test_http__demo_over_range_http_equals_local_files(demo: Path) -> None:
-    local = StacSource().fetch(demo_points(), DEMO_BANDS, demo_config(str(demo)))
+    local = StacCatalogSource().fetch(demo_points(), DEMO_BANDS, demo_config(str(demo)))
     log: list[Request] = []
     with serve_directory(demo.parent, log=log) as url:
-        remote = StacSource().fetch(demo_points(), DEMO_BANDS, demo_config(f"{url}/catalog.json"))
+        remote = StacCatalogSource().fetch(
+            demo_points(), DEMO_BANDS, demo_config(f"{url}/catalog.json")
+        )
     assert remote.notes == local.notes == {}
     for band in DEMO_BANDS:
         assert np.isfinite(remote.bands[band]).all()
@@ -375,7 +380,7 @@ def _fetch_with_fault(demo: Path, fault: Fault, target: str) -> None:
         return fault if request.path.endswith(target) else None
 
     with serve_directory(demo.parent, fault=hook) as url:
-        StacSource().fetch(demo_points()[:1], ["B02"], demo_config(f"{url}/catalog.json"))
+        StacCatalogSource().fetch(demo_points()[:1], ["B02"], demo_config(f"{url}/catalog.json"))
 
 
 @pytest.mark.parametrize(
@@ -405,7 +410,7 @@ def test_http__retry_after_a_transient_failure_reads_afresh(demo: Path) -> None:
         return 503 if failing[0] and request.path.endswith("B02.tif") else None
 
     with serve_directory(demo.parent, fault=hook) as url:
-        source, config = StacSource(), demo_config(f"{url}/catalog.json")
+        source, config = StacCatalogSource(), demo_config(f"{url}/catalog.json")
         with pytest.raises(TransientSourceError):
             source.fetch(demo_points()[:1], ["B02"], config)
         failing[0] = False

@@ -1,0 +1,82 @@
+"""The stac-catalog source: patches from a static STAC catalog of Cloud-Optimized GeoTIFFs
+(a local path or an http(s) URL of catalog.json), through the STAC machinery of tasks/stac.py.
+"""
+
+import threading
+from collections.abc import Sequence
+
+import pystac
+import rasterio
+
+from tasks.plan import Point
+from tasks.sources import ImagerySourceError, Patches, SensorConfig, classify_error
+from tasks.stac import (
+    GDAL_HTTP_OPTIONS,
+    CatalogItem,
+    check_composite,
+    composite_patches,
+    open_header,
+    parse_item,
+    resolve_assets,
+    scl_asset,
+)
+
+
+class StacCatalogSource:
+    """An ImagerySource over a static STAC catalog (local path or http(s) URL of catalog.json).
+
+    The catalog is read once per source instance and kept; one instance may serve several
+    threads.
+    """
+
+    def __init__(self, *, http_timeout_s: int = 30) -> None:
+        self._gdal_env = {
+            **GDAL_HTTP_OPTIONS,
+            "GDAL_HTTP_TIMEOUT": str(http_timeout_s),
+            "GDAL_HTTP_CONNECTTIMEOUT": str(http_timeout_s),
+        }
+        self._catalogs: dict[str, list[CatalogItem]] = {}
+        self._lock = threading.Lock()
+
+    def fetch(self, points: Sequence[Point], bands: Sequence[str], config: SensorConfig) -> Patches:
+        check_composite(config)
+        with rasterio.Env(**self._gdal_env):
+            return composite_patches(points, bands, config, self._collection(config))
+
+    def check(self, bands: Sequence[str], config: SensorConfig) -> None:
+        """Fail now, before anything is written, when this configuration cannot work: the
+        catalog opens, holds the collection, every band has an asset, and one asset's header
+        reads. Raises ImagerySourceError or TransientSourceError."""
+        items = [c.item for c in self._collection(config)]
+        assets = resolve_assets(bands, items, config.collection)
+        scl_asset(items, config.collection)
+        with rasterio.Env(**self._gdal_env):
+            open_header(items[0], assets[bands[0]])
+
+    def _collection(self, config: SensorConfig) -> list[CatalogItem]:
+        with self._lock:
+            if config.catalog not in self._catalogs:
+                self._catalogs[config.catalog] = read_catalog(config.catalog)
+            items = self._catalogs[config.catalog]
+        selected = [c for c in items if c.item.collection_id == config.collection]
+        if not selected:
+            found = sorted({str(c.item.collection_id) for c in items})
+            raise ImagerySourceError(
+                f"catalog {config.catalog} has no item in collection {config.collection!r}; "
+                f"its collections are {found}: fix the collection in the sensor configuration"
+            )
+        return selected
+
+
+def read_catalog(href: str) -> list[CatalogItem]:
+    """Every item of a static catalog (or collection), with its footprint and time interval."""
+    try:
+        root = pystac.read_file(href)
+        if not isinstance(root, pystac.Catalog):
+            raise ImagerySourceError(f"{href} is a STAC {root.STAC_OBJECT_TYPE}, not a catalog")
+        items = list(root.get_items(recursive=True))
+    except ImagerySourceError:
+        raise
+    except Exception as e:  # pystac raises a bare Exception for HTTP errors: classify them all
+        raise classify_error(e, f"reading the STAC catalog {href}") from e
+    return [parse_item(item, href) for item in items]

@@ -6,6 +6,7 @@ task failed (rerun to resume); 2 bad input (nothing written).
 
 import argparse
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         return _usage_error(flags.validation_message(e))
     if argv is None and not args.verbose:  # a real process, before Prefect is imported;
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")  # a user's own setting wins
+        # HTTP clients say each retry they make; the run reports what still fails.
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
     from flows.export import export, scheduled_day
     from flows.job import UsageError, plan_job, resolve_job
     from tasks.locks import StoreBusy, writer_lock

@@ -41,6 +41,7 @@ from tasks.sources import (
     SensorConfig,
     SourceAccess,
     TransientSourceError,
+    unreachable,
 )
 
 # Earth Engine refuses a computePixels whose response would exceed 48 MiB ("Total request
@@ -273,11 +274,21 @@ class EarthEngineSource:
         """One 1 x 1 px computePixels of the collection's first image with the bands: proves
         the credentials, the project, the collection and the band names."""
         names = ee_band_names(bands, config)
-        self._initialise(config.access)
-        image = ee.ImageCollection(config.collection).first().select(names).toFloat()
-        tile = PixelGrid(4326, 0.0, 0.0, 1e-4, 1, 1)
-        what = f"checking collection {config.collection} and bands {list(bands)}"
-        self._compute(image, tile, names, config.access, what)
+        listed = list(bands) if len(bands) <= 8 else f"{bands[0]}..{bands[-1]} ({len(bands)})"
+        what = f"checking collection {config.collection} and bands {listed}"
+        try:
+            self._initialise(config.access)
+            image = ee.ImageCollection(config.collection).first().select(names).toFloat()
+            tile = PixelGrid(4326, 0.0, 0.0, 1e-4, 1, 1)
+            self._compute(image, tile, names, config.access, what)
+        except TransientSourceError as e:  # a host that cannot be reached at all: no run
+            reason = unreachable(e)
+            if reason is None:
+                raise
+            raise ImagerySourceError(
+                f"{what}: cannot reach Earth Engine or Google's sign-in ({reason}); check the "
+                "network and --ee-url"
+            ) from e
 
     def _compute(
         self, image: Any, grid: PixelGrid, bands: Sequence[str], access: SourceAccess, what: str

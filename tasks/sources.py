@@ -197,6 +197,24 @@ _TRANSIENT_TEXT = re.compile(
 )
 
 
+def unreachable(error: BaseException) -> str | None:
+    """Why a host cannot be reached at all (its name does not resolve, nothing answers), in
+    a few words, or None. A check before the run takes that as permanent (a wrong URL, no
+    network); during a run the same failure is retried."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = error
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    text = " | ".join(str(e) for e in chain)
+    host = re.search(r"Failed to resolve '([^']+)'", text)
+    if host:
+        return f"the host {host.group(1)} does not resolve: no network here, or a wrong host"
+    if "Connection refused" in text:
+        return "the connection was refused: nothing answers at that address"
+    return None
+
+
 def classify_error(error: BaseException, what: str) -> ImagerySourceError | TransientSourceError:
     """A source failure as TransientSourceError (retry may help) or ImagerySourceError."""
     chain: list[BaseException] = []

@@ -24,7 +24,13 @@ from pystac_client.stac_api_io import StacApiIO
 from urllib3.util.retry import Retry
 
 from tasks.plan import Point
-from tasks.sources import ImagerySourceError, Patches, SensorConfig, TransientSourceError
+from tasks.sources import (
+    ImagerySourceError,
+    Patches,
+    SensorConfig,
+    TransientSourceError,
+    unreachable,
+)
 from tasks.stac import (
     GDAL_HTTP_OPTIONS,
     check_composite,
@@ -318,8 +324,8 @@ def api_error(
         transient = not checking
         if checking:
             return ImagerySourceError(
-                f"{what}: cannot connect ({text}); check --stac-url: the API's root URL, or "
-                f"one of {', '.join(KNOWN_APIS)}"
+                f"{what}: cannot connect ({unreachable(error) or text}); check --stac-url: the "
+                f"API's root URL, or one of {', '.join(KNOWN_APIS)}"
             )
     else:
         transient = False

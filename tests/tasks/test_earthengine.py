@@ -2,6 +2,7 @@
 server on 127.0.0.1 (tests/ee_server.py), whose world is a raster of unique pixel values."""
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -257,3 +258,17 @@ def test_earthengine__check_refuses_an_unknown_band_naming_the_known_ones(fake, 
 def test_earthengine__check_passes_on_earth_engines_message_for_a_bad_collection(fake, key_file):
     with pytest.raises(ImagerySourceError, match=r"asset 'NOPE/NOTHING' not found.*--collection"):
         EarthEngineSource().check(["B02"], config(fake, key_file, collection="NOPE/NOTHING"))
+
+
+def test_earthengine__check_refuses_an_unreachable_sign_in_instead_of_retrying(fake, tmp_path):
+    """No network, or a wrong endpoint: the up-front check says so (exit 2), where a
+    transient error would have sent every prefetch into a minute of retries."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    key = tmp_path / "key.json"
+    service_account_key(key, fake)
+    info = json.loads(key.read_text())
+    key.write_text(json.dumps({**info, "token_uri": f"http://127.0.0.1:{port}/token"}))
+    with pytest.raises(ImagerySourceError, match=r"cannot reach .*connection was refused"):
+        EarthEngineSource().check(["B04"], config(fake, key))

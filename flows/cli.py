@@ -407,17 +407,23 @@ def _usage_error(message: str) -> int:
 
 
 def _list_models() -> int:
+    from embedders.cache import cached_checkpoint, hub_checkpoints_dir
     from tasks.products import PRODUCTS
 
     for name, entry in PRODUCTS.items():
         c = entry.card
         tile = f"tile {c.tile_px}px" if c.tile_px else "no tiles"
         bands = ",".join(c.bands) or "-"
+        cache = ""
+        if c.checkpoint:
+            found = cached_checkpoint(c.checkpoint)
+            cache = f"\n{'':24} cached: yes, {found}" if found else f"\n{'':24} cached: no"
         print(
             f"{name:24} {c.kind:11} {c.dim:5d}-d  {c.resolution_m:g} m  {tile}  {c.sensor} "
             f"{bands}\n{'':24} {c.description}\n{'':24} weights: {c.weights}; licence: "
-            f"{c.licence or 'see the weights'}"
+            f"{c.licence or 'see the weights'}{cache}"
         )
+    print(f"pretrained checkpoints are looked for in {hub_checkpoints_dir()}")
     return 0
 
 

@@ -118,6 +118,7 @@ class Card:
     weights: str  # the weights or dataset the values come from
     licence: str
     description: str
+    checkpoint: str = ""  # the weights' file name in the torch hub cache; "" for none
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ def model_card(spec: ModelSpec) -> Card:
         spec.pretrained_weights,
         spec.licence,
         spec.description,
+        spec.checkpoint,
     )
 
 

@@ -42,7 +42,7 @@ SPEC = ModelSpec(
     norm_mean=tuple(S2_MEAN_STD[b][0] for b in _BANDS),
     norm_std=tuple(S2_MEAN_STD[b][1] for b in _BANDS),
     pretrained_weights="CROMABase_Weights.CROMA_VIT",
-    licence="MIT (weights, per CROMA's repository)",
+    licence="not verified here; see https://github.com/antofuller/CROMA",
     checkpoint="CROMA_base-0238d814.pt",
 )
 

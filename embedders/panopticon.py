@@ -38,7 +38,7 @@ SPEC = ModelSpec(
     norm_mean=tuple(S2_MEAN_STD[b][0] for b in _BANDS),
     norm_std=tuple(S2_MEAN_STD[b][1] for b in _BANDS),
     pretrained_weights="Panopticon_Weights.VIT_BASE14",
-    licence="Apache-2.0 (weights, per Panopticon's repository)",
+    licence="not verified here; see https://github.com/Panopticon-FM/panopticon",
     checkpoint="panopticon_vitb14_teacher.pth",
 )
 

@@ -1,7 +1,9 @@
-"""DOFA ViT-Base/16 (torchgeo), a wavelength-aware model that takes any set of bands.
+"""DOFA ViT-Base/16 and ViT-Large/16 (torchgeo), wavelength-aware models that take any
+set of bands.
 
 Xiong et al., "Neural Plasticity-Inspired Multimodal Foundation Model for Earth
-Observation" (https://arxiv.org/abs/2403.15356); weights DOFABase16_Weights.DOFA_MAE.
+Observation" (https://arxiv.org/abs/2403.15356); weights DOFABase16_Weights.DOFA_MAE and
+DOFALarge16_Weights.DOFA_MAE.
 """
 
 from __future__ import annotations
@@ -14,9 +16,7 @@ from tasks import sensors
 
 if TYPE_CHECKING:  # the model libraries are imported when a model is built, not listed
     import torch
-    from torch import nn
     from torchgeo.models import DOFA
-    from torchvision.models._api import WeightsEnum
 
 # DOFA leaves normalisation to the sensor (torchgeo's `_dofa_transforms` only crops), so
 # we use the SSL4EO-S12 Sentinel-2 band statistics torchgeo declares for its Sentinel-2
@@ -40,22 +40,37 @@ S2_MEAN_STD: dict[str, tuple[float, float]] = {
 
 # The bands of the Sentinel-2 sample behind the offline demo.
 _BANDS = ("B02", "B03", "B04", "B07", "B11", "B12")
-_WEIGHTS = "DOFABase16_Weights.DOFA_MAE"  # torchgeo.models; resolved when built
 
-SPEC = ModelSpec(
-    name="dofa_base",
-    family="dofa",
-    description="DOFA ViT-Base/16, MAE-pretrained on multi-sensor imagery (torchgeo)",
-    sensor="sentinel-2-l2a",
-    bands=_BANDS,
-    resolution_m=10,
-    tile_px=224,
-    embed_dim=768,
-    grid_stride_px=16,
-    norm_mean=tuple(S2_MEAN_STD[b][0] for b in _BANDS),
-    norm_std=tuple(S2_MEAN_STD[b][1] for b in _BANDS),
-    pretrained_weights=_WEIGHTS,
-    licence="CC-BY-4.0 (weights)",
+
+def _spec(name: str, size: str, dim: int, member: str, checkpoint: str) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        family="dofa",
+        description=f"DOFA ViT-{size}/16, MAE-pretrained on multi-sensor imagery (torchgeo)",
+        sensor="sentinel-2-l2a",
+        bands=_BANDS,
+        resolution_m=10,
+        tile_px=224,
+        embed_dim=dim,
+        grid_stride_px=16,
+        norm_mean=tuple(S2_MEAN_STD[b][0] for b in _BANDS),
+        norm_std=tuple(S2_MEAN_STD[b][1] for b in _BANDS),
+        pretrained_weights=member,
+        licence="CC-BY-4.0 (weights)",
+        checkpoint=checkpoint,
+    )
+
+
+# Weights enum members of torchgeo.models, resolved when a model is built.
+SPEC = _spec(
+    "dofa_base", "Base", 768, "DOFABase16_Weights.DOFA_MAE", "dofa_base_patch16_224-a0275954.pth"
+)
+LARGE_SPEC = _spec(
+    "dofa_large",
+    "Large",
+    1024,
+    "DOFALarge16_Weights.DOFA_MAE",
+    "dofa_large_patch16_224-0ff904d3.pth",
 )
 
 
@@ -91,21 +106,25 @@ class DofaEmbedder:
         return pooled, grid
 
 
-def _architecture(member: WeightsEnum | None) -> nn.Module:
-    from torchgeo.models import DOFABase16_Weights, dofa_base_patch16_224
-
-    if member is not None and not isinstance(member, DOFABase16_Weights):
-        raise TypeError(f"dofa_base takes DOFABase16_Weights, got {member!r}")
-    return dofa_base_patch16_224(weights=member)
-
-
-def build(spec: ModelSpec, choice: WeightsChoice, device: torch.device) -> DofaEmbedder:
+def _build(
+    spec: ModelSpec, builder: tuple[str, str], choice: WeightsChoice, device: torch.device
+) -> DofaEmbedder:
+    """`builder`: the torchgeo function and the weights enum it takes."""
     from torchgeo.models import DOFA
 
     from embedders import weights
 
     member = weights.member(spec.pretrained_weights)
-    module, info = weights.load(spec, member, _architecture, choice, device)
+    architecture = weights.torchgeo_builder(*builder)
+    module, info = weights.load(spec, member, architecture, choice, device)
     if not isinstance(module, DOFA):
-        raise TypeError(f"dofa_base_patch16_224 returned {type(module).__name__}, not DOFA")
+        raise TypeError(f"{builder[0]} returned {type(module).__name__}, not DOFA")
     return DofaEmbedder(spec, info, module, sensors.wavelengths_um(spec.bands))
+
+
+def build(spec: ModelSpec, choice: WeightsChoice, device: torch.device) -> DofaEmbedder:
+    return _build(spec, ("dofa_base_patch16_224", "DOFABase16_Weights"), choice, device)
+
+
+def build_large(spec: ModelSpec, choice: WeightsChoice, device: torch.device) -> DofaEmbedder:
+    return _build(spec, ("dofa_large_patch16_224", "DOFALarge16_Weights"), choice, device)

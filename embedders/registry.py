@@ -10,7 +10,7 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from embedders import dofa, ssl4eo
+from embedders import copernicusfm, croma, dofa, panopticon, scalemae, ssl4eo, ssl4eo_ms
 from embedders.spec import Embedder, ModelSpec, WeightsChoice
 
 if TYPE_CHECKING:
@@ -23,10 +23,23 @@ class ModelEntry:
     builder: str  # "module:function", called as function(spec, weights, device)
 
 
+_MS = "embedders.ssl4eo_ms"
+
 MODELS: dict[str, ModelEntry] = {
     "dofa_base": ModelEntry(dofa.SPEC, "embedders.dofa:build"),
     "ssl4eo_resnet18_rgb": ModelEntry(ssl4eo.RESNET18_SPEC, "embedders.ssl4eo:build_resnet18"),
     "ssl4eo_resnet50_rgb": ModelEntry(ssl4eo.RESNET50_SPEC, "embedders.ssl4eo:build_resnet50"),
+    "ssl4eo_resnet18_s2_moco": ModelEntry(ssl4eo_ms.RESNET18_MOCO, f"{_MS}:build_resnet"),
+    "ssl4eo_resnet50_s2_moco": ModelEntry(ssl4eo_ms.RESNET50_MOCO, f"{_MS}:build_resnet"),
+    "ssl4eo_resnet50_s2_dino": ModelEntry(ssl4eo_ms.RESNET50_DINO, f"{_MS}:build_resnet"),
+    "ssl4eo_vits16_s2_moco": ModelEntry(ssl4eo_ms.VITS16_MOCO, f"{_MS}:build_vit"),
+    "ssl4eo_vits16_s2_dino": ModelEntry(ssl4eo_ms.VITS16_DINO, f"{_MS}:build_vit"),
+    "ssl4eo_vits16_s2_mae": ModelEntry(ssl4eo_ms.VITS16_MAE, f"{_MS}:build_vit"),
+    "dofa_large": ModelEntry(dofa.LARGE_SPEC, "embedders.dofa:build_large"),
+    "croma_base": ModelEntry(croma.SPEC, "embedders.croma:build"),
+    "panopticon_base": ModelEntry(panopticon.SPEC, "embedders.panopticon:build"),
+    "copernicusfm_base": ModelEntry(copernicusfm.SPEC, "embedders.copernicusfm:build"),
+    "scalemae_large": ModelEntry(scalemae.SPEC, "embedders.scalemae:build"),
 }
 
 

@@ -39,7 +39,9 @@ class ModelSpec:
     `norm_std` are per band, in the units the imagery source delivers (Sentinel-2 L2A
     digital numbers, reflectance x 10000). `grid_stride_px` is how many input pixels one
     cell of the model's output grid spans (16 for a ViT with 16 px patches, 32 for a
-    ResNet's last stage).
+    ResNet's last stage). `checkpoint` is the file name torch hub keeps the pretrained
+    weights under (the basename of the weights enum's URL), so whether they are in the
+    local cache can be told without importing a model library.
     """
 
     name: str
@@ -58,6 +60,7 @@ class ModelSpec:
     seed: int = 0
     version: int = 1
     licence: str = ""
+    checkpoint: str = ""
 
     def __post_init__(self) -> None:
         n = len(self.bands)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the model libraries are imported when a model is built, not
 _BANDS = ("B04", "B03", "B02")
 
 
-def _spec(name: str, depth: int, dim: int, member: str) -> ModelSpec:
+def _spec(name: str, depth: int, dim: int, member: str, checkpoint: str) -> ModelSpec:
     return ModelSpec(
         name=name,
         family="ssl4eo",
@@ -40,12 +40,25 @@ def _spec(name: str, depth: int, dim: int, member: str) -> ModelSpec:
         norm_std=(10000.0, 10000.0, 10000.0),
         pretrained_weights=member,
         licence="CC-BY-4.0 (weights)",
+        checkpoint=checkpoint,
     )
 
 
 # Weights enum members of torchgeo.models, resolved when a model is built.
-RESNET18_SPEC = _spec("ssl4eo_resnet18_rgb", 18, 512, "ResNet18_Weights.SENTINEL2_RGB_MOCO")
-RESNET50_SPEC = _spec("ssl4eo_resnet50_rgb", 50, 2048, "ResNet50_Weights.SENTINEL2_RGB_MOCO")
+RESNET18_SPEC = _spec(
+    "ssl4eo_resnet18_rgb",
+    18,
+    512,
+    "ResNet18_Weights.SENTINEL2_RGB_MOCO",
+    "resnet18_sentinel2_rgb_moco-e3a335e3.pth",
+)
+RESNET50_SPEC = _spec(
+    "ssl4eo_resnet50_rgb",
+    50,
+    2048,
+    "ResNet50_Weights.SENTINEL2_RGB_MOCO",
+    "resnet50_sentinel2_rgb_moco-2b57ba8b.pth",
+)
 
 
 @dataclass

@@ -55,6 +55,21 @@ def member(name: str) -> WeightsEnum:
     return found
 
 
+def torchgeo_builder(function: str, kind: str, **kwargs: object) -> Builder:
+    """The architecture builder `torchgeo.models.<function>(weights=member, **kwargs)`,
+    refusing a weights member that is not of the enum `kind` ("DOFALarge16_Weights")."""
+
+    def build(member: WeightsEnum | None) -> nn.Module:
+        import torchgeo.models
+
+        if member is not None and type(member).__name__ != kind:
+            raise TypeError(f"{function} takes {kind}, got {member!r}")
+        module: nn.Module = getattr(torchgeo.models, function)(weights=member, **kwargs)
+        return module
+
+    return build
+
+
 def checkpoint_path(member: WeightsEnum) -> Path:
     """Where torch hub keeps (and the builder looks for) the checkpoint of `member`."""
     name = os.path.basename(urlparse(member.url).path)

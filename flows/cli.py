@@ -198,6 +198,7 @@ def _usage_error(message: str) -> int:
 
 
 def _list_models() -> int:
+    from embedders.cache import cached_checkpoint, hub_checkpoints_dir
     from tasks.products import PRODUCTS
 
     for name, entry in PRODUCTS.items():
@@ -206,11 +207,16 @@ def _list_models() -> int:
         bands = ",".join(c.bands) or "-"
         if len(c.bands) > 13:  # more than a sensor's bands: a precomputed product's dims
             bands = f"{c.bands[0]}..{c.bands[-1]} ({len(c.bands)} bands)"
+        cache = ""
+        if c.checkpoint:
+            found = cached_checkpoint(c.checkpoint)
+            cache = f"\n{'':24} cached: yes, {found}" if found else f"\n{'':24} cached: no"
         print(
             f"{name:24} {c.kind:11} {c.dim:5d}-d  {c.resolution_m:g} m  {tile}  {c.sensor} "
             f"{bands}\n{'':24} {c.description}\n{'':24} weights: {c.weights}; licence: "
-            f"{c.licence or 'see the weights'}"
+            f"{c.licence or 'see the weights'}{cache}"
         )
+    print(f"pretrained checkpoints are looked for in {hub_checkpoints_dir()}")
     return 0
 
 

@@ -120,6 +120,7 @@ class Card:
     licence: str
     description: str
     source: str | None = None  # where its imagery comes from; None: the run's --source
+    checkpoint: str = ""  # the weights' file name in the torch hub cache; "" for none
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ def model_card(spec: ModelSpec) -> Card:
         spec.pretrained_weights,
         spec.licence,
         spec.description,
+        checkpoint=spec.checkpoint,
     )
 
 

@@ -54,6 +54,13 @@ BANDS: dict[str, Band] = {
     )
 }
 
+# Bandwidths (nm) of Sentinel-2A, the same table of the same handbook; Copernicus-FM's
+# spectral patch embedding takes them beside the centre wavelengths.
+S2_BANDWIDTH_NM: dict[str, float] = {
+    "B01": 20, "B02": 65, "B03": 35, "B04": 30, "B05": 15, "B06": 15, "B07": 20,
+    "B08": 115, "B8A": 20, "B09": 20, "B10": 30, "B11": 90, "B12": 180,
+}  # fmt: skip
+
 # The 13 Level-1C bands in ESA order, as SSL4EO-S12 stacks them.
 ALL_BANDS: tuple[str, ...] = tuple(BANDS)
 # Level-2A products drop the cirrus band B10.
@@ -126,6 +133,11 @@ SENSORS: dict[str, Sensor] = {s.name: s for s in (SENTINEL_2_L2A, SATELLITE_EMBE
 def wavelengths_um(bands: tuple[str, ...]) -> tuple[float, ...]:
     """Centre wavelength of each named Sentinel-2 band, in micrometres."""
     return tuple(BANDS[b].wavelength_um for b in bands)
+
+
+def bandwidths_nm(bands: tuple[str, ...]) -> tuple[float, ...]:
+    """Bandwidth of each named Sentinel-2 band, in nanometres."""
+    return tuple(S2_BANDWIDTH_NM[b] for b in bands)
 
 
 def default_collection(sensor: str, source: str) -> str:

@@ -116,6 +116,24 @@ def test_cli__list_models_names_every_model(capsys):
         assert name in text
 
 
+def test_cli__list_models_says_which_checkpoints_are_in_the_hub_cache(
+    capsys, tmp_path, monkeypatch
+):
+    from embedders.registry import get_spec
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / get_spec("croma_base").checkpoint
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")
+    assert main(["--list-models"]) == 0
+    blocks = capsys.readouterr().out.split("\n")
+    croma = blocks.index(next(b for b in blocks if b.startswith("croma_base ")))
+    assert blocks[croma + 3].strip() == f"cached: yes, {cached}"
+    dofa = blocks.index(next(b for b in blocks if b.startswith("dofa_large ")))
+    assert blocks[dofa + 3].strip() == "cached: no"
+    assert blocks[-2] == f"pretrained checkpoints are looked for in {cached.parent}"
+
+
 def test_cli__bad_input_in_a_real_process_prints_no_traceback(tmp_path):
     proc = subprocess.run(
         [

@@ -3,6 +3,7 @@ geopandas and by GDAL (through pyogrio)."""
 
 import ctypes
 import json
+import os
 from pathlib import Path
 
 import geopandas as gpd
@@ -67,22 +68,31 @@ def test_to_parquet__embeddings_are_fixed_size_float32_lists_and_attrs_are_kept(
     assert geo["columns"]["geometry"]["encoding"] == "WKB"
 
 
+# Where `.ci/run` puts DuckDB's library (from the npm registry: DuckDB's Node bindings carry
+# libduckdb.so); a user may point SWATH_LIBDUCKDB at their own.
+LIBDUCKDB = Path(__file__).resolve().parents[2] / ".venv" / "duckdb" / "package" / "libduckdb.so"
+
+
 def gdal_cannot_read_parquet() -> str | None:
     """Why the GDAL here cannot read GeoParquet, or None when it can. GDAL reads Parquet with
     its Parquet driver (built against Arrow) or, since 3.11, with its ADBC driver through
-    DuckDB's libduckdb.so; pyogrio's wheels have neither driver built in or found."""
+    DuckDB's libduckdb.so. pyogrio's wheels have the ADBC driver but no DuckDB: loaded here
+    first (RTLD_GLOBAL), the library is found by its soname when GDAL asks for it."""
     drivers = pyogrio.list_drivers()
     if "Parquet" in drivers:
         return None
     if "ADBC" in drivers:
-        try:
-            ctypes.CDLL("libduckdb.so")
-            return None
-        except OSError:
-            pass
+        for candidate in (os.environ.get("SWATH_LIBDUCKDB"), str(LIBDUCKDB), "libduckdb.so"):
+            if not candidate:
+                continue
+            try:
+                ctypes.CDLL(candidate, mode=ctypes.RTLD_GLOBAL)
+                return None
+            except OSError:
+                continue
     return (
         f"GDAL {pyogrio.__gdal_version_string__} (pyogrio's) has no Parquet driver and its "
-        "ADBC driver finds no libduckdb.so"
+        "ADBC driver finds no libduckdb.so (.ci/run installs one into .venv/duckdb)"
     )
 
 

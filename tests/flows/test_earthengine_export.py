@@ -38,7 +38,9 @@ def world() -> dict[str, list[Raster]]:
     x1, y0 = to_utm.transform(BBOX[2], BBOX[3])
     west, north = np.floor(x0 / 10) * 10 - 1000, np.ceil(y0 / 10) * 10 + 1000
     shape = (int((north - y1 + 1000) // 10) + 1, int((x1 + 1000 - west) // 10) + 1)
-    s2 = coordinate_raster(EPSG, west, north, shape, ["B2", "B3", "B4", "B8"])
+    # Every L2A band (the first four as the tests below expect them): CROMA takes all 12.
+    names = ["B2", "B3", "B4", "B8", "B1", "B5", "B6", "B7", "B8A", "B9", "B11", "B12"]
+    s2 = coordinate_raster(EPSG, west, north, shape, names)
     rng = np.random.default_rng(7)
     vectors = rng.normal(size=(64, *shape)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=0, keepdims=True)
@@ -150,3 +152,41 @@ def test_earthengine_export__gse_and_a_model_from_the_command_line(fake, tmp_pat
     for where, text in texts.items():
         for secret in secrets:
             assert secret not in text, f"a credential leaked into {where}"
+
+
+def test_earthengine_export__three_tile_sizes_and_a_precomputed_product_in_one_store(
+    fake, tmp_path, capsys
+):
+    """CROMA (12 bands, 120 px tiles, 8 px patches), Panopticon (6 bands, 224 px, 14 px
+    patches) and a ResNet (3 bands, 224 px, stride 32) beside gse, as grids: one fetch of the
+    union of their bands, one store, each product with its own grid."""
+    key = tmp_path / "key.json"
+    service_account_key(key, fake)
+    models = ["croma_base", "panopticon_base", "ssl4eo_resnet18_rgb", "gse"]
+    before = fake.pixel_requests()
+    out = tmp_path / "four.zarr"
+    argv = [
+        "--source", "earthengine", "--ee-key-file", str(key), "--ee-url", fake.url,
+        "--models", ",".join(models), "--output", "grid", "--weights", "random",
+        "--bbox", ",".join(map(str, BBOX)), "--spacing", "800", "--patch-size", "24",
+        "--start", "2024-01-01", "--end", "2024-12-31", "--batch-size", "4",
+        "--out", str(out), "--work-dir", str(tmp_path / "work"),
+    ]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    with open_store(str(out)) as ds:
+        shapes = {m: ds[m].shape for m in models}
+        for m in models:
+            assert (ds[f"{m}_status"].values == Status.OK).all(), m
+            assert np.isfinite(ds[m].values).all(), m
+    assert {m: s[2] for m, s in shapes.items()} == {
+        "croma_base": 768,
+        "panopticon_base": 768,
+        "ssl4eo_resnet18_rgb": 512,
+        "gse": 64,
+    }
+    assert len({s[3:] for s in shapes.values()}) == 4, shapes  # four grids side by side
+    # One Sentinel-2 fetch for the three models (the union of their 12 bands) and one gse
+    # fetch: two computations per chunk, whatever the number of models.
+    computations = fake.computations[-(fake.pixel_requests() - before) :]
+    s2 = [c for c in computations if c.collection == S2 and c.width > 1]
+    assert s2 and all(len(c.selected) == 12 for c in s2)

@@ -34,6 +34,7 @@ import ee.image_converter
 import numpy as np
 
 from tasks import sensors
+from tasks.locks import ensure_concurrency_limit
 from tasks.plan import Point
 from tasks.sources import (
     ImagerySourceError,
@@ -43,6 +44,7 @@ from tasks.sources import (
     TransientSourceError,
     unreachable,
 )
+from tasks.stac import pixel_phase
 
 # Earth Engine refuses a computePixels whose response would exceed 48 MiB ("Total request
 # size (... bytes) must be less than or equal to 50331648 bytes", the limit Xee also declares
@@ -106,11 +108,6 @@ class PixelGrid:
         return PixelGrid(self.epsg, self.x0 + col * r, self.y0 - row * r, r, height, width)
 
 
-def _phase(origin: float, resolution_m: float) -> float:
-    """Where a grid origin falls within a pixel (0..1): grids of equal phase line up."""
-    return round((origin / resolution_m) % 1.0, 6) % 1.0
-
-
 def plan_grids(points: Sequence[Point], n: int, resolution_m: float) -> list[PixelGrid]:
     """The grids that answer the points' N x N patches. Points of one zone and pixel phase
     join a grid while the box around its patches stays within UNION_MAX_AREA_RATIO times
@@ -120,7 +117,9 @@ def plan_grids(points: Sequence[Point], n: int, resolution_m: float) -> list[Pix
     groups: dict[tuple[int, float, float], list[tuple[int, float, float]]] = defaultdict(list)
     for i, p in enumerate(points):
         x0, y0 = p.x - half, p.y + half
-        groups[(p.epsg, _phase(x0, resolution_m), _phase(y0, resolution_m))].append((i, x0, y0))
+        groups[(p.epsg, pixel_phase(x0, resolution_m), pixel_phase(y0, resolution_m))].append(
+            (i, x0, y0)
+        )
     grids: list[PixelGrid] = []
     for (epsg, _, _), members in groups.items():
         clusters: list[list[tuple[int, float, float]]] = []
@@ -333,34 +332,10 @@ class EarthEngineSource:
             return contextlib.nullcontext()
         with self._lock:
             if access.ee_concurrency not in self._limits:
-                ensure_limit(CONCURRENCY_LIMIT, access.ee_concurrency)
+                ensure_concurrency_limit(CONCURRENCY_LIMIT, access.ee_concurrency)
                 self._limits = {access.ee_concurrency}
         # strict: a limit that vanished fails loudly instead of limiting nothing
         return concurrency(CONCURRENCY_LIMIT, occupy=1, strict=True)
-
-
-def ensure_limit(name: str, slots: int) -> None:
-    """Create the Prefect global concurrency limit `name` with `slots`, or set it to that."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import (
-        GlobalConcurrencyLimitCreate,
-        GlobalConcurrencyLimitUpdate,
-    )
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            limit = client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            with contextlib.suppress(ObjectAlreadyExists):  # another worker made it first
-                client.create_global_concurrency_limit(
-                    GlobalConcurrencyLimitCreate(name=name, limit=slots)
-                )
-            return
-        if limit.limit != slots or not limit.active:
-            client.update_global_concurrency_limit(
-                name, GlobalConcurrencyLimitUpdate(limit=slots, active=True)
-            )
 
 
 def load_credentials(access: SourceAccess) -> tuple[Any, str | None]:

@@ -71,20 +71,10 @@ def store_limit(path: str, *, wait: bool) -> Iterator[None]:
     """Hold the store's Prefect global concurrency limit of one, created if missing (an
     unknown limit would silently limit nothing). Every export that names the same store and
     talks to the same Prefect server, on any machine, is refused (or waits) while it is held."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.concurrency.sync import concurrency
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     name = f"swath-store-{hashlib.sha256(path.encode()).hexdigest()[:16]}"
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            with contextlib.suppress(ObjectAlreadyExists):  # another export made it first
-                client.create_global_concurrency_limit(
-                    GlobalConcurrencyLimitCreate(name=name, limit=1)
-                )
+    ensure_concurrency_limit(name, 1)
     held = contextlib.ExitStack()
     try:
         held.enter_context(
@@ -99,6 +89,31 @@ def store_limit(path: str, *, wait: bool) -> Iterator[None]:
         ) from None
     with held:
         yield
+
+
+def ensure_concurrency_limit(name: str, slots: int) -> None:
+    """Create the Prefect global concurrency limit `name` with `slots`, or set it to that
+    (Prefect's `concurrency()` silently limits nothing under a name that does not exist)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import (
+        GlobalConcurrencyLimitCreate,
+        GlobalConcurrencyLimitUpdate,
+    )
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another process made it first
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=slots)
+                )
+            return
+        if limit.limit != slots or not limit.active:
+            client.update_global_concurrency_limit(
+                name, GlobalConcurrencyLimitUpdate(limit=slots, active=True)
+            )
 
 
 def _lock_path(path: str, lock_dir: str) -> str:

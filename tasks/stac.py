@@ -273,7 +273,7 @@ def patch_geobox(point: Point, patch_px: int, resolution_m: float) -> GeoBox:
     return GeoBox((patch_px, patch_px), affine, f"EPSG:{point.epsg}")
 
 
-def _phase(origin: float, resolution_m: float) -> float:
+def pixel_phase(origin: float, resolution_m: float) -> float:
     """Where a grid origin falls within a pixel (0..1): grids of equal phase line up."""
     return round((origin / resolution_m) % 1.0, 6) % 1.0
 
@@ -296,7 +296,7 @@ def plan_loads(
         if not hits:
             uncovered.append(i)
             continue
-        key = (point.epsg, _phase(box.affine.c, res), _phase(box.affine.f, res), hits)
+        key = (point.epsg, pixel_phase(box.affine.c, res), pixel_phase(box.affine.f, res), hits)
         groups[key].append((i, box))
 
     loads = []

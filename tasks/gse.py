@@ -127,6 +127,9 @@ def resolve(name: str, request: ProductRequest) -> SatelliteEmbeddingProduct:
     config = sensor_config(
         request, SATELLITE_EMBEDDING.name, RESOLUTION_M, source="earthengine", composite="mosaic"
     )
-    # Each year's image starts on 1 January: the date filter spans the whole year.
-    config = dataclasses.replace(config, start=f"{year}-01-01", end=f"{year}-12-31")
+    # Each year's image starts on 1 January: the date filter spans the whole year. Embeddings
+    # have no clouds: --max-cloud-cover is not theirs (and must not refetch them).
+    config = dataclasses.replace(
+        config, start=f"{year}-01-01", end=f"{year}-12-31", max_cloud_cover=100.0
+    )
     return SatelliteEmbeddingProduct(name, config, year, request.options.output)

@@ -1,6 +1,7 @@
 """Google's Satellite Embedding through the Earth Engine source and the fake Earth Engine:
 fetched by prefetch into the inputs store, pooled by `produce`, compared with the world."""
 
+import dataclasses
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -127,3 +128,12 @@ def test_gse__the_year_of_the_window_is_fetched_over_the_whole_year(fake, key):
 def test_gse__a_window_over_two_years_is_refused_with_how_to_pick_one(fake, key):
     with pytest.raises(ProductError, match=r"gse is annual.*spans 2 years.*--start 2024-01-01"):
         gse.resolve("gse", request(fake, key, date(2023, 6, 1), date(2024, 5, 31)))
+
+
+def test_gse__the_runs_cloud_limit_is_not_its_own(fake, key):
+    """--max-cloud-cover is for Sentinel-2: changing it must not refetch the embeddings."""
+    a = request(fake, key, date(2024, 1, 1), date(2024, 12, 31))
+    b = dataclasses.replace(a, max_cloud_cover=90.0)
+    first, second = gse.resolve("gse", a), gse.resolve("gse", b)
+    assert first.config.max_cloud_cover == 100.0
+    assert first.config.key() == second.config.key() and first.key() == second.key()

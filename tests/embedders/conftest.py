@@ -1,6 +1,8 @@
 """Shared fixtures: one seeded random ResNet-18 and small seeded Sentinel-2-like images."""
 
 from collections.abc import Callable
+from pathlib import Path
+from urllib.error import URLError
 
 import numpy as np
 import pytest
@@ -14,6 +16,19 @@ from embedders.spec import Embedder
 def fresh_auto_batch_sizes() -> None:
     """Every test probes "auto" afresh: no batch size cached by an earlier test."""
     autobatch.forget_batch_sizes()
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty torch hub under tmp_path; downloads fail as they do offline."""
+
+    def no_network(url: str, *args: object, **kwargs: object) -> None:
+        raise URLError("offline in tests")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    assert Path(torch.hub.get_dir()) == tmp_path / "hub"
+    return tmp_path / "hub"
 
 
 @pytest.fixture(scope="session")

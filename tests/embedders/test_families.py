@@ -4,7 +4,6 @@ that is loaded (safely) and changes the output."""
 import pathlib
 from collections.abc import Callable
 from pathlib import Path
-from urllib.error import URLError
 
 import numpy as np
 import pytest
@@ -69,13 +68,9 @@ def test_sensors__bandwidths_follow_the_bands_asked_for() -> None:
 
 
 @pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    def no_network(url: str, *args: object, **kwargs: object) -> None:
-        raise URLError("offline in tests")
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    return tmp_path / "hub" / "checkpoints"
+def checkpoints(hub: Path) -> Path:
+    """Where torch hub keeps checkpoints (the offline hub of conftest.py)."""
+    return hub / "checkpoints"
 
 
 def _shifted(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -118,7 +113,7 @@ FAMILIES: dict[str, Checkpoint] = {
 
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_pretrained__a_checkpoint_in_the_hub_cache_is_loaded_and_changes_the_output(
-    name: str, hub: Path
+    name: str, checkpoints: Path
 ) -> None:
     random = registry.build(name, "random", CPU)
     path = checkpoint_path(member(random.spec.pretrained_weights))
@@ -135,7 +130,9 @@ def test_pretrained__a_checkpoint_in_the_hub_cache_is_loaded_and_changes_the_out
     assert not torch.allclose(before, after, rtol=1e-3, atol=1e-3)
 
 
-def test_pretrained__a_checkpoint_that_would_run_code_is_refused(hub: Path, tmp_path: Path) -> None:
+def test_pretrained__a_checkpoint_that_would_run_code_is_refused(
+    checkpoints: Path, tmp_path: Path
+) -> None:
     name = "ssl4eo_resnet18_s2_moco"
     marker = tmp_path / "code-ran"
 
@@ -151,7 +148,9 @@ def test_pretrained__a_checkpoint_that_would_run_code_is_refused(hub: Path, tmp_
     assert not marker.exists()
 
 
-def test_scalemae__a_checkpoint_lacking_weights_is_refused_not_half_loaded(hub: Path) -> None:
+def test_scalemae__a_checkpoint_lacking_weights_is_refused_not_half_loaded(
+    checkpoints: Path,
+) -> None:
     spec = registry.get_spec("scalemae_large")
     path = checkpoint_path(member(spec.pretrained_weights))
     path.parent.mkdir(parents=True)

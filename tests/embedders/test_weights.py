@@ -18,19 +18,6 @@ NAME = "ssl4eo_resnet18_rgb"
 
 
 @pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty torch hub under tmp_path; downloads fail as they do offline."""
-
-    def no_network(url: str, *args: object, **kwargs: object) -> None:
-        raise URLError("offline in tests")
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    assert Path(torch.hub.get_dir()) == tmp_path / "hub"
-    return tmp_path / "hub"
-
-
-@pytest.fixture
 def checkpoint(hub: Path) -> dict[str, torch.Tensor]:
     """A random ResNet-18 state dict (seeded apart from the models' seed) in the hub."""
     with torch.random.fork_rng(devices=[]):

@@ -29,12 +29,11 @@ from urllib.parse import parse_qs, urlencode, urlparse
 
 import numpy as np
 import pystac
-import rasterio
 import shapely
-from affine import Affine
 from odc.geo.geom import BoundingBox
 
 from tests.fakes import FaultHook, RangeHandler, Request, serve_directory
+from tests.rasters import write_cog
 
 Style = Literal["planetary-computer", "earth-search"]
 COLLECTION = "sentinel-2-l2a"
@@ -137,19 +136,7 @@ def _write_scene(root: Path, scene: Scene, style: Style) -> None:
 
 
 def _write_cog(path: Path, data: np.ndarray) -> None:
-    profile = {
-        "driver": "COG",
-        "width": data.shape[1],
-        "height": data.shape[0],
-        "count": 1,
-        "dtype": data.dtype.name,
-        "crs": f"EPSG:{EPSG}",
-        "transform": Affine(RES, 0, X0, 0, -RES, Y0),
-        "nodata": 0,
-        "blocksize": 128,  # GDAL's COG driver minimum
-    }
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data, 1)
+    write_cog(path, data, epsg=EPSG, x0=X0, y0=Y0, res=RES, blocksize=128)
 
 
 def _item(scene: Scene, style: Style, base: str) -> dict[str, Any]:

@@ -8,8 +8,6 @@ from pathlib import Path
 import numpy as np
 import pystac
 import pytest
-import rasterio
-from affine import Affine
 from odc.geo.geom import BoundingBox
 
 from tasks.demo import DEMO_COLLECTION, build_demo_catalog
@@ -17,6 +15,7 @@ from tasks.plan import Point
 from tasks.sources import ImagerySourceError, SensorConfig, TransientSourceError
 from tasks.stac import nanmedian_over_time, plan_loads
 from tasks.stac_catalog import StacCatalogSource, read_catalog
+from tests import rasters
 from tests.fakes import Fault, Request, serve_directory
 
 # The synthetic scene: 120 x 120 px of 10 m on EPSG:32633 whose pixel (row, col) holds
@@ -32,19 +31,7 @@ def pixel_value(row: int, col: int, date_index: int = 0) -> float:
 
 
 def write_cog(path: Path, data: np.ndarray, nodata: float) -> None:
-    profile = {
-        "driver": "COG",
-        "width": data.shape[1],
-        "height": data.shape[0],
-        "count": 1,
-        "dtype": data.dtype.name,
-        "crs": f"EPSG:{EPSG}",
-        "transform": Affine(RES, 0, X0, 0, -RES, Y0),
-        "nodata": nodata,
-        "blocksize": 64,
-    }
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data, 1)
+    rasters.write_cog(path, data, epsg=EPSG, x0=X0, y0=Y0, res=RES, nodata=nodata)
 
 
 def make_catalog(

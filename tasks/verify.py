@@ -14,7 +14,8 @@ import zarr
 
 from tasks.integrity import Damage, check_done
 from tasks.plan import chunk_key
-from tasks.store import CREATING, STORE_FORMAT, StoreMismatch, decode_text, is_url, read_meta
+from tasks.store import CREATING, STORE_FORMAT, StoreMismatch, is_url, read_meta
+from tasks.text import decode_text
 
 
 class NotAStore(ValueError):

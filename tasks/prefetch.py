@@ -127,10 +127,10 @@ def read_patches(
 
 def _chunk_group(inputs_path: str, config: SensorConfig, chunk: Chunk) -> zarr.Group:
     """Open the chunk's group, creating it and its configuration's group if needed."""
-    _require_group(inputs_path, config.key(), {"config": config.record()})
+    require_group(inputs_path, config.key(), {"config": config.record()})
     point_ids = [p.id for p in chunk.points]
     path = f"{config.key()}/{chunk.key}"
-    group = _require_group(
+    group = require_group(
         inputs_path, path, {"point_ids": point_ids, "notes": {}, "bands_done": []}
     )
     if _list_attr(group, "point_ids") != point_ids:
@@ -141,12 +141,15 @@ def _chunk_group(inputs_path: str, config: SensorConfig, chunk: Chunk) -> zarr.G
     return group
 
 
-def _require_group(inputs_path: str, path: str, attributes: dict[str, Any]) -> zarr.Group:
-    """Open a group, or create it with `attributes`; safe when another writer races us."""
+def require_group(
+    store_path: str, path: str, attributes: dict[str, Any] | None = None
+) -> zarr.Group:
+    """Open a group, or create it with `attributes`; safe when other writers (threads, or
+    processes of a Dask cluster) create it, or the store's root, at the same moment."""
     try:
-        return zarr.open_group(inputs_path, path=path, mode="a", attributes=attributes)
+        return zarr.open_group(store_path, path=path, mode="a", attributes=attributes)
     except zarr.errors.ContainsGroupError:  # created by another writer between open and create
-        return zarr.open_group(inputs_path, path=path, mode="r+")
+        return zarr.open_group(store_path, path=path, mode="r+")
 
 
 def _check_patches(

@@ -14,7 +14,7 @@ from prefect.context import TaskRunContext
 
 from tasks.caching import while_present
 from tasks.plan import Chunk
-from tasks.prefetch import TRANSIENT_RETRIES
+from tasks.prefetch import TRANSIENT_RETRIES, require_group
 from tasks.products import Product
 from tasks.store import ChunkResult
 
@@ -37,7 +37,10 @@ def produce_chunk(
 
 
 def save_result(results_path: str, group_path: str, result: ChunkResult) -> None:
-    group = zarr.open_group(results_path, mode="a").require_group(group_path)
+    parent, _, _ = group_path.rpartition("/")
+    if parent:  # the product's group first: its chunks may be saved at once elsewhere
+        require_group(results_path, parent)
+    group = require_group(results_path, group_path)
     for name, arr in (
         ("embeddings", result.embeddings.astype("float32")),
         ("status", result.status.astype("int8")),

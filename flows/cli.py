@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.store import is_url
 
     try:
-        plan = plan_job(**params, today=scheduled_day())
+        plan = plan_job(**params, today=scheduled_day(), scratch=args.dry_run)
         print(f"swath: {len(plan.points)} points in {len(plan.chunks)} chunks -> {plan.store}")
         if args.dry_run:
             from flows.dry_run import dry_run

@@ -7,17 +7,16 @@ def dry_run(plan: Any) -> str:
     """What an export of `plan` would do, from the registry alone: nothing is loaded or
     written. Products that read the same sensor at the same resolution share one fetch."""
     from embedders.registry import MODELS
+    from flows.job import fetch_bands
     from tasks.products import PRODUCTS
 
     n, chunks, patch = len(plan.points), len(plan.chunks), plan.imagery.patch_px
     grid = plan.options.output == "grid"
-    fetches: dict[tuple[str, str, float], set[str]] = {}
+    # imagery to prefetch: shared by products of one source and sensor
+    fetches = fetch_bands(plan.imagery, tuple(plan.inference.models))
     out_bytes = 0
     for name in plan.inference.models:
         card = PRODUCTS[name].card
-        if card.bands:  # imagery to prefetch: shared by products of one source and sensor
-            key = (card.source or plan.imagery.source, card.sensor, card.resolution_m)
-            fetches.setdefault(key, set()).update(card.bands)
         if name in MODELS:
             cells = (patch // MODELS[name].spec.grid_stride_px) ** 2 if grid else 1
         else:
@@ -29,7 +28,7 @@ def dry_run(plan: Any) -> str:
     products = len(plan.inference.models)
     tasks = chunks * (len(fetches) + 2 * products)
     lines = [
-        f"dry run: {n:,} points, {chunks:,} chunks of up to {len(plan.chunks[0].points)}",
+        f"dry run: {n:,} points, {chunks:,} chunks of up to {plan.chunk_size}",
         f"  window {plan.window[0]}..{plan.window[1]}; {products} product(s)",
         f"  1 flow run, {tasks:,} task runs ({chunks:,} x ({len(fetches)} fetch + "
         f"{products} produce + {products} write))",

@@ -7,7 +7,9 @@ process). `chunk_work` is the one place that decides what a run does: which chun
 done for which products, and which fetches those share.
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import date
@@ -26,10 +28,11 @@ from tasks.integrity import Damage, check_done
 from tasks.plan import (
     Chunk,
     PlanError,
-    Point,
+    PointTable,
     bbox_region,
     geojson_region,
     make_chunks,
+    plan_key,
     plan_points,
 )
 from tasks.prefetch import check_source
@@ -46,14 +49,18 @@ class UsageError(ValueError):
 class Plan:
     store: str
     work_dir: str
-    points: tuple[Point, ...]
-    chunks: tuple[Chunk, ...]
+    points: PointTable  # in the plan file; the flow never holds every point at once
+    chunks: tuple[Chunk, ...]  # small keys: a task reads its own chunk's points
     region: Region
     window: tuple[date, date]  # first and last day, resolved
     imagery: Imagery
     inference: Inference
     options: InferenceOptions
     dtype: Dtype = "float32"  # how the store holds embeddings (tasks/compact.py)
+
+    @property
+    def chunk_size(self) -> int:
+        return self.chunks[0].size
 
     @property
     def inputs_path(self) -> str:
@@ -148,20 +155,18 @@ def plan_job(
     output: Output,
     *,
     today: date,
+    scratch: bool = False,
 ) -> Plan:
     """Points, chunks and options, with every cheap check. Raises UsageError.
 
     `today` anchors a relative window (`previous_month`): the scheduled day of the run.
+    The points go to a plan file in the work directory (reused by a rerun), or, with
+    `scratch` (a dry run), to a temporary folder removed when the process ends.
     """
     try:
-        points = plan_points(_geometry(region), region.spacing_m)
+        geometry = _geometry(region)
     except PlanError as e:
         raise UsageError(str(e)) from e
-    if not points:
-        raise UsageError(
-            f"the region yields no points at {region.spacing_m:g} m spacing; enlarge the region "
-            "or reduce --spacing"
-        )
     for name in inference.models:
         if name not in products.PRODUCTS:
             known = ", ".join(products.PRODUCTS)
@@ -181,11 +186,13 @@ def plan_job(
         _check_writable(os.path.dirname(store), f"--out {store}", must_exist=True)
     if not is_url(work_dir):
         _check_writable(work_dir, f"--work-dir {work_dir}", must_exist=False)
-    chunks = make_chunks(points, output.chunk_size_for(len(points)))
+    points = _plan(geometry, region, os.path.join(work_dir, "plans") if not scratch else None)
+    size = output.chunk_size or chunk_size_for(len(points), point_bytes(imagery, inference))
+    chunks = make_chunks(points, size)
     return Plan(
         store,
         work_dir,
-        tuple(points),
+        points,
         tuple(chunks),
         region,
         window.resolve(today),
@@ -194,6 +201,60 @@ def plan_job(
         options,
         output.dtype,
     )
+
+
+def _plan(geometry: BaseGeometry, region: Region, plan_dir: str | None) -> PointTable:
+    if plan_dir is None:
+        plan_dir = tempfile.mkdtemp(prefix="swath-plan-")
+        atexit.register(shutil.rmtree, plan_dir, ignore_errors=True)
+    path = os.path.join(plan_dir, f"{plan_key(geometry, region.spacing_m)}.zarr")
+    try:
+        points = plan_points(geometry, region.spacing_m, path=path)
+    except PlanError as e:
+        raise UsageError(str(e)) from e
+    if not len(points):
+        raise UsageError(
+            f"the region yields no points at {region.spacing_m:g} m spacing; enlarge the region "
+            "or reduce --spacing"
+        )
+    return points
+
+
+# Tasks are sized by the work they carry, not by the region: a chunk holds at most this many
+# bytes of input patches (its prefetch writes them, its infer task reads them at once), and
+# at most MAX_CHUNK_POINTS points. A small region is still cut into MIN_CHUNKS chunks (of
+# at least 32 points) so that prefetch, infer and write overlap.
+TASK_INPUT_BYTES = 512 * 2**20
+MAX_CHUNK_POINTS = 2048
+MIN_CHUNKS = 8
+
+
+def chunk_size_for(n_points: int, bytes_per_point: int) -> int:
+    """The default points per chunk: bounded by the work a task carries, whatever the
+    region's size (a larger region has more chunks, not larger ones)."""
+    by_work = max(1, min(MAX_CHUNK_POINTS, TASK_INPUT_BYTES // max(bytes_per_point, 1)))
+    return max(1, min(by_work, max(32, -(-n_points // MIN_CHUNKS))))
+
+
+FetchKey = tuple[str, str, float]  # source, sensor, resolution
+
+
+def fetch_bands(imagery: Imagery, models: tuple[str, ...]) -> dict[FetchKey, set[str]]:
+    """The imagery the products read, per (source, sensor, resolution): shared fetches,
+    from the registry alone (no model is loaded)."""
+    fetches: dict[FetchKey, set[str]] = {}
+    for name in models:
+        card = products.PRODUCTS[name].card
+        if card.bands:
+            key = (card.source or imagery.source, card.sensor, card.resolution_m)
+            fetches.setdefault(key, set()).update(card.bands)
+    return fetches
+
+
+def point_bytes(imagery: Imagery, inference: Inference) -> int:
+    """Bytes of input patches one point carries through a chunk's tasks (float32)."""
+    bands = sum(len(b) for b in fetch_bands(imagery, tuple(inference.models)).values())
+    return max(bands, 1) * imagery.patch_px**2 * 4
 
 
 def _check_writable(folder: str, what: str, *, must_exist: bool) -> None:
@@ -265,9 +326,8 @@ def resolve_job(plan: Plan) -> Job:
         resolved = tuple(products.resolve(name, request) for name in plan.inference.models)
     except ProductError as e:
         raise UsageError(str(e)) from e
-    chunk_size = len(plan.chunks[0].points)
     outputs = tuple(p.output() for p in resolved)
-    layout = StoreLayout(plan.points, chunk_size, outputs, plan.dtype)
+    layout = StoreLayout(plan.points, plan.chunk_size, outputs, plan.dtype)
     try:
         resume = check_store(plan.store, layout)
         if resume:

@@ -251,11 +251,7 @@ class Output(BaseModel):
     )
     chunk_size: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
         None,
-        description="points per chunk: the unit of work, retry and resume; default: 32, "
-        "or more for large regions so that a run has at most 512 chunks",
+        description="points per chunk: the unit of work, retry and resume; default: sized by "
+        "the work a task carries (at most 512 MiB of input patches and 2048 points), "
+        "whatever the region's size",
     )
-
-    def chunk_size_for(self, n_points: int) -> int:
-        if self.chunk_size is not None:
-            return self.chunk_size
-        return max(32, -(-n_points // 512))

@@ -133,13 +133,15 @@ def _stride(m: ModelOutput) -> int:
 
 def write_stac_items(store: str, layout: StoreLayout, window: tuple[Any, Any]) -> list[str]:
     """One STAC Item per product, `<store>.stac/<product>.json`, for local stores."""
-    from shapely.geometry import MultiPoint, mapping
+    import shapely
+    from shapely.geometry import mapping
 
     if "://" in store:
         return []
     folder = f"{store.rstrip('/')}.stac"
     os.makedirs(folder, exist_ok=True)
-    hull = MultiPoint([(p.lon, p.lat) for p in layout.points]).envelope
+    west, south, east, north = layout.points.bounds
+    hull = shapely.envelope(shapely.multipoints([(west, south), (east, north)]))
     start, end = window
     written = []
     for m in layout.models:

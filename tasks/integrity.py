@@ -155,9 +155,21 @@ class _Arrays:
         self.data = [zarr.open_array(path, path=name, mode="r") for name in names]
         self.status = zarr.open_array(path, path=f"{model}_status", mode="r")
         self.checksums = zarr.open_array(path, path=checksum_name(model), mode=mode)
+        self._status_row: tuple[int, np.ndarray | None] | None = None
 
     def read_data(self, t: int, chunk: ChunkRegion) -> list[np.ndarray]:
         return [np.asarray(a[t, chunk.start : chunk.stop]) for a in self.data]
 
     def read_status(self, t: int, chunk: ChunkRegion) -> np.ndarray:
-        return np.asarray(self.status[t, chunk.start : chunk.stop])
+        """A chunk's status, from the whole time entry's status read at once (one byte a
+        point: a plan of millions of chunks is checked without a read per chunk). A row
+        that cannot be read whole is read chunk by chunk, to name the damaged ones."""
+        if self._status_row is None or self._status_row[0] != t:
+            try:
+                self._status_row = (t, np.asarray(self.status[t, :]))
+            except UNREADABLE:
+                self._status_row = (t, None)
+        row = self._status_row[1]
+        if row is None:
+            return np.asarray(self.status[t, chunk.start : chunk.stop])
+        return row[chunk.start : chunk.stop]

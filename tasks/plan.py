@@ -1,13 +1,24 @@
-"""Plan: a region and a spacing become points on a regular UTM grid, then chunks of points."""
+"""Plan: a region and a spacing become points on a regular UTM grid, then chunks of points.
 
+A plan stays small in the flow whatever the region's size: points live in arrays (a
+`PointTable`, written to a plan file in the work directory), computed with vectorised
+geometry, and a chunk is a small key (`Chunk`) from which a task reads its own points.
+"""
+
+import functools
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import shapely
+import zarr
 from pyproj import Transformer
 from shapely.geometry import MultiPolygon, Polygon, box, shape
 from shapely.geometry.base import BaseGeometry
@@ -24,29 +35,6 @@ class Point:
     epsg: int
     x: float
     y: float
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """A unit of work, retry and resume: consecutive points of the plan."""
-
-    index: int
-    start: int  # position of the first point on the store's point axis
-    points: tuple[Point, ...]
-
-    @property
-    def key(self) -> str:
-        return chunk_key(self.index, [p.id for p in self.points])
-
-    @property
-    def stop(self) -> int:
-        return self.start + len(self.points)
-
-
-def chunk_key(index: int, point_ids: list[str]) -> str:
-    """A chunk's name: its index and a digest of its point ids (`chunk-00001-1a2b3c4d`)."""
-    digest = hashlib.sha256("\n".join(point_ids).encode()).hexdigest()[:8]
-    return f"chunk-{index:05d}-{digest}"
 
 
 class PlanError(ValueError):
@@ -138,13 +126,19 @@ def utm_epsg(lon: float, lat: float) -> int:
     return (32600 if lat >= 0 else 32700) + zone
 
 
-def plan_points(region: BaseGeometry, spacing_m: float) -> list[Point]:
+def plan_points(region: BaseGeometry, spacing_m: float, *, path: str | None = None) -> "PointTable":
     """Points on a regular grid of `spacing_m` metres inside `region` (lon/lat).
 
     Each point lies on the grid of its own UTM zone: x and y are whole multiples of the
     spacing there, so a point's id ("<epsg>-<x>-<y>") is the same in any region that
     contains it, and patches of whole pixels stay aligned with imagery on that grid.
     Points are ordered by zone, then north to south, then west to east.
+
+    The grid is computed in blocks of rows with vectorised geometry, and no point is ever a
+    Python object here. With `path` the table is written there (a Zarr group, see
+    `PointTable`), one block at a time, so planning holds one block in memory whatever the
+    region's size; a complete table already at `path` is opened instead. Without it the
+    table is kept in memory (small plans, tests).
     """
     if not spacing_m > 0 or not math.isfinite(spacing_m):
         raise PlanError(
@@ -158,12 +152,15 @@ def plan_points(region: BaseGeometry, spacing_m: float) -> list[Point]:
             f"{lo} to {hi} degrees only; crop the region to that band"
         )
     _check_size(region, spacing_m)
-    points: list[Point] = []
+    if path is not None and PointTable.complete(path):
+        return PointTable.open(path)
+    sink = _Sink(path)
     for epsg, strip in _zone_strips(west, south, east, north):
         part = region.intersection(strip)
         if not part.is_empty:
-            points.extend(_grid_in_zone(part, epsg, spacing_m))
-    return points
+            for block in _grid_in_zone(part, epsg, spacing_m):
+                sink.add(block)
+    return sink.finish()
 
 
 def _zone_strips(west: float, south: float, east: float, north: float) -> list[tuple[int, Polygon]]:
@@ -177,40 +174,250 @@ def _zone_strips(west: float, south: float, east: float, north: float) -> list[t
     return sorted(strips, key=lambda s: s[0])
 
 
-def _grid_in_zone(part: BaseGeometry, epsg: int, spacing: float) -> list[Point]:
+def plan_key(region: BaseGeometry, spacing_m: float) -> str:
+    """A digest of what a plan is computed from: its plan file's name in the work directory."""
+    h = hashlib.sha256(json.dumps([PLAN_VERSION, spacing_m]).encode())
+    h.update(shapely.to_wkb(region, hex=False, output_dimension=2))
+    return h.hexdigest()[:16]
+
+
+# 1: arrays epsg, x, y, lon, lat in plan order; attrs n, digest, bounds, complete.
+PLAN_VERSION = 1
+BLOCK_POINTS = 1 << 18  # grid cells computed at once, and points per Zarr chunk of a plan file
+COLUMNS = {"epsg": "int32", "x": "float64", "y": "float64", "lon": "float64", "lat": "float64"}
+Columns = dict[str, np.ndarray]
+
+
+def _grid_in_zone(part: BaseGeometry, epsg: int, spacing: float) -> Iterator[Columns]:
+    """The grid points of one zone's part of the region, a block of rows at a time."""
     to_utm = Transformer.from_crs(4326, epsg, always_xy=True)
+    to_lonlat = Transformer.from_crs(epsg, 4326, always_xy=True)
     x0, y0, x1, y1 = transform(to_utm.transform, part.buffer(0).envelope.segmentize(0.01)).bounds
     xs = np.arange(math.ceil(x0 / spacing), math.floor(x1 / spacing) + 1) * spacing
     ys = np.arange(math.floor(y1 / spacing), math.ceil(y0 / spacing) - 1, -1) * spacing
     if xs.size == 0 or ys.size == 0:
-        return []
-    gx, gy = np.meshgrid(xs, ys)
-    lon, lat = Transformer.from_crs(epsg, 4326, always_xy=True).transform(gx.ravel(), gy.ravel())
-    inside = shapely.contains_xy(part, lon, lat) | shapely.intersects_xy(part.boundary, lon, lat)
-    # Half-open strips: a point on a zone's east edge belongs to the next zone, a point
-    # on the equator to the northern hemisphere.
+        return
+    boundary = part.boundary
+    shapely.prepare(part)
+    shapely.prepare(boundary)
     zone_west = -180 + 6 * ((epsg % 100) - 1)
-    inside &= (lon >= zone_west) & (lon < zone_west + 6)
-    inside &= (lat >= 0) if epsg < 32700 else (lat < 0)
-    idx = np.flatnonzero(inside)
-    return [
-        Point(
-            _point_id(epsg, gx.flat[i], gy.flat[i]),
-            float(lon[i]),
-            float(lat[i]),
-            epsg,
-            float(gx.flat[i]),
-            float(gy.flat[i]),
-        )
-        for i in idx
-    ]
+    rows = max(1, BLOCK_POINTS // xs.size)
+    for r in range(0, ys.size, rows):
+        grid_x, grid_y = np.meshgrid(xs, ys[r : r + rows])
+        gx, gy = grid_x.ravel(), grid_y.ravel()
+        lon, lat = to_lonlat.transform(gx, gy)
+        inside = shapely.contains_xy(part, lon, lat) | shapely.intersects_xy(boundary, lon, lat)
+        # Half-open strips: a point on a zone's east edge belongs to the next zone, a point
+        # on the equator to the northern hemisphere.
+        inside &= (lon >= zone_west) & (lon < zone_west + 6)
+        inside &= (lat >= 0) if epsg < 32700 else (lat < 0)
+        if inside.any():
+            yield {
+                "epsg": np.full(int(inside.sum()), epsg, dtype="int32"),
+                "x": gx[inside],
+                "y": gy[inside],
+                "lon": np.asarray(lon)[inside],
+                "lat": np.asarray(lat)[inside],
+            }
 
 
-def _point_id(epsg: int, x: float, y: float) -> str:
+def point_id(epsg: int, x: float, y: float) -> str:
+    """A point's id: its zone and its UTM coordinates (metres; mm when not whole)."""
+
     def fmt(v: float) -> str:
         return str(round(v)) if abs(v - round(v)) < 1e-6 else f"{v:.3f}"
 
     return f"{epsg}-{fmt(x)}-{fmt(y)}"
+
+
+_point_id = point_id  # the tests' name for it
+
+
+def coords_digest(epsg: np.ndarray, x: np.ndarray, y: np.ndarray) -> "hashlib._Hash":
+    """A running digest of points by their zone and UTM coordinates to the millimetre: what a
+    chunk's key and a plan's fingerprint stand for (the store's utm_epsg, utm_x and utm_y
+    give the same digest back)."""
+    h = hashlib.sha256()
+    h.update(np.asarray(epsg, dtype="<i4").tobytes())
+    h.update(np.round(np.asarray(x, dtype="float64") * 1000).astype("<i8").tobytes())
+    h.update(np.round(np.asarray(y, dtype="float64") * 1000).astype("<i8").tobytes())
+    return h
+
+
+class PointTable:
+    """A plan's points as arrays in plan order: UTM zone (`epsg`), UTM `x` and `y`, `lon`
+    and `lat`. A planned table lives in a Zarr group in the work directory and is read a
+    slice at a time (a task reads only its chunk's points); a small one may be in memory.
+
+    `digest` stands for every point (by zone and coordinates, and explicit ids when the
+    table was made from Point objects); `bounds` is the lon/lat box of the points.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        digest: str,
+        bounds: tuple[float, float, float, float],
+        *,
+        path: str = "",
+        columns: Columns | None = None,
+        ids: list[str] | None = None,
+    ) -> None:
+        self.n, self.digest, self.bounds = n, digest, bounds
+        self.path, self._columns, self._ids = path, columns, ids
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def explicit_ids(self) -> bool:
+        """Whether the ids were given (a table made from Point objects), not formatted."""
+        return self._ids is not None
+
+    def __iter__(self) -> Iterator[Point]:
+        for start in range(0, self.n, BLOCK_POINTS):
+            yield from self.points(start, min(start + BLOCK_POINTS, self.n))
+
+    @classmethod
+    def from_points(cls, points: Sequence[Point]) -> "PointTable":
+        """An in-memory table of the given points, their ids kept as they are."""
+        columns = {
+            "epsg": np.array([p.epsg for p in points], dtype="int32"),
+            "x": np.array([p.x for p in points], dtype="float64"),
+            "y": np.array([p.y for p in points], dtype="float64"),
+            "lon": np.array([p.lon for p in points], dtype="float64"),
+            "lat": np.array([p.lat for p in points], dtype="float64"),
+        }
+        ids = [p.id for p in points]
+        h = coords_digest(columns["epsg"], columns["x"], columns["y"])
+        h.update("\n".join(ids).encode())
+        return cls(len(points), h.hexdigest()[:16], _bounds(columns), columns=columns, ids=ids)
+
+    @staticmethod
+    def complete(path: str) -> bool:
+        try:
+            return bool(zarr.open_group(path, mode="r").attrs.get("complete"))
+        except (FileNotFoundError, zarr.errors.BaseZarrError):
+            return False
+
+    @classmethod
+    def open(cls, path: str) -> "PointTable":
+        attrs = zarr.open_group(path, mode="r").attrs
+        bounds = attrs["bounds"]
+        assert isinstance(bounds, list)
+        return cls(int(attrs["n"]), str(attrs["digest"]), tuple(bounds), path=path)  # type: ignore[arg-type]
+
+    def columns(self, start: int, stop: int) -> Columns:
+        """Every column for points start..stop."""
+        if self._columns is not None:
+            return {k: v[start:stop] for k, v in self._columns.items()}
+        arrays = _open_arrays(self.path)
+        return {k: np.asarray(arrays[k][start:stop]) for k in COLUMNS}
+
+    def ids(self, start: int, stop: int) -> list[str]:
+        if self._ids is not None:
+            return self._ids[start:stop]
+        c = self.columns(start, stop)
+        return [
+            point_id(e, x, y)
+            for e, x, y in zip(c["epsg"].tolist(), c["x"].tolist(), c["y"].tolist(), strict=True)
+        ]
+
+    def points(self, start: int = 0, stop: int | None = None) -> tuple[Point, ...]:
+        stop = self.n if stop is None else stop
+        if self.path and self._columns is None:
+            return read_points(self.path, start, stop)
+        return self._points(start, stop)
+
+    def _points(self, start: int, stop: int) -> tuple[Point, ...]:
+        c = self.columns(start, stop)
+        return tuple(
+            Point(i, lon, lat, e, x, y)
+            for i, lon, lat, e, x, y in zip(
+                self.ids(start, stop),
+                c["lon"].tolist(),
+                c["lat"].tolist(),
+                c["epsg"].tolist(),
+                c["x"].tolist(),
+                c["y"].tolist(),
+                strict=True,
+            )
+        )
+
+
+def _bounds(columns: Columns) -> tuple[float, float, float, float]:
+    lon, lat = columns["lon"], columns["lat"]
+    if lon.size == 0:
+        return (0.0, 0.0, 0.0, 0.0)
+    return (float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max()))
+
+
+class _Sink:
+    """Where planning puts its blocks: a plan file, written beside its path and renamed into
+    place once complete (a crash leaves no half table), or memory."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.n = 0
+        self.hash = hashlib.sha256()
+        self.box = [math.inf, math.inf, -math.inf, -math.inf]
+        self.blocks: list[Columns] = []
+        self.group: zarr.Group | None = None
+        if path is not None:
+            self.staging = f"{path.rstrip('/')}.creating-{uuid.uuid4().hex[:8]}"
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            self.group = zarr.open_group(self.staging, mode="w", zarr_format=3)
+            for name, dtype in COLUMNS.items():
+                self.group.create_array(name, shape=(0,), dtype=dtype, chunks=(BLOCK_POINTS,))
+
+    def add(self, block: Columns) -> None:
+        self.n += len(block["epsg"])
+        self.hash.update(coords_digest(block["epsg"], block["x"], block["y"]).digest())
+        w, s, e, n = _bounds(block)
+        self.box = [
+            min(self.box[0], w),
+            min(self.box[1], s),
+            max(self.box[2], e),
+            max(self.box[3], n),
+        ]
+        if self.group is None:
+            self.blocks.append(block)
+            return
+        for name in COLUMNS:
+            array = self.group[name]
+            assert isinstance(array, zarr.Array)
+            array.append(block[name])
+
+    def finish(self) -> PointTable:
+        bounds = tuple(self.box) if self.n else (0.0, 0.0, 0.0, 0.0)
+        digest = self.hash.hexdigest()[:16]
+        if self.group is None:
+            columns = {
+                k: np.concatenate([b[k] for b in self.blocks]) if self.blocks else np.zeros(0, d)
+                for k, d in COLUMNS.items()
+            }
+            return PointTable(self.n, digest, bounds, columns=columns)  # type: ignore[arg-type]
+        assert self.path is not None
+        self.group.attrs.update(
+            {"version": PLAN_VERSION, "n": self.n, "digest": digest, "bounds": list(bounds)}
+        )
+        self.group.attrs["complete"] = True
+        if os.path.isdir(self.path):  # another process planned the same region meanwhile
+            shutil.rmtree(self.staging, ignore_errors=True)
+            return PointTable.open(self.path)
+        os.rename(self.staging, self.path)
+        return PointTable.open(self.path)
+
+
+@functools.lru_cache(maxsize=8)
+def _open_arrays(path: str) -> dict[str, "zarr.Array[Any]"]:
+    return {k: zarr.open_array(path, path=k, mode="r") for k in COLUMNS}
+
+
+@functools.lru_cache(maxsize=32)
+def read_points(path: str, start: int, stop: int) -> tuple[Point, ...]:
+    """Points start..stop of the plan file at `path` (a task reads its chunk's points once)."""
+    return PointTable.open(path)._points(start, stop)
 
 
 def _check_size(region: BaseGeometry, spacing_m: float) -> None:
@@ -225,11 +432,64 @@ def _check_size(region: BaseGeometry, spacing_m: float) -> None:
         )
 
 
-def make_chunks(points: list[Point], chunk_size: int) -> list[Chunk]:
-    """Consecutive runs of `chunk_size` points; the last chunk may be shorter."""
+@dataclass(frozen=True)
+class Chunk:
+    """A unit of work, retry and resume: points start..stop of the plan, as a small key.
+
+    A task derives the chunk's points from it: they are read from the plan file (`plan`),
+    or, for a chunk of an in-memory plan, held in `inline`."""
+
+    index: int
+    start: int  # position of the first point on the store's point axis
+    stop: int
+    digest: str  # of its points' zones and coordinates
+    plan: str = ""
+    inline: tuple[Point, ...] = field(default=(), repr=False)
+
+    @classmethod
+    def of(cls, index: int, start: int, points: Sequence[Point]) -> "Chunk":
+        """A chunk that holds its points (tests, and small plans kept in memory)."""
+        epsg = np.array([p.epsg for p in points], dtype="int32")
+        x = np.array([p.x for p in points], dtype="float64")
+        y = np.array([p.y for p in points], dtype="float64")
+        digest = coords_digest(epsg, x, y).hexdigest()[:8]
+        return cls(index, start, start + len(points), digest, inline=tuple(points))
+
+    @property
+    def key(self) -> str:
+        """Its name: its index and a digest of its points (`chunk-00001-1a2b3c4d`)."""
+        return chunk_key(self.index, self.digest)
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def points(self) -> tuple[Point, ...]:
+        if self.inline or not self.plan:
+            return self.inline
+        return read_points(self.plan, self.start, self.stop)
+
+
+def chunk_key(index: int, digest: str) -> str:
+    return f"chunk-{index:05d}-{digest}"
+
+
+def make_chunks(points: PointTable | Sequence[Point], chunk_size: int) -> list[Chunk]:
+    """Consecutive runs of `chunk_size` points; the last chunk may be shorter. The table is
+    read a block at a time to name the chunks; a chunk of a plan file carries only its key."""
     if chunk_size < 1:
         raise PlanError(f"chunk size must be at least 1, got {chunk_size}")
-    return [
-        Chunk(index=i, start=s, points=tuple(points[s : s + chunk_size]))
-        for i, s in enumerate(range(0, len(points), chunk_size))
-    ]
+    table = points if isinstance(points, PointTable) else PointTable.from_points(points)
+    per_block = max(1, BLOCK_POINTS // chunk_size) * chunk_size
+    chunks: list[Chunk] = []
+    for block in range(0, table.n, per_block):
+        c = table.columns(block, min(block + per_block, table.n))
+        for s in range(0, len(c["epsg"]), chunk_size):
+            sl = slice(s, s + chunk_size)
+            digest = coords_digest(c["epsg"][sl], c["x"][sl], c["y"][sl]).hexdigest()[:8]
+            start = block + s
+            stop = start + len(c["epsg"][sl])
+            inline = table._points(start, stop) if not table.path else ()
+            chunks.append(Chunk(len(chunks), start, stop, digest, table.path, inline))
+    return chunks

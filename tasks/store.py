@@ -34,12 +34,14 @@ from fsspec.core import url_to_fs
 from embedders.spec import Status
 from tasks import compact, conventions
 from tasks.integrity import CHECKSUM_ATTRS, CHECKSUM_FILL, checksum_name, checksum_variable, seal
-from tasks.plan import Chunk, Point
+from tasks.plan import BLOCK_POINTS, Chunk, PointTable
 from tasks.text import TEXT_ATTR, TEXT_ENCODING, decode_text, encode_text
 
 # 2: layout fingerprints from each product's declared, versioned identity (not its spec);
 #    text as uint8 UTF-8 bytes; root attributes as JSON text.
-STORE_FORMAT = 2
+# 3: the points' part of the fingerprint from their zones and UTM coordinates (a plan's
+#    digest, no id formatted for it); UTM coordinates `utm_x`, `utm_y` on `point`.
+STORE_FORMAT = 3
 
 # Reasons are one line of free text (an error message); longer ones are cut at a character
 # boundary and end in "..." (ASCII, so ASCII reasons stay storable in netCDF-3).
@@ -71,10 +73,14 @@ class ModelOutput:
 class StoreLayout:
     """What a store holds apart from its time entries: a store is reused when this matches."""
 
-    points: tuple[Point, ...]
+    points: PointTable  # a sequence of Point objects is taken as an in-memory table
     chunk_size: int
     models: tuple[ModelOutput, ...]
     dtype: compact.Dtype = "float32"  # how embeddings are stored (tasks/compact.py)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.points, PointTable):
+            object.__setattr__(self, "points", PointTable.from_points(tuple(self.points)))
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -82,8 +88,7 @@ class StoreLayout:
         # before --dtype existed keep their fingerprint.
         compact_dtype = [] if self.dtype == "float32" else [self.dtype]
         h.update(json.dumps([STORE_FORMAT, self.chunk_size, *compact_dtype]).encode())
-        for p in self.points:
-            h.update(p.id.encode() + b"\n")
+        h.update(self.points.digest.encode())
         for m in self.models:
             h.update(
                 json.dumps([m.name, m.embed_dim, m.grid_shape, m.identity], sort_keys=True).encode()
@@ -128,8 +133,8 @@ def check_store(path: str, layout: StoreLayout) -> bool:
     if meta.get("format") != STORE_FORMAT:
         raise StoreMismatch(
             f"output store {path} was written by an older swath (store format "
-            f"{meta.get('format')}, this one writes {STORE_FORMAT}: versioned product "
-            "identities, text as UTF-8 bytes, attributes as JSON); it stays readable, but "
+            f"{meta.get('format')}, this one writes {STORE_FORMAT}: points named by their UTM "
+            "coordinates, utm_x and utm_y stored); it stays readable, but "
             "cannot be resumed or appended to: export into another --out, or remove it to "
             "start over"
         )
@@ -155,7 +160,7 @@ def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
         found = _first_difference(old_models[name], new_models[name], f"models.{name}")
         if found:
             return found
-    return "same sizes and models, different point ids: another region or spacing"
+    return "same sizes and models, other points: another region or spacing"
 
 
 def _first_difference(old: Any, new: Any, where: str) -> str | None:
@@ -194,6 +199,7 @@ def create_store(path: str, layout: StoreLayout, window: Window, attrs: dict[str
         ds.attrs["swath"] = json.dumps({"state": CREATING})
         with _quiet_consolidation():
             ds.to_zarr(path, mode="w", compute=False, zarr_format=3, encoding=encoding)
+            _write_coords(path, layout)
             zarr.open_group(path, mode="r+").attrs.update({"swath": json.dumps(meta)})
             zarr.consolidate_metadata(path)
         return
@@ -203,6 +209,7 @@ def create_store(path: str, layout: StoreLayout, window: Window, attrs: dict[str
         ds.to_zarr(
             staging, mode="w-", compute=False, zarr_format=3, encoding=encoding, consolidated=True
         )
+    _write_coords(staging, layout)
     if os.path.isdir(path) and not os.listdir(path):
         os.rmdir(path)
     os.rename(staging, path)
@@ -304,14 +311,21 @@ def _quiet_consolidation() -> Iterator[None]:
 
 
 def _template(layout: StoreLayout, window: Window) -> tuple[xr.Dataset, dict[str, Any]]:
+    """The store's variables, lazily: the point coordinates are placeholders that
+    `_write_coords` fills from the plan a block at a time, and data variables stay at their
+    fill values until written (no chunk of them is stored)."""
     n, cs = len(layout.points), layout.chunk_size
-    pts = layout.points
-    id_bytes = max(len(p.id.encode(TEXT_ENCODING)) for p in pts)
+    block = (min(BLOCK_POINTS, max(n, 1)),)
     coords = {
-        "point_id": (("point", "point_id_nchar"), encode_text([p.id for p in pts], id_bytes)),
-        "lon": ("point", np.array([p.lon for p in pts], dtype="float64")),
-        "lat": ("point", np.array([p.lat for p in pts], dtype="float64")),
-        "utm_epsg": ("point", np.array([p.epsg for p in pts], dtype="int32")),
+        "point_id": (
+            ("point", "point_id_nchar"),
+            da.zeros((n, _id_bytes(layout.points)), dtype="uint8", chunks=(block[0], -1)),
+        ),
+        "lon": ("point", da.zeros(n, dtype="float64", chunks=block)),
+        "lat": ("point", da.zeros(n, dtype="float64", chunks=block)),
+        "utm_epsg": ("point", da.zeros(n, dtype="int32", chunks=block)),
+        "utm_x": ("point", da.zeros(n, dtype="float64", chunks=block)),
+        "utm_y": ("point", da.zeros(n, dtype="float64", chunks=block)),
         "time": ("time", np.array([np.datetime64(window[0], "ns")])),
         "time_end": ("time", np.array([np.datetime64(window[1], "ns")])),
     }
@@ -342,6 +356,8 @@ def _template(layout: StoreLayout, window: Window) -> tuple[xr.Dataset, dict[str
             long_name=f"state of each point's {m.name} embedding",
         )
         ds[checksum_name(m.name)].attrs.update(CHECKSUM_ATTRS)
+    ds.utm_x.attrs.update(units="m", long_name="UTM easting of the point in its zone (utm_epsg)")
+    ds.utm_y.attrs.update(units="m", long_name="UTM northing of the point in its zone (utm_epsg)")
     ds.lon.attrs.update(units="degrees_east", standard_name="longitude")
     ds.lat.attrs.update(units="degrees_north", standard_name="latitude")
     ds.time.attrs.update(long_name="first day of the export window")
@@ -350,6 +366,49 @@ def _template(layout: StoreLayout, window: Window) -> tuple[xr.Dataset, dict[str
     ds["time_bounds"] = (("time", "bnds"), conventions.time_bounds(start, end))
     conventions.annotate(ds, layout)
     return ds, encoding
+
+
+def _id_bytes(points: PointTable) -> int:
+    """The longest point id's length in bytes, from the coordinates alone (ids are ASCII:
+    "<epsg>-<x>-<y>", whole metres, or millimetres with three decimals)."""
+    longest = 1
+    for start in range(0, len(points), BLOCK_POINTS):
+        stop = min(start + BLOCK_POINTS, len(points))
+        if points.explicit_ids:
+            longest = max(longest, *(len(i.encode(TEXT_ENCODING)) for i in points.ids(start, stop)))
+            continue
+        c = points.columns(start, stop)
+        width = 5 + 2  # the zone's EPSG code and two dashes
+        for v in (c["x"], c["y"]):
+            whole = np.abs(v - np.round(v)) < 1e-6
+            digits = np.char.str_len(np.round(np.abs(v)).astype("int64").astype(str))
+            width += int((digits + (v < 0) + np.where(whole, 0, 4)).max())
+        longest = max(longest, width)
+    return longest
+
+
+def _write_coords(path: str, layout: StoreLayout) -> None:
+    """Fill the point coordinates of a store just laid out, one block of the plan at a time
+    (a plan of millions of points is never in memory at once)."""
+    arrays = {
+        name: zarr.open_array(path, path=name, mode="r+")
+        for name in ("point_id", "lon", "lat", "utm_epsg", "utm_x", "utm_y")
+    }
+    width = arrays["point_id"].shape[1]
+    table = layout.points
+    for start in range(0, len(table), BLOCK_POINTS):
+        stop = min(start + BLOCK_POINTS, len(table))
+        c = table.columns(start, stop)
+        ids = table.ids(start, stop)
+        if table.explicit_ids:
+            codes = encode_text(ids, width)
+        else:  # ASCII: numpy encodes them at once
+            codes = np.array(ids, dtype=f"S{width}").view(np.uint8).reshape(len(ids), width)
+        arrays["point_id"][start:stop] = codes
+        for name, column in (
+            ("lon", "lon"), ("lat", "lat"), ("utm_epsg", "epsg"), ("utm_x", "x"), ("utm_y", "y"),
+        ):  # fmt: skip
+            arrays[name][start:stop] = c[column]
 
 
 def _model_variables(

@@ -13,9 +13,8 @@ import xarray as xr
 import zarr
 
 from tasks.integrity import Damage, check_done
-from tasks.plan import chunk_key
+from tasks.plan import chunk_key, coords_digest
 from tasks.store import CREATING, STORE_FORMAT, StoreMismatch, is_url, read_meta
-from tasks.text import decode_text
 
 
 class NotAStore(ValueError):
@@ -64,12 +63,18 @@ def verify_store(path: str) -> list[ProductCheck]:
 
 
 def stored_chunks(path: str, chunk_size: int) -> list[StoredChunk]:
-    """The store's chunks, named as the plan names them (index and a digest of point ids)."""
-    ids = list(decode_text(np.asarray(zarr.open_array(path, path="point_id", mode="r")[:])))
-    return [
-        StoredChunk(i, s, min(s + chunk_size, len(ids)), chunk_key(i, ids[s : s + chunk_size]))
-        for i, s in enumerate(range(0, len(ids), chunk_size))
-    ]
+    """The store's chunks, named as the plan names them: their index and a digest of their
+    points' zones and UTM coordinates (`utm_epsg`, `utm_x`, `utm_y`)."""
+    epsg, x, y = (
+        np.asarray(zarr.open_array(path, path=name, mode="r")[:])
+        for name in ("utm_epsg", "utm_x", "utm_y")
+    )
+    chunks = []
+    for i, s in enumerate(range(0, len(epsg), chunk_size)):
+        part = slice(s, s + chunk_size)
+        digest = coords_digest(epsg[part], x[part], y[part]).hexdigest()[:8]
+        chunks.append(StoredChunk(i, s, min(s + chunk_size, len(epsg)), chunk_key(i, digest)))
+    return chunks
 
 
 def _swath_meta(path: str) -> dict[str, Any]:

@@ -76,14 +76,14 @@ def write_store(path: Path, *, chunk_size: int = 8, dtype: Dtype = "float32") ->
     """A store over BBOX at SPACING_M with the three MODELS, one time entry, embeddings stored
     as `dtype`. The last chunk of `grid_model` is not written, so its points stay pending."""
     points = plan_points(bbox_region(*BBOX), SPACING_M)
-    layout = StoreLayout(tuple(points), chunk_size, MODELS, dtype)
+    layout = StoreLayout(points, chunk_size, MODELS, dtype)
     region = {"bbox": list(BBOX), "geojson": None, "spacing_m": SPACING_M}
     create_store(str(path), layout, WINDOW, attrs={"region": region})
     rng = np.random.default_rng(0)
     status = statuses(len(points))
     chunks = make_chunks(points, chunk_size)
     status["grid_model"][chunks[-1].start :] = Status.PENDING
-    written = Written(str(path), layout, points, status, {}, {})
+    written = Written(str(path), layout, list(points), status, {}, {})
     for m in MODELS:
         emb = rng.standard_normal((len(points), m.embed_dim, *(m.grid_shape or ()))).astype("f4")
         emb[status[m.name] != Status.OK] = np.nan

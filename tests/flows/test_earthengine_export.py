@@ -73,7 +73,7 @@ def test_prefetch_task__a_429_is_retried_by_prefect_and_counted(fake, tmp_path):
     )
     raster = fake.world[S2][0]
     x, y = raster.x0 + 505, raster.y0 - 505
-    chunk = Chunk(0, 0, (Point(_point_id(EPSG, x, y), -67.64, -47.85, EPSG, x, y),))
+    chunk = Chunk.of(0, 0, (Point(_point_id(EPSG, x, y), -67.64, -47.85, EPSG, x, y),))
     faults = iter([429])
     fake.fault = lambda computation: next(faults, None)
     quick = prefetch_task.with_options(retry_delay_seconds=0, retry_jitter_factor=None)

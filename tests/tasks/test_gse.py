@@ -81,7 +81,7 @@ def test_gse__pooled_is_the_unit_mean_of_valid_pixels_and_grid_the_map(fake, key
     product = gse.resolve("gse", request(fake, key, date(2024, 3, 1), date(2024, 8, 31), output))
     (fetch,) = product.fetches
     cells = [(10, 10), (18, 18), (70, 70)]  # clear, three masked pixels, all masked
-    chunk = Chunk(0, 0, tuple(point(c, r) for c, r in cells))
+    chunk = Chunk.of(0, 0, tuple(point(c, r) for c, r in cells))
     inputs = str(tmp_path / "inputs")
     report = prefetch_chunk(EarthEngineSource(), chunk, fetch.bands, fetch.config, inputs)
     assert report.requests >= 1 and report.bytes_read > 64 * 4 * N * N

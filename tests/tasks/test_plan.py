@@ -139,3 +139,55 @@ def test_chunks__are_consecutive_and_deterministic():
     assert [c.key for c in chunks] == [c.key for c in again]
     assert len({c.key for c in chunks}) == len(chunks)
     assert np.all([c.stop - c.start <= 16 for c in chunks])
+
+
+def test_plan_file__chunks_read_the_same_points_as_an_in_memory_plan(tmp_path):
+    region = bbox_region(-66.05, -47.86, -65.95, -47.84)  # two UTM zones
+    in_memory = plan_points(region, 250)
+    table = plan_points(region, 250, path=str(tmp_path / "plan.zarr"))
+    assert len(table) == len(in_memory) and table.digest == in_memory.digest
+    on_file, held = make_chunks(table, 7), make_chunks(in_memory, 7)
+    assert [c.key for c in on_file] == [c.key for c in held]
+    assert all(c.plan and not c.inline for c in on_file)  # keys only: points read on demand
+    assert [p for c in on_file for p in c.points] == list(in_memory)
+    again = plan_points(region, 250, path=str(tmp_path / "plan.zarr"))  # opened, not redone
+    assert again.digest == table.digest and len(again) == len(table)
+
+
+SCALE_SCRIPT = """
+import pickle, resource, sys, tempfile
+from tasks.plan import bbox_region, make_chunks, plan_points
+
+width = float(sys.argv[1])
+region = bbox_region(10.0, 40.0, 10.0 + width, 40.0 + width / 2)
+with tempfile.TemporaryDirectory() as folder:
+    table = plan_points(region, 100, path=f"{folder}/plan.zarr")
+    chunks = make_chunks(table, 1024)
+    largest = max(len(pickle.dumps(c)) for c in chunks)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(len(table), len(chunks), largest, peak)
+"""
+
+
+def test_plan__memory_does_not_grow_with_the_region_and_chunks_stay_small_keys():
+    """A plan ten times larger (0.47 M and 4.8 M points) peaks at about the same memory: the
+    points go to the plan file a block at a time, and the flow keeps only chunk keys."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    figures = []
+    for width in (1.0, 3.2):
+        out = subprocess.run(
+            [sys.executable, "-c", SCALE_SCRIPT, str(width)],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        figures.append([int(v) for v in out])
+    (n_small, chunks_small, key_small, peak_small), (n_large, _, key_large, peak_large) = figures
+    assert n_large >= 9.5 * n_small and n_small > 400_000 and chunks_small > 400
+    assert max(key_small, key_large) < 300  # bytes a chunk takes to pass to a task
+    assert peak_large <= 1.2 * peak_small, (peak_small, peak_large)

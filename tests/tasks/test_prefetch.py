@@ -66,7 +66,7 @@ def make_chunk(index: int, n_points: int = 3) -> Chunk:
         Point(f"c{index}-p{k}", lon=0.0, lat=0.0, epsg=32633, x=500_000.0 + k, y=5e6)
         for k in range(n_points)
     )
-    return Chunk(index=index, start=index * n_points, points=points)
+    return Chunk.of(index, index * n_points, points)
 
 
 def test_prefetch__stores_bands_points_notes_and_config(tmp_path: Path) -> None:
@@ -172,7 +172,7 @@ def test_prefetch__demo_catalog_through_the_stac_source(tmp_path: Path) -> None:
         Point("in", -67.64, -47.85, 32719, 601_500.0, 4_699_000.0),
         Point("out", -67.0, -47.85, 32719, 650_000.0, 4_699_000.0),
     )
-    chunk, inputs = Chunk(0, 0, points), str(tmp_path / "inputs")
+    chunk, inputs = Chunk.of(0, 0, points), str(tmp_path / "inputs")
     report = prefetch_chunk(StacCatalogSource(), chunk, ["B04", "B11"], config, inputs)
     patches = read_patches(inputs, config, chunk, ["B11", "B04"])
     assert report.fetched == ("B04", "B11")

@@ -254,6 +254,11 @@ class Output(BaseModel):
         description="points per chunk: the unit of work, retry and resume; default: 32, "
         "or more for large regions so that a run has at most 512 chunks",
     )
+    chunks_per_run: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="advanced: chunks one flow run carries at most; a larger export fans out "
+        "into child flow runs of whole write blocks; default: 256",
+    )
 
     def chunk_size_for(self, n_points: int) -> int:
         if self.chunk_size is not None:

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             from flows.dry_run import dry_run
 
-            print(dry_run(plan))
+            print(dry_run(plan, chunks_per_run=params["output"].chunks_per_run))
             return 0
         # One lock from the checks to the end of the flow: no second export slips in between.
         shared = is_url(plan.store) and bool(os.environ.get("PREFECT_API_URL"))

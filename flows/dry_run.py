@@ -3,18 +3,24 @@
 from typing import Any
 
 
-def dry_run(plan: Any) -> str:
+def dry_run(plan: Any, *, chunks_per_run: int | None = None) -> str:
     """What an export of `plan` would do, from the registry alone: nothing is loaded or
-    written. Products that read the same sensor at the same resolution share one fetch."""
+    written. Products that read the same sensor at the same resolution share one fetch.
+    A new store's write blocks and the child flow runs are counted as the export makes them
+    (at most `chunks_per_run` chunks per flow run)."""
     from embedders.registry import MODELS
+    from flows.export import CHILD_CHUNKS
     from flows.job import fetch_bands
     from tasks.products import PRODUCTS
+    from tasks.shards import choose_block_chunks, group_blocks, split_blocks
+    from tasks.store import REASON_BYTES
 
     n, chunks, patch = len(plan.points), len(plan.chunks), plan.imagery.patch_px
     grid = plan.options.output == "grid"
     # imagery to prefetch: shared by products of one source and sensor
     fetches = fetch_bands(plan.imagery, tuple(plan.inference.models))
     out_bytes = 0
+    widest = 0  # bytes per point of the largest array: bounds the shard size
     for name in plan.inference.models:
         card = PRODUCTS[name].card
         if name in MODELS:
@@ -24,14 +30,23 @@ def dry_run(plan: Any) -> str:
         width = {"float32": 4, "float16": 2, "int8": 1}[plan.dtype]
         scales = 4 * cells if plan.dtype == "int8" else 0  # one float32 scale per vector
         out_bytes += n * (card.dim * cells * width + scales) + n * 6  # + status, valid fraction
+        widest = max(widest, card.dim * cells * width, REASON_BYTES)
     in_bytes = sum(n * len(bands) * patch * patch * 4 for bands in fetches.values())
     products = len(plan.inference.models)
-    tasks = chunks * (len(fetches) + 2 * products)
+    chunk_size = plan.chunks[0].stop - plan.chunks[0].start
+    per_run = chunks_per_run or CHILD_CHUNKS
+    k = choose_block_chunks(chunks, widest * chunk_size, at_most=per_run)
+    groups = group_blocks(split_blocks(plan.chunks, k, lambda c: c.index), max(k, per_run))
+    biggest = max(groups, key=lambda g: sum(len(b) for b in g))
+    in_run, blocks = sum(len(b) for b in biggest), len(biggest)
+    tasks = in_run * (len(fetches) + products) + blocks * products
+    runs = "1 flow run" if len(groups) == 1 else f"1 flow run + {len(groups):,} child runs"
     lines = [
-        f"dry run: {n:,} points, {chunks:,} chunks of up to {plan.chunk_size}",
+        f"dry run: {n:,} points, {chunks:,} chunks of up to {chunk_size}; "
+        f"{k} chunk(s) per shard (write block)",
         f"  window {plan.window[0]}..{plan.window[1]}; {products} product(s)",
-        f"  1 flow run, {tasks:,} task runs ({chunks:,} x ({len(fetches)} fetch + "
-        f"{products} produce + {products} write))",
+        f"  {runs}, at most {tasks:,} task runs each ({in_run:,} chunks x "
+        f"({len(fetches)} fetch + {products} produce) + {blocks:,} blocks x {products} write)",
         f"  inputs fetched: {_size(in_bytes)} ({len(fetches)} sensor configuration(s): "
         + ", ".join(f"{source} {sensor}" for source, sensor, _ in fetches)
         + ")",

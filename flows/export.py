@@ -12,20 +12,13 @@ if __name__ == "__main__":  # the command line: check arguments before importing
 import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import torch
-from dask.base import annotate
 from prefect import State, flow, get_run_logger
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.context import FlowRunContext
-from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -33,21 +26,22 @@ from prefect_dask.task_runners import DaskTaskRunner
 
 from flows.job import Job, Work, chunk_work, plan_job, resolve_job
 from flows.params import Imagery, Inference, Output, Region, Window
+from flows.window import INFER_RESOURCE as INFER_RESOURCE
+from flows.window import PartReport, Progress, Share, run_blocks
 from tasks.conventions import write_stac_items
 from tasks.integrity import Damage
 from tasks.locks import writer_lock
-from tasks.prefetch import PrefetchReport, prefetch_task
-from tasks.produce import produce_task
 from tasks.quicklook import quicklook_artifacts
+from tasks.shards import block_chunks, group_blocks, split_blocks
 from tasks.store import (
     add_window,
     create_store,
+    default_block_chunks,
     is_url,
     status_counts,
     stored_windows,
     time_index,
 )
-from tasks.write import WriteReport, write_task
 
 # Threads: prefetch and write alongside one infer per device (tasks/infer.py DevicePool).
 THREADS = 4 + torch.cuda.device_count()
@@ -92,14 +86,16 @@ def export(
                 logger.warning("%s", warning)
             else:
                 logger.info("%s: %s", product.name, product.describe())
-        t = _time_entry(job, region)
+        chunks_per_run = output.chunks_per_run or CHILD_CHUNKS
+        t = _time_entry(job, region, chunks_per_run)
         todo = chunk_work(job, t, refresh=output.refresh)
         for line in todo.damage_reports("..".join(str(d) for d in plan.window)):
             logger.warning("%s", line)
-        failed, fetched, cosines = _run(job, todo, t, refresh=output.refresh)
+        report = _run(job, todo, t, refresh=output.refresh, chunks_per_run=chunks_per_run)
+        failed = report.causes + report.failed
         seconds = time.monotonic() - started
-        summary = _summary(job, t, seconds, damaged=todo.damaged, fetched=fetched)
-        for name, cosine in cosines.items():
+        summary = _summary(job, t, seconds, damaged=todo.damaged, fetched=report.fetched)
+        for name, cosine in report.cosines.items():
             summary["models"][name]["worst_cosine_to_float32"] = cosine
     _summary_artifact(summary)
     quicklook_artifacts(plan.store, t)
@@ -137,12 +133,14 @@ def scheduled_day() -> date:
     return scheduled.date() if scheduled is not None else datetime.now(UTC).date()
 
 
-def _time_entry(job: Job, region: Region) -> int:
-    """Create the store, or find or add this window's time entry; its index."""
+def _time_entry(job: Job, region: Region, chunks_per_run: int) -> int:
+    """Create the store, or find or add this window's time entry; its index. A new store's
+    write blocks hold at most `chunks_per_run` chunks, so that blocks fit a child run."""
     plan = job.plan
     if not job.resume:
         attrs = {"region": region.model_dump(mode="json")}
-        create_store(plan.store, job.layout, plan.window, attrs=attrs)
+        k = default_block_chunks(job.layout, at_most=chunks_per_run)
+        create_store(plan.store, job.layout, plan.window, attrs=attrs, block_chunks=k)
         return 0
     t = time_index(plan.store, plan.window)
     return t if t is not None else add_window(plan.store, job.layout, plan.window)
@@ -153,122 +151,92 @@ def _time_entry(job: Job, region: Region) -> int:
 PROGRESS_LISTENERS: list[Callable[[int, int], None]] = []
 
 
-def _run(
-    job: Job, todo: Work, t: int, *, refresh: bool
-) -> tuple[list[str], dict[str, int], dict[str, float]]:
-    """Run every chunk not done, with a progress artifact. Returns the errors of failed
-    chunks, what this run fetched (see `_fetched`) and, for a compact store, each model's
-    worst cosine of a stored vector to its float32 value over the chunks written."""
-    writes, upstream = _submit(job, todo, t, refresh=refresh)
-    progress: UUID = create_progress_artifact(  # type: ignore[assignment]
-        progress=0.0 if writes else 100.0,
+# Chunks one flow run carries at most: a larger export fans out into child flow runs
+# (`swath-export-part`) of whole write blocks, so that no run holds tens of thousands of task
+# runs. `Output.chunks_per_run` overrides it.
+CHILD_CHUNKS = 256
+
+
+def _run(job: Job, todo: Work, t: int, *, refresh: bool, chunks_per_run: int) -> PartReport:
+    """Run every chunk not done, with a progress artifact: in this flow run, or in child
+    flow runs of at most `chunks_per_run` chunks (whole write blocks) each, one after the
+    other, all writing the one store under this run's writer lock."""
+    k = block_chunks(job.plan.store, [p.name for p in job.products])
+    blocks = split_blocks(todo.chunks, k, lambda w: w.chunk.index)
+    groups = group_blocks(blocks, max(k, chunks_per_run))
+    total = sum(len(w.products) for w in todo.chunks)
+    artifact: UUID = create_progress_artifact(  # type: ignore[assignment]
+        progress=0.0 if total else 100.0,
         key="swath-export-progress",
         description=f"chunks written to {job.plan.store}",
     )
-    failed = []
-    cosines: dict[str, float] = {}
-    for i, fut in enumerate(as_completed(writes), start=1):
+    progress = Progress(artifact, total, PROGRESS_LISTENERS)
+    if len(groups) <= 1:
+        return run_blocks(Share(job, t, k, blocks, refresh), progress)
+    run = str(flow_run.id or uuid4())
+    part = export_part.with_options(task_runner=_child_runner())
+    report = PartReport()
+    get_run_logger().info("%d chunks in %d child runs", len(todo.chunks), len(groups))
+    for i, group in enumerate(groups):
+        _SHARES[run, i] = (Share(job, t, k, group, refresh), progress)
+        first, last = group[0][0].chunk.index, group[-1][-1].chunk.index
         try:
-            report = fut.result()
-            get_run_logger().info(
-                "written %d/%d: %s %s", i, len(writes), report.model, report.chunk
-            )
-            if report.worst_cosine is not None:
-                cosines[report.model] = min(cosines.get(report.model, 1.0), report.worst_cosine)
-        except Exception as e:  # reported at the end; the chunk stays not done and reruns
-            failed.append(f"{type(e).__name__}: {e}")
-        update_progress_artifact(progress, progress=100.0 * i / len(writes))
-        for listener in PROGRESS_LISTENERS:
-            listener(i, len(writes))
-    if failed:  # name the root cause: a write fails too when its prefetch or infer failed
-        causes = [f.state.message for f in upstream if f.state.is_failed() and f.state.message]
-        failed = causes + failed
-    return failed, _fetched(upstream), cosines
+            report.add(part(run=run, part=i, chunks=f"{first}-{last}"))
+        except PartFailed as e:
+            report.add(e.report)
+        except Exception as e:  # reported at the end; its chunks stay not done and rerun
+            report.failed.append(f"part {i}: {type(e).__name__}: {e}")
+        finally:
+            del _SHARES[run, i]
+    return report
 
 
-def _fetched(upstream: list[PrefectFuture[Any]]) -> dict[str, int]:
-    """What this run's prefetch tasks fetched, as their sources count it: requests, bytes of
-    pixels, and the attempts retried after a transient failure (429, 5xx, timeouts). Cached
-    prefetches fetched nothing in this run and are not counted."""
-    totals = {"fetches": 0, "requests": 0, "bytes": 0, "retries": 0}
-    for fut in upstream:
-        state = fut.state
-        if not state.is_completed() or state.name == "Cached":
-            continue
-        report = fut.result()
-        if isinstance(report, PrefetchReport):
-            totals["fetches"] += 1 if report.fetched else 0
-            totals["requests"] += report.requests
-            totals["bytes"] += report.bytes_read
-            totals["retries"] += report.retries
-    return totals
+# The shares of the child runs in flight, by (parent run id, part): a child runs in its
+# parent's process, so the loaded job (its models) reaches it here, not as parameters
+# that Prefect would serialise for its API.
+_SHARES: dict[tuple[str, int], tuple[Share, Progress]] = {}
 
 
-def _submit(
-    job: Job, todo: Work, t: int, *, refresh: bool
-) -> tuple[list[PrefectFuture[WriteReport]], list[PrefectFuture[Any]]]:
-    """Per chunk not done: each shared fetch once, then produce and write per product.
-
-    Returns the write futures and the prefetch and produce futures they depend on.
-    """
-    plan = job.plan
-    # Task results (small reports) are kept in the work directory, next to what they stand for.
-    results = Path(plan.work_dir, "prefect-results")
-    prefetch = prefetch_task.with_options(refresh_cache=refresh, result_storage=results)
-    produce = produce_task.with_options(refresh_cache=refresh, result_storage=results)
-    resources = _infer_resources()
-    writes: list[PrefectFuture[WriteReport]] = []
-    upstream: list[PrefectFuture[Any]] = []
-    for work in todo.chunks:
-        fetched = {
-            f.config.key(): prefetch.submit(
-                work.chunk, f.bands, f.config, plan.inputs_path, refresh=refresh
-            )
-            for f in work.fetches
-        }
-        upstream.extend(fetched.values())
-        for product in work.products:
-            with annotate(**(resources if product.uses_device else {})):
-                produced = produce.submit(
-                    product,
-                    work.chunk,
-                    plan.inputs_path,
-                    plan.results_path,
-                    refresh=refresh,
-                    return_state=False,
-                    wait_for=[fetched[f.config.key()] for f in product.fetches],
-                )
-            upstream.append(produced)
-            writes.append(
-                write_task.submit(
-                    plan.store,
-                    work.chunk,
-                    product.name,
-                    plan.results_path,
-                    produced,
-                    t,
-                    return_state=False,
-                )
-            )
-    return writes, upstream
+@flow(
+    name="swath-export-part",
+    flow_run_name="part {part}: chunks {chunks}",
+    task_runner=ThreadPoolTaskRunner(max_workers=THREADS),  # type: ignore[arg-type]
+)
+def export_part(run: str, part: int, chunks: str) -> PartReport:
+    """A child run of export run `run`: its `part`-th group of write blocks (plan chunks
+    `chunks`). It runs only inside that export, in its process."""
+    found = _SHARES.get((run, part))
+    if found is None:
+        raise RuntimeError(
+            f"part {part} of export run {run} runs only inside that export run; rerun the "
+            "export itself (done chunks are kept)"
+        )
+    report = run_blocks(*found)
+    if report.causes or report.failed:
+        raise PartFailed(report)
+    return report
 
 
-# Dask workers that declare this resource (`dask worker --resources "infer=1"`, or the local
-# cluster `--runner dask` starts) run one infer task at a time: one per GPU, or one per
-# worker's CPU cores. Without it (threads, or a cluster whose workers lack it) the
-# infer stage serialises per device inside each process instead.
-INFER_RESOURCE = "infer"
+class PartFailed(RuntimeError):
+    """A child run ran to the end with chunks not written; `report` says which and why."""
+
+    def __init__(self, report: PartReport) -> None:
+        first = (report.causes + report.failed)[0]
+        super().__init__(f"{len(report.failed)} chunk(s) not written, first: {first}")
+        self.report = report
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.report,))
 
 
-def _infer_resources() -> dict[str, Any]:
+def _child_runner() -> Any:
+    """The child runs' task runner: on Dask, the parent's cluster (by address), never a new
+    one per child; otherwise threads, as the parent."""
     context = FlowRunContext.get()
     runner = context.task_runner if context else None
-    if not isinstance(runner, DaskTaskRunner):
-        return {}
-    workers = runner.client.scheduler_info().get("workers", {}).values()
-    if any(INFER_RESOURCE in w.get("resources", {}) for w in workers):
-        return {"resources": {INFER_RESOURCE: 1}}
-    return {}
+    if isinstance(runner, DaskTaskRunner):
+        return DaskTaskRunner(address=runner.client.scheduler_info()["address"])
+    return ThreadPoolTaskRunner(max_workers=THREADS)
 
 
 def _summary(

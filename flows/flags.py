@@ -39,6 +39,7 @@ FLAGS = {  # pydantic field -> command-line flag, for error messages
     "store": "--out",
     "work_dir": "--work-dir",
     "chunk_size": "--chunk-size",
+    "chunks_per_run": "--chunks-per-run",
     "dtype": "--dtype",
 }
 
@@ -86,6 +87,9 @@ def parser() -> argparse.ArgumentParser:
         help="tessera: a dataset version of geotessera's public store (v1.1) or a store URL/path",
     )
     p.add_argument("--chunk-size", type=int, metavar="N", help="points per chunk")
+    p.add_argument(
+        "--chunks-per-run", type=int, metavar="N", help="chunks per flow run, beyond: child runs"
+    )
     p.add_argument(
         "--dtype", choices=["float32", "float16", "int8"], help="stored embeddings (float32)"
     )
@@ -190,6 +194,7 @@ def params(a: argparse.Namespace) -> dict[str, Any]:
                 store=a.out,
                 work_dir=a.work_dir,
                 chunk_size=a.chunk_size,
+                chunks_per_run=a.chunks_per_run,
                 dtype=a.dtype,
                 refresh=a.refresh or None,
                 wait=a.wait or None,

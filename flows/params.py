@@ -255,3 +255,8 @@ class Output(BaseModel):
         "the work a task carries (at most 512 MiB of input patches and 2048 points), "
         "whatever the region's size",
     )
+    chunks_per_run: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="advanced: chunks one flow run carries at most; a larger export fans out "
+        "into child flow runs of whole write blocks; default: 256",
+    )

@@ -25,9 +25,10 @@ from embedders.spec import Status
 
 CHECKSUM_DIM = "chunk"  # one entry per chunk of the plan: chunk i covers points i*cs...
 CHECKSUM_FILL = 0  # no checksum recorded: a chunk is not done without one
-# Reading a damaged chunk file: zarr's zstd codec (its default, used by every swath store)
-# raises RuntimeError("Zstd decompression error: ...") for a truncated, emptied or corrupted
-# file, and the bytes codec raises ValueError for one that decodes to the wrong size.
+# Reading a damaged file: zarr's sharding codec raises ValueError for a shard too short to
+# hold its index (a truncated or emptied file), its zstd codec (the default, used by every
+# swath store) RuntimeError("Zstd decompression error: ...") for a corrupted inner chunk, and
+# the bytes codec ValueError for one that decodes to the wrong size.
 UNREADABLE = (RuntimeError, ValueError)
 
 
@@ -66,8 +67,8 @@ def data_names(model: str) -> tuple[str, ...]:
 
 
 def checksum_variable(model: str, n_chunks: int) -> tuple[tuple[str, ...], np.ndarray, int]:
-    """The store's `<model>_checksum` for one time entry: dims, fill values, Zarr chunk length
-    along `chunk` (1: each write task writes its own Zarr chunk)."""
+    """The store's `<model>_checksum` for one time entry: dims, fill values, inner Zarr chunk
+    length along `chunk` (1: one per plan chunk; shards hold a write block's, tasks/shards.py)."""
     return ("time", CHECKSUM_DIM), np.full((1, n_chunks), CHECKSUM_FILL, dtype="int32"), 1
 
 
@@ -96,16 +97,42 @@ def seal(path: str, model: str, chunk: ChunkRegion, t: int, written: Sequence[np
     its status: `written` holds the data arrays as given to the store, then the status.
 
     Raises WriteNotKept when the store does not hold what was just written."""
+    seal_chunks(path, model, t, [(chunk, written)])
+
+
+def seal_chunks(
+    path: str,
+    model: str,
+    t: int,
+    sealed: Sequence[tuple[ChunkRegion, Sequence[np.ndarray]]],
+) -> None:
+    """`seal` for several chunks of one write block (in plan order): each chunk's data is read
+    back and checked, then the checksums of each run of consecutive chunks are written in one
+    call (one read-modify-write of their shard, not one per chunk).
+
+    Raises WriteNotKept, before any checksum is written, when the store does not hold what
+    was just written."""
     arrays = _Arrays(path, model, mode="r+")
-    stored = arrays.read_data(t, chunk)
-    expected = checksum(written)
-    if checksum([*stored, written[-1]]) != expected:
-        raise WriteNotKept(
-            f"{model} {chunk.key}: the data read back from store {path} right after writing it "
-            "differs from what was written (another writer, or storage that lost the write); "
-            "check the store's storage, then rerun the export"
-        )
-    arrays.checksums[t, chunk.index] = expected
+    sums: dict[int, int] = {}
+    for chunk, written in sealed:
+        expected = checksum(written)
+        if checksum([*arrays.read_data(t, chunk), written[-1]]) != expected:
+            raise WriteNotKept(
+                f"{model} {chunk.key}: the data read back from store {path} right after "
+                "writing it differs from what was written (another writer, or storage that "
+                "lost the write); check the store's storage, then rerun the export"
+            )
+        sums[chunk.index] = expected
+    indices = sorted(sums)
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and runs[-1][-1] + 1 == i:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    for run in runs:
+        values = np.array([sums[i] for i in run], dtype="int32")
+        arrays.checksums[t, run[0] : run[-1] + 1] = values
 
 
 def check_done(

@@ -9,6 +9,8 @@ Layout (the contract with users, see README):
   `<model>_reason` text, `<model>_valid_fraction` float32, and `<model>_checksum` int32 on
   (time, chunk): each chunk's CRC-32, written before its status (tasks/integrity.py);
 - text (`point_id`, `<model>_reason`) as UTF-8 bytes in uint8 arrays (see TEXT_ENCODING);
+- every variable of a model sharded by write blocks of K plan chunks along `point` (and
+  `chunk`), one plan chunk per inner Zarr chunk (tasks/shards.py);
 - attrs, as JSON text: `swath` (format, fingerprint, software version, window) and `models`
   (per model, its spec, weights, sensor configuration and inference options); `read_meta`.
 """
@@ -33,8 +35,9 @@ from fsspec.core import url_to_fs
 
 from embedders.spec import Status
 from tasks import compact, conventions
-from tasks.integrity import CHECKSUM_ATTRS, CHECKSUM_FILL, checksum_name, checksum_variable, seal
-from tasks.plan import BLOCK_POINTS, Chunk, PointTable
+from tasks.integrity import CHECKSUM_ATTRS, CHECKSUM_FILL, checksum_name, checksum_variable
+from tasks.plan import BLOCK_POINTS, PointTable
+from tasks.shards import choose_block_chunks
 from tasks.text import TEXT_ATTR, TEXT_ENCODING, decode_text, encode_text
 
 # 2: layout fingerprints from each product's declared, versioned identity (not its spec);
@@ -180,12 +183,23 @@ def _short(value: Any) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def create_store(path: str, layout: StoreLayout, window: Window, attrs: dict[str, Any]) -> None:
+def create_store(
+    path: str,
+    layout: StoreLayout,
+    window: Window,
+    attrs: dict[str, Any],
+    *,
+    block_chunks: int | None = None,
+) -> None:
     """Lay the store out once, with its first time entry: coordinates written, data variables
     left to their fill values. A crash leaves either no store or one a rerun lays out again:
     a local store is built beside `path` and renamed into place; an object-store URL (which
-    has no rename) is marked as being created until its attributes are written last."""
-    ds, encoding = _template(layout, window)
+    has no rename) is marked as being created until its attributes are written last.
+
+    Data variables are sharded by write blocks of `block_chunks` plan chunks (default:
+    `default_block_chunks(layout)`)."""
+    k = block_chunks or default_block_chunks(layout)
+    ds, encoding = _template(layout, window, block_chunks=k)
     models = {m.name: {**m.identity, **m.provenance} for m in layout.models}
     ds.attrs["models"] = json.dumps(models, sort_keys=True)
     meta = {
@@ -310,7 +324,24 @@ def _quiet_consolidation() -> Iterator[None]:
         yield
 
 
-def _template(layout: StoreLayout, window: Window) -> tuple[xr.Dataset, dict[str, Any]]:
+def default_block_chunks(layout: StoreLayout, *, at_most: int | None = None) -> int:
+    """The plan chunks per shard of a new store of `layout` (tasks/shards.py); at most
+    `at_most`, the chunks one flow run carries."""
+    n, cs = len(layout.points), layout.chunk_size
+    widest = max(
+        (
+            int(np.prod(shape[2:], dtype=np.int64)) * np.dtype(dtype).itemsize
+            for m in layout.models
+            for _, shape, dtype, _ in _model_variables(m, n, layout.dtype).values()
+        ),
+        default=1,
+    )
+    return choose_block_chunks(-(-n // cs), widest * cs, at_most=at_most)
+
+
+def _template(
+    layout: StoreLayout, window: Window, *, block_chunks: int = 1
+) -> tuple[xr.Dataset, dict[str, Any]]:
     """The store's variables, lazily: the point coordinates are placeholders that
     `_write_coords` fills from the plan a block at a time, and data variables stay at their
     fill values until written (no chunk of them is stored)."""
@@ -333,12 +364,17 @@ def _template(layout: StoreLayout, window: Window) -> tuple[xr.Dataset, dict[str
     encoding: dict[str, dict[str, Any]] = {}
     for m in layout.models:
         for name, (dims, shape, dtype, fill) in _model_variables(m, n, layout.dtype).items():
-            chunks = (1, cs, *shape[2:])
-            data_vars[name] = (dims, da.full(shape, fill, dtype=dtype, chunks=chunks))
-            encoding[name] = {"fill_value": fill}
+            chunks, shards = (1, cs, *shape[2:]), (1, cs * block_chunks, *shape[2:])
+            data_vars[name] = (dims, da.full(shape, fill, dtype=dtype, chunks=shards))
+            encoding[name] = {"fill_value": fill, "chunks": chunks, "shards": shards}
         dims, values, along = checksum_variable(m.name, -(-n // cs))
-        data_vars[checksum_name(m.name)] = (dims, da.from_array(values, chunks=(1, along)))
-        encoding[checksum_name(m.name)] = {"fill_value": values.dtype.type(CHECKSUM_FILL)}
+        shards = (1, along * block_chunks)
+        data_vars[checksum_name(m.name)] = (dims, da.from_array(values, chunks=shards))
+        encoding[checksum_name(m.name)] = {
+            "fill_value": values.dtype.type(CHECKSUM_FILL),
+            "chunks": (1, along),
+            "shards": shards,
+        }
     ds = xr.Dataset(data_vars, coords=coords)
     ds.point_id.attrs.update({TEXT_ATTR: TEXT_ENCODING, "long_name": "point id, UTF-8 bytes"})
     for m in layout.models:
@@ -461,41 +497,6 @@ class ChunkResult:
     status: np.ndarray  # (n,) int8
     reason: list[str]
     valid_fraction: np.ndarray  # (n,) float32
-
-
-def write_chunk(path: str, chunk: Chunk, model: str, result: ChunkResult, t: int) -> float | None:
-    """Write one chunk's region of one model: data first, then its checksum (of the data as
-    read back), and the status (the done mark) last. Embeddings are stored in the store's
-    own dtype (tasks/compact.py).
-
-    Returns the worst cosine between a stored vector and its float32 value (None for a
-    float32 store, or a chunk with no vector)."""
-    region = {"time": slice(t, t + 1), "point": slice(chunk.start, chunk.stop)}
-    emb = result.embeddings.astype("float32")
-    dtype = str(zarr.open_array(path, path=model, mode="r").dtype)
-    stored, scale = compact.encode(emb, dtype)
-    emb_dims = ("time", "point", f"{model}_dim", f"{model}_y", f"{model}_x")[: emb.ndim + 1]
-    reason = encode_text(result.reason, REASON_BYTES)
-    valid = result.valid_fraction.astype("float32")
-    status = result.status.astype("int8")
-    variables = {model: (emb_dims, stored[np.newaxis])}
-    if scale is not None:
-        variables[compact.scale_name(model)] = (emb_dims[:2] + emb_dims[3:], scale[np.newaxis])
-    data = xr.Dataset(
-        {
-            **variables,
-            f"{model}_reason": (("time", "point", REASON_DIM), reason[np.newaxis]),
-            f"{model}_valid_fraction": (("time", "point"), valid[np.newaxis]),
-        }
-    )
-    data.to_zarr(path, region=region, mode="r+", consolidated=False)
-    written = [stored] + ([scale] if scale is not None else []) + [reason, valid, status]
-    seal(path, model, chunk, t, written)
-    done = xr.Dataset({f"{model}_status": (("time", "point"), status[np.newaxis])})
-    done.to_zarr(path, region=region, mode="r+", consolidated=False)
-    if dtype == "float32":
-        return None
-    return compact.worst_cosine(emb, compact.decode(stored, scale))
 
 
 def status_counts(path: str, model: str, t: int) -> dict[str, int]:

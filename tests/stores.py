@@ -11,7 +11,8 @@ from embedders.spec import Status
 from tasks.compact import Dtype
 from tasks.plan import Point, bbox_region, make_chunks, plan_points
 from tasks.sources import SensorConfig
-from tasks.store import ChunkResult, ModelOutput, StoreLayout, create_store, write_chunk
+from tasks.store import ChunkResult, ModelOutput, StoreLayout, create_store
+from tasks.write import write_chunk
 
 BBOX = (-67.66, -47.86, -67.64, -47.845)
 SPACING_M = 250.0

@@ -311,13 +311,25 @@ def test_cli__dry_run_says_what_an_export_would_do_and_writes_nothing(capsys, tm
     text = capsys.readouterr().out
     assert code == 0
     assert "59 points, 2 chunks of up to 32" in text
-    assert "10 task runs (2 x (1 fetch + 2 produce + 2 write))" in text
+    assert "1 chunk(s) per shard" in text
+    assert "1 flow run, at most 10 task runs each (2 chunks x (1 fetch + 2 produce) + 2 " in text
     # dofa_base and ssl4eo_resnet18_rgb share one fetch of 6 bands: 59 x 6 x 64 x 64 x 4 bytes
     assert f"inputs fetched: {59 * 6 * 64 * 64 * 4 / 2**20:,.1f} MB" in text
     # grids: 768 x 4 x 4 (DOFA, 16 px cells) and 512 x 2 x 2 (ResNet, 32 px cells) per point
     per_window = 59 * (768 * 16 + 512 * 4) * 4 + 2 * 59 * 6
     assert f"store per window: {per_window / 2**20:,.1f} MB" in text
     assert not out.exists() and not work.exists()
+
+
+def test_cli__dry_run_counts_child_runs_of_whole_write_blocks(capsys, tmp_path):
+    out, work = tmp_path / "e.zarr", tmp_path / "work"
+    code = main(["--dry-run", "--out", str(out), "--work-dir", str(work), "--chunk-size", "1",
+                 "--chunks-per-run", "20"])  # fmt: skip
+    text = capsys.readouterr().out
+    assert code == 0
+    # 59 chunks in blocks of 14 (a quarter of them): 14, 14, 14, 14 + 3 chunks per child run
+    assert "59 chunks of up to 1; 14 chunk(s) per shard (write block)" in text
+    assert "1 flow run + 4 child runs, at most 55 task runs each (17 chunks x (1 fetch + " in text
 
 
 @pytest.mark.parametrize(

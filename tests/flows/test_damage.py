@@ -2,6 +2,7 @@
 truncated, and `--verify` names them. The flow runs for real (served demo catalog, seeded
 random weights) under the session's Prefect test server."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,8 @@ def test_verify__a_damaged_store_exits_1_naming_the_chunk_and_the_fix(capsys, tm
     assert main(["--verify", "--out", store]) == 1
     out = capsys.readouterr().out
     assert "dofa_base" in out and "1 damaged: chunk-00001-" in out
-    assert "Zstd decompression error" in out
+    # the truncated shard: its index (at its end) is cut or fails its CRC-32C
+    assert re.search(r"The stored shard is too short|Stored and computed checksum do not", out)
     assert "2 chunk(s) damaged; rerun the export" in out
 
 

@@ -24,8 +24,8 @@ from tasks.store import (
     create_store,
     open_store,
     read_meta,
-    write_chunk,
 )
+from tasks.write import write_chunk
 
 README = Path(__file__).parents[2] / "README.md"
 WINDOW = (date(2024, 1, 1), date(2024, 12, 31))

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from embedders.spec import Status
 from tasks import compact
 from tasks.plan import Point, make_chunks
-from tasks.store import ChunkResult, ModelOutput, StoreLayout, create_store, write_chunk
+from tasks.store import ChunkResult, ModelOutput, StoreLayout, create_store
+from tasks.write import write_chunk
 
 
 def _vectors(n: int, dim: int, real: bool) -> np.ndarray:

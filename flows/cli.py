@@ -37,19 +37,16 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")  # a user's own setting wins
         # HTTP clients say each retry they make; the run reports what still fails.
         logging.getLogger("urllib3").setLevel(logging.ERROR)
+    if args.dry_run:
+        return _dry_run(params)
     from flows.export import export, scheduled_day
     from flows.job import UsageError, plan_job, resolve_job
     from tasks.locks import StoreBusy, writer_lock
     from tasks.store import is_url
 
     try:
-        plan = plan_job(**params, today=scheduled_day(), scratch=args.dry_run)
+        plan = plan_job(**params, today=scheduled_day())
         print(f"swath: {len(plan.points)} points in {len(plan.chunks)} chunks -> {plan.store}")
-        if args.dry_run:
-            from flows.dry_run import dry_run
-
-            print(dry_run(plan, chunks_per_run=params["output"].chunks_per_run))
-            return 0
         # One lock from the checks to the end of the flow: no second export slips in between.
         shared = is_url(plan.store) and bool(os.environ.get("PREFECT_API_URL"))
         with writer_lock(
@@ -64,6 +61,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     _print_summary(summary)
     return 0 if summary["all_ok"] else 1
+
+
+def _dry_run(params: dict[str, Any]) -> int:
+    """Plan (in a temporary folder), print what the export would do, write nothing. Neither
+    torch nor Prefect is imported: a continental plan is sized in seconds."""
+    from datetime import UTC, datetime
+
+    from flows.dry_run import dry_run
+    from flows.job import UsageError, plan_job
+
+    try:
+        plan = plan_job(**params, today=datetime.now(UTC).date(), scratch=True)
+    except UsageError as e:
+        return _usage_error(str(e))
+    print(f"swath: {len(plan.points)} points in {len(plan.chunks)} chunks -> {plan.store}")
+    print(dry_run(plan, chunks_per_run=params["output"].chunks_per_run))
+    return 0
 
 
 def _stop_on_signals() -> None:

@@ -9,8 +9,8 @@ def dry_run(plan: Any, *, chunks_per_run: int | None = None) -> str:
     A new store's write blocks and the child flow runs are counted as the export makes them
     (at most `chunks_per_run` chunks per flow run)."""
     from embedders.registry import MODELS
-    from flows.export import CHILD_CHUNKS
     from flows.job import fetch_bands
+    from flows.params import CHILD_CHUNKS
     from tasks.products import PRODUCTS
     from tasks.shards import choose_block_chunks, group_blocks, split_blocks
     from tasks.store import REASON_BYTES

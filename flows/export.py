@@ -25,7 +25,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask.task_runners import DaskTaskRunner
 
 from flows.job import Job, Work, chunk_work, plan_job, resolve_job
-from flows.params import Imagery, Inference, Output, Region, Window
+from flows.params import CHILD_CHUNKS, Imagery, Inference, Output, Region, Window
 from flows.window import INFER_RESOURCE as INFER_RESOURCE
 from flows.window import PartReport, Progress, Share, run_blocks
 from tasks.conventions import write_stac_items
@@ -149,12 +149,6 @@ def _time_entry(job: Job, region: Region, chunks_per_run: int) -> int:
 # Called as listener(done, total) after each (chunk, product) written: the command line's
 # progress bar listens here. Runs from the UI show the progress artifact instead.
 PROGRESS_LISTENERS: list[Callable[[int, int], None]] = []
-
-
-# Chunks one flow run carries at most: a larger export fans out into child flow runs
-# (`swath-export-part`) of whole write blocks, so that no run holds tens of thousands of task
-# runs. `Output.chunks_per_run` overrides it.
-CHILD_CHUNKS = 256
 
 
 def _run(job: Job, todo: Work, t: int, *, refresh: bool, chunks_per_run: int) -> PartReport:

@@ -23,7 +23,6 @@ from flows.params import DEMO_CATALOG, Imagery, Inference, Output, Region, Windo
 from tasks import products
 from tasks.compact import Dtype
 from tasks.demo import build_demo_catalog, demo_catalog_path
-from tasks.infer import resolve_device
 from tasks.integrity import Damage, check_done
 from tasks.plan import (
     Chunk,
@@ -35,7 +34,6 @@ from tasks.plan import (
     plan_key,
     plan_points,
 )
-from tasks.prefetch import check_source
 from tasks.products import Fetch, Product, ProductError, ProductRequest
 from tasks.sources import ImagerySourceError, TransientSourceError
 from tasks.store import StoreLayout, StoreMismatch, check_store, is_url, time_index
@@ -296,6 +294,8 @@ def resolve_job(plan: Plan) -> Job:
 
     Raises UsageError.
     """
+    from tasks.infer import resolve_device  # torch: not needed to plan (or for a dry run)
+
     try:
         device = resolve_device(plan.inference.device)
     except ValueError as e:
@@ -344,6 +344,8 @@ def _check_sources(resolved: tuple[Product, ...]) -> None:
     """Each shared fetch's source can serve it: catalog, collection, bands, one header. A
     permanent failure refuses the run; a transient one (429, 5xx, a dropped connection) does
     not: the prefetch tasks retry it with backoff."""
+    from tasks.prefetch import check_source
+
     for fetch in shared_fetches(resolved):
         try:
             check_source(fetch.bands, fetch.config)

@@ -226,6 +226,12 @@ class Inference(BaseModel):
     )
 
 
+# Chunks one flow run carries at most: a larger export fans out into child flow runs
+# (`swath-export-part`) of whole write blocks, so that no run holds tens of thousands of task
+# runs. `Output.chunks_per_run` overrides it.
+CHILD_CHUNKS = 256
+
+
 class Output(BaseModel):
     """Where results go: the output store, the work directory and the chunk size."""
 

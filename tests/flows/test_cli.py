@@ -353,3 +353,21 @@ def test_cli__device_weights_and_precision_are_refused_before_the_demo_catalog_i
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert __import__("re").search(message, err), err
     assert not out.exists() and not (work / "demo-catalog-v1").exists()
+
+
+def test_cli__dry_run_imports_neither_torch_nor_prefect(tmp_path):
+    """Sizing a continental export costs a plan, not a model library or a Prefect server."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = ['flows.export', '--dry-run', '--out', {str(tmp_path / 'e.zarr')!r}]\n"
+        "try:\n    runpy.run_module('flows.export', run_name='__main__')\n"
+        "except SystemExit as e:\n    print('EXIT', e.code)\n"
+        "print('LOADED', [m for m in ('torch', 'prefect', 'timm') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "dry run: 59 points" in out.stdout and "EXIT 0" in out.stdout, out.stdout + out.stderr
+    assert "LOADED []" in out.stdout, out.stdout
+    assert not (tmp_path / "e.zarr").exists()

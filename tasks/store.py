@@ -461,6 +461,9 @@ class ChunkResult:
     status: np.ndarray  # (n,) int8
     reason: list[str]
     valid_fraction: np.ndarray  # (n,) float32
+    # Seconds in the model's forwards (model products; None for precomputed ones): kept in
+    # the results store's attributes for the benchmarks, never in the output store.
+    forward_s: float | None = None
 
 
 def write_chunk(path: str, chunk: Chunk, model: str, result: ChunkResult, t: int) -> float | None:

@@ -7,11 +7,14 @@ failure isolation). The outputs are stitched back per image in stream order, acc
 in float64, so the result does not depend on the batch size or on which other images
 share the call. Tiles are normalised as they are copied into their batch, so no
 normalised copy of a whole image is made; an image's result is written as soon as its
-last tile is back.
+last tile is back. The seconds spent in the model's forwards come with the result
+(`ForwardClock`), for the benchmarks' accounting of where an export's time goes.
 """
 
+import contextlib
 import functools
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -36,6 +39,7 @@ class EmbedResult:
     status: np.ndarray  # (n,) int8, values of embedders.spec.Status
     reason: list[str]  # "" where OK, else a readable reason
     precision: PrecisionReport | None = None  # the reduced-precision guard's; None in fp32
+    forward_s: float = 0.0  # seconds in the model's forwards (ForwardClock)
 
 
 @dataclass(frozen=True, eq=False)
@@ -252,6 +256,49 @@ def _empty_result(
     )
 
 
+# The clock of forwards on the CPU (a test replaces it).
+_clock = time.perf_counter
+
+
+class ForwardClock:
+    """Seconds spent in the model's forwards of one call. On the CPU a forward returns when
+    it is done: the wall time of each call is added up. On CUDA a forward only queues work:
+    two timing events are recorded on the device's stream around it and read once at the
+    end (`seconds`), when every output is back, so the batch loop gains no synchronisation.
+    A forward's time includes casting its outputs to float32 and, on CUDA, their copy to
+    the host, which the forward queues."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._device = device
+        self._seconds = 0.0
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    @contextlib.contextmanager
+    def forward(self) -> Iterator[None]:
+        if self._device.type != "cuda":
+            began = _clock()
+            try:
+                yield
+            finally:
+                self._seconds += _clock() - began
+            return
+        stream = torch.cuda.current_stream(self._device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record(stream)
+        try:
+            yield
+        finally:
+            end.record(stream)
+            self._events.append((start, end))
+
+    def seconds(self) -> float:
+        for start, end in self._events:
+            end.synchronize()
+            self._seconds += start.elapsed_time(end) / 1000  # milliseconds
+        self._events.clear()
+        return self._seconds
+
+
 def embed_images(
     embedder: Embedder,
     images: Sequence[np.ndarray],
@@ -266,7 +313,8 @@ def embed_images(
     `options.batch_size == "auto"` is resolved by `autobatch.resolve_batch_size`.
     In bf16 and fp16 the model first passes `precision.check_precision` (once per model,
     device and precision in a process; it may keep layers in float32, or raise
-    PrecisionError), and its report comes with the result.
+    PrecisionError), and its report comes with the result, as do the seconds spent in
+    the model's forwards (`forward_s`).
     """
     spec = embedder.spec
     autocast = batching.precision_context(options.precision, device)
@@ -280,15 +328,18 @@ def embed_images(
     shape = (len(spec.bands), spec.tile_px, spec.tile_px)
     plan = BatchPlan(size, device, shape, f"model {spec.name}")
     want_grid = result.grid is not None
+    clock = ForwardClock(batching.device_of(device))
 
     def forward(tiles: torch.Tensor) -> Launched:
-        return batching.launch(embedder, tiles, want_grid=want_grid)
+        with clock.forward():
+            return batching.launch(embedder, tiles, want_grid=want_grid)
 
     stitcher = _Stitcher(spec, options, result)
     tiles = _tile_stream(arrays, spec, options, result)
     with torch.inference_mode(), autocast:
         for ref, outcome in batching.run_batches(tiles, forward, plan):
             stitcher.add(ref, outcome)
+    result.forward_s = clock.seconds()
     if plan.batch_size < size:
         autobatch.lower_auto_batch_size(embedder, options, device, plan.batch_size)
     return result

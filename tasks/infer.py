@@ -135,7 +135,9 @@ class ModelProduct:
             if out.status[i] == Status.NODATA and p.id in patches.notes:
                 reasons[i] = patches.notes[p.id]
         embeddings = out.grid if out.grid is not None else out.pooled
-        return ChunkResult(embeddings, out.status, reasons, out.valid_fraction)
+        return ChunkResult(
+            embeddings, out.status, reasons, out.valid_fraction, forward_s=out.forward_s
+        )
 
 
 @functools.cache

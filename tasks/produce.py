@@ -47,7 +47,10 @@ def save_result(results_path: str, group_path: str, result: ChunkResult) -> None
         ("valid_fraction", result.valid_fraction.astype("float32")),
     ):
         group.create_array(name, shape=arr.shape, dtype=arr.dtype, overwrite=True)[...] = arr
-    group.attrs.update({"reason": list(result.reason), "complete": True})
+    attrs: dict[str, Any] = {"reason": list(result.reason), "complete": True}
+    if result.forward_s is not None:  # the seconds of the model's forwards (bench/scale_bench.py)
+        attrs["forward_s"] = result.forward_s
+    group.attrs.update(attrs)
 
 
 def result_complete(results_path: str, group_path: str) -> bool:

@@ -497,6 +497,9 @@ class ChunkResult:
     status: np.ndarray  # (n,) int8
     reason: list[str]
     valid_fraction: np.ndarray  # (n,) float32
+    # Seconds in the model's forwards (model products; None for precomputed ones): kept in
+    # the results store's attributes for the benchmarks, never in the output store.
+    forward_s: float | None = None
 
 
 def status_counts(path: str, model: str, t: int) -> dict[str, int]:

@@ -1,3 +1,4 @@
+import itertools
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -5,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from embedders import registry
+from embedders import engine, registry
 from embedders.engine import NODATA_REASON, EmbedResult, cut_tiles, embed_images, normalise
 from embedders.spec import Embedder, InferenceOptions, Status
 from tests.embedders.fakes import Wrapper
@@ -215,6 +216,19 @@ def test_embed__fp16_on_cpu_is_refused(resnet18: Embedder, images: list[np.ndarr
 def test_embed__wrong_band_count_names_the_image_and_the_bands(resnet18: Embedder) -> None:
     with pytest.raises(ValueError, match=r"image 0: model ssl4eo_resnet18_rgb takes .* C=3"):
         _run(resnet18, [np.zeros((4, 50, 50), np.float32)], TILE_POOLED)
+
+
+def test_embed__forward_seconds_add_up_the_model_forwards_and_nothing_else(
+    resnet18: Embedder, images: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ticks = itertools.count()
+    monkeypatch.setattr(engine, "_clock", lambda: float(next(ticks)))  # 1 s per reading
+    spy = Wrapper(resnet18)
+    result = _run(spy, images, replace(TILE_POOLED, batch_size=2))
+    assert len(spy.batches) > 1
+    assert result.forward_s == len(spy.batches)  # read before and after each forward only
+    empty = np.full((3, 100, 100), np.nan, dtype=np.float32)
+    assert _run(resnet18, [empty], TILE_POOLED).forward_s == 0.0  # no tile, no forward
 
 
 def test_embed__no_images_gives_empty_arrays(resnet18: Embedder) -> None:

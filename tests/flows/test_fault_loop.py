@@ -1,11 +1,14 @@
-"""Faults at random moments: SIGKILL the export's whole process tree after a seeded random
-delay, sometimes damage a random chunk file of its store (delete or truncate), rerun the same
-command to the end, and check that the store equals an uninterrupted run's and verifies."""
+"""Faults at random moments: SIGKILL the export's whole process tree at a seeded random
+moment of its progress, sometimes damage a random chunk file of its store (delete or
+truncate), rerun the same command to the end, and check that the store equals an
+uninterrupted run's and verifies.
 
-import os
+A moment is drawn as a point in the run's own progress (its k-th "written" line, or its
+flow's start) plus a random delay, not as seconds from the start: how long a run takes to
+start differs from machine to machine, and a kill drawn in seconds may land before any
+chunk is done on every iteration."""
+
 import random
-import signal
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,25 +17,11 @@ import pytest
 from flows.cli import main
 from flows.export import export
 from flows.params import Imagery, Inference, Output, Region, Window
-from tests.flows.test_kill_resume import BBOX, ROOT, command, run_until, store_values
+from tests.flows.test_kill_resume import BBOX, command, run_until, store_values
 
 MODELS = ["ssl4eo_resnet18_rgb", "dofa_base"]  # as in test_kill_resume.command
 ITERATIONS = 3
 ARRAYS = ("", "_status", "_reason", "_valid_fraction", "_checksum")  # a model's, by suffix
-
-
-def kill_after(argv: list[str], delay_s: float, log: Path) -> int:
-    """Run `argv` in its own session and SIGKILL the whole group after `delay_s` unless it
-    ended first. Returns the exit code."""
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            return proc.wait(timeout=delay_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            return proc.wait(timeout=60)
 
 
 def damage_a_done_chunk(store: Path, rng: random.Random) -> str | None:
@@ -73,12 +62,14 @@ def test_fault_loop__kills_and_damaged_files_at_random_end_in_the_clean_store(tm
     for i in range(ITERATIONS):
         store, work = tmp_path / f"run{i}.zarr", tmp_path / f"work{i}"
         argv = command(store, work)
-        # Drawn up front, so the draws do not depend on how far each run got.
-        delay = rng.uniform(10.0, 24.0)  # a run takes about 20 s here, 10 of them starting
+        # Drawn up front, so the draws do not depend on how far each run got. 10 chunk
+        # writes in all (5 chunks x 2 models); k = 0 kills before the first.
+        written, delay = rng.randint(0, 9), rng.uniform(0.0, 2.0)
         damage, damage_rng = rng.random() < 0.8, random.Random(rng.random())
-        code = kill_after(argv, delay, tmp_path / f"killed{i}.log")
+        trigger = f"written {written}/" if written else "points in 5 chunks, window"
+        code, _ = run_until(argv, trigger, delay)
         damaged = damage_a_done_chunk(store, damage_rng) if damage else None
-        history.append(f"run {i}: killed after {delay:.1f} s (exit {code}), {damaged}")
+        history.append(f"run {i}: killed {delay:.1f} s after {trigger!r} (exit {code}), {damaged}")
         code, out = run_until(argv, None)
         assert code == 0, "\n".join(history) + "\n" + out[-3000:]
         redone = [line.split(" - ")[-1] for line in out.splitlines() if "redoing them" in line]

@@ -62,10 +62,10 @@ def find_time(ds: xr.Dataset, day: date | None) -> int:
     raise LookupError(f"the store has no time entry starting {day}; it has {have}")
 
 
-def pooled(ds: xr.Dataset, model: str, t: int) -> np.ndarray:
-    """(point, dim) float32 vectors of `model` at time entry `t`; grids are pooled by the
-    nanmean over y/x (NaN where a point has no value)."""
-    values = np.asarray(ds[model].isel(time=t).values, dtype=np.float32)
+def pooled(ds: xr.Dataset, model: str, t: int, points: slice = slice(None)) -> np.ndarray:
+    """(point, dim) float32 vectors of `model` at time entry `t`, of `points` (default all);
+    grids are pooled by the nanmean over y/x (NaN where a point has no value)."""
+    values = np.asarray(ds[model].isel(time=t, point=points).values, dtype=np.float32)
     if values.ndim == 4:
         with warnings.catch_warnings():  # all-NaN maps (points not ok) stay NaN
             warnings.filterwarnings(

@@ -1,11 +1,14 @@
 """Small finished output stores, written with swath's own `create_store` + `write_chunk`, for
 the tests of what reads a store (quick looks, inspect, GeoParquet)."""
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 from embedders.spec import Status
 from tasks.compact import Dtype
@@ -98,6 +101,35 @@ def write_store(path: Path, *, chunk_size: int = 8, dtype: Dtype = "float32") ->
             result = ChunkResult(emb[s], status[m.name][s], reasons[s], valid)
             write_chunk(str(path), c, m.name, result, 0)
     return written
+
+
+def write_wide_store(
+    path: Path,
+    points: int,
+    dim: int,
+    vectors: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    failed: slice = slice(0),
+) -> int:
+    """A store of about `points` points on a square region at 100 m, one model `m` of `dim`
+    whose vectors are `vectors(lon, lat)` ((point, dim) float32), every point ok but those
+    of `failed`; its number of points. The model's arrays are written whole, past
+    `write_chunk` (fast at 10^5 points; the checksums stay unset): for tests of readers."""
+    side = math.sqrt(points) * 100.0 / 111_320.0
+    bbox = (10.0, 45.0, 10.0 + side / math.cos(math.radians(45.0)), 45.0 + side)
+    table = plan_points(bbox_region(*bbox), 100.0)
+    weights = {"kind": "pretrained", "identity": "W.V1"}
+    model = ModelOutput("m", dim, None, identity={"product": "model", "weights": weights})
+    region = {"bbox": list(bbox), "geojson": None, "spacing_m": 100.0}
+    create_store(
+        str(path), StoreLayout(table, 2048, (model,), "float32"), WINDOW, attrs={"region": region}
+    )
+    group = zarr.open_group(str(path), mode="r+")
+    columns = table.columns(0, len(table))
+    group["m"][0] = vectors(columns["lon"], columns["lat"]).astype(np.float32)
+    status = np.full(len(table), Status.OK, dtype=np.int8)
+    status[failed] = Status.FAILED
+    group["m_status"][0] = status
+    return len(table)
 
 
 def _reason(status: int) -> str:

@@ -7,11 +7,16 @@ null where the status is not ok; grids are pooled by the nanmean over y/x). The 
 key-value metadata holds GeoParquet's `geo` (version 1.1.0) and, under `swath`, the store's
 attributes and the time entry as JSON. Imports neither torch nor Prefect.
 
+The store is read and written a row group at a time (GROUP_BYTES of vectors), so memory stays
+the same whatever the store's size. The file is written beside OUT and renamed onto it once
+complete: an error halfway leaves OUT as it was.
+
 Exit codes: 0 written; 2 bad input (not a store, no such time entry, cannot write OUT).
 """
 
 import argparse
 import json
+import os
 import sys
 from datetime import date
 from typing import Any
@@ -28,6 +33,7 @@ from tasks.reading import (
     NotAStore,
     find_time,
     model_names,
+    point_bounds,
     pooled,
     statuses,
     store_meta,
@@ -37,6 +43,7 @@ from tasks.store import open_store
 
 GEOPARQUET_VERSION = "1.1.0"  # https://geoparquet.org/releases/v1.1.0/
 CRS_EPSG = 4326
+GROUP_BYTES = 64 * 2**20  # of vectors per row group
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,40 +60,69 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        table = store_table(args.store, args.time)
-        pq.write_table(table, args.out)
+        rows, models = write_parquet(args.store, args.out, args.time)
     except (NotAStore, LookupError, OSError) as e:
         print(f"swath to_parquet: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out}: {table.num_rows} points, models {', '.join(_models(table))}")
+    print(f"wrote {args.out}: {rows} points, models {', '.join(models)}")
     return 0
 
 
-def store_table(store: str, day: date | None) -> pa.Table:
-    """The GeoParquet table of the store's time entry starting `day` (the last when None)."""
+def write_parquet(
+    store: str, out: str, day: date | None, *, group_bytes: int = GROUP_BYTES
+) -> tuple[int, list[str]]:
+    """Write the GeoParquet file of the store's time entry starting `day` (the last when
+    None) to `out`, a row group of points at a time; its rows and models."""
     meta = store_meta(store)
+    partial = f"{out}.partial"
     with open_store(store) as ds:
         t = find_time(ds, day)
         start, end = time_entries(ds)[t]
-        lon = np.asarray(ds["lon"].values, dtype=np.float64)
-        lat = np.asarray(ds["lat"].values, dtype=np.float64)
-        columns: dict[str, pa.Array] = {
-            "point_id": pa.array([str(v) for v in ds["point_id"].values], pa.string()),
-            "lon": pa.array(lon),
-            "lat": pa.array(lat),
+        models = model_names(meta)
+        n = ds.sizes["point"]
+        per_point = sum(4 * int(np.prod(ds[m].shape[2:])) for m in models) or 1  # as read
+        step = max(1, group_bytes // per_point)
+        swath = {**meta, "time": {"index": t, "start": str(start), "end": str(end)}}
+        metadata = {
+            "geo": json.dumps(_geo(point_bounds(ds))),
+            "swath": json.dumps(swath, sort_keys=True),
         }
-        for model in model_names(meta):
-            status = statuses(ds, model, t)
-            reasons = ds[f"{model}_reason"].isel(time=t).values
-            columns[f"{model}_status"] = pa.array(status, pa.int8())
-            columns[f"{model}_reason"] = pa.array([str(r) for r in reasons], pa.string())
-            columns[model] = _vectors(pooled(ds, model, t), status == Status.OK)
+        writer: pq.ParquetWriter | None = None
+        try:
+            for a in range(0, n, step):
+                table = _rows(ds, models, t, slice(a, min(n, a + step)))
+                if writer is None:
+                    writer = pq.ParquetWriter(partial, table.schema.with_metadata(metadata))
+                writer.write_table(table)
+        except BaseException:
+            if writer is not None:
+                writer.close()
+            if os.path.exists(partial):
+                os.remove(partial)
+            raise
+        if writer is not None:
+            writer.close()
+    os.replace(partial, out)
+    return n, models
+
+
+def _rows(ds: Any, models: list[str], t: int, points: slice) -> pa.Table:
+    """The table's rows of `points`."""
+    lon = np.asarray(ds["lon"][points].values, dtype=np.float64)
+    lat = np.asarray(ds["lat"][points].values, dtype=np.float64)
+    columns: dict[str, pa.Array] = {
+        "point_id": pa.array([str(v) for v in ds["point_id"][points].values], pa.string()),
+        "lon": pa.array(lon),
+        "lat": pa.array(lat),
+    }
+    for model in models:
+        status = statuses(ds, model, t, points)
+        reasons = ds[f"{model}_reason"].isel(time=t, point=points).values
+        columns[f"{model}_status"] = pa.array(status, pa.int8())
+        columns[f"{model}_reason"] = pa.array([str(r) for r in reasons], pa.string())
+        columns[model] = _vectors(pooled(ds, model, t, points), status == Status.OK)
     columns["geometry"] = pa.array(shapely.to_wkb(shapely.points(lon, lat)), pa.binary())
-    table = pa.table(columns)
-    swath = {**meta, "time": {"index": t, "start": str(start), "end": str(end)}}
-    return table.replace_schema_metadata(
-        {"geo": json.dumps(_geo(lon, lat)), "swath": json.dumps(swath, sort_keys=True)}
-    )
+    return pa.table(columns)
 
 
 def _vectors(values: np.ndarray, ok: np.ndarray) -> pa.FixedSizeListArray:
@@ -96,7 +132,7 @@ def _vectors(values: np.ndarray, ok: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(flat, dim, mask=pa.array(~ok))
 
 
-def _geo(lon: np.ndarray, lat: np.ndarray) -> dict[str, Any]:
+def _geo(bbox: tuple[float, float, float, float]) -> dict[str, Any]:
     """GeoParquet's file metadata: one WKB point column in EPSG:4326 (PROJJSON)."""
     return {
         "version": GEOPARQUET_VERSION,
@@ -106,7 +142,7 @@ def _geo(lon: np.ndarray, lat: np.ndarray) -> dict[str, Any]:
                 "encoding": "WKB",
                 "geometry_types": ["Point"],
                 "crs": CRS.from_epsg(CRS_EPSG).to_json_dict(),
-                "bbox": [float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max())],
+                "bbox": list(bbox),
             }
         },
     }

@@ -38,6 +38,7 @@ from embedders.spec import Status
 from tasks.reading import (
     counts,
     model_names,
+    point_bounds,
     pooled,
     region_outline,
     statuses,
@@ -160,7 +161,7 @@ def read_maps(
     with open_store(store_path) as ds:
         window = time_entries(ds)[t]
         n = ds.sizes["point"]
-        bounds = _bounds(ds) if n > scatter_points else None
+        bounds = point_bounds(ds) if n > scatter_points else None
         for model in model_names(meta):
             weights = meta["models"][model].get("weights") or {}
             note = "  (RANDOM WEIGHTS)" if weights.get("kind") == "random" else ""
@@ -287,18 +288,6 @@ def _cells(ds: xr.Dataset, blocks: _Blocks, pca: Pca | None, grid: _Grid) -> Squ
         rgb[has_ok] = stretch(sums[has_ok] / ok_n[has_ok, None])
     lon, lat = grid.centres(np.flatnonzero(held))
     return lon, lat, status[held], rgb[held], grid.side_m
-
-
-def _bounds(ds: xr.Dataset) -> tuple[float, float, float, float]:
-    """West, south, east and north of the store's points, a stored chunk of them at a time."""
-    n = ds.sizes["point"]
-    step = ds["lon"].chunks[0][0] if ds["lon"].chunks else n
-    west, south, east, north = math.inf, math.inf, -math.inf, -math.inf
-    for a in range(0, n, step):
-        lon, lat = ds["lon"][a : a + step].values, ds["lat"][a : a + step].values
-        west, east = min(west, float(lon.min())), max(east, float(lon.max()))
-        south, north = min(south, float(lat.min())), max(north, float(lat.max()))
-    return west, south, east, north
 
 
 def render(m: Map) -> bytes:

@@ -3,6 +3,7 @@ region's outline. Shared by the quick-look maps, `flows.inspect` and `flows.to_p
 it imports neither torch nor Prefect."""
 
 import json
+import math
 import warnings
 from datetime import date
 from pathlib import Path
@@ -75,8 +76,20 @@ def pooled(ds: xr.Dataset, model: str, t: int, points: slice = slice(None)) -> n
     return values
 
 
-def statuses(ds: xr.Dataset, model: str, t: int) -> np.ndarray:
-    return np.asarray(ds[f"{model}_status"].isel(time=t).values, dtype=np.int8)
+def statuses(ds: xr.Dataset, model: str, t: int, points: slice = slice(None)) -> np.ndarray:
+    return np.asarray(ds[f"{model}_status"].isel(time=t, point=points).values, dtype=np.int8)
+
+
+def point_bounds(ds: xr.Dataset) -> tuple[float, float, float, float]:
+    """West, south, east and north of the store's points, read a stored chunk at a time."""
+    n = ds.sizes["point"]
+    step = ds["lon"].chunks[0][0] if ds["lon"].chunks else n
+    west, south, east, north = math.inf, math.inf, -math.inf, -math.inf
+    for a in range(0, n, step):
+        lon, lat = ds["lon"][a : a + step].values, ds["lat"][a : a + step].values
+        west, east = min(west, float(lon.min())), max(east, float(lon.max()))
+        south, north = min(south, float(lat.min())), max(north, float(lat.max()))
+    return west, south, east, north
 
 
 def counts(status: np.ndarray) -> dict[str, int]:

@@ -250,12 +250,17 @@ def read_meta(path: str) -> dict[str, Any]:
     return attrs
 
 
+TEXT_BLOCK = 16_384  # rows of a text array that open_store decodes at a time
+
+
 def open_store(path: str) -> xr.Dataset:
     """`xr.open_zarr(path)` with its text arrays (point ids, reasons) decoded to strings, and
     float16 and int8 embeddings decoded to float32 (int8 with their per-vector scales)."""
     ds = xr.open_zarr(path)
     for name in [n for n, v in ds.variables.items() if v.attrs.get(TEXT_ATTR)]:
         var = ds[name]
+        if var.chunks and max(var.chunks[-2]) > TEXT_BLOCK:  # decode a part without the rest
+            var = var.chunk({var.dims[-2]: TEXT_BLOCK})
         text = xr.apply_ufunc(
             decode_text,
             var,

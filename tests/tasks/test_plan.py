@@ -155,8 +155,9 @@ def test_plan_file__chunks_read_the_same_points_as_an_in_memory_plan(tmp_path):
 
 
 SCALE_SCRIPT = """
-import pickle, resource, sys, tempfile
+import pickle, sys, tempfile
 from tasks.plan import bbox_region, make_chunks, plan_points
+from tests.memory import peak_kib
 
 width = float(sys.argv[1])
 region = bbox_region(10.0, 40.0, 10.0 + width, 40.0 + width / 2)
@@ -164,7 +165,7 @@ with tempfile.TemporaryDirectory() as folder:
     table = plan_points(region, 100, path=f"{folder}/plan.zarr")
     chunks = make_chunks(table, 1024)
     largest = max(len(pickle.dumps(c)) for c in chunks)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_kib() * 1024
     print(len(table), len(chunks), largest, peak)
 """
 

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.flags import iso_date
+from tasks.plan import chunk_key
 from tasks.reading import (
     NotAStore,
     counts,
@@ -34,7 +35,7 @@ from tasks.reading import (
     time_entries,
     weights_text,
 )
-from tasks.store import open_store
+from tasks.store import TEXT_BLOCK, open_store
 
 TRUE_COLOUR = ("B04", "B03", "B02")  # Sentinel-2 red, green, blue
 TRUE_COLOUR_SCALE = 3000.0  # digital numbers (reflectance x 10000) shown as 0..1: bright land
@@ -130,11 +131,11 @@ def write_patch(
     ds: xr.Dataset, meta: dict[str, Any], point_id: str, t: int, work_dir: str, out: str
 ) -> tuple[int, int]:
     """Write the true-colour PNG of `point_id`'s patch at time entry `t`; its (rows, cols)."""
-    ids = list(ds["point_id"].values)
-    if point_id not in ids:
-        raise NotFound(f"point {point_id} is not in this store ({len(ids)} points, e.g. {ids[0]})")
+    index = find_point(ds, point_id)
     start, end = time_entries(ds)[t]
-    rgb = read_true_colour(os.path.join(work_dir, "inputs.zarr"), meta, point_id, (start, end))
+    chunk = index // int(meta["swath"].get("layout", {}).get("chunk_size") or ds.sizes["point"])
+    inputs = os.path.join(work_dir, "inputs.zarr")
+    rgb = read_true_colour(inputs, meta, point_id, (start, end), chunk=chunk)
     k = max(1, -(-PATCH_MIN_PX // max(rgb.shape[:2])))
     image = rgb.repeat(k, axis=0).repeat(k, axis=1)
     import matplotlib
@@ -146,18 +147,37 @@ def write_patch(
     return image.shape[0], image.shape[1]
 
 
+def find_point(ds: xr.Dataset, point_id: str) -> int:
+    """The point's index in the store, its ids read a block at a time; NotFound if absent."""
+    n = ds.sizes["point"]
+    for start in range(0, n, TEXT_BLOCK):
+        hits = np.flatnonzero(ds["point_id"][start : start + TEXT_BLOCK].values == point_id)
+        if hits.size:
+            return start + int(hits[0])
+    first = ds["point_id"][0].values
+    raise NotFound(f"point {point_id} is not in this store ({n} points, e.g. {first})")
+
+
 def read_true_colour(
-    inputs_path: str, meta: dict[str, Any], point_id: str, window: tuple[date, date]
+    inputs_path: str,
+    meta: dict[str, Any],
+    point_id: str,
+    window: tuple[date, date],
+    *,
+    chunk: int | None = None,
 ) -> np.ndarray:
     """(N, N, 4) RGBA in 0..1 of the point's patch (transparent where NaN), from the inputs
-    group of a sensor configuration that a model of the store reads, for `window`."""
+    group of a sensor configuration that a model of the store reads, for `window`. The
+    groups of plan chunk `chunk` (`chunk-<index>-...`) are looked in first, then the rest
+    (inputs fetched under another chunk size)."""
     where = f"inputs store {inputs_path}"
     if not os.path.isdir(inputs_path):
         raise NotFound(f"no inputs for point {point_id}: {where} does not exist; pass --work-dir")
     sensors = [m["sensor"] for m in meta["models"].values() if isinstance(m.get("sensor"), dict)]
     if not sensors:
         raise NotFound(f"no model of this store reads imagery, so point {point_id} got no patch")
-    for group in _chunk_groups(inputs_path, sensors, window):
+    prefix = "" if chunk is None else chunk_key(chunk, "")
+    for group in _chunk_groups(inputs_path, sensors, window, first=prefix):
         ids = _list_attr(group, "point_ids")
         if point_id in ids and set(TRUE_COLOUR) <= set(_list_attr(group, "bands_done")):
             return _true_colour(group, ids.index(point_id))
@@ -185,19 +205,32 @@ def _list_attr(group: zarr.Group, name: str) -> list[Any]:
 
 
 def _chunk_groups(
-    inputs_path: str, sensors: list[dict[str, Any]], window: tuple[date, date]
+    inputs_path: str, sensors: list[dict[str, Any]], window: tuple[date, date], *, first: str
 ) -> Iterator[zarr.Group]:
-    """The chunk groups of the sensor configurations that match a model's and the window."""
+    """The chunk groups of the sensor configurations that match a model's and the window:
+    those whose name starts with `first`, then the others (each group is opened only when
+    its turn comes)."""
     try:
         root = zarr.open_group(inputs_path, mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
         raise NotFound(f"{inputs_path} is not an inputs store: {e}") from e
+    configs = []
     for _, config_group in root.groups():
         config = config_group.attrs.get("config")
-        if not isinstance(config, dict) or not _matches(config, sensors, window):
-            continue
-        for _, chunk_group in config_group.groups():
-            yield chunk_group
+        if isinstance(config, dict) and _matches(config, sensors, window):
+            configs.append((config_group, sorted(config_group.group_keys())))
+    for config_group, names in configs:
+        for name in (n for n in names if first and n.startswith(first)):
+            yield _group(config_group, name)
+    for config_group, names in configs:
+        for name in (n for n in names if not (first and n.startswith(first))):
+            yield _group(config_group, name)
+
+
+def _group(parent: zarr.Group, name: str) -> zarr.Group:
+    group = parent[name]
+    assert isinstance(group, zarr.Group)
+    return group
 
 
 def _matches(

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.inspect import PATCH_MIN_PX, main
+from flows.inspect import PATCH_MIN_PX, NotFound, find_point, main, read_true_colour
 from tasks.plan import Point, make_chunks
 from tasks.prefetch import prefetch_chunk
 from tasks.sources import Patches, SensorConfig
-from tests.stores import SENSOR, Written, write_store
+from tasks.store import TEXT_BLOCK, open_store, read_meta
+from tests.stores import SENSOR, WINDOW, Written, write_store, write_wide_store
 
 ROOT = Path(__file__).parents[2]
 
@@ -124,3 +125,24 @@ def test_inspect_and_to_parquet__import_neither_torch_nor_prefect():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_inspect__patch_of_a_later_chunk_is_found_with_or_without_the_chunk(written, work_dir):
+    # the last point is in chunk 5 of 8-point chunks: looked for there first, or anywhere
+    point = written.points[-1].id
+    inputs, meta = str(work_dir / "inputs.zarr"), read_meta(written.path)
+    meta = {"swath": meta["swath"], "models": meta["models"]}
+    for chunk in (5, 0, None):
+        rgba = read_true_colour(inputs, meta, point, WINDOW, chunk=chunk)
+        assert rgba.shape == (SENSOR.patch_px, SENSOR.patch_px, 4)
+
+
+def test_find_point__reads_the_ids_a_block_at_a_time(tmp_path):
+    n = write_wide_store(tmp_path / "w.zarr", 40_000, 2, lambda lon, lat: np.zeros((len(lon), 2)))
+    assert n > 2 * TEXT_BLOCK
+    with open_store(str(tmp_path / "w.zarr")) as ds:
+        ids = ds["point_id"]
+        for i in (0, TEXT_BLOCK - 1, TEXT_BLOCK, n - 1):
+            assert find_point(ds, str(ids[i].values)) == i
+        with pytest.raises(NotFound, match=f"{n} points, e.g. "):
+            find_point(ds, "32632-1-2")

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from embedders.spec import Status
 from tasks import compact
-from tasks.plan import Point, make_chunks
+from tasks.chunks import make_chunks
+from tasks.plan import Point
 from tasks.store import ChunkResult, ModelOutput, StoreLayout, create_store
 from tasks.write import write_chunk
 

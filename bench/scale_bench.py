@@ -135,7 +135,8 @@ def region_bbox(
     """A square lon/lat box around `center` holding at least `n_points` grid points (or, with
     `at_most`, at most that many), as few more (or fewer) as the grid allows: its side is
     found by bisection, the points counted with swath's own planner."""
-    from tasks.plan import bbox_region, plan_points
+    from tasks.plan import plan_points
+    from tasks.regions import bbox_region
 
     lon, lat = center
 

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.flags import iso_date
-from tasks.plan import chunk_key
+from tasks.chunks import chunk_key
 from tasks.reading import (
     NotAStore,
     counts,

@@ -21,20 +21,13 @@ from shapely.geometry.base import BaseGeometry
 from embedders.spec import InferenceOptions
 from flows.params import DEMO_CATALOG, Imagery, Inference, Output, Region, Window
 from tasks import products
+from tasks.chunks import Chunk, make_chunks
 from tasks.compact import Dtype
 from tasks.demo import build_demo_catalog, demo_catalog_path
 from tasks.integrity import Damage, check_done
-from tasks.plan import (
-    Chunk,
-    PlanError,
-    PointTable,
-    bbox_region,
-    geojson_region,
-    make_chunks,
-    plan_key,
-    plan_points,
-)
+from tasks.plan import PointTable, plan_key, plan_points
 from tasks.products import Fetch, Product, ProductError, ProductRequest
+from tasks.regions import PlanError, bbox_region, geojson_region
 from tasks.sources import ImagerySourceError, TransientSourceError
 from tasks.store import StoreLayout, StoreMismatch, check_store, is_url, time_index
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from embedders.spec import OutputKind, Status
-from tasks.plan import Chunk
+from tasks.chunks import Chunk
 from tasks.prefetch import read_patches
 from tasks.products import Fetch, ProductError, ProductRequest, identity_key
 from tasks.sensors import SATELLITE_EMBEDDING

@@ -30,7 +30,7 @@ from embedders.spec import (
 )
 from embedders.tiling import grid_shape
 from embedders.weights import WeightsUnavailable
-from tasks.plan import Chunk
+from tasks.chunks import Chunk
 from tasks.prefetch import read_patches
 from tasks.products import Fetch, ProductError, ProductRequest, identity_key
 from tasks.sources import SensorConfig, sensor_config

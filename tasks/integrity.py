@@ -33,7 +33,7 @@ UNREADABLE = (RuntimeError, ValueError)
 
 
 class ChunkRegion(Protocol):
-    """A chunk's place on the store's point axis (tasks.plan.Chunk is one)."""
+    """A chunk's place on the store's point axis (tasks.chunks.Chunk is one)."""
 
     @property
     def index(self) -> int: ...

@@ -1,8 +1,9 @@
-"""Plan: a region and a spacing become points on a regular UTM grid, then chunks of points.
+"""Plan: a region (tasks/regions.py) and a spacing become points on a regular UTM grid.
 
 A plan stays small in the flow whatever the region's size: points live in arrays (a
 `PointTable`, written to a plan file in the work directory), computed with vectorised
-geometry, and a chunk is a small key (`Chunk`) from which a task reads its own points.
+geometry; tasks/chunks.py cuts them into chunks, small keys from which a task reads its
+own points.
 """
 
 import functools
@@ -13,16 +14,18 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import shapely
 import zarr
 from pyproj import Transformer
-from shapely.geometry import MultiPolygon, Polygon, box, shape
+from shapely.geometry import Polygon, box
 from shapely.geometry.base import BaseGeometry
-from shapely.ops import transform, unary_union
+from shapely.ops import transform
+
+from tasks.regions import UTM_LAT_RANGE, PlanError
 
 
 @dataclass(frozen=True)
@@ -37,87 +40,8 @@ class Point:
     y: float
 
 
-class PlanError(ValueError):
-    """Bad region or plan input; the message names the problem and the fix."""
-
-
-# UTM is defined between 80 deg S and 84 deg N (NGA.SIG.0012, 2.3); beyond it is UPS.
-UTM_LAT_RANGE = (-80.0, 84.0)
 # A plan larger than this is almost always a spacing given in the wrong unit.
 MAX_POINTS = 20_000_000
-
-
-def bbox_region(west: float, south: float, east: float, north: float) -> Polygon:
-    """A lon/lat box as a polygon, after checking it is one."""
-    if not all(math.isfinite(v) for v in (west, south, east, north)):
-        raise PlanError("bbox has a non-finite value; give four numbers: west,south,east,north")
-    if not (-90 <= south <= 90 and -90 <= north <= 90):
-        raise PlanError(
-            f"bbox latitude out of range (south={south}, north={north}); latitudes lie in "
-            "[-90, 90]: check the order is west,south,east,north"
-        )
-    if not (-180 <= west <= 180 and -180 <= east <= 180):
-        raise PlanError(f"bbox longitude out of range (west={west}, east={east}); use [-180, 180]")
-    if west >= east:
-        raise PlanError(
-            f"bbox west ({west}) is not less than east ({east}); give west,south,east,north "
-            "(regions across the antimeridian: split them in two)"
-        )
-    if south >= north:
-        raise PlanError(
-            f"bbox south ({south}) is not less than north ({north}); give west,south,east,north"
-        )
-    return box(west, south, east, north)
-
-
-def geojson_region(text: str, *, source: str = "GeoJSON") -> Polygon | MultiPolygon:
-    """A polygon (holes respected) or multipolygon from GeoJSON text in EPSG:4326.
-
-    Accepts a bare geometry, a Feature, or a FeatureCollection whose features are all
-    polygons (they are unioned).
-    """
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise PlanError(
-            f"{source} does not parse as JSON ({e.msg} at line {e.lineno}); fix the file"
-        ) from e
-    if not isinstance(obj, dict):
-        raise PlanError(
-            f"{source} is not a GeoJSON object; give a Polygon, Feature or FeatureCollection"
-        )
-    geometries = _geometries(obj, source)
-    shapes = []
-    for geom in geometries:
-        if not isinstance(geom, dict) or geom.get("type") not in ("Polygon", "MultiPolygon"):
-            kind = geom.get("type") if isinstance(geom, dict) else type(geom).__name__
-            raise PlanError(
-                f"{source} holds a {kind}, not a polygon; give a Polygon or MultiPolygon"
-            )
-        try:
-            shapes.append(shape(geom))
-        except (ValueError, TypeError, AttributeError, IndexError) as e:
-            raise PlanError(
-                f"{source} has a malformed {geom['type']}: {e}; fix its coordinates"
-            ) from e
-    region = unary_union(shapes) if len(shapes) > 1 else shapes[0]
-    if region.is_empty or not region.is_valid:
-        raise PlanError(f"{source} polygon is empty or self-intersecting; fix its rings")
-    west, south, east, north = region.bounds
-    bbox_region(west, south, east, north)  # same range checks as a bbox
-    return region
-
-
-def _geometries(obj: dict[str, Any], source: str) -> list[Any]:
-    kind = obj.get("type")
-    if kind == "FeatureCollection":
-        features = obj.get("features") or []
-        if not features:
-            raise PlanError(f"{source} FeatureCollection has no features; add a polygon feature")
-        return [f.get("geometry") if isinstance(f, dict) else f for f in features]
-    if kind == "Feature":
-        return [obj.get("geometry")]
-    return [obj]
 
 
 def utm_epsg(lon: float, lat: float) -> int:
@@ -430,66 +354,3 @@ def _check_size(region: BaseGeometry, spacing_m: float) -> None:
             f"region at {spacing_m:g} m spacing would give about {estimate:,.0f} points "
             f"(limit {MAX_POINTS:,}); raise --spacing or split the region"
         )
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """A unit of work, retry and resume: points start..stop of the plan, as a small key.
-
-    A task derives the chunk's points from it: they are read from the plan file (`plan`),
-    or, for a chunk of an in-memory plan, held in `inline`."""
-
-    index: int
-    start: int  # position of the first point on the store's point axis
-    stop: int
-    digest: str  # of its points' zones and coordinates
-    plan: str = ""
-    inline: tuple[Point, ...] = field(default=(), repr=False)
-
-    @classmethod
-    def of(cls, index: int, start: int, points: Sequence[Point]) -> "Chunk":
-        """A chunk that holds its points (tests, and small plans kept in memory)."""
-        epsg = np.array([p.epsg for p in points], dtype="int32")
-        x = np.array([p.x for p in points], dtype="float64")
-        y = np.array([p.y for p in points], dtype="float64")
-        digest = coords_digest(epsg, x, y).hexdigest()[:8]
-        return cls(index, start, start + len(points), digest, inline=tuple(points))
-
-    @property
-    def key(self) -> str:
-        """Its name: its index and a digest of its points (`chunk-00001-1a2b3c4d`)."""
-        return chunk_key(self.index, self.digest)
-
-    @property
-    def size(self) -> int:
-        return self.stop - self.start
-
-    @property
-    def points(self) -> tuple[Point, ...]:
-        if self.inline or not self.plan:
-            return self.inline
-        return read_points(self.plan, self.start, self.stop)
-
-
-def chunk_key(index: int, digest: str) -> str:
-    return f"chunk-{index:05d}-{digest}"
-
-
-def make_chunks(points: PointTable | Sequence[Point], chunk_size: int) -> list[Chunk]:
-    """Consecutive runs of `chunk_size` points; the last chunk may be shorter. The table is
-    read a block at a time to name the chunks; a chunk of a plan file carries only its key."""
-    if chunk_size < 1:
-        raise PlanError(f"chunk size must be at least 1, got {chunk_size}")
-    table = points if isinstance(points, PointTable) else PointTable.from_points(points)
-    per_block = max(1, BLOCK_POINTS // chunk_size) * chunk_size
-    chunks: list[Chunk] = []
-    for block in range(0, table.n, per_block):
-        c = table.columns(block, min(block + per_block, table.n))
-        for s in range(0, len(c["epsg"]), chunk_size):
-            sl = slice(s, s + chunk_size)
-            digest = coords_digest(c["epsg"][sl], c["x"][sl], c["y"][sl]).hexdigest()[:8]
-            start = block + s
-            stop = start + len(c["epsg"][sl])
-            inline = table._points(start, stop) if not table.path else ()
-            chunks.append(Chunk(len(chunks), start, stop, digest, table.path, inline))
-    return chunks

@@ -28,7 +28,7 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.tasks import exponential_backoff
 
 from tasks.caching import while_present
-from tasks.plan import Chunk
+from tasks.chunks import Chunk
 from tasks.sources import (
     ImagerySource,
     Patches,

@@ -13,7 +13,7 @@ from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 
 from tasks.caching import while_present
-from tasks.plan import Chunk
+from tasks.chunks import Chunk
 from tasks.prefetch import TRANSIENT_RETRIES, require_group
 from tasks.products import Product
 from tasks.store import ChunkResult

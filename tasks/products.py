@@ -30,7 +30,7 @@ from embedders.spec import InferenceOptions, ModelSpec, WeightsChoice
 from tasks.sensors import SATELLITE_EMBEDDING
 
 if TYPE_CHECKING:
-    from tasks.plan import Chunk
+    from tasks.chunks import Chunk
     from tasks.sources import SensorConfig, SourceAccess
     from tasks.store import ChunkResult, ModelOutput
 

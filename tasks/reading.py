@@ -14,7 +14,7 @@ import xarray as xr
 from shapely.geometry.base import BaseGeometry
 
 from embedders.spec import Status
-from tasks.plan import PlanError, bbox_region, geojson_region
+from tasks.regions import PlanError, bbox_region, geojson_region
 from tasks.store import StoreMismatch, read_meta
 
 

@@ -31,7 +31,8 @@ import zarr
 from pyproj import Transformer
 
 from embedders.spec import OutputKind, Status
-from tasks.plan import Chunk, Point
+from tasks.chunks import Chunk
+from tasks.plan import Point
 from tasks.products import Fetch, ProductError, ProductRequest, identity_key
 from tasks.sources import classify_error
 from tasks.store import ChunkResult, ModelOutput

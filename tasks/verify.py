@@ -12,8 +12,9 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from tasks.chunks import chunk_key
 from tasks.integrity import Damage, check_done
-from tasks.plan import chunk_key, coords_digest
+from tasks.plan import coords_digest
 from tasks.store import CREATING, STORE_FORMAT, StoreMismatch, is_url, read_meta
 
 

@@ -14,8 +14,8 @@ from prefect import task
 from zarr.core.sync import sync
 
 from tasks import compact
+from tasks.chunks import Chunk
 from tasks.integrity import UNREADABLE, seal_chunks
-from tasks.plan import Chunk
 from tasks.prefetch import TRANSIENT_RETRIES
 from tasks.produce import load_result
 from tasks.shards import contiguous_runs

@@ -11,8 +11,10 @@ import numpy as np
 import zarr
 
 from embedders.spec import Status
+from tasks.chunks import make_chunks
 from tasks.compact import Dtype
-from tasks.plan import Point, bbox_region, make_chunks, plan_points
+from tasks.plan import Point, plan_points
+from tasks.regions import bbox_region
 from tasks.sources import SensorConfig
 from tasks.store import ChunkResult, ModelOutput, StoreLayout, create_store
 from tasks.write import write_chunk

@@ -12,7 +12,8 @@ from pyproj import Transformer
 from embedders.spec import Status
 from flows.cli import main
 from tasks import earthengine, gse, sensors
-from tasks.plan import Chunk, Point, _point_id
+from tasks.chunks import Chunk
+from tasks.plan import Point, _point_id
 from tasks.prefetch import prefetch_task
 from tasks.sources import SensorConfig, SourceAccess
 from tasks.stac import patch_geobox

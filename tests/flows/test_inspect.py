@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from flows.inspect import PATCH_MIN_PX, NotFound, find_point, main, read_true_colour
-from tasks.plan import Point, make_chunks
+from tasks.chunks import make_chunks
+from tasks.plan import Point
 from tasks.prefetch import prefetch_chunk
 from tasks.sources import Patches, SensorConfig
 from tasks.store import TEXT_BLOCK, open_store, read_meta

@@ -9,8 +9,8 @@ import zarr
 
 from embedders.spec import Status
 from tasks import compact
+from tasks.chunks import make_chunks
 from tasks.integrity import check_done
-from tasks.plan import make_chunks
 from tasks.store import StoreLayout, StoreMismatch, check_store, open_store
 from tests.stores import write_store
 

@@ -7,7 +7,8 @@ import pystac
 import xarray as xr
 
 from tasks import conventions
-from tasks.plan import bbox_region, plan_points
+from tasks.plan import plan_points
+from tasks.regions import bbox_region
 from tasks.store import StoreLayout, create_store
 from tests.stores import BBOX, MODELS, SPACING_M, WINDOW, write_store
 

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from pyproj import Transformer
 
-from tasks.plan import PlanError, bbox_region, geojson_region, make_chunks, plan_points
+from tasks.chunks import make_chunks
+from tasks.plan import plan_points
+from tasks.regions import PlanError, bbox_region, geojson_region
 
 PATAGONIA = (-67.66, -47.86, -67.62, -47.84)
 
@@ -156,7 +158,9 @@ def test_plan_file__chunks_read_the_same_points_as_an_in_memory_plan(tmp_path):
 
 SCALE_SCRIPT = """
 import pickle, sys, tempfile
-from tasks.plan import bbox_region, make_chunks, plan_points
+from tasks.chunks import make_chunks
+from tasks.plan import plan_points
+from tasks.regions import bbox_region
 from tests.memory import peak_kib
 
 width = float(sys.argv[1])

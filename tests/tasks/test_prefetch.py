@@ -11,8 +11,9 @@ import pytest
 import zarr
 from prefect.states import Failed
 
+from tasks.chunks import Chunk
 from tasks.demo import DEMO_COLLECTION, build_demo_catalog
-from tasks.plan import Chunk, Point
+from tasks.plan import Point
 from tasks.prefetch import (
     PREFETCH_RETRIES,
     MissingInputsError,

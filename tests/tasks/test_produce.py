@@ -13,8 +13,9 @@ import zarr
 
 from embedders import engine
 from embedders.spec import InferenceOptions
+from tasks.chunks import Chunk
 from tasks.infer import resolve_model
-from tasks.plan import Chunk, Point
+from tasks.plan import Point
 from tasks.prefetch import prefetch_chunk
 from tasks.produce import load_result, produce_chunk, result_complete, save_result
 from tasks.products import ProductRequest

@@ -11,8 +11,9 @@ import xarray as xr
 import zarr
 
 from embedders.spec import Status
+from tasks.chunks import make_chunks
 from tasks.integrity import check_done
-from tasks.plan import Point, make_chunks
+from tasks.plan import Point
 from tasks.shards import SHARD_BYTES, block_chunks, choose_block_chunks, split_blocks
 from tasks.store import ChunkResult, ModelOutput, StoreLayout, create_store
 from tasks.write import write_chunks

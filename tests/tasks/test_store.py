@@ -13,7 +13,8 @@ import xarray as xr
 import zarr
 
 from embedders.spec import Status
-from tasks.plan import Point, make_chunks
+from tasks.chunks import make_chunks
+from tasks.plan import Point
 from tasks.store import (
     REASON_BYTES,
     ChunkResult,

@@ -20,7 +20,7 @@ from prefect.client.schemas.filters import (
 
 from flows.export import export
 from flows.params import Imagery, Inference, Output, Region, Window
-from tests.flows.test_kill_resume import BBOX, run_until
+from tests.flows.test_kill_resume import BBOX, assert_same, run_until
 
 MODEL = "ssl4eo_resnet18_rgb"
 PER_RUN = 3  # chunks per flow run: the 5 chunks of BBOX at chunk size 2 make 2 child runs
@@ -41,15 +41,6 @@ def params(store: Path, work: Path, catalog: str, *, chunks_per_run: int | None)
 def values(store: Path | str) -> dict[str, np.ndarray]:
     with xr.open_zarr(store) as ds:
         return {k: ds[k].values for k in [*ds.data_vars, "point_id"]}
-
-
-def assert_same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
-    assert got.keys() == want.keys()
-    for name in want:
-        if want[name].dtype.kind == "f":
-            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, err_msg=name)
-        else:
-            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
 @pytest.fixture(scope="module")

@@ -148,9 +148,5 @@ def _geo(bbox: tuple[float, float, float, float]) -> dict[str, Any]:
     }
 
 
-def _models(table: pa.Table) -> list[str]:
-    return [n.removesuffix("_status") for n in table.column_names if n.endswith("_status")]
-
-
 if __name__ == "__main__":
     raise SystemExit(main())

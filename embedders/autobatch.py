@@ -20,7 +20,7 @@ from typing import Protocol
 import psutil
 import torch
 
-from embedders.batching import PREFETCH_DEPTH, device_of, precision_context
+from embedders.batching import STAGED_BATCHES, device_of, precision_context
 from embedders.spec import Embedder, InferenceOptions, Precision
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,6 @@ CUDA_CAP = 512
 # batch 1/4/8/16/32: fp32 4.45/5.14/5.21/4.82/4.83, bf16 13.4/15.8/16.1/16.0/14.5.
 CPU_CAP = 8
 PROBE_BATCHES = (1, 4)  # two small batch sizes: cheap, and far enough apart to fit a slope
-STAGED_BATCHES = PREFETCH_DEPTH + 1  # input batches alive beside the running forward
 
 
 class MemoryGauge(Protocol):

@@ -1,45 +1,42 @@
-"""Batches of tiles through a model: built ahead in a background thread, staged on the
-device, run with out-of-memory backoff and failure isolation.
+"""Batches of tiles through a model on its device: full batches from a queue of tiles that
+are already there, out-of-memory backoff, failure isolation, and a bound on how far the host
+runs ahead of the device.
 
-A producer thread turns a stream of (ref, writer) into batches of `plan.batch_size`
-tiles: each writer fills its tile's slot of a host buffer (pinned on CUDA, reused from
-batch to batch) which, on CUDA, is sent to the device on a side stream. It runs up to
-`PREFETCH_DEPTH` batches ahead of the forward, so cutting and copying the next batch
-overlaps the current forward. The caller's thread runs the forwards in stream order; on
-CUDA it reads a batch's outputs back only after the next batch is launched, so the host's
-work on outputs overlaps the device's work too.
+Tiles reach the queue cut and normalised on the device (embedders.cutting), each with a ref
+saying whose tile it is. A batch is the queue's first `batch_size` tiles, whichever images
+and blocks they come from. On CUDA nothing here waits for the device: forwards are queued on
+the current stream and their outputs stay on the device, so the host prepares the next
+batch while the device runs this one; `Pacer` keeps at most IN_FLIGHT batches queued.
 """
 
 import contextlib
 import logging
-import queue
-import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol, Self
 
-import numpy as np
 import torch
 
 from embedders.spec import Embedder, Precision
 
 log = logging.getLogger(__name__)
 
-# Batches built ahead of the forward. Two hide the preparation of the next batch behind a
-# forward that takes at least as long; each costs one batch of input memory.
-PREFETCH_DEPTH = 2
-
-
-# Writes one tile, as the model takes it, into a (C, T, T) float32 slot of a batch.
-TileWriter = Callable[[np.ndarray], None]
+# Batches queued on the device ahead of the one running: enough that the device never waits
+# for the host between two forwards, few enough that their memory stays small.
+IN_FLIGHT = 2
+# Input tiles alive on the device beside a forward's own memory, in batches: the queue of cut
+# tiles, the next block being cut (its float32 pixels and its tiles) and the batch assembled.
+STAGED_BATCHES = 4
 
 
 @dataclass
 class BatchPlan:
-    """How a tile stream is batched. `batch_size` is lowered in place on out-of-memory."""
+    """How the tile queue is batched. `batch_size` is lowered in place on out-of-memory."""
 
     batch_size: int
     device: torch.device
-    tile_shape: tuple[int, int, int]  # (C, T, T)
     what: str  # names the model in messages, e.g. "model dofa_base"
 
 
@@ -50,26 +47,29 @@ class Failure:
     reason: str
 
 
-Outcome = tuple[np.ndarray, np.ndarray | None] | Failure
-
-
 @dataclass
 class Launched:
-    """The outputs of one forward, on their way to host memory (`done` fires on arrival)."""
+    """The float32 outputs of one forward, on the model's device (maybe still computing)."""
 
-    pooled: torch.Tensor
-    grid: torch.Tensor | None
-    done: torch.cuda.Event | None = None
+    pooled: torch.Tensor  # (m, D)
+    grid: torch.Tensor | None  # (m, D, g, g), when asked for
 
-    def outcomes(self) -> list[Outcome]:
-        if self.done is not None:
-            self.done.synchronize()
-        pooled = self.pooled.numpy()
-        grid = None if self.grid is None else self.grid.numpy()
-        return [(pooled[k], None if grid is None else grid[k]) for k in range(len(pooled))]
+    def __len__(self) -> int:
+        return len(self.pooled)
+
+    def __getitem__(self, part: slice) -> "Launched":
+        return Launched(self.pooled[part], None if self.grid is None else self.grid[part])
 
 
 Forward = Callable[[torch.Tensor], Launched]
+
+
+class Refs(Protocol):
+    """Whose tiles a run of the queue holds: one entry per tile, sliceable."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, part: slice) -> Self: ...
 
 
 @contextlib.contextmanager
@@ -103,175 +103,96 @@ def precision_context(
 
 
 def launch(embedder: Embedder, tiles: torch.Tensor, *, want_grid: bool) -> Launched:
-    """Run one forward; on CUDA start copying its float32 outputs to pinned host memory."""
+    """Run one forward; its outputs as float32, on the device."""
     pooled, grid = embedder.forward(tiles)
-    outputs = [pooled.float(), grid.float()] if want_grid else [pooled.float()]
-    if tiles.device.type != "cuda":
-        return Launched(outputs[0], outputs[1] if want_grid else None)
-    host = [
-        torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
-        for t in outputs
-    ]
-    done = torch.cuda.Event()
-    done.record()
-    return Launched(host[0], host[1] if want_grid else None, done)
+    return Launched(pooled.float(), grid.float() if want_grid else None)
 
 
 def device_of(device: torch.device) -> torch.device:
-    """`cuda` as the current CUDA device of this thread (`cuda:N`), other devices as they are.
-
-    A new thread's current CUDA device is 0, so a bare `cuda` must be resolved in the
-    caller's thread before the producer thread uses it.
-    """
+    """`cuda` as the current CUDA device of this thread (`cuda:N`), other devices as they are."""
     if device.type == "cuda" and device.index is None:
         return torch.device("cuda", torch.cuda.current_device())
     return device
 
 
-@dataclass
-class _Buffer:
-    """Host memory for one batch, reused: `free_after` fires when the device is done
-    reading it (CUDA)."""
-
-    tensor: torch.Tensor  # (capacity, C, T, T) float32; pinned on CUDA
-    free_after: torch.cuda.Event | None = None
+# The clock of forwards on the CPU (a test replaces it).
+_clock = time.perf_counter
 
 
-@dataclass
-class _Staged[R]:
-    refs: list[R]
-    buffer: _Buffer
-    host: torch.Tensor  # the batch: the first len(refs) tiles of the buffer
-    on_device: torch.Tensor | None = None  # the same tiles on the device (CUDA), if copied
-    ready: torch.cuda.Event | None = None  # fires when `on_device` has arrived
+class ForwardClock:
+    """Seconds spent in the model's forwards of one call. On the CPU a forward returns when
+    it is done: the wall time of each call is added up. On CUDA a forward only queues work:
+    two timing events are recorded on the device's stream around it and read once at the
+    end (`seconds`), so the batch loop gains no synchronisation."""
 
+    def __init__(self, device: torch.device) -> None:
+        self._device = device
+        self._seconds = 0.0
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
-@dataclass(frozen=True)
-class _End:
-    pass
-
-
-@dataclass(frozen=True)
-class _Raised:
-    error: BaseException
-
-
-class _Producer[R]:
-    """Builds batches from a tile stream in a background thread, PREFETCH_DEPTH ahead.
-
-    Exceptions raised while building (by the tile stream too) are raised again from
-    iteration, in the caller's thread. Leaving the context stops the thread.
-    """
-
-    def __init__(self, tiles: Iterator[tuple[R, TileWriter]], plan: BatchPlan) -> None:
-        self._tiles = tiles
-        self._plan = plan
-        self._cuda = plan.device.type == "cuda"
-        self._stream = torch.cuda.Stream(plan.device) if self._cuda else None
-        self._queue: queue.Queue[_Staged[R] | _End | _Raised] = queue.Queue(PREFETCH_DEPTH)
-        self._free: queue.SimpleQueue[_Buffer] = queue.SimpleQueue()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, name="swath-batches", daemon=True)
-
-    def __enter__(self) -> "_Producer[R]":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        with contextlib.suppress(queue.Empty):
-            while True:  # unblock a pending put and free staged batches
-                self._queue.get_nowait()
-        self._thread.join()
-
-    def __iter__(self) -> Iterator[_Staged[R]]:
-        while True:
-            item = self._queue.get()
-            if isinstance(item, _End):
-                return
-            if isinstance(item, _Raised):
-                raise item.error
-            yield item
-
-    def _produce(self) -> None:
-        # A new thread's current CUDA device is 0: pin memory and copy from the plan's
-        # device's context, not device 0's.
-        on_device = torch.cuda.device(self._plan.device) if self._cuda else contextlib.nullcontext()
+    @contextlib.contextmanager
+    def forward(self) -> Iterator[None]:
+        if self._device.type != "cuda":
+            began = _clock()
+            try:
+                yield
+            finally:
+                self._seconds += _clock() - began
+            return
+        stream = torch.cuda.current_stream(self._device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record(stream)
         try:
-            with torch.inference_mode(), on_device:
-                for batch in self._batches():
-                    if not self._put(batch):
-                        return
-            self._put(_End())
-        except BaseException as e:  # handed to the consumer, which raises it
-            self._put(_Raised(e))
+            yield
+        finally:
+            end.record(stream)
+            self._events.append((start, end))
 
-    def release(self, batch: _Staged[R]) -> None:
-        """Hand a batch's buffer back for reuse, once the forwards reading it are queued."""
-        if self._cuda:
-            batch.buffer.free_after = torch.cuda.Event()
-            batch.buffer.free_after.record(torch.cuda.current_stream(self._plan.device))
-        self._free.put(batch.buffer)
-
-    def _buffer(self, size: int) -> _Buffer:
-        with contextlib.suppress(queue.Empty):
-            buffer = self._free.get_nowait()
-            if len(buffer.tensor) >= size:
-                if buffer.free_after is not None:
-                    buffer.free_after.synchronize()
-                return buffer
-        shape = (max(size, self._plan.batch_size), *self._plan.tile_shape)
-        return _Buffer(torch.empty(shape, dtype=torch.float32, pin_memory=self._cuda))
-
-    def _batches(self) -> Iterator[_Staged[R]]:
-        pending: list[tuple[R, TileWriter]] = []
-        for item in self._tiles:
-            pending.append(item)
-            if len(pending) >= self._plan.batch_size:
-                yield self._stage(pending)
-                pending = []
-        if pending:
-            yield self._stage(pending)
-
-    def _stage(self, items: list[tuple[R, TileWriter]]) -> _Staged[R]:
-        buffer = self._buffer(len(items))
-        host = buffer.tensor[: len(items)]
-        slots = host.numpy()
-        for k, (_, write) in enumerate(items):
-            write(slots[k])  # the one copy of each tile, straight into the batch
-        staged = _Staged([ref for ref, _ in items], buffer, host)
-        if self._stream is not None:
-            try:
-                with torch.cuda.stream(self._stream):
-                    staged.on_device = host.to(self._plan.device, non_blocking=True)
-                    staged.ready = torch.cuda.Event()
-                    staged.ready.record(self._stream)
-            except torch.OutOfMemoryError:  # the forward copies it, under its OOM backoff
-                log.info("%s: no device memory to stage a batch ahead", self._plan.what)
-        return staged
-
-    def _put(self, item: _Staged[R] | _End | _Raised) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def seconds(self) -> float:
+        for start, end in self._events:
+            end.synchronize()
+            self._seconds += start.elapsed_time(end) / 1000  # milliseconds
+        self._events.clear()
+        return self._seconds
 
 
-def _on_device[R](batch: _Staged[R], start: int, stop: int, device: torch.device) -> torch.Tensor:
-    if batch.on_device is not None:
-        return batch.on_device[start:stop]
-    return batch.host[start:stop].to(device, non_blocking=True)
+class TileQueue[R: Refs]:
+    """Tiles on the device waiting for a forward, in order, in runs of (tiles, refs)."""
 
+    def __init__(self) -> None:
+        self._runs: deque[tuple[torch.Tensor, R]] = deque()
+        self._size = 0
 
-def _receive[R](batch: _Staged[R], device: torch.device) -> None:
-    """Make the forward's stream wait for a batch copied on the side stream."""
-    if batch.on_device is not None and batch.ready is not None:
-        stream = torch.cuda.current_stream(device)
-        stream.wait_event(batch.ready)
-        batch.on_device.record_stream(stream)
+    def __len__(self) -> int:
+        return self._size
+
+    def push(self, tiles: torch.Tensor, refs: R) -> None:
+        if len(tiles) != len(refs):
+            raise ValueError(f"{len(tiles)} tiles with {len(refs)} refs")
+        if len(tiles):
+            self._runs.append((tiles, refs))
+            self._size += len(tiles)
+
+    def take(self, n: int) -> list[tuple[torch.Tensor, R]]:
+        """The first `n` tiles (or all there are), as runs."""
+        out: list[tuple[torch.Tensor, R]] = []
+        while n > 0 and self._runs:
+            tiles, refs = self._runs[0]
+            m = min(n, len(tiles))
+            out.append((tiles[:m], refs[:m]))
+            if m == len(tiles):
+                self._runs.popleft()
+            else:
+                self._runs[0] = (tiles[m:], refs[m:])
+            self._size -= m
+            n -= m
+        return out
+
+    def give_back(self, runs: list[tuple[torch.Tensor, R]]) -> None:
+        """Put taken runs back at the front, in their order (after an out-of-memory)."""
+        for tiles, refs in reversed(runs):
+            self._runs.appendleft((tiles, refs))
+            self._size += len(tiles)
 
 
 def _isolate(forward: Forward, tiles: torch.Tensor) -> list[Launched | Failure]:
@@ -300,50 +221,61 @@ def _back_off(plan: BatchPlan, size: int, error: torch.OutOfMemoryError) -> None
         torch.cuda.empty_cache()
 
 
-def _run[R](
-    batch: _Staged[R], forward: Forward, plan: BatchPlan
-) -> Iterator[tuple[list[R], list[Launched | Failure]]]:
-    """A staged batch in parts of at most `plan.batch_size` tiles; on out-of-memory the
-    batch size halves and the same tiles run again, so no tile is lost or done twice."""
-    pos = 0
-    while pos < len(batch.refs):
-        size = min(plan.batch_size, len(batch.refs) - pos)
-        try:
-            pieces = _isolate(forward, _on_device(batch, pos, pos + size, plan.device))
-        except torch.OutOfMemoryError as e:
-            _back_off(plan, size, e)
-            continue
-        yield batch.refs[pos : pos + size], pieces
-        pos += size
-
-
-def _finish[R](refs: list[R], pieces: list[Launched | Failure]) -> Iterator[tuple[R, Outcome]]:
-    outcomes: list[Outcome] = []
+def _align[R: Refs](
+    runs: list[tuple[torch.Tensor, R]], pieces: list[Launched | Failure]
+) -> list[tuple[R, Launched | Failure]]:
+    """The outputs of a batch cut along the runs it was taken from: (refs, outputs) pairs
+    that cover the batch in order."""
+    out: list[tuple[R, Launched | Failure]] = []
+    queue = deque(refs for _, refs in runs)
     for piece in pieces:
-        outcomes += piece.outcomes() if isinstance(piece, Launched) else [piece]
-    yield from zip(refs, outcomes, strict=True)
+        n, done = (1 if isinstance(piece, Failure) else len(piece)), 0
+        while done < n:
+            refs = queue.popleft()
+            m = min(len(refs), n - done)
+            part = piece if isinstance(piece, Failure) else piece[done : done + m]
+            out.append((refs[:m], part))
+            if m < len(refs):
+                queue.appendleft(refs[m:])
+            done += m
+    return out
 
 
-def run_batches[R](
-    tiles: Iterator[tuple[R, TileWriter]], forward: Forward, plan: BatchPlan
-) -> Iterator[tuple[R, Outcome]]:
-    """The outcome of every tile of the stream, in stream order.
-
-    `tiles` is consumed in a background thread; `forward` runs in the caller's thread
-    (inside its inference mode and autocast). Batches are full except the last one and
-    after an out-of-memory backoff. Outputs must not be views of the input tiles.
-    """
+def step[R: Refs](
+    queue: TileQueue[R], forward: Forward, plan: BatchPlan
+) -> list[tuple[R, Launched | Failure]]:
+    """One batch of the queue's first `plan.batch_size` tiles through `forward`: the outputs
+    along the refs. On out-of-memory the batch size halves and the tiles go back to the
+    queue, so no tile is lost or done twice (an empty list says so)."""
     if plan.batch_size < 1:
         raise ValueError(f"{plan.what}: batch_size must be >= 1, got {plan.batch_size}")
-    plan.device = device_of(plan.device)
-    previous: tuple[list[R], list[Launched | Failure]] | None = None
-    with _Producer(tiles, plan) as producer:
-        for batch in producer:
-            _receive(batch, plan.device)
-            for part in _run(batch, forward, plan):
-                if previous is not None:  # read back once the next forward is launched
-                    yield from _finish(*previous)
-                previous = part
-            producer.release(batch)
-    if previous is not None:
-        yield from _finish(*previous)
+    size = min(plan.batch_size, len(queue))
+    runs = queue.take(size)
+    tiles = runs[0][0] if len(runs) == 1 else torch.cat([t for t, _ in runs])
+    try:
+        pieces = _isolate(forward, tiles)
+    except torch.OutOfMemoryError as e:
+        queue.give_back(runs)
+        del tiles
+        _back_off(plan, size, e)
+        return []
+    return _align(runs, pieces)
+
+
+class Pacer:
+    """Keeps the host at most IN_FLIGHT batches ahead of a CUDA device (a no-op elsewhere):
+    every batch queued on the device holds its tiles' memory until it has run."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._cuda = device.type == "cuda"
+        self._marks: deque[torch.cuda.Event] = deque()
+
+    def mark(self) -> None:
+        """After a batch's work is queued: wait for the oldest batch if too many are."""
+        if not self._cuda:
+            return
+        event = torch.cuda.Event()
+        event.record()
+        self._marks.append(event)
+        while len(self._marks) > IN_FLIGHT:
+            self._marks.popleft().synchronize()

@@ -1,34 +1,47 @@
 """Tile-flattened batch inference: many images in, one embedding (and grid) per image out.
 
-Every image is normalised, its invalid pixels filled, then cut into tiles (or resized to
-one tile). The tiles of all images form one stream that runs through the model in full
-batches (embedders.batching: built ahead in a background thread, out-of-memory backoff,
-failure isolation). The outputs are stitched back per image in stream order, accumulated
-in float64, so the result does not depend on the batch size or on which other images
-share the call. Tiles are normalised as they are copied into their batch, so no
-normalised copy of a whole image is made; an image's result is written as soon as its
-last tile is back. The seconds spent in the model's forwards come with the result
-(`ForwardClock`), for the benchmarks' accounting of where an export's time goes.
+Images come as stacks of same-size patches (embedders.patches), compact as the inputs store
+holds them. A stack goes to the model's device a block of points at a time: on CUDA each
+block is copied from pinned memory and cut on a side stream (embedders.cutting: decode,
+normalise, fill, pad or resize, cut, weigh) while the model runs the batches before it.
+The tiles of every block of every stack form one queue that runs through the model in full
+batches (embedders.batching). Outputs stay on the device and are stitched back per image
+there, pooled as the area-weighted mean over the image's tiles and grids blended in float64,
+so the result does not depend on the batch size or on which other images share the call.
+Only the results come back to the host, once per call.
+
+The seconds the model's forwards took come with the result (`forward_s`, from CUDA events
+on a GPU), beside the call's wall time (`embed_s`): their ratio is the share of the time
+the device was computing.
 """
 
 import contextlib
-import functools
 import logging
+import math
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from embedders import autobatch, batching, precision, tiling
-from embedders.batching import BatchPlan, Failure, Launched, Outcome, TileWriter
+from embedders import autobatch, batching, cutting, execution, precision, stitching, tiling
+from embedders.batching import BatchPlan, Failure, ForwardClock, Launched, TileQueue
+from embedders.encoding import FLOAT32
+from embedders.patches import PatchStack, stacks_of_images
 from embedders.precision import PrecisionReport
 from embedders.spec import Embedder, InferenceOptions, ModelSpec, Status
 
 log = logging.getLogger(__name__)
 
 NODATA_REASON = "no valid pixel in the patch (nodata, cloud or outside coverage)"
+
+# The first blocks of a call are small, so that the device starts on the first batch after
+# copying a few patches, not a whole batch's worth; then blocks of about one batch.
+FIRST_BLOCK_SHARE = 8
+# Blocks cut ahead of the one whose tiles join the queue.
+BLOCKS_AHEAD = 1
 
 
 @dataclass
@@ -40,202 +53,186 @@ class EmbedResult:
     reason: list[str]  # "" where OK, else a readable reason
     precision: PrecisionReport | None = None  # the reduced-precision guard's; None in fp32
     forward_s: float = 0.0  # seconds in the model's forwards (ForwardClock)
+    embed_s: float = 0.0  # wall seconds of the call, from its first block to its results
+    compile_s: float = 0.0  # seconds this call spent compiling the model (options.compile)
 
 
-@dataclass(frozen=True, eq=False)
-class _Layout:
-    """Where one image's tiles lie and how much each counts: all stitching needs."""
+@dataclass(frozen=True)
+class _Refs:
+    """Whose tiles a run of the queue holds: per tile its stack, image, tile and pooling
+    weight, on the host for bookkeeping and on the device for stitching."""
 
-    origins: list[tuple[int, int]]  # (y0, x0) of each tile
-    weights: np.ndarray  # (n_tiles,) pooling weight of each tile
-    padded: tuple[int, int]  # (Hp, Wp) after padding or resizing
-    height: int  # unpadded size
-    width: int
-    n_run: int = 0  # how many of the tiles go through the model
+    stack: int
+    image: np.ndarray  # (m,) image index within the stack
+    tile: np.ndarray  # (m,) tile index within the image's layout
+    weight: np.ndarray  # (m,) float64
+    image_dev: torch.Tensor
+    weight_dev: torch.Tensor
 
+    def __len__(self) -> int:
+        return len(self.image)
 
-@dataclass
-class _Prepared:
-    """One image ready to be cut: where its tiles lie, and the pixels they are cut from.
-
-    An image of at least one tile is cut from the caller's array and normalised on the
-    way into the batch (no normalised copy of the whole image); a padded or resized image
-    is small and normalised here.
-    """
-
-    pixels: np.ndarray  # (C, Hp, Wp) float32
-    valid: np.ndarray | None  # (Hp, Wp) mask when `pixels` are raw, None when normalised
-    layout: _Layout
-    valid_fraction: float  # share of the unpadded image's pixels that are valid
-
-
-@dataclass(frozen=True, eq=False)
-class _TileRef:
-    image: int
-    tile: int  # index into the image's origins
-    layout: _Layout
-
-
-@functools.cache
-def _norm(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band mean and std as (C, 1, 1) float32."""
-    mean = np.asarray(spec.norm_mean, dtype=np.float32)[:, None, None]
-    return mean, np.asarray(spec.norm_std, dtype=np.float32)[:, None, None]
-
-
-def normalise(image: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Normalise per band and fill invalid pixels with 0 (the dataset mean).
-
-    Returns the filled image and the validity mask (all bands finite).
-    """
-    valid = np.isfinite(image).all(axis=0)
-    mean, std = _norm(spec)
-    out = image - mean
-    out /= std
-    out[:, ~valid] = 0.0
-    return out, valid
-
-
-def prepare(image: np.ndarray, spec: ModelSpec, options: InferenceOptions) -> _Prepared:
-    """Lay one (C, H, W) float32 image out in tiles (or resize it to one tile)."""
-    valid = np.isfinite(image).all(axis=0)
-    _, height, width = image.shape
-    fraction = float(valid.mean())
-    tile = spec.tile_px
-    if options.input_prep == "resize":
-        resized, valid_r = tiling.resize_to_tile(normalise(image, spec)[0], valid, tile)
-        layout = _Layout([(0, 0)], np.array([float(valid_r.sum())]), (tile, tile), height, width)
-        return _Prepared(resized, None, layout, fraction)
-    pixels, valid_p = image, valid
-    mask: np.ndarray | None = valid
-    if height < tile or width < tile:
-        pixels, valid_p = tiling.pad_to_tile(normalise(image, spec)[0], valid, tile, spec.pad_mode)
-        mask = None
-    height_p, width_p = valid_p.shape
-    origins = tiling.tile_origins(height_p, width_p, tile, options.tile_overlap_px)
-    weights = tiling.tile_weights(valid_p, origins, tile)
-    layout = _Layout(origins, weights, (height_p, width_p), height, width)
-    return _Prepared(pixels, mask, layout, fraction)
-
-
-def write_tile(p: _Prepared, tile: int, spec: ModelSpec, out: np.ndarray) -> None:
-    """Write tile `tile` of a prepared image into `out` (C, T, T), normalised and filled:
-    the same float32 operations as `normalise`, so the same values to the bit."""
-    y0, x0 = p.layout.origins[tile]
-    rows, cols = slice(y0, y0 + spec.tile_px), slice(x0, x0 + spec.tile_px)
-    if p.valid is None:
-        np.copyto(out, p.pixels[:, rows, cols])
-        return
-    mean, std = _norm(spec)
-    np.subtract(p.pixels[:, rows, cols], mean, out=out)
-    out /= std
-    valid = p.valid[rows, cols]
-    if not valid.all():
-        out[:, ~valid] = 0.0
-
-
-def cut_tiles(image: np.ndarray, spec: ModelSpec, options: InferenceOptions) -> np.ndarray:
-    """Every tile of one image as the model receives it: (n_tiles, C, T, T) float32."""
-    p = prepare(np.asarray(image, dtype=np.float32), spec, options)
-    side = spec.tile_px
-    tiles = np.empty((len(p.layout.origins), len(spec.bands), side, side), dtype=np.float32)
-    for t in range(len(tiles)):
-        write_tile(p, t, spec, tiles[t])
-    return tiles
-
-
-def _check_image(image: np.ndarray, index: int, spec: ModelSpec) -> np.ndarray:
-    arr = np.asarray(image, dtype=np.float32)
-    if arr.ndim != 3 or arr.shape[0] != len(spec.bands) or 0 in arr.shape:
-        raise ValueError(
-            f"image {index}: model {spec.name} takes (C, H, W) arrays with C={len(spec.bands)} "
-            f"bands {spec.bands} in that order; got shape {arr.shape}"
+    def __getitem__(self, part: slice) -> "_Refs":
+        return _Refs(
+            self.stack,
+            self.image[part],
+            self.tile[part],
+            self.weight[part],
+            self.image_dev[part],
+            self.weight_dev[part],
         )
-    return arr
-
-
-def _tile_stream(
-    arrays: list[np.ndarray], spec: ModelSpec, options: InferenceOptions, result: EmbedResult
-) -> Iterator[tuple[_TileRef, TileWriter]]:
-    """Every tile of every image, in order, prepared image by image (in the producer
-    thread). Images without a valid pixel are marked NODATA here and yield no tile."""
-    keep_all = options.output == "grid"  # every cell of the grid needs a tile
-    for i, arr in enumerate(arrays):
-        p = prepare(arr, spec, options)
-        result.valid_fraction[i] = p.valid_fraction
-        if p.layout.weights.sum() <= 0:
-            result.status[i] = Status.NODATA
-            result.reason[i] = _nodata_reason(p.valid_fraction, spec)
-            continue
-        run = [t for t, w in enumerate(p.layout.weights) if keep_all or w > 0]
-        layout = replace(p.layout, n_run=len(run))
-        for t in run:
-            yield _TileRef(i, t, layout), functools.partial(write_tile, p, t, spec)
 
 
 @dataclass
-class _Partial:
-    """One image's outputs so far, in float64."""
+class _Stack:
+    """One stack's place in the call: where its images go in the result, and their sums."""
 
-    total: np.ndarray | None = None
-    weight: float = 0.0
-    blender: tiling.GridBlender | None = None
-    failed: str = ""
-    seen: int = 0
+    rows: np.ndarray  # positions of its images in the result
+    patches: PatchStack
+    where: cutting.Layout
+    sums: stitching.Sums
 
 
 @dataclass
-class _Stitcher:
-    """Accumulates tile outputs per image in stream order; writes an image's result as
-    soon as its last tile is back."""
+class _Block:
+    """Images start..stop of a stack, being cut on the device."""
 
-    spec: ModelSpec
-    options: InferenceOptions
-    result: EmbedResult
-    partial: dict[int, _Partial] = field(default_factory=dict)
+    stack: int
+    start: int
+    stop: int
+    cut: cutting.Cut
+    weights: torch.Tensor  # (k, n_tiles) float64 on the host, arriving
+    fraction: torch.Tensor  # (k,) float64 on the host, arriving
+    ready: torch.cuda.Event | None  # fires when the host copies have arrived
 
-    def add(self, ref: _TileRef, outcome: Outcome) -> None:
-        part = self.partial.setdefault(ref.image, _Partial())
-        part.seen += 1
-        if isinstance(outcome, Failure):
-            part.failed = part.failed or outcome.reason
-        elif not part.failed:
-            self._accumulate(part, ref, *outcome)
-        if part.seen == ref.layout.n_run:
-            self._write(ref.image, ref.layout, self.partial.pop(ref.image))
 
-    def _accumulate(
-        self, part: _Partial, ref: _TileRef, pooled: np.ndarray, grid: np.ndarray | None
+class _Call:
+    """One call of `embed_stacks`: its stacks, the tile queue and the result."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        stacks: list[_Stack],
+        options: InferenceOptions,
+        device: torch.device,
+        result: EmbedResult,
     ) -> None:
-        w = float(ref.layout.weights[ref.tile])
-        if w > 0:
-            vector = w * pooled.astype(np.float64)
-            part.total = vector if part.total is None else part.total + vector
-            part.weight += w
-        if grid is None:
-            return
-        if self.options.input_prep == "resize":
-            part.blender = tiling.GridBlender(grid.astype(np.float64), np.ones(grid.shape[1:]), 1)
-            return
-        if part.blender is None:
-            hp, wp = ref.layout.padded
-            part.blender = tiling.GridBlender.for_image(
-                grid.shape[0], hp, wp, self.spec.grid_stride_px
-            )
-        part.blender.add(grid, *ref.layout.origins[ref.tile])
+        self.embedder, self.spec, self.options = embedder, embedder.spec, options
+        self.stacks, self.device, self.result = stacks, device, result
+        self.cuda = device.type == "cuda"
+        self.side = torch.cuda.Stream(device) if self.cuda else None
+        self.queue: TileQueue[_Refs] = TileQueue()
+        self.want_grid = options.output == "grid"
 
-    def _write(self, i: int, layout: _Layout, part: _Partial) -> None:
-        result = self.result
-        if part.failed:
-            result.status[i], result.reason[i] = Status.FAILED, part.failed
+    # -- blocks: copied and cut ahead, on the side stream ------------------------------------
+
+    def blocks(self, batch_size: int) -> Iterator[tuple[int, int, int]]:
+        """(stack, start, stop) of every block: about one batch of tiles each, the first few
+        smaller."""
+        share = FIRST_BLOCK_SHARE
+        for s, stack in enumerate(self.stacks):
+            full = max(1, math.ceil(batch_size / stack.where.n_tiles))
+            start = 0
+            while start < len(stack.patches):
+                size = max(1, full // share)
+                share = max(1, share // 2)
+                yield s, start, min(start + size, len(stack.patches))
+                start += size
+
+    def cut(self, s: int, start: int, stop: int) -> _Block:
+        stack = self.stacks[s]
+        on_side = torch.cuda.stream(self.side) if self.side else contextlib.nullcontext()
+        with on_side:
+            values = stack.patches.values[start:stop].to(self.device, non_blocking=True)
+            cut = cutting.cut(values, stack.patches.encoding, self.spec, stack.where)
+            weights, fraction = _to_host(cut.weights), _to_host(cut.valid_fraction)
+            ready = None
+            if self.side is not None:
+                ready = torch.cuda.Event()
+                ready.record(self.side)
+        return _Block(s, start, stop, cut, weights, fraction, ready)
+
+    def admit(self, block: _Block) -> None:
+        """A cut block's runnable tiles into the queue; images without a valid pixel are
+        NODATA and send none."""
+        if block.ready is not None:
+            block.ready.synchronize()
+            block.cut.tiles.record_stream(torch.cuda.current_stream(self.device))
+            block.cut.weights.record_stream(torch.cuda.current_stream(self.device))
+        stack = self.stacks[block.stack]
+        weights, fraction = block.weights.numpy(), block.fraction.numpy()
+        rows = stack.rows[block.start : block.stop]
+        self.result.valid_fraction[rows] = fraction
+        alive = weights.sum(1) > 0
+        for k in np.flatnonzero(~alive):
+            self.result.status[rows[k]] = Status.NODATA
+            self.result.reason[rows[k]] = _nodata_reason(float(fraction[k]), self.spec)
+        run = alive[:, None] & ((weights > 0) | self.want_grid)
+        picked = np.flatnonzero(run.ravel())
+        if not len(picked):
             return
-        assert part.total is not None  # an image with tiles has a tile of positive weight
-        result.pooled[i] = part.total / part.weight
-        if result.grid is not None:
-            assert part.blender is not None
-            gh, gw = tiling.grid_shape(self.spec, self.options, layout.height, layout.width)
-            result.grid[i, :, :gh, :gw] = part.blender.result((gh, gw))
-        result.status[i], result.reason[i] = Status.OK, ""
+        n_tiles = stack.where.n_tiles
+        flat = block.cut.tiles.flatten(0, 1)
+        flat_w = block.cut.weights.flatten()
+        if len(picked) < len(flat):
+            index = torch.from_numpy(picked).to(self.device, non_blocking=True)
+            flat, flat_w = flat.index_select(0, index), flat_w.index_select(0, index)
+        image = block.start + picked // n_tiles
+        refs = _Refs(
+            block.stack,
+            image,
+            picked % n_tiles,
+            weights.ravel()[picked],
+            torch.from_numpy(image).to(self.device, non_blocking=True),
+            flat_w,
+        )
+        self.queue.push(flat, refs)
+
+    # -- stitching: on the device, in float64 ------------------------------------------------
+
+    def stitch(self, refs: _Refs, outcome: Launched | Failure) -> None:
+        sums = self.stacks[refs.stack].sums
+        if isinstance(outcome, Failure):
+            sums.fail(refs.image.tolist(), outcome.reason)
+            return
+        counts = refs.weight > 0  # in grid output, tiles without a valid pixel run too
+        if counts.all():
+            sums.add(refs.image_dev, refs.weight_dev, outcome.pooled)
+        else:
+            keep = torch.from_numpy(np.flatnonzero(counts)).to(self.device, non_blocking=True)
+            sums.add(refs.image_dev[keep], refs.weight_dev[keep], outcome.pooled[keep])
+        if outcome.grid is not None:
+            sums.blend(refs.image_dev, refs.tile, outcome.grid)
+
+    # -- results -----------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Each stack's sums into the result, copied to the host once."""
+        result = self.result
+        for stack in self.stacks:
+            sums = stack.sums
+            pooled = sums.pooled()
+            pending = np.flatnonzero(result.status[stack.rows] == Status.PENDING)
+            for i in pending.tolist():
+                row = stack.rows[i]
+                if i in sums.failed:
+                    result.status[row], result.reason[row] = Status.FAILED, sums.failed[i]
+                else:
+                    result.pooled[row] = pooled[i]
+                    result.status[row], result.reason[row] = Status.OK, ""
+            if result.grid is not None and sums.grid is not None:
+                ok = np.flatnonzero(result.status[stack.rows] == Status.OK)
+                maps = sums.maps(self.options)
+                gh, gw = maps.shape[-2:]
+                result.grid[stack.rows[ok], :, :gh, :gw] = maps[ok]
+
+
+def _to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy on the host, arriving asynchronously from a CUDA device (pinned memory)."""
+    if tensor.device.type != "cuda":
+        return tensor
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    return host.copy_(tensor, non_blocking=True)
 
 
 def _empty_result(
@@ -256,47 +253,119 @@ def _empty_result(
     )
 
 
-# The clock of forwards on the CPU (a test replaces it).
-_clock = time.perf_counter
+def _check_stack(stack: PatchStack, index: int, spec: ModelSpec) -> None:
+    if stack.bands != len(spec.bands):
+        raise ValueError(
+            f"image {index}: model {spec.name} takes (C, H, W) arrays with C={len(spec.bands)} "
+            f"bands {spec.bands} in that order; got shape {tuple(stack.values.shape[1:])}"
+        )
 
 
-class ForwardClock:
-    """Seconds spent in the model's forwards of one call. On the CPU a forward returns when
-    it is done: the wall time of each call is added up. On CUDA a forward only queues work:
-    two timing events are recorded on the device's stream around it and read once at the
-    end (`seconds`), when every output is back, so the batch loop gains no synchronisation.
-    A forward's time includes casting its outputs to float32 and, on CUDA, their copy to
-    the host, which the forward queues."""
+def _check_image(image: np.ndarray, index: int, spec: ModelSpec) -> np.ndarray:
+    arr = np.asarray(image, dtype=np.float32)
+    if arr.ndim != 3 or arr.shape[0] != len(spec.bands) or 0 in arr.shape:
+        raise ValueError(
+            f"image {index}: model {spec.name} takes (C, H, W) arrays with C={len(spec.bands)} "
+            f"bands {spec.bands} in that order; got shape {arr.shape}"
+        )
+    return arr
 
-    def __init__(self, device: torch.device) -> None:
-        self._device = device
-        self._seconds = 0.0
-        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
-    @contextlib.contextmanager
-    def forward(self) -> Iterator[None]:
-        if self._device.type != "cuda":
-            began = _clock()
-            try:
-                yield
-            finally:
-                self._seconds += _clock() - began
-            return
-        stream = torch.cuda.current_stream(self._device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record(stream)
-        try:
-            yield
-        finally:
-            end.record(stream)
-            self._events.append((start, end))
+def _stack(
+    rows: np.ndarray,
+    patches: PatchStack,
+    spec: ModelSpec,
+    options: InferenceOptions,
+    device: torch.device,
+) -> _Stack:
+    height, width = patches.size
+    where = cutting.layout(spec, options, height, width)
+    return _Stack(
+        rows, patches, where, stitching.Sums.zeros(len(patches), where, spec, options, device)
+    )
 
-    def seconds(self) -> float:
-        for start, end in self._events:
-            end.synchronize()
-            self._seconds += start.elapsed_time(end) / 1000  # milliseconds
-        self._events.clear()
-        return self._seconds
+
+def embed_stacks(
+    embedder: Embedder,
+    stacks: Sequence[tuple[np.ndarray, PatchStack]],
+    options: InferenceOptions,
+    device: torch.device,
+) -> EmbedResult:
+    """Embed patch stacks, each with the positions of its images in the result, through one
+    tile queue (see the module's note). Images without a valid pixel get NODATA; images
+    whose tiles make the model raise get FAILED with the error as reason.
+
+    `options.batch_size == "auto"` is resolved by `autobatch.resolve_batch_size`. In bf16
+    and fp16 the model first passes `precision.check_precision` (once per model, device and
+    precision in a process; it may keep layers in float32, or raise PrecisionError), and its
+    report comes with the result. With `options.compile` the model's forward is compiled
+    once per process (embedders.compiled)."""
+    spec = embedder.spec
+    device = batching.device_of(device)
+    autocast = batching.precision_context(options.precision, device)
+    n = sum(len(s) for _, s in stacks)
+    for rows, patches in stacks:
+        _check_stack(patches, int(rows[0]) if len(rows) else 0, spec)
+    sizes = [(0, 0)] * n
+    for rows, patches in stacks:
+        for r in rows.tolist():
+            sizes[r] = patches.size
+    result = _empty_result(spec, options, sizes)
+    if options.precision != "fp32":
+        result.precision = precision.check_precision(embedder, options.precision, device)
+    if n == 0:
+        return result
+    began = time.perf_counter()
+    size = autobatch.resolve_batch_size(embedder, options, device)
+    model, result.compile_s = execution.prepare(embedder, options, device, size)
+    plan = BatchPlan(size, device, f"model {spec.name}")
+    clock = ForwardClock(device)
+    want_grid = options.output == "grid"
+
+    def forward(tiles: torch.Tensor) -> Launched:
+        with clock.forward(), autocast:
+            return batching.launch(model, tiles, want_grid=want_grid)
+
+    parts = [_stack(rows, patches, spec, options, device) for rows, patches in stacks]
+    call = _Call(embedder, parts, options, device, result)
+    with torch.inference_mode():
+        _run(call, forward, plan)
+        call.finish()
+    result.forward_s = clock.seconds()
+    result.embed_s = time.perf_counter() - began
+    if plan.batch_size < size:
+        autobatch.lower_auto_batch_size(embedder, options, device, plan.batch_size)
+    return result
+
+
+def _run(call: _Call, forward: batching.Forward, plan: BatchPlan) -> None:
+    """Cut blocks ahead, admit their tiles, and run full batches as the queue fills."""
+    pacer = batching.Pacer(call.device)
+    cutting_ahead: deque[_Block] = deque()
+
+    def run_batches(final: bool) -> None:
+        while len(call.queue) >= plan.batch_size or (final and len(call.queue)):
+            for refs, outcome in batching.step(call.queue, forward, plan):
+                call.stitch(refs, outcome)
+            pacer.mark()
+
+    for s, start, stop in call.blocks(plan.batch_size):
+        cutting_ahead.append(call.cut(s, start, stop))
+        if len(cutting_ahead) > BLOCKS_AHEAD:
+            call.admit(cutting_ahead.popleft())
+            run_batches(final=False)
+    while cutting_ahead:
+        call.admit(cutting_ahead.popleft())
+        run_batches(final=False)
+    run_batches(final=True)
+
+
+def embed_patches(
+    embedder: Embedder, patches: PatchStack, options: InferenceOptions, device: torch.device
+) -> EmbedResult:
+    """Embed one stack of same-size patches (an export chunk's, as the inputs store holds
+    them; see embed_stacks)."""
+    return embed_stacks(embedder, [(np.arange(len(patches)), patches)], options, device)
 
 
 def embed_images(
@@ -305,44 +374,24 @@ def embed_images(
     options: InferenceOptions,
     device: torch.device,
 ) -> EmbedResult:
-    """Embed (C, H, W) images (source units, NaN where masked) with one tile stream.
+    """Embed (C, H, W) float32 images (source units, NaN where masked); they may differ in
+    size, and with `output == "grid"` the grids of smaller images are NaN beyond their own
+    `tiling.grid_shape` (see embed_stacks)."""
+    arrays = [_check_image(img, i, embedder.spec) for i, img in enumerate(images)]
+    stacks = stacks_of_images(arrays)
+    if device.type == "cuda":
+        stacks = [(rows, s.pinned()) for rows, s in stacks]
+    return embed_stacks(embedder, stacks, options, device)
 
-    Images may differ in size; with `output == "grid"` the grids of smaller images are
-    NaN beyond their own `tiling.grid_shape`. Images without a valid pixel get NODATA;
-    images whose tiles make the model raise get FAILED with the error as reason.
-    `options.batch_size == "auto"` is resolved by `autobatch.resolve_batch_size`.
-    In bf16 and fp16 the model first passes `precision.check_precision` (once per model,
-    device and precision in a process; it may keep layers in float32, or raise
-    PrecisionError), and its report comes with the result, as do the seconds spent in
-    the model's forwards (`forward_s`).
-    """
-    spec = embedder.spec
-    autocast = batching.precision_context(options.precision, device)
-    arrays = [_check_image(img, i, spec) for i, img in enumerate(images)]
-    result = _empty_result(spec, options, [a.shape[1:] for a in arrays])
-    if options.precision != "fp32":
-        result.precision = precision.check_precision(embedder, options.precision, device)
-    if not arrays:
-        return result
-    size = autobatch.resolve_batch_size(embedder, options, device)
-    shape = (len(spec.bands), spec.tile_px, spec.tile_px)
-    plan = BatchPlan(size, device, shape, f"model {spec.name}")
-    want_grid = result.grid is not None
-    clock = ForwardClock(batching.device_of(device))
 
-    def forward(tiles: torch.Tensor) -> Launched:
-        with clock.forward():
-            return batching.launch(embedder, tiles, want_grid=want_grid)
-
-    stitcher = _Stitcher(spec, options, result)
-    tiles = _tile_stream(arrays, spec, options, result)
-    with torch.inference_mode(), autocast:
-        for ref, outcome in batching.run_batches(tiles, forward, plan):
-            stitcher.add(ref, outcome)
-    result.forward_s = clock.seconds()
-    if plan.batch_size < size:
-        autobatch.lower_auto_batch_size(embedder, options, device, plan.batch_size)
-    return result
+def cut_tiles(image: np.ndarray, spec: ModelSpec, options: InferenceOptions) -> np.ndarray:
+    """Every tile of one image as the model receives it: (n_tiles, C, T, T) float32 (on the
+    CPU, by the same code that cuts them on any device)."""
+    arr = np.asarray(image, dtype=np.float32)
+    where = cutting.layout(spec, options, arr.shape[1], arr.shape[2])
+    with torch.inference_mode():
+        cut = cutting.cut(torch.from_numpy(arr)[None], FLOAT32, spec, where)
+    return cut.tiles[0].numpy()
 
 
 def _nodata_reason(valid_fraction: float, spec: ModelSpec) -> str:

@@ -16,6 +16,7 @@ InputPrep = Literal["tile", "resize"]
 OutputKind = Literal["pooled", "grid"]
 WeightsChoice = Literal["auto", "pretrained", "random"]
 Precision = Literal["fp32", "bf16", "fp16"]
+ChannelsLast = Literal["auto", "on", "off"]
 
 
 class Status(IntEnum):
@@ -41,7 +42,9 @@ class ModelSpec:
     cell of the model's output grid spans (16 for a ViT with 16 px patches, 32 for a
     ResNet's last stage). `checkpoint` is the file name torch hub keeps the pretrained
     weights under (the basename of the weights enum's URL), so whether they are in the
-    local cache can be told without importing a model library.
+    local cache can be told without importing a model library. `convolutional` says the
+    model is a CNN, which runs faster on CUDA with its tensors in channels-last memory order
+    (embedders.execution); it is not identity.
     """
 
     name: str
@@ -61,6 +64,7 @@ class ModelSpec:
     version: int = 1
     licence: str = ""
     checkpoint: str = ""
+    convolutional: bool = False
 
     def __post_init__(self) -> None:
         n = len(self.bands)
@@ -109,23 +113,38 @@ class WeightsInfo:
 
 @dataclass(frozen=True)
 class InferenceOptions:
-    """How tiles are cut, batched and stitched.
+    """How tiles are cut, batched and stitched, and how the forward runs.
 
-    Everything but `batch_size` is part of a result's identity: results do not depend on
-    the batch size, so changing it never invalidates work already done. "auto" is the
-    largest batch that fits the device's memory, measured (embedders.autobatch).
+    `input_prep`, `output`, `tile_overlap_px` and `precision` are part of a result's
+    identity. The others (EXECUTION) say how the same result is computed: results do not
+    depend on the batch size, nor (within the precision guard's bound) on compilation or
+    memory order, so changing them never invalidates work already done. Batch size "auto"
+    is the largest batch that fits the device's memory, measured (embedders.autobatch);
+    `compile` compiles the forward with torch.compile once per model and process;
+    `channels_last` "auto" is on for convolutional models on CUDA (embedders.execution).
     """
 
     input_prep: InputPrep = "resize"
     output: OutputKind = "pooled"
     tile_overlap_px: int = 0
     precision: Precision = "fp32"
-    batch_size: int | Literal["auto"] = 16
+    batch_size: int | Literal["auto"] = "auto"
+    compile: bool = False
+    channels_last: ChannelsLast = "auto"
+
+    def identity(self) -> dict[str, object]:
+        """The fields results depend on."""
+        ident = asdict(self)
+        for name in EXECUTION:
+            del ident[name]
+        return ident
 
     def key(self) -> str:
-        ident = asdict(self)
-        del ident["batch_size"]
-        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]
+
+
+# InferenceOptions fields that say how a result is computed, not what it is.
+EXECUTION = ("batch_size", "compile", "channels_last")
 
 
 class Embedder(Protocol):

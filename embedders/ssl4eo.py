@@ -41,6 +41,7 @@ def _spec(name: str, depth: int, dim: int, member: str, checkpoint: str) -> Mode
         pretrained_weights=member,
         licence="CC-BY-4.0 (weights)",
         checkpoint=checkpoint,
+        convolutional=True,
     )
 
 

@@ -58,6 +58,7 @@ def _spec(
         pretrained_weights=member,
         licence="CC-BY-4.0 (weights)",
         checkpoint=checkpoint,
+        convolutional=arch.startswith("ResNet"),
     )
 
 

@@ -1,18 +1,18 @@
-"""Cutting images into model tiles and putting the tile outputs back together.
+"""Where model tiles lie in an image and how their output grids blend back together.
 
-Geometry only: where tiles start, how much each tile counts in the pooled mean, how
-overlapping feature grids blend, how a small image is padded and how an image is resized
-to one tile. Arrays are (C, H, W) float32 images and (H, W) bool validity masks.
+Geometry only, on the host: where tiles start (the last one moved back to the image's
+edge), the blending window of a tile's output grid, the size of an image's output grid,
+and `GridBlender`, which blends tile grids into one map (the reference the device's
+stitching in embedders.engine follows). Cutting the pixels happens on the model's device
+(embedders.cutting).
 """
 
 import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from embedders.spec import InferenceOptions, ModelSpec, PadMode
+from embedders.spec import InferenceOptions, ModelSpec
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -41,73 +41,11 @@ def tile_origins(height: int, width: int, tile: int, overlap: int) -> list[tuple
     return [(y, x) for y in ys for x in xs]
 
 
-def _axis_coverage(size: int, starts: list[int], tile: int) -> np.ndarray:
-    counts = np.zeros(size, dtype=np.float64)
-    for s in starts:
-        counts[s : s + tile] += 1
-    return counts
-
-
-def tile_weights(valid: np.ndarray, origins: list[tuple[int, int]], tile: int) -> np.ndarray:
-    """Pooling weight of each tile: its valid pixels, each shared among the tiles covering it.
-
-    weight_t = sum over the tile's pixels of valid(p) / coverage(p), so the weights of all
-    tiles sum to the number of valid pixels and overlaps are not counted twice.
-    """
-    height, width = valid.shape
-    cov_y = _axis_coverage(height, sorted({y for y, _ in origins}), tile)
-    cov_x = _axis_coverage(width, sorted({x for _, x in origins}), tile)
-    if np.any(cov_y == 0) or np.any(cov_x == 0):
-        raise ValueError("tiles do not cover the whole image; cut them with tile_origins")
-    share = valid / np.outer(cov_y, cov_x)
-    return np.array([share[y : y + tile, x : x + tile].sum() for y, x in origins])
-
-
 def blend_window(cells: int) -> np.ndarray:
     """Triangular weights over the cells of one tile's output grid: 1 in the centre,
     falling towards the edges, strictly positive (the edge cell of a 7-cell grid gets 1/7)."""
     centres = (np.arange(cells) + 0.5) / cells
     return 1.0 - np.abs(2.0 * centres - 1.0)
-
-
-def pad_to_tile(
-    image: np.ndarray, valid: np.ndarray, tile: int, mode: PadMode
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pad an image smaller than a tile at its bottom and right up to the tile side.
-
-    The padding keeps the image's pixels on the output grid (cell 0 starts at pixel 0).
-    Padded pixels are invalid. "reflect" mirrors repeatedly when the pad is wider than
-    the image (40 px -> 224 px works).
-    """
-    _, height, width = image.shape
-    pad_y, pad_x = max(tile - height, 0), max(tile - width, 0)
-    if pad_y == 0 and pad_x == 0:
-        return image, valid
-    padded = np.pad(image, ((0, 0), (0, pad_y), (0, pad_x)), mode=mode)
-    return padded, np.pad(valid, ((0, pad_y), (0, pad_x)), constant_values=False)
-
-
-def resize_to_tile(
-    image: np.ndarray, valid: np.ndarray, tile: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Resize a whole image to exactly one tile (bilinear, antialiased when shrinking).
-
-    The image must already have its invalid pixels filled, so NaN cannot spread. The
-    validity mask is resized the same way; a resized pixel is valid where it is > 0.5.
-    """
-    if not np.all(np.isfinite(image)):
-        raise ValueError("fill invalid pixels before resizing: NaN would spread to neighbours")
-    _, height, width = image.shape
-    shrink = height > tile or width > tile
-    stacked = np.concatenate([image, valid[None].astype(np.float32)])
-    out = F.interpolate(
-        torch.from_numpy(np.ascontiguousarray(stacked))[None],
-        size=(tile, tile),
-        mode="bilinear",
-        align_corners=False,
-        antialias=shrink,
-    )[0].numpy()
-    return np.ascontiguousarray(out[:-1]), out[-1] > 0.5
 
 
 def grid_shape(

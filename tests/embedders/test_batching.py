@@ -1,44 +1,47 @@
-import threading
-from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 
 from embedders.batching import (
-    PREFETCH_DEPTH,
+    IN_FLIGHT,
     BatchPlan,
     Failure,
     Launched,
-    Outcome,
-    TileWriter,
+    Pacer,
+    TileQueue,
     precision_context,
-    run_batches,
+    step,
 )
 
 CPU = torch.device("cpu")
 
 
-SHAPE = (1, 2, 2)
+@dataclass(frozen=True)
+class Ids:
+    """Refs that are the tiles' own numbers."""
+
+    ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, part: slice) -> "Ids":
+        return Ids(self.ids[part])
 
 
 def _plan(batch_size: int, device: torch.device = CPU) -> BatchPlan:
-    return BatchPlan(batch_size, device, SHAPE, "model m")
+    return BatchPlan(batch_size, device, "model m")
 
 
-def _stream(n: int, fail_at: int | None = None) -> Iterator[tuple[int, TileWriter]]:
-    """Tiles (1, 2, 2) filled with their own index; raises at tile `fail_at`."""
-    for k in range(n):
-        if k == fail_at:
-            raise ValueError(f"image {k}: broken patch")
-        yield k, _writer(k)
-
-
-def _writer(value: float) -> TileWriter:
-    def write(out: np.ndarray) -> None:
-        out.fill(value)
-
-    return write
+def _queue(*runs: range, device: torch.device = CPU) -> TileQueue[Ids]:
+    """Tiles (1, 2, 2) filled with their own number, pushed in runs (as blocks are)."""
+    queue: TileQueue[Ids] = TileQueue()
+    for run in runs:
+        values = torch.tensor(list(run), dtype=torch.float32, device=device)
+        queue.push(values[:, None, None, None].expand(-1, 1, 2, 2), Ids(np.array(run)))
+    return queue
 
 
 class Recorder:
@@ -47,12 +50,10 @@ class Recorder:
     def __init__(self, oom_above: int | None = None, bad_value: float | None = None) -> None:
         self.oom_above, self.bad_value = oom_above, bad_value
         self.batches: list[list[int]] = []  # tile values of each forward that ran
-        self.threads: set[int] = set()
-        self.buffers: set[int] = set()  # addresses of the batches' memory
+        self.devices: set[str] = set()
 
     def __call__(self, tiles: torch.Tensor) -> Launched:
-        self.threads.add(threading.get_ident())
-        self.buffers.add(tiles.data_ptr())
+        self.devices.add(str(tiles.device))
         if self.oom_above is not None and len(tiles) > self.oom_above:
             raise torch.OutOfMemoryError(f"fake OOM for a batch of {len(tiles)}")
         values = tiles[:, 0, 0, 0]
@@ -62,93 +63,62 @@ class Recorder:
         return Launched(values[:, None].clone(), None)
 
 
-def _values(outcomes: list[tuple[int, Outcome]]) -> list[float]:
-    return [float(o[0][0]) for _, o in outcomes if not isinstance(o, Failure)]
+def _drain(queue: TileQueue[Ids], forward: Recorder, plan: BatchPlan) -> list[tuple[int, object]]:
+    """Every tile's (ref, value or Failure), in the order the outcomes came."""
+    out: list[tuple[int, object]] = []
+    while len(queue):
+        for refs, outcome in step(queue, forward, plan):
+            if isinstance(outcome, Failure):
+                out += [(int(i), outcome) for i in refs.ids]
+            else:
+                values = outcome.pooled[:, 0].tolist()
+                out += list(zip(refs.ids.tolist(), [int(v) for v in values], strict=True))
+    return out
 
 
-def _producer_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "swath-batches"]
-
-
-def test_run_batches__every_tile_once_in_order_in_full_batches() -> None:
+def test_step__every_tile_once_in_order_in_full_batches_across_runs() -> None:
     forward = Recorder()
-    out = list(run_batches(_stream(23), forward, _plan(5)))
-    assert [ref for ref, _ in out] == list(range(23))
-    assert _values(out) == list(range(23))
+    out = _drain(_queue(range(0, 7), range(7, 9), range(9, 23)), forward, _plan(5))
+    assert out == [(i, i) for i in range(23)]  # refs stay with their tiles
     assert [len(b) for b in forward.batches] == [5, 5, 5, 5, 3]
-    assert forward.threads == {threading.get_ident()}  # forwards run in the caller's thread
-    assert _producer_threads() == []
 
 
-def test_run_batches__batch_memory_is_reused() -> None:
-    forward = Recorder()
-    out = list(run_batches(_stream(200), forward, _plan(4)))
-    assert _values(out) == list(range(200))  # no batch overwritten while in use
-    assert len(forward.batches) == 50 and len(forward.buffers) <= PREFETCH_DEPTH + 3
-
-
-def test_run_batches__the_next_batch_is_built_while_the_forward_runs() -> None:
-    second_batch_started = threading.Event()
-    producer_thread: list[int] = []
-
-    def stream() -> Iterator[tuple[int, TileWriter]]:
-        for k, tile in _stream(8):
-            producer_thread.append(threading.get_ident())
-            if k == 4:
-                second_batch_started.set()
-            yield k, tile
-
-    def forward(tiles: torch.Tensor) -> Launched:
-        # Without a producer thread running ahead, this would wait in vain.
-        assert second_batch_started.wait(timeout=10), "batch 2 was not built during forward 1"
-        return Launched(tiles[:, 0, 0, :1].clone(), None)
-
-    out = list(run_batches(stream(), forward, _plan(4)))
-    assert _values(out) == list(range(8))
-    assert set(producer_thread) != {threading.get_ident()}
-
-
-def test_run_batches__an_error_in_the_tile_stream_is_raised_in_the_caller() -> None:
-    seen: list[int] = []
-    with pytest.raises(ValueError, match="image 6: broken patch"):
-        for ref, _ in run_batches(_stream(10, fail_at=6), Recorder(), _plan(3)):
-            seen.append(ref)
-    assert seen == sorted(seen) and set(seen) <= set(range(6))  # none from tile 6 on
-    assert _producer_threads() == []
-
-
-def test_run_batches__stopping_early_stops_the_producer() -> None:
-    outcomes = run_batches(_stream(1000), Recorder(), _plan(2))
-    assert next(outcomes)[0] == 0
-    outcomes.close()
-    assert _producer_threads() == []
-
-
-def test_run_batches__out_of_memory_halves_the_batch_for_the_rest_of_the_stream() -> None:
+def test_step__out_of_memory_halves_the_batch_and_gives_the_tiles_back() -> None:
     forward = Recorder(oom_above=4)
     plan = _plan(16)
-    out = list(run_batches(_stream(40), forward, plan))
-    assert _values(out) == list(range(40))
+    out = _drain(_queue(range(0, 25), range(25, 40)), forward, plan)
+    assert out == [(i, i) for i in range(40)]
     assert sorted(v for b in forward.batches for v in b) == list(range(40))  # each tile once
     assert {len(b) for b in forward.batches} == {4} and plan.batch_size == 4
 
 
-def test_run_batches__out_of_memory_on_one_tile_names_the_model() -> None:
+def test_step__out_of_memory_on_one_tile_names_the_model() -> None:
     with pytest.raises(torch.OutOfMemoryError, match="model m: out of memory with a batch of one"):
-        list(run_batches(_stream(3), Recorder(oom_above=0), _plan(2)))
-    assert _producer_threads() == []
+        _drain(_queue(range(3)), Recorder(oom_above=0), _plan(2))
 
 
-def test_run_batches__a_failing_tile_fails_alone() -> None:
-    out = list(run_batches(_stream(12), Recorder(bad_value=7), _plan(8)))
+def test_step__a_failing_tile_fails_alone() -> None:
+    out = _drain(_queue(range(5), range(5, 12)), Recorder(bad_value=7), _plan(8))
     assert [ref for ref, _ in out] == list(range(12))
     assert out[7][1] == Failure("ValueError: bad tile 7")
-    assert _values(out) == [v for v in range(12) if v != 7]
+    assert [v for _, v in out if not isinstance(v, Failure)] == [v for v in range(12) if v != 7]
 
 
-def test_run_batches__rejects_a_batch_size_below_one() -> None:
+def test_step__rejects_a_batch_size_below_one() -> None:
     with pytest.raises(ValueError, match="model m: batch_size must be >= 1, got 0"):
-        list(run_batches(_stream(3), Recorder(), _plan(0)))
+        step(_queue(range(3)), Recorder(), _plan(0))
+
+
+def test_tile_queue__refuses_tiles_without_a_ref_each() -> None:
+    queue: TileQueue[Ids] = TileQueue()
+    with pytest.raises(ValueError, match="3 tiles with 2 refs"):
+        queue.push(torch.zeros(3, 1, 2, 2), Ids(np.arange(2)))
+
+
+def test_pacer__on_the_cpu_waits_for_nothing() -> None:
+    pacer = Pacer(CPU)
+    for _ in range(IN_FLIGHT + 3):
+        pacer.mark()  # no event, no error
 
 
 def test_precision__fp32_on_cuda_is_ieee_float32_not_tf32() -> None:
@@ -167,13 +137,16 @@ def test_precision__bf16_autocasts_on_cpu_and_fp16_is_refused_there() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_run_batches__cuda_tiles_arrive_on_the_device_in_order() -> None:
-    devices: set[str] = set()
-
-    def forward(tiles: torch.Tensor) -> Launched:
-        devices.add(str(tiles.device))
-        return Launched(tiles[:, 0, 0, :1].float().cpu(), None)
-
-    out = list(run_batches(_stream(21), forward, _plan(4, torch.device("cuda"))))
-    assert _values(out) == list(range(21))
-    assert devices == {f"cuda:{torch.cuda.current_device()}"}
+def test_step__cuda_tiles_run_on_the_device_in_order() -> None:
+    cuda = torch.device("cuda", torch.cuda.current_device())
+    forward = Recorder()
+    pacer = Pacer(cuda)
+    queue = _queue(range(0, 10), range(10, 21), device=cuda)
+    out: list[tuple[int, object]] = []
+    while len(queue):
+        for refs, outcome in step(queue, forward, _plan(4, cuda)):
+            assert isinstance(outcome, Launched)
+            out += list(zip(refs.ids.tolist(), outcome.pooled[:, 0].int().tolist(), strict=True))
+        pacer.mark()
+    assert out == [(i, i) for i in range(21)]
+    assert forward.devices == {str(cuda)}

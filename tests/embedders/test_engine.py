@@ -6,16 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from embedders import engine, registry
-from embedders.engine import NODATA_REASON, EmbedResult, cut_tiles, embed_images, normalise
+from embedders import batching, registry
+from embedders.engine import NODATA_REASON, EmbedResult, cut_tiles, embed_images
 from embedders.spec import Embedder, InferenceOptions, Status
 from tests.embedders.fakes import Wrapper
+from tests.embedders.host_reference import normalise
 
 CPU = torch.device("cpu")
 ImageMaker = Callable[..., np.ndarray]
 
-TILE_GRID = InferenceOptions(input_prep="tile", output="grid", tile_overlap_px=40)
-TILE_POOLED = InferenceOptions(input_prep="tile", output="pooled")
+TILE_GRID = InferenceOptions(input_prep="tile", output="grid", tile_overlap_px=40, batch_size=16)
+TILE_POOLED = InferenceOptions(input_prep="tile", output="pooled", batch_size=16)
 
 # One tile, just larger than a tile, smaller than a tile, non-square.
 SIZES = [(224, 224), (230, 230), (100, 100), (224, 300)]
@@ -222,7 +223,7 @@ def test_embed__forward_seconds_add_up_the_model_forwards_and_nothing_else(
     resnet18: Embedder, images: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ticks = itertools.count()
-    monkeypatch.setattr(engine, "_clock", lambda: float(next(ticks)))  # 1 s per reading
+    monkeypatch.setattr(batching, "_clock", lambda: float(next(ticks)))  # 1 s per reading
     spy = Wrapper(resnet18)
     result = _run(spy, images, replace(TILE_POOLED, batch_size=2))
     assert len(spy.batches) > 1

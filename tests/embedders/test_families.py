@@ -14,10 +14,10 @@ from torchvision.transforms.v2 import Normalize
 
 from embedders import registry, scalemae
 from embedders.croma import croma_input
-from embedders.engine import normalise
 from embedders.spec import Embedder, ModelSpec
 from embedders.weights import WeightsUnavailable, checkpoint_path, member
 from tasks import sensors
+from tests.embedders.host_reference import normalise
 
 CPU = torch.device("cpu")
 Checkpoint = Callable[[Embedder], object]

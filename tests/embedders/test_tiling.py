@@ -35,77 +35,11 @@ def test_tile_origins__non_square_image_is_cut_along_its_long_side() -> None:
     assert tiling.tile_origins(224, 300, 224, 0) == [(0, 0), (0, 76)]
 
 
-def test_tile_weights__each_valid_pixel_counted_once() -> None:
-    rng = np.random.default_rng(1)
-    valid = rng.random((300, 500)) > 0.3
-    origins = tiling.tile_origins(300, 500, 224, 40)
-    weights = tiling.tile_weights(valid, origins, 224)
-    assert len(origins) == 6
-    assert weights.sum() == pytest.approx(valid.sum())
-
-
-def test_tile_weights__overlap_is_shared_between_tiles() -> None:
-    valid = np.ones((224, 300), dtype=bool)
-    weights = tiling.tile_weights(valid, [(0, 0), (0, 76)], 224)
-    # 148 shared columns count half for each tile: 224 * (224 - 74) each.
-    np.testing.assert_allclose(weights, [224 * 150, 224 * 150])
-
-
-def test_tile_weights__all_invalid_tile_weighs_zero() -> None:
-    valid = np.ones((224, 448), dtype=bool)
-    valid[:, 224:] = False
-    weights = tiling.tile_weights(valid, [(0, 0), (0, 224)], 224)
-    np.testing.assert_array_equal(weights, [224 * 224, 0])
-
-
 def test_blend_window__strictly_positive_and_peaks_in_the_centre() -> None:
     window = tiling.blend_window(7)
     assert window.min() > 0
     assert window.argmax() == 3
     np.testing.assert_allclose(window, window[::-1])
-
-
-def test_pad_to_tile__reflect_pads_wider_than_the_image() -> None:
-    image = np.arange(3 * 40 * 40, dtype=np.float32).reshape(3, 40, 40)
-    valid = np.ones((40, 40), dtype=bool)
-    padded, valid_p = tiling.pad_to_tile(image, valid, 224, "reflect")
-    assert padded.shape == (3, 224, 224)
-    np.testing.assert_array_equal(padded[:, :40, :40], image)
-    np.testing.assert_array_equal(padded[:, :40, 40], image[:, :, 38])  # mirrored
-    assert valid_p.sum() == 40 * 40 and valid_p[:40, :40].all()
-    assert np.isfinite(padded).all()
-
-
-def test_pad_to_tile__edge_repeats_the_last_pixel_and_pads_only_the_short_side() -> None:
-    image = np.random.default_rng(0).random((2, 100, 300)).astype(np.float32)
-    padded, valid_p = tiling.pad_to_tile(image, np.ones((100, 300), bool), 224, "edge")
-    assert padded.shape == (2, 224, 300)
-    np.testing.assert_array_equal(padded[:, 223, :], image[:, 99, :])
-    assert not valid_p[100:].any()
-
-
-def test_resize_to_tile__is_one_tile_and_keeps_a_constant_image_constant() -> None:
-    image = np.full((3, 500, 300), 0.25, dtype=np.float32)
-    resized, valid = tiling.resize_to_tile(image, np.ones((500, 300), bool), 224)
-    assert resized.shape == (3, 224, 224) and valid.shape == (224, 224)
-    np.testing.assert_allclose(resized, 0.25, rtol=1e-6)
-    assert valid.all()
-
-
-def test_resize_to_tile__validity_mask_is_resized_and_thresholded() -> None:
-    image = np.zeros((3, 448, 448), dtype=np.float32)
-    valid = np.ones((448, 448), dtype=bool)
-    valid[:, :224] = False
-    _, valid_r = tiling.resize_to_tile(image, valid, 224)
-    assert not valid_r[:, :111].any()
-    assert valid_r[:, 113:].all()
-
-
-def test_resize_to_tile__refuses_unfilled_nan() -> None:
-    image = np.zeros((3, 40, 40), dtype=np.float32)
-    image[0, 3, 3] = np.nan
-    with pytest.raises(ValueError, match="fill invalid pixels before resizing"):
-        tiling.resize_to_tile(image, np.ones((40, 40), bool), 224)
 
 
 def test_grid_shape__tile_mode_covers_the_unpadded_image() -> None:

@@ -23,7 +23,8 @@ from embedders.spec import Status
 from tasks import compact
 from tasks.chunks import make_chunks
 from tasks.plan import Point
-from tasks.store import ChunkResult, ModelOutput, StoreLayout, create_store
+from tasks.results import ChunkResult, ModelOutput
+from tasks.store import StoreLayout, create_store
 from tasks.write import write_chunk
 
 

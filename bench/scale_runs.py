@@ -190,7 +190,8 @@ def forward_seconds(results_path: str) -> tuple[float, int]:
     total, groups = 0.0, 0
     for _, product in zarr.open_group(results_path, mode="r").groups():
         for _, chunk in product.groups():
-            value = chunk.attrs.get("forward_s")
+            timing = chunk.attrs.get("timing")
+            value = timing.get("forward_s") if isinstance(timing, dict) else None
             if isinstance(value, int | float):
                 total, groups = total + float(value), groups + 1
     return total, groups

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from flows.flags import iso_date
 from tasks.chunks import chunk_key
+from tasks.inputs import read_band
 from tasks.reading import (
     NotAStore,
     counts,
@@ -193,7 +194,7 @@ def _true_colour(group: zarr.Group, i: int) -> np.ndarray:
     for band in TRUE_COLOUR:
         array = group[band]
         assert isinstance(array, zarr.Array)
-        bands.append(np.asarray(array[i], dtype=np.float32))
+        bands.append(read_band(array, f"inputs group {group.path}", index=i))
     rgb = np.clip(np.stack(bands, axis=-1) / TRUE_COLOUR_SCALE, 0.0, 1.0)
     alpha = np.isfinite(rgb).all(axis=-1, keepdims=True).astype(np.float32)
     return np.concatenate([np.nan_to_num(rgb), alpha], axis=-1)

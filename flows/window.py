@@ -21,8 +21,10 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect_dask.task_runners import DaskTaskRunner
 
 from flows.job import ChunkWork, Job
-from tasks.prefetch import PrefetchReport, prefetch_task
+from tasks.inputs import PrefetchReport
+from tasks.prefetch import prefetch_task
 from tasks.produce import produce_task
+from tasks.results import read_timing
 from tasks.write import Block, BlockReport, NotProduced, write_task
 
 # Dask workers that declare this resource (`dask worker --resources "infer=1"`, or the local
@@ -30,6 +32,28 @@ from tasks.write import Block, BlockReport, NotProduced, write_task
 # worker's CPU cores. Without it (threads, or a cluster whose workers lack it) the
 # infer stage serialises per device inside each process instead.
 INFER_RESOURCE = "infer"
+
+
+@dataclass(frozen=True)
+class DeviceUse:
+    """A device's infer stage in a run: seconds in forwards, from the first chunk's start on
+    it to the last one's end (seconds since the epoch)."""
+
+    forward_s: float
+    start: float
+    end: float
+
+    def __add__(self, other: "DeviceUse") -> "DeviceUse":
+        return DeviceUse(
+            self.forward_s + other.forward_s, min(self.start, other.start), max(self.end, other.end)
+        )
+
+    def describe(self) -> str:
+        span = max(self.end - self.start, 1e-9)
+        return (
+            f"computing {self.forward_s / span:.0%} of its infer stage "
+            f"({self.forward_s:.1f} s of forwards in {span:.1f} s)"
+        )
 
 
 @dataclass
@@ -44,10 +68,13 @@ class PartReport:
         default_factory=lambda: {"fetches": 0, "requests": 0, "bytes": 0, "retries": 0}
     )
     cosines: dict[str, float] = field(default_factory=dict)
+    devices: dict[str, DeviceUse] = field(default_factory=dict)
 
     def add(self, other: "PartReport") -> None:
         self.causes += other.causes
         self.failed += other.failed
+        for name, use in other.devices.items():
+            self.devices[name] = self.devices[name] + use if name in self.devices else use
         for key, n in other.fetched.items():
             self.fetched[key] = self.fetched.get(key, 0) + n
         for model, cosine in other.cosines.items():
@@ -128,7 +155,7 @@ def run_blocks(share: Share, progress: Progress) -> PartReport:
         _written(future, flight, model, report, progress)
         flight.writes -= 1
         if flight.writes == 0 and not any(flight.waiting.values()):
-            report.add(_finished(flight))
+            report.add(_finished(flight, job.plan.results_path))
             flights.remove(flight)
             top_up()
     return report
@@ -222,9 +249,17 @@ def _written(
     progress.finished(model, [w.chunk for w in result.written], len(result.failed))
 
 
-def _finished(flight: _Flight) -> PartReport:
-    """A finished block's fetches and the root causes of its failures."""
+def _finished(flight: _Flight, results_path: str) -> PartReport:
+    """A finished block's fetches, device time and the root causes of its failures."""
     part = PartReport()
+    for futures in flight.produced.values():
+        for _, future in futures:
+            if future.state.is_completed() and future.state.name != "Cached":
+                timing = read_timing(results_path, future.result())
+                if timing is not None:
+                    name = f"{timing.device} on {timing.host}" if timing.host else timing.device
+                    use = DeviceUse(timing.forward_s, timing.start, timing.end)
+                    part.add(PartReport(devices={name: use}))
     for future in flight.upstream:
         future.wait()
         state = future.state

@@ -29,7 +29,8 @@ import numpy as np
 if TYPE_CHECKING:
     import xarray as xr
 
-    from tasks.store import ModelOutput, StoreLayout
+    from tasks.results import ModelOutput
+    from tasks.store import StoreLayout
 
 CF_VERSION = "CF-1.11"
 GEOEMB = {

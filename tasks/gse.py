@@ -18,11 +18,11 @@ import numpy as np
 
 from embedders.spec import OutputKind, Status
 from tasks.chunks import Chunk
-from tasks.prefetch import read_patches
+from tasks.inputs import read_patches
 from tasks.products import Fetch, ProductError, ProductRequest, identity_key
+from tasks.results import ChunkResult, ModelOutput
 from tasks.sensors import SATELLITE_EMBEDDING
 from tasks.sources import SensorConfig, sensor_config
-from tasks.store import ChunkResult, ModelOutput
 
 DIM = 64
 RESOLUTION_M = 10.0

@@ -4,21 +4,24 @@ Models are loaded once per worker process and kept; forwards on one device run o
 time in a process, so threads never fight over a GPU (or the CPU's cores).
 """
 
+from __future__ import annotations
+
 import functools
 import logging
 import os
 import queue
+import socket
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from embedders import registry
-from embedders.engine import embed_images
+from embedders.engine import embed_patches
 from embedders.precision import PrecisionError, check_precision
 from embedders.spec import (
     Embedder,
@@ -30,11 +33,13 @@ from embedders.spec import (
 )
 from embedders.tiling import grid_shape
 from embedders.weights import WeightsUnavailable
-from tasks.chunks import Chunk
-from tasks.prefetch import read_patches
+from tasks.inputs import read_stack
 from tasks.products import Fetch, ProductError, ProductRequest, identity_key
+from tasks.results import ChunkResult, DeviceTiming, ModelOutput
 from tasks.sources import SensorConfig, sensor_config
-from tasks.store import ChunkResult, ModelOutput
+
+if TYPE_CHECKING:
+    from tasks.chunks import Chunk
 
 
 @dataclass(frozen=True)
@@ -62,14 +67,12 @@ class ModelProduct:
         return (Fetch(self.config, self.spec.bands),)
 
     def identity(self) -> dict[str, Any]:
-        opts = asdict(self.options)
-        del opts["batch_size"]  # results do not depend on it
         return {
             "product": "model",
             "model": self.spec.identity(),
             "weights": {"kind": self.weights.kind, "identity": self.weights.identity},
             "sensor": self.config.identity(),
-            "inference": opts,
+            "inference": self.options.identity(),
         }
 
     def key(self) -> str:
@@ -119,25 +122,46 @@ class ModelProduct:
         return None
 
     def produce(self, chunk: Chunk, inputs_path: str) -> ChunkResult:
-        bands = self.spec.bands
-        patches = read_patches(inputs_path, self.config, chunk, bands)
-        images = [
-            np.stack([patches.bands[b][i] for b in bands]).astype("float32", copy=False)
-            for i in range(len(chunk.points))
-        ]
-        if self.device == "cpu":
-            _check_cpu_threads()
-        with device_pool(self.device).take() as device:
-            embedder = load_model(self.name, self.weights.kind, device)
-            out = embed_images(embedder, images, self.options, torch.device(device))
-        reasons = list(out.reason)
-        for i, p in enumerate(chunk.points):
-            if out.status[i] == Status.NODATA and p.id in patches.notes:
-                reasons[i] = patches.notes[p.id]
-        embeddings = out.grid if out.grid is not None else out.pooled
-        return ChunkResult(
-            embeddings, out.status, reasons, out.valid_fraction, forward_s=out.forward_s
-        )
+        def model(device: str) -> Embedder:
+            return load_model(self.name, self.weights.kind, device)
+
+        work = InferWork(model, self.spec.bands, self.config, self.options, self.device)
+        return infer_chunk(work, chunk, inputs_path)
+
+
+@dataclass(frozen=True)
+class InferWork:
+    """What the infer stage needs to run a model over a chunk: the model on a device (built
+    once per process and device), the bands it takes, where its imagery is, how to run it."""
+
+    model: Callable[[str], Embedder]
+    bands: tuple[str, ...]
+    config: SensorConfig
+    options: InferenceOptions
+    device: str  # "cpu" or "cuda"
+
+
+def infer_chunk(work: InferWork, chunk: Chunk, inputs_path: str) -> ChunkResult:
+    """A chunk through a model, as the export's produce task runs it.
+
+    The chunk's patches are read from the inputs store and staged (in pinned memory for a
+    GPU) before a device is taken, so that they are ready while the device runs another
+    chunk; then the tile-flattened engine, and a source's notes as the reason of a point
+    without data."""
+    cuda = work.device == "cuda"
+    patches, notes = read_stack(inputs_path, work.config, chunk, work.bands, pin=cuda)
+    if work.device == "cpu":
+        _check_cpu_threads()
+    with device_pool(work.device).take() as device:
+        start = time.time()
+        out = embed_patches(work.model(device), patches, work.options, torch.device(device))
+        timing = DeviceTiming(device, out.forward_s, start, time.time(), socket.gethostname())
+    reasons = list(out.reason)
+    for i, p in enumerate(chunk.points):
+        if out.status[i] == Status.NODATA and p.id in notes:
+            reasons[i] = notes[p.id]
+    embeddings = out.grid if out.grid is not None else out.pooled
+    return ChunkResult(embeddings, out.status, reasons, out.valid_fraction, timing=timing)
 
 
 @functools.cache

@@ -1,81 +1,18 @@
-"""Produce: one product's results for one chunk, kept in the results store until written.
-
-The one task every product runs through, model-backed or precomputed. Results live in
-`<work-dir>/results.zarr/<product.key()>/<chunk.key>` and count once marked complete.
+"""Produce: the one task every product runs through, model-backed or precomputed, around
+`tasks.results.produce_chunk` (the results store is there).
 """
 
 from typing import Any
 
-import numpy as np
-import zarr
 from prefect import task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 
 from tasks.caching import while_present
 from tasks.chunks import Chunk
-from tasks.prefetch import TRANSIENT_RETRIES, require_group
+from tasks.prefetch import TRANSIENT_RETRIES
 from tasks.products import Product
-from tasks.store import ChunkResult
-
-
-def produce_chunk(
-    product: Product, chunk: Chunk, inputs_path: str, results_path: str, *, refresh: bool = False
-) -> str:
-    """The chunk's results for `product`, computed unless already complete; their group path."""
-    group_path = f"{product.key()}/{chunk.key}"
-    if not refresh and result_complete(results_path, group_path):
-        return group_path
-    result = product.produce(chunk, inputs_path)
-    if len(result.status) != len(chunk.points):
-        raise ValueError(
-            f"product {product.name} returned {len(result.status)} results for chunk "
-            f"{chunk.key} of {len(chunk.points)} points"
-        )
-    save_result(results_path, group_path, result)
-    return group_path
-
-
-def save_result(results_path: str, group_path: str, result: ChunkResult) -> None:
-    parent, _, _ = group_path.rpartition("/")
-    if parent:  # the product's group first: its chunks may be saved at once elsewhere
-        require_group(results_path, parent)
-    group = require_group(results_path, group_path)
-    for name, arr in (
-        ("embeddings", result.embeddings.astype("float32")),
-        ("status", result.status.astype("int8")),
-        ("valid_fraction", result.valid_fraction.astype("float32")),
-    ):
-        group.create_array(name, shape=arr.shape, dtype=arr.dtype, overwrite=True)[...] = arr
-    attrs: dict[str, Any] = {"reason": list(result.reason), "complete": True}
-    if result.forward_s is not None:  # the seconds of the model's forwards (bench/scale_bench.py)
-        attrs["forward_s"] = result.forward_s
-    group.attrs.update(attrs)
-
-
-def result_complete(results_path: str, group_path: str) -> bool:
-    try:
-        group = zarr.open_group(results_path, path=group_path, mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-        return False
-    return bool(group.attrs.get("complete"))
-
-
-def load_result(results_path: str, group_path: str) -> ChunkResult:
-    group = zarr.open_group(results_path, path=group_path, mode="r")
-    if not group.attrs.get("complete"):
-        raise FileNotFoundError(
-            f"results {group_path} in {results_path} are not complete; rerun the export"
-        )
-
-    def read(name: str) -> np.ndarray:
-        return np.asarray(zarr.open_array(results_path, path=f"{group_path}/{name}", mode="r")[...])
-
-    reasons = group.attrs["reason"]
-    assert isinstance(reasons, list)
-    return ChunkResult(
-        read("embeddings"), read("status"), [str(r) for r in reasons], read("valid_fraction")
-    )
+from tasks.results import produce_chunk, result_complete
 
 
 def _results_present(parameters: dict[str, Any]) -> bool:

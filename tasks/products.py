@@ -31,8 +31,8 @@ from tasks.sensors import SATELLITE_EMBEDDING
 
 if TYPE_CHECKING:
     from tasks.chunks import Chunk
+    from tasks.results import ChunkResult, ModelOutput
     from tasks.sources import SensorConfig, SourceAccess
-    from tasks.store import ChunkResult, ModelOutput
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ holds whichever source fetched its input. Importing this module imports nothing 
 
 from dataclasses import dataclass, field
 
+from embedders.encoding import FLOAT32, INT16, Encoding
+
 
 @dataclass(frozen=True)
 class Band:
@@ -29,6 +31,8 @@ class Sensor:
     collections: dict[str, str]  # source name -> the collection id swath uses by default
     cloud_cover_property: dict[str, str] = field(default_factory=dict)  # source -> property
     provenance: str = ""
+    # How the inputs store keeps its values (embedders.encoding): int16 for imagery.
+    encoding: Encoding = FLOAT32
 
 
 # Sentinel-2 MSI. Centre wavelengths and native resolutions are those of Sentinel-2A in ESA's
@@ -114,6 +118,9 @@ SENTINEL_2_L2A = Sensor(
         "earthengine": "CLOUDY_PIXEL_PERCENTAGE",
     },
     provenance="ESA Sentinel-2 User Handbook (2015); Level-2A surface reflectance x 10,000",
+    # Whole digital numbers (harmonised L2A: -1000 to 64,535, valid reflectance well below
+    # 32,767) fit int16 exactly; a median of an even number of dates is rounded to them.
+    encoding=INT16,
 )
 
 # Google's Satellite Embedding (AlphaEarth Foundations), annual, 64 bands A00..A63 at 10 m:
@@ -128,6 +135,14 @@ SATELLITE_EMBEDDING = Sensor(
 )
 
 SENSORS: dict[str, Sensor] = {s.name: s for s in (SENTINEL_2_L2A, SATELLITE_EMBEDDING)}
+
+
+def encoding_of(sensor: str) -> Encoding:
+    """How the inputs store keeps `sensor`'s values."""
+    facts = SENSORS.get(sensor)
+    if facts is None:
+        raise KeyError(f"no sensor facts for {sensor!r}; known sensors: {', '.join(SENSORS)}")
+    return facts.encoding
 
 
 def wavelengths_um(bands: tuple[str, ...]) -> tuple[float, ...]:

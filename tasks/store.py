@@ -22,7 +22,7 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from importlib.metadata import version
 from typing import Any
@@ -37,6 +37,7 @@ from embedders.spec import Status
 from tasks import compact, conventions
 from tasks.integrity import CHECKSUM_ATTRS, CHECKSUM_FILL, checksum_name, checksum_variable
 from tasks.plan import BLOCK_POINTS, PointTable
+from tasks.results import ModelOutput
 from tasks.shards import choose_block_chunks
 from tasks.text import TEXT_ATTR, TEXT_ENCODING, decode_text, encode_text
 
@@ -59,17 +60,6 @@ CREATING = "creating"
 
 class StoreMismatch(ValueError):
     """The output path holds something this export must not write into."""
-
-
-@dataclass(frozen=True)
-class ModelOutput:
-    """One model's variables in the store, and everything that makes its results what they are."""
-
-    name: str
-    embed_dim: int
-    grid_shape: tuple[int, int] | None  # None for pooled output
-    identity: dict[str, Any] = field(default_factory=dict)  # JSON-able: spec, weights, config
-    provenance: dict[str, Any] = field(default_factory=dict)  # recorded, not compared: files, notes
 
 
 @dataclass(frozen=True)
@@ -492,19 +482,6 @@ def _variable_attrs(m: ModelOutput, dtype: str) -> dict[str, Any]:
         "weights": f"{weights.get('kind', '?')} {weights.get('identity', '?')}",
         "identity": json.dumps(m.identity, sort_keys=True),
     }
-
-
-@dataclass
-class ChunkResult:
-    """A chunk's results for one model, as written into the store."""
-
-    embeddings: np.ndarray  # (n, D) or (n, D, gy, gx) float32
-    status: np.ndarray  # (n,) int8
-    reason: list[str]
-    valid_fraction: np.ndarray  # (n,) float32
-    # Seconds in the model's forwards (model products; None for precomputed ones): kept in
-    # the results store's attributes for the benchmarks, never in the output store.
-    forward_s: float | None = None
 
 
 def status_counts(path: str, model: str, t: int) -> dict[str, int]:

@@ -34,8 +34,8 @@ from embedders.spec import OutputKind, Status
 from tasks.chunks import Chunk
 from tasks.plan import Point
 from tasks.products import Fetch, ProductError, ProductRequest, identity_key
+from tasks.results import ChunkResult, ModelOutput
 from tasks.sources import classify_error
-from tasks.store import ChunkResult, ModelOutput
 
 DIM = 128
 RESOLUTION_M = 10.0

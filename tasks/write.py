@@ -17,10 +17,10 @@ from tasks import compact
 from tasks.chunks import Chunk
 from tasks.integrity import UNREADABLE, seal_chunks
 from tasks.prefetch import TRANSIENT_RETRIES
-from tasks.produce import load_result
+from tasks.results import ChunkResult, load_result
 from tasks.shards import contiguous_runs
 from tasks.sources import TransientSourceError, classify_error
-from tasks.store import REASON_BYTES, ChunkResult
+from tasks.store import REASON_BYTES
 from tasks.text import encode_text
 
 

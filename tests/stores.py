@@ -15,8 +15,9 @@ from tasks.chunks import make_chunks
 from tasks.compact import Dtype
 from tasks.plan import Point, plan_points
 from tasks.regions import bbox_region
+from tasks.results import ChunkResult, ModelOutput
 from tasks.sources import SensorConfig
-from tasks.store import ChunkResult, ModelOutput, StoreLayout, create_store
+from tasks.store import StoreLayout, create_store
 from tasks.write import write_chunk
 
 BBOX = (-67.66, -47.86, -67.64, -47.845)

@@ -13,8 +13,8 @@ from embedders.spec import InferenceOptions, Status
 from tasks import gse
 from tasks.chunks import Chunk
 from tasks.earthengine import EarthEngineSource
+from tasks.inputs import prefetch_chunk
 from tasks.plan import Point, _point_id
-from tasks.prefetch import prefetch_chunk
 from tasks.products import ProductError, ProductRequest
 from tasks.sensors import SATELLITE_EMBEDDING
 from tasks.sources import SourceAccess

@@ -11,7 +11,7 @@ import zarr
 from tasks import integrity
 from tasks.chunks import make_chunks
 from tasks.integrity import WriteNotKept, check_done, checksum
-from tasks.store import ChunkResult
+from tasks.results import ChunkResult
 from tasks.write import write_chunk
 from tests.tasks.test_store import LAYOUT, POINTS, REASONS, write_store
 

@@ -13,15 +13,9 @@ from prefect.states import Failed
 
 from tasks.chunks import Chunk
 from tasks.demo import DEMO_COLLECTION, build_demo_catalog
+from tasks.inputs import MissingInputsError, prefetch_chunk, read_patches
 from tasks.plan import Point
-from tasks.prefetch import (
-    PREFETCH_RETRIES,
-    MissingInputsError,
-    prefetch_chunk,
-    prefetch_task,
-    read_patches,
-    retry_if_transient,
-)
+from tasks.prefetch import PREFETCH_RETRIES, prefetch_task, retry_if_transient
 from tasks.sources import ImagerySourceError, Patches, SensorConfig, TransientSourceError
 from tasks.stac_catalog import StacCatalogSource
 
@@ -85,7 +79,7 @@ def test_prefetch__stores_bands_points_notes_and_config(tmp_path: Path) -> None:
     assert group.attrs["notes"] == {"c0-p2": "no item covers it"}
     array = group["B04"]
     assert isinstance(array, zarr.Array)
-    assert (array.shape, array.dtype) == ((3, 4, 4), np.dtype("float32"))
+    assert (array.shape, array.dtype) == ((3, 4, 4), np.dtype("int16"))  # see test_inputs
 
 
 def test_prefetch__rerun_with_every_band_present_fetches_nothing(tmp_path: Path) -> None:

@@ -11,16 +11,15 @@ import numpy as np
 import pytest
 import zarr
 
-from embedders import engine
+from embedders import batching
 from embedders.spec import InferenceOptions
 from tasks.chunks import Chunk
 from tasks.infer import resolve_model
+from tasks.inputs import prefetch_chunk
 from tasks.plan import Point
-from tasks.prefetch import prefetch_chunk
-from tasks.produce import load_result, produce_chunk, result_complete, save_result
 from tasks.products import ProductRequest
+from tasks.results import ChunkResult, load_result, produce_chunk, result_complete, save_result
 from tasks.sources import Patches, SensorConfig, SourceAccess
-from tasks.store import ChunkResult
 
 
 def test_save_result__many_writers_creating_a_new_results_store_at_once(tmp_path: Path) -> None:
@@ -90,8 +89,10 @@ def test_produce__a_model_records_the_seconds_of_its_forwards_with_its_results(
     inputs, results = str(tmp_path / "inputs.zarr"), str(tmp_path / "results.zarr")
     prefetch_chunk(FlatSource(), chunk, product.spec.bands, product.config, inputs)
     ticks = itertools.count()
-    monkeypatch.setattr(engine, "_clock", lambda: float(next(ticks)))  # 1 s per reading
+    monkeypatch.setattr(batching, "_clock", lambda: float(next(ticks)))  # 1 s per reading
     group = produce_chunk(product, chunk, inputs, results)
     attrs = zarr.open_group(results, path=group, mode="r").attrs
-    assert attrs["forward_s"] == 2.0  # 3 one-tile patches in batches of 2: two forwards
+    timing = attrs["timing"]
+    assert timing["forward_s"] == 2.0  # 3 one-tile patches in batches of 2: two forwards
+    assert timing["device"] == "cpu" and timing["end"] >= timing["start"]
     assert attrs["complete"] is True

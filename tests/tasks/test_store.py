@@ -15,10 +15,9 @@ import zarr
 from embedders.spec import Status
 from tasks.chunks import make_chunks
 from tasks.plan import Point
+from tasks.results import ChunkResult, ModelOutput
 from tasks.store import (
     REASON_BYTES,
-    ChunkResult,
-    ModelOutput,
     StoreLayout,
     StoreMismatch,
     check_store,

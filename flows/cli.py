@@ -277,6 +277,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     from flows.export import imagery_line
 
     print(imagery_line(s["imagery"]))
+    for device, use in s.get("devices", {}).items():
+        print(f"{device}: {use}")
     print(f"store: {s['store']}")
     looks = f"{s['store'].rstrip('/')}.quicklook"
     if os.path.isdir(looks):

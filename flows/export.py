@@ -95,6 +95,7 @@ def export(
         failed = report.causes + report.failed
         seconds = time.monotonic() - started
         summary = _summary(job, t, seconds, damaged=todo.damaged, fetched=report.fetched)
+        summary["devices"] = {name: use.describe() for name, use in report.devices.items()}
         for name, cosine in report.cosines.items():
             summary["models"][name]["worst_cosine_to_float32"] = cosine
     _summary_artifact(summary)
@@ -314,6 +315,8 @@ def _summary_artifact(summary: dict[str, Any]) -> None:
                 if any("worst_cosine_to_float32" in m for m in summary["models"].values())
                 else ""
             )
-            + f"\n\n{imagery_line(summary['imagery'])}\n\nstore: `{summary['store']}`\n"
+            + f"\n\n{imagery_line(summary['imagery'])}\n\n"
+            + "".join(f"{d}: {use}\n\n" for d, use in summary.get("devices", {}).items())
+            + f"store: `{summary['store']}`\n"
         ),
     )

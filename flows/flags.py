@@ -33,6 +33,8 @@ FLAGS = {  # pydantic field -> command-line flag, for error messages
     "output": "--output",
     "tile_overlap_px": "--tile-overlap",
     "batch_size": "--batch-size",
+    "compile": "--compile",
+    "channels_last": "--channels-last",
     "device": "--device",
     "precision": "--precision",
     "weights": "--weights",
@@ -99,6 +101,16 @@ def parser() -> argparse.ArgumentParser:
         "--batch-size", type=_batch_size, metavar="N|auto", help="tiles per forward (auto)"
     )
     p.add_argument("--tile-overlap", type=int, metavar="PX")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile each model's forward with torch.compile, once per process (off)",
+    )
+    p.add_argument(
+        "--channels-last",
+        choices=["auto", "on", "off"],
+        help="convolutional models in channels-last memory order (auto: on CUDA)",
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--weights", choices=["auto", "pretrained", "random"])
@@ -183,6 +195,8 @@ def params(a: argparse.Namespace) -> dict[str, Any]:
                 input_prep=a.input_prep,
                 output=a.output,
                 batch_size=a.batch_size,
+                compile=a.compile or None,
+                channels_last=a.channels_last,
                 tile_overlap_px=a.tile_overlap,
                 device=a.device,
                 precision=a.precision,

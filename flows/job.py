@@ -171,6 +171,8 @@ def plan_job(
         tile_overlap_px=inference.tile_overlap_px,
         precision=inference.precision,
         batch_size=inference.batch_size,
+        compile=inference.compile,
+        channels_last=inference.channels_last,
     )
     work_dir = os.path.abspath(output.work_dir or platformdirs.user_cache_dir("swath"))
     if not is_url(store):

@@ -214,6 +214,17 @@ class Inference(BaseModel):
         description="tiles per forward pass; auto: the largest batch that fits the device's "
         "free memory, measured by a probe; results do not depend on it",
     )
+    compile: bool = Field(
+        False,
+        description="compile each model's forward with torch.compile, once per model and "
+        "process (tens of seconds; pays on long GPU runs); results stay within the "
+        "precision guard's bound of the eager forward",
+    )
+    channels_last: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="convolutional models in channels-last memory order, which cuDNN's "
+        "fastest kernels use; auto: on CUDA",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda if present")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="bf16/fp16 autocast; fp16 on CUDA only"

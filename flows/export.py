@@ -5,6 +5,9 @@ python -m flows.export --bbox W,S,E,N --spacing 250 --models dofa_base --out e.z
 """
 
 if __name__ == "__main__":  # the command line: check arguments before importing torch or Prefect
+    from flows.stop import stop_on_signals
+
+    stop_on_signals()  # first: a SIGTERM while the rest is imported gets swath's one line
     from flows.cli import main
 
     raise SystemExit(main())

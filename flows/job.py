@@ -19,6 +19,13 @@ import platformdirs
 from shapely.geometry.base import BaseGeometry
 
 from embedders.spec import InferenceOptions
+from flows.checks import UsageError as UsageError  # raised by every check here
+from flows.checks import (
+    check_name_length,
+    check_store_writable,
+    check_writable,
+    store_location,
+)
 from flows.params import DEMO_CATALOG, Imagery, Inference, Output, Region, Window
 from tasks import products
 from tasks.chunks import Chunk, make_chunks
@@ -30,10 +37,6 @@ from tasks.products import Fetch, Product, ProductError, ProductRequest
 from tasks.regions import PlanError, bbox_region, geojson_region
 from tasks.sources import ImagerySourceError, TransientSourceError
 from tasks.store import StoreLayout, StoreMismatch, check_store, is_url, time_index
-
-
-class UsageError(ValueError):
-    """Input the user must fix; the CLI prints the message and exits 2."""
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,7 @@ def plan_job(
         if name not in products.PRODUCTS:
             known = ", ".join(products.PRODUCTS)
             raise UsageError(f"unknown model '{name}'; known models: {known} (see --list-models)")
-    store = output.store if is_url(output.store) else os.path.abspath(output.store)
+    store = store_location(output.store)  # symbolic links and `..` resolved: one lock per store
     if not is_url(store) and os.path.exists(store) and not os.path.isdir(store):
         raise UsageError(f"output path {store} is a file, not a swath store; choose another --out")
     options = InferenceOptions(
@@ -174,9 +177,10 @@ def plan_job(
     )
     work_dir = os.path.abspath(output.work_dir or platformdirs.user_cache_dir("swath"))
     if not is_url(store):
-        _check_writable(os.path.dirname(store), f"--out {store}", must_exist=True)
+        check_writable(os.path.dirname(store), f"--out {store}", must_exist=True)
     if not is_url(work_dir):
-        _check_writable(work_dir, f"--work-dir {work_dir}", must_exist=False)
+        check_name_length(os.path.join(work_dir, "plans", "x" * 40), "--work-dir")
+        check_writable(work_dir, f"--work-dir {work_dir}", must_exist=False)
     points = _plan(geometry, region, os.path.join(work_dir, "plans") if not scratch else None)
     size = output.chunk_size or chunk_size_for(len(points), point_bytes(imagery, inference))
     chunks = make_chunks(points, size)
@@ -248,38 +252,34 @@ def point_bytes(imagery: Imagery, inference: Inference) -> int:
     return max(bands, 1) * imagery.patch_px**2 * 4
 
 
-def _check_writable(folder: str, what: str, *, must_exist: bool) -> None:
-    """Refuse a folder that cannot be written, before anything is: a probe file is made in
-    it (or, for a folder still to be created, in its nearest existing parent) and removed."""
-    probe = folder
-    if must_exist and not os.path.isdir(folder):
-        raise UsageError(f"{what}: the folder {folder} does not exist; create it or choose another")
-    while not os.path.isdir(probe):
-        probe = os.path.dirname(probe)
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as e:
-        raise UsageError(
-            f"{what} cannot be written ({e.strerror or e} in {probe}); choose another"
-        ) from e
-
-
 def _geometry(region: Region) -> BaseGeometry:
     if region.geojson:
         text = region.geojson
         source = "GeoJSON"
         if not text.lstrip().startswith(("{", "[")):
-            path = Path(text)
-            if not path.is_file():
-                raise UsageError(f"GeoJSON file {text} does not exist; check the --region path")
-            text, source = path.read_text(), f"GeoJSON file {path}"
+            text, source = _read_region_file(Path(text)), f"GeoJSON file {text}"
         return geojson_region(text, source=source)
     if region.bbox is None:
         raise UsageError(
             "no region given; pass --bbox west,south,east,north or --region file.geojson"
         )
     return bbox_region(*region.bbox)
+
+
+def _read_region_file(path: Path) -> str:
+    if path.is_dir():
+        raise UsageError(f"--region {path} is a folder, not a GeoJSON file; give the file's path")
+    if not path.is_file():
+        raise UsageError(f"GeoJSON file {path} does not exist; check the --region path")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(
+            f"--region {path} is not a GeoJSON file: it is not UTF-8 text (byte {e.start} is "
+            f"{e.object[e.start : e.start + 1]!r}); give a GeoJSON file"
+        ) from e
+    except OSError as e:
+        raise UsageError(f"--region {path} cannot be read ({e.strerror or e}); check it") from e
 
 
 def resolve_job(plan: Plan) -> Job:
@@ -323,6 +323,8 @@ def resolve_job(plan: Plan) -> Job:
     layout = StoreLayout(plan.points, plan.chunk_size, outputs, plan.dtype)
     try:
         resume = check_store(plan.store, layout)
+        if resume and not is_url(plan.store):
+            check_store_writable(plan.store)
         if resume:
             time_index(plan.store, plan.window)  # refuses a clashing window
     except StoreMismatch as e:

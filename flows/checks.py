@@ -31,7 +31,7 @@ def store_location(store: str) -> str:
 
         check_protocol(store, "--out")
         return normalise_url(store)
-    path = os.path.abspath(store)
+    path = os.path.join(os.getcwd(), store)  # not abspath: `link/..` is not taken lexically
     try:
         os.stat(path)
     except FileNotFoundError:

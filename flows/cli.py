@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         plan = plan_job(**params, today=scheduled_day())
+        for note in plan.notes:
+            print(f"swath: {note}")
         print(f"swath: {len(plan.points)} points in {len(plan.chunks)} chunks -> {plan.store}")
         # One lock from the checks to the end of the flow: no second export slips in between.
         shared = is_url(plan.store) and bool(os.environ.get("PREFECT_API_URL"))
@@ -108,6 +110,8 @@ def _print_job(job: Any) -> None:
         print(f"swath: {product.name}: {product.describe()}{loud}")
     if job.resume:
         print("swath: the store exists with this export's layout: resuming (done chunks are kept)")
+    for line in job.repaired:
+        print(f"swath: repaired in the store: {line}")
 
 
 def _run(export: Any, params: dict[str, Any], args: argparse.Namespace) -> dict[str, Any] | None:
@@ -244,30 +248,52 @@ def _list_models() -> int:
 
 
 def _verify(store: str) -> int:
-    """Check a store's done chunks against their checksums: 0 sound, 1 damaged, 2 no store."""
-    from tasks.verify import NotAStore, verify_store
+    """Check every array of a store: 0 sound, 1 damaged, 2 no store."""
+    from tasks.soundness import RERUN
+    from tasks.verify import NotAStore, RootLost, verify_store
 
     try:
-        checks = verify_store(store)
+        report = verify_store(store)
     except NotAStore as e:
         return _usage_error(str(e))
+    except RootLost as e:
+        print(
+            f"swath: {store} holds swath's arrays but {e}: it records the store's layout and "
+            "sums, so nothing more can be checked and a rerun cannot repair it; restore "
+            "zarr.json from a backup, or export into another --out"
+        )
+        return 1
     print(f"swath: verifying {store}")
-    for c in checks:
+    for f in report.findings:
+        print(f"  {f.array:32} {f.why}: {f.fix}")
+    if not report.recorded:
+        print(
+            "  coordinates and time: no sums recorded (a store of an earlier swath); a rerun "
+            "of the export checks them against its plan and records them"
+        )
+    for c in report.checks:
         named = ", ".join(f"{d.key} ({d.why})" for d in c.damaged[:3])
         more = f", and {len(c.damaged) - 3} more" if len(c.damaged) > 3 else ""
         print(
             f"  {c.window}  {c.product:24} {c.marked_done} of {c.chunks} chunks marked done, "
             f"{len(c.damaged)} damaged{': ' + named + more if named else ''}"
         )
-    damaged = sum(len(c.damaged) for c in checks)
-    if damaged:
-        print(
-            f"swath: {damaged} chunk(s) damaged; rerun the export that wrote this store (the "
-            "same command): it redoes exactly the damaged chunks"
+    if report.sound:
+        print("swath: sound: every array holds what swath wrote, every chunk marked done its data")
+        return 0
+    damaged = sum(len(c.damaged) for c in report.checks)
+    arrays = len({f.array for f in report.findings})
+    fixable = all(f.fix == RERUN for f in report.findings)
+    print(
+        f"swath: {damaged} chunk(s) and {arrays} other array(s) damaged; "
+        + (
+            "rerun the export that wrote this store (the same command): it redoes exactly "
+            "the damaged chunks and repairs the arrays"
+            if fixable
+            else "see each line for what repairs it"
         )
-        return 1
-    print("swath: sound: every chunk marked done holds the data written with it")
-    return 0
+    )
+    return 1
 
 
 def _print_summary(s: dict[str, Any]) -> None:

@@ -83,6 +83,10 @@ def export(
             ", ".join(p.name for p in job.products),
             plan.store,
         )
+        for line in plan.notes:
+            logger.warning("%s", line)
+        for line in job.repaired:
+            logger.warning("repaired in the store: %s", line)
         for product in job.products:
             warning = product.warning()
             if warning:

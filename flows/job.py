@@ -27,12 +27,12 @@ from flows.checks import (
     store_location,
 )
 from flows.params import DEMO_CATALOG, Imagery, Inference, Output, Region, Window
-from tasks import products
+from tasks import products, soundness
 from tasks.chunks import Chunk, make_chunks
 from tasks.compact import Dtype
 from tasks.demo import build_demo_catalog, demo_catalog_path
 from tasks.integrity import Damage, check_done
-from tasks.plan import PointTable, plan_key, plan_points
+from tasks.plan import PointTable, discard_plan, plan_damage, plan_key, plan_points
 from tasks.products import Fetch, Product, ProductError, ProductRequest
 from tasks.regions import PlanError, bbox_region, geojson_region
 from tasks.sources import ImagerySourceError, TransientSourceError
@@ -51,6 +51,7 @@ class Plan:
     inference: Inference
     options: InferenceOptions
     dtype: Dtype = "float32"  # how the store holds embeddings (tasks/compact.py)
+    notes: tuple[str, ...] = ()  # what planning found and did about it, one line each
 
     @property
     def chunk_size(self) -> int:
@@ -75,6 +76,7 @@ class Job:
     products: tuple[Product, ...]
     layout: StoreLayout
     resume: bool  # the store exists and holds this export
+    repaired: tuple[str, ...] = ()  # what was repaired in it, one line each (tasks/soundness)
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,10 @@ def plan_job(
     if not is_url(work_dir):
         check_name_length(os.path.join(work_dir, "plans", "x" * 40), "--work-dir")
         check_writable(work_dir, f"--work-dir {work_dir}", must_exist=False)
-    points = _plan(geometry, region, os.path.join(work_dir, "plans") if not scratch else None)
+    notes: list[str] = []
+    points = _plan(
+        geometry, region, os.path.join(work_dir, "plans") if not scratch else None, notes
+    )
     size = output.chunk_size or chunk_size_for(len(points), point_bytes(imagery, inference))
     chunks = make_chunks(points, size)
     return Plan(
@@ -195,14 +200,21 @@ def plan_job(
         inference,
         options,
         output.dtype,
+        tuple(notes),
     )
 
 
-def _plan(geometry: BaseGeometry, region: Region, plan_dir: str | None) -> PointTable:
+def _plan(
+    geometry: BaseGeometry, region: Region, plan_dir: str | None, notes: list[str]
+) -> PointTable:
     if plan_dir is None:
         plan_dir = tempfile.mkdtemp(prefix="swath-plan-")
         atexit.register(shutil.rmtree, plan_dir, ignore_errors=True)
     path = os.path.join(plan_dir, f"{plan_key(geometry, region.spacing_m)}.zarr")
+    why = plan_damage(path) if os.path.exists(path) else None
+    if why:  # made again from the region: what a plan holds is computed, never lost
+        discard_plan(path)
+        notes.append(f"the plan file {path} was damaged ({why}): planned again")
     try:
         points = plan_points(geometry, region.spacing_m, path=path)
     except PlanError as e:
@@ -321,18 +333,25 @@ def resolve_job(plan: Plan) -> Job:
         raise UsageError(str(e)) from e
     outputs = tuple(p.output() for p in resolved)
     layout = StoreLayout(plan.points, plan.chunk_size, outputs, plan.dtype)
+    repaired: list[str] = []
     try:
         resume = check_store(plan.store, layout)
         if resume and not is_url(plan.store):
             check_store_writable(plan.store)
-        if resume:
+        if resume:  # this export's store: what a rerun can repair is repaired first
+            repaired = soundness.repair(plan.store, layout.points)
             time_index(plan.store, plan.window)  # refuses a clashing window
+    except soundness.RootDamaged as e:
+        raise UsageError(
+            f"output store {plan.store} is damaged and a rerun cannot repair it: {e}; "
+            "export into another --out"
+        ) from e
     except StoreMismatch as e:
         raise UsageError(str(e)) from e
     if demo:  # written only once every other check has passed
         build_demo_catalog(Path(plan.work_dir))
     _check_sources(resolved)
-    return Job(plan, resolved, layout, resume)
+    return Job(plan, resolved, layout, resume, tuple(repaired))
 
 
 def _check_sources(resolved: tuple[Product, ...]) -> None:

@@ -309,9 +309,11 @@ def _print_summary(s: dict[str, Any]) -> None:
             )
         if m.get("redone_damaged"):
             print(f"  {'':24} redone, damaged in the store: {', '.join(m['redone_damaged'])}")
-    from flows.export import imagery_line
+    from flows.export import imagery_line, transit_line
 
     print(imagery_line(s["imagery"]))
+    if line := transit_line(s.get("unprotected", [])):
+        print(line)
     print(f"store: {s['store']}")
     looks = f"{s['store'].rstrip('/')}.quicklook"
     if os.path.isdir(looks):

@@ -3,13 +3,23 @@
 """
 
 import threading
+import time
 from collections.abc import Sequence
 
 import pystac
 import rasterio
 
+from tasks.gdal_log import count_gdal_retries
 from tasks.plan import Point
-from tasks.sources import ImagerySourceError, Patches, SensorConfig, classify_error
+from tasks.sources import (
+    ImagerySourceError,
+    Patches,
+    SensorConfig,
+    TransientSourceError,
+    classify_error,
+    plain_http_origins,
+    unreachable,
+)
 from tasks.stac import (
     GDAL_HTTP_OPTIONS,
     CatalogItem,
@@ -37,6 +47,7 @@ class StacCatalogSource:
         }
         self._catalogs: dict[str, list[CatalogItem]] = {}
         self._lock = threading.Lock()
+        count_gdal_retries()
 
     def fetch(self, points: Sequence[Point], bands: Sequence[str], config: SensorConfig) -> Patches:
         check_composite(config)
@@ -47,11 +58,44 @@ class StacCatalogSource:
         """Fail now, before anything is written, when this configuration cannot work: the
         catalog opens, holds the collection, every band has an asset, and one asset's header
         reads. Raises ImagerySourceError or TransientSourceError."""
-        items = [c.item for c in self._collection(config)]
+        items = [c.item for c in self._checked_collection(config)]
         assets = resolve_assets(bands, items, config.collection)
         scl_asset(items, config.collection)
         with rasterio.Env(**self._gdal_env):
             open_header(items[0], assets[bands[0]])
+
+    def _checked_collection(self, config: SensorConfig) -> list[CatalogItem]:
+        """The collection's items for the check before a run: a catalog that nobody
+        answers for (its host does not resolve, the connection is refused) is refused at
+        once, and one that still fails transiently (429, 5xx, timeouts) after a few tries
+        over a few seconds is refused too, rather than left to minutes of task retries."""
+        for pause in (*CHECK_PAUSES_S, None):
+            try:
+                return self._collection(config)
+            except TransientSourceError as e:
+                reason = unreachable(e)
+                if reason:
+                    raise ImagerySourceError(
+                        f"reading the STAC catalog {config.catalog}: {reason}; check --catalog "
+                        "(and the network)"
+                    ) from e
+                if pause is None:
+                    raise ImagerySourceError(
+                        f"{e} -- still failing after {len(CHECK_PAUSES_S) + 1} tries over "
+                        f"{sum(CHECK_PAUSES_S):g} s; rerun when the catalog answers"
+                    ) from e
+                time.sleep(pause)
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    def plain_http(self, config: SensorConfig) -> set[str]:
+        """The catalog's and its items' assets' URLs that are plain http:// (scheme and
+        host): what is read from them is not protected in transit."""
+        hrefs = [config.catalog] + [
+            asset.get_absolute_href() or asset.href
+            for c in self._collection(config)
+            for asset in c.item.assets.values()
+        ]
+        return plain_http_origins(hrefs)
 
     def _collection(self, config: SensorConfig) -> list[CatalogItem]:
         with self._lock:
@@ -66,6 +110,10 @@ class StacCatalogSource:
                 f"its collections are {found}: fix the collection in the sensor configuration"
             )
         return selected
+
+
+# Pauses between the tries of the check before a run (tasks above retry for longer).
+CHECK_PAUSES_S = (1.0, 2.0)
 
 
 def read_catalog(href: str) -> list[CatalogItem]:

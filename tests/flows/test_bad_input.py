@@ -157,3 +157,40 @@ def test_bad_input__a_prefect_home_that_cannot_be_written_is_named(tmp_path):
     assert line.startswith("swath: error: PREFECT_HOME /proc/swath-prefect-home cannot be written")
     assert "set PREFECT_HOME to a writable folder" in line
     assert not (tmp_path / "e.zarr").exists()
+
+
+def _chattr(flag: str, path: Path) -> bool:
+    """Set or clear the immutable attribute: a read-only store even for root (chmod is not)."""
+    try:
+        done = subprocess.run(["chattr", "-R", flag, str(path)], capture_output=True, timeout=60)
+    except FileNotFoundError:
+        return False
+    return done.returncode == 0
+
+
+def test_bad_input__a_read_only_store_is_refused_with_advice_that_works(
+    capsys, tmp_path, served_demo
+):
+    """The advice used to be 'rerun the same command', which fails the same way."""
+    from flows.export import export
+    from tests.flows.test_export import params
+
+    summary = export(**params(tmp_path, served_demo.url, models=["ssl4eo_resnet18_rgb"]))
+    store = Path(summary["store"])
+    (store / "ssl4eo_resnet18_rgb_status" / "c" / "0" / "0").unlink()  # one chunk to redo
+    if not _chattr("+i", store):
+        pytest.skip("chattr +i is not available here (it makes a store read-only for root)")
+    capsys.readouterr()  # the first export's log
+    try:
+        code = main(
+            ["--catalog", served_demo.url, "--bbox", "-67.655,-47.858,-67.63,-47.850",
+             "--spacing", "400", "--patch-size", "32", "--chunk-size", "4", "--models",
+             "ssl4eo_resnet18_rgb", "--weights", "random", "--batch-size", "4",
+             "--out", str(store), "--work-dir", str(tmp_path / "work")]
+        )  # fmt: skip
+    finally:
+        _chattr("-i", store)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"output store {store} cannot be written" in err
+    assert "make the store writable" in err and "then run the same command" in err

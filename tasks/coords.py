@@ -88,23 +88,32 @@ def block_crcs(array: "zarr.Array[Any]") -> list[int]:
     return [crc(np.asarray(array[s : min(s + BLOCK_POINTS, n)])) for s in range(0, n, BLOCK_POINTS)]
 
 
-def repair_coords(path: str, table: PointTable) -> tuple[list[str], dict[str, list[int]]]:
-    """Compare every coordinate array with the plan, a block at a time, and rewrite each
-    block that differs or cannot be read. One line per array repaired, and the plan's
-    CRC-32s per block (what the arrays now hold)."""
+def repair_coords(
+    path: str, table: PointTable, recorded: dict[str, list[int]] | None
+) -> tuple[list[str], dict[str, list[int]]]:
+    """Rewrite from the plan each block of the coordinate arrays that is not what was
+    written: with `recorded` (their CRC-32s per block, tasks/soundness.py), the blocks whose
+    CRC-32 differs or that cannot be read; without (a store of an earlier swath), every
+    block that differs from the plan. One line per array repaired, and the CRC-32s of what
+    the arrays now hold."""
     arrays = {name: open_array(path, name, mode="r+") for name in POINT_COORDS}
     width = arrays["point_id"].shape[1]
+    blocks = range(0, len(table), BLOCK_POINTS)
+    if recorded is not None and any(len(recorded.get(n, [])) != len(blocks) for n in arrays):
+        recorded = None
     fixed: dict[str, list[str]] = {name: [] for name in POINT_COORDS}
     sums: dict[str, list[int]] = {name: [] for name in POINT_COORDS}
-    for start in range(0, len(table), BLOCK_POINTS):
+    for i, start in enumerate(blocks):
         stop = min(start + BLOCK_POINTS, len(table))
+        if recorded is not None and all(
+            _stored_crc(arrays[n], start, stop) == recorded[n][i] for n in arrays
+        ):
+            for name in POINT_COORDS:
+                sums[name].append(recorded[name][i])
+            continue
         for name, want in coord_block(table, width, start, stop).items():
             sums[name].append(crc(want))
-            try:
-                same = np.array_equal(np.asarray(arrays[name][start:stop]), want)
-            except UNREADABLE:
-                same = False
-            if not same:
+            if _stored_crc(arrays[name], start, stop) != crc(want):
                 arrays[name][start:stop] = want  # whole Zarr chunks: blocks are chunk-aligned
                 fixed[name].append(f"{start}..{stop - 1}")
     lines = [
@@ -113,3 +122,11 @@ def repair_coords(path: str, table: PointTable) -> tuple[list[str], dict[str, li
         if spans
     ]
     return lines, sums
+
+
+def _stored_crc(array: "zarr.Array[Any]", start: int, stop: int) -> int | None:
+    """The CRC-32 of a block as stored, None when it cannot be read."""
+    try:
+        return crc(np.asarray(array[start:stop]))
+    except UNREADABLE:
+        return None

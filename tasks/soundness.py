@@ -270,7 +270,7 @@ def repair(path: str, table: PointTable) -> list[str]:
     root = read_root(path)
     states = metadata_states(path, root)
     done = restore_metadata(path, root, states)
-    fixed, coords = repair_coords(path, table)
+    fixed, coords = repair_coords(path, table, (root.sums or {}).get("coords"))
     done += fixed
     done += restore_values(path, root)
     stale = any(copy != "ok" for _, copy in states.values())

@@ -139,3 +139,24 @@ def test_rerun__a_damaged_plan_file_is_planned_again(tmp_path, exported, damage)
     assert summary["all_ok"] is True
     assert plan_damage(str(_plan_file(work))) is None, "the plan file was not made again"
     assert_clean(exported, store)
+
+
+def test_rerun__a_store_of_an_earlier_swath_is_checked_against_the_plan_and_gets_its_sums(
+    tmp_path, exported
+):
+    """A store written before the sums were recorded: the rerun compares its coordinates
+    with the plan itself, repairs them, and records the sums from then on."""
+    import zarr
+
+    from tasks.soundness import SEAL_ATTR, SUMS_ATTR
+
+    store = Path(shutil.copytree(exported.store, tmp_path / "e.zarr"))
+    group = zarr.open_group(str(store), mode="r+")
+    group.attrs.put({k: v for k, v in group.attrs.items() if k not in (SUMS_ATTR, SEAL_ATTR)})
+    zarr.consolidate_metadata(str(store))
+    flip(store / "lat" / "c" / "0")
+
+    summary = rerun(exported, store)
+
+    assert summary["all_ok"] is True
+    assert_clean(exported, store)

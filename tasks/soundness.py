@@ -141,8 +141,13 @@ def metadata_states(path: str, root: Root) -> dict[str, tuple[str, str]]:
     "missing", "damaged" (not JSON) or "changed" (not what swath recorded)."""
     fs, base = url_to_fs(path)
     recorded = (root.sums or {}).get("metadata", {})
+    listed = {
+        entry.rstrip("/").rsplit("/", 1)[-1]
+        for entry in fs.ls(base, detail=False)
+        if fs.exists(f"{entry.rstrip('/')}/zarr.json")
+    }
     states = {}
-    for name in sorted(set(root.copies) | set(recorded)):
+    for name in sorted(set(root.copies) | set(recorded) | listed):
         try:
             own = _json(fs, f"{base}/{name}/zarr.json")
             own_state = _state(own, recorded.get(name), root.copies.get(name))

@@ -160,3 +160,14 @@ def test_rerun__a_store_of_an_earlier_swath_is_checked_against_the_plan_and_gets
 
     assert summary["all_ok"] is True
     assert_clean(exported, store)
+
+
+def test_rerun__metadata_damaged_in_both_copies_is_refused_in_one_line(tmp_path, exported):
+    store = Path(shutil.copytree(exported.store, tmp_path / "e.zarr"))
+    (store / "lon" / "zarr.json").unlink()
+    changed_copy(store)
+    assert main(["--verify", "--out", str(store)]) == 1
+    before = snapshot(store)
+    with pytest.raises(UsageError, match=r"the metadata of its array lon is damaged in both"):
+        rerun(exported, store)
+    assert snapshot(store) == before

@@ -157,3 +157,11 @@ def test_verify__a_store_of_an_earlier_swath_without_sums_says_what_was_not_chec
     code, out = verify(capsys, store)
     assert code == 0, out
     assert "coordinates and time: no sums recorded (a store of an earlier swath)" in out
+
+
+def test_verify__an_array_swath_does_not_write_is_named(capsys, store):
+    zarr.create_array(str(store), name="extra", shape=(3,), dtype="int8")
+    code, out = verify(capsys, store)
+    assert code == 1, out
+    assert re.search(r"\n  extra +is not an array swath writes: no check covers it: remove it", out)
+    assert "see each line for what repairs it" in out

@@ -5,9 +5,14 @@
 import threading
 import time
 from collections.abc import Sequence
+from email.message import Message
+from urllib.error import HTTPError
 
 import pystac
 import rasterio
+import urllib3
+from pystac.stac_io import DefaultStacIO
+from urllib3.util.retry import Retry
 
 from tasks.gdal_log import count_gdal_retries
 from tasks.plan import Point
@@ -40,6 +45,7 @@ class StacCatalogSource:
     """
 
     def __init__(self, *, http_timeout_s: int = 30) -> None:
+        self._timeout_s = http_timeout_s
         self._gdal_env = {
             **GDAL_HTTP_OPTIONS,
             "GDAL_HTTP_TIMEOUT": str(http_timeout_s),
@@ -100,7 +106,9 @@ class StacCatalogSource:
     def _collection(self, config: SensorConfig) -> list[CatalogItem]:
         with self._lock:
             if config.catalog not in self._catalogs:
-                self._catalogs[config.catalog] = read_catalog(config.catalog)
+                self._catalogs[config.catalog] = read_catalog(
+                    config.catalog, timeout_s=self._timeout_s
+                )
             items = self._catalogs[config.catalog]
         selected = [c for c in items if c.item.collection_id == config.collection]
         if not selected:
@@ -112,14 +120,38 @@ class StacCatalogSource:
         return selected
 
 
+# Each request for a remote catalog's JSON is retried by urllib3 on 429/5xx and on dropped
+# connections, as GDAL retries each range request of a COG (tasks/stac.py): a catalog is
+# one request per item, so with request-level faults a whole read would rarely get through.
+CATALOG_RETRY = Retry(total=3, backoff_factor=0.25, status_forcelist=(429, 500, 502, 503, 504))
+
+
+class RetryingStacIO(DefaultStacIO):
+    """pystac's reader, with `CATALOG_RETRY` for http(s) hrefs. A status still failing
+    raises urllib3's MaxRetryError; another 4xx an HTTPError with its status (both as
+    pystac's own reader would be classified, tasks/sources.py)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__()
+        self._http = urllib3.PoolManager(retries=CATALOG_RETRY, timeout=timeout_s)
+
+    def read_text_from_href(self, href: str) -> str:
+        if not href.lower().startswith(("http://", "https://")):
+            return str(super().read_text_from_href(href))
+        reply = self._http.request("GET", href)
+        if reply.status >= 400:
+            raise HTTPError(href, reply.status, reply.reason or "", Message(), None)
+        return str(reply.data.decode("utf-8"))
+
+
 # Pauses between the tries of the check before a run (tasks above retry for longer).
 CHECK_PAUSES_S = (1.0, 2.0)
 
 
-def read_catalog(href: str) -> list[CatalogItem]:
+def read_catalog(href: str, *, timeout_s: float = 30.0) -> list[CatalogItem]:
     """Every item of a static catalog (or collection), with its footprint and time interval."""
     try:
-        root = pystac.read_file(href)
+        root = pystac.read_file(href, stac_io=RetryingStacIO(timeout_s))
         if not isinstance(root, pystac.Catalog):
             raise ImagerySourceError(f"{href} is a STAC {root.STAC_OBJECT_TYPE}, not a catalog")
         items = list(root.get_items(recursive=True))

@@ -127,17 +127,18 @@ def test_temporary_servers__two_started_together_each_hold_their_own_port(tmp_pa
     """The port is bound and listening in the process that starts the server before the
     server starts, so two exports starting together cannot pick one port (one used to talk
     to the other's server, and failed with 'Connection refused' once that one stopped)."""
-    env = {**_env(), "PREFECT_HOME": str(tmp_path / "home")}
+    # Each its own PREFECT_HOME: two servers migrating one new database at once collide in
+    # Prefect itself ("duplicate column name"), whatever their ports.
     starts = [
         subprocess.Popen(
             [sys.executable, "-c", _SERVE],
             cwd=ROOT,
-            env=env,
+            env={**_env(), "PREFECT_HOME": str(tmp_path / f"home-{i}")},
             text=True,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
-        for _ in range(2)
+        for i in range(2)
     ]
     try:
         ports = [int(p.stdout.readline()) for p in starts if p.stdout is not None]

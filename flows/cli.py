@@ -51,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         _check_prefect_home()
     except UsageError as e:
         return _usage_error(str(e))
+    return _export(params, args)
+
+
+def _export(params: dict[str, Any], args: argparse.Namespace) -> int:
+    """Plan, check and run the export under the store's writer lock; its exit code."""
+    from flows.checks import UsageError
     from flows.export import export, scheduled_day
     from flows.job import plan_job, resolve_job
     from tasks.locks import StoreBusy, writer_lock

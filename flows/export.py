@@ -78,24 +78,7 @@ def export(
         across_machines=is_url(plan.store),
     ):
         job = resolve_job(plan)
-        logger.info(
-            "%d points in %d chunks, window %s..%s, models %s -> %s",
-            len(plan.points),
-            len(plan.chunks),
-            *plan.window,
-            ", ".join(p.name for p in job.products),
-            plan.store,
-        )
-        for line in plan.notes:
-            logger.warning("%s", line)
-        for line in job.repaired:
-            logger.warning("repaired in the store: %s", line)
-        for product in job.products:
-            warning = product.warning()
-            if warning:
-                logger.warning("%s", warning)
-            else:
-                logger.info("%s: %s", product.name, product.describe())
+        _log_job(job)
         chunks_per_run = output.chunks_per_run or CHILD_CHUNKS
         t = _time_entry(job, region, chunks_per_run)
         todo = chunk_work(job, t, refresh=output.refresh)
@@ -123,6 +106,29 @@ def export(
         # A run with gaps ends Failed, as the command line exits 1: a UI user cannot miss it.
         return Failed(message=message, data=ExportGaps(message, summary))
     return summary
+
+
+def _log_job(job: Job) -> None:
+    """What the run is about to do, and what its checks found and repaired."""
+    logger, plan = get_run_logger(), job.plan
+    logger.info(
+        "%d points in %d chunks, window %s..%s, models %s -> %s",
+        len(plan.points),
+        len(plan.chunks),
+        *plan.window,
+        ", ".join(p.name for p in job.products),
+        plan.store,
+    )
+    for line in plan.notes:
+        logger.warning("%s", line)
+    for line in job.repaired:
+        logger.warning("repaired in the store: %s", line)
+    for product in job.products:
+        warning = product.warning()
+        if warning:
+            logger.warning("%s", warning)
+        else:
+            logger.info("%s: %s", product.name, product.describe())
 
 
 class ExportGaps(RuntimeError):

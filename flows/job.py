@@ -333,6 +333,16 @@ def resolve_job(plan: Plan) -> Job:
         raise UsageError(str(e)) from e
     outputs = tuple(p.output() for p in resolved)
     layout = StoreLayout(plan.points, plan.chunk_size, outputs, plan.dtype)
+    resume, repaired = _open_store(plan, layout)
+    if demo:  # written only once every other check has passed
+        build_demo_catalog(Path(plan.work_dir))
+    _check_sources(resolved)
+    return Job(plan, resolved, layout, resume, repaired)
+
+
+def _open_store(plan: Plan, layout: StoreLayout) -> tuple[bool, tuple[str, ...]]:
+    """Whether the store exists and holds this export (then what a rerun repairs in it is
+    repaired, one line each), or is free; UsageError for anything else."""
     repaired: list[str] = []
     try:
         resume = check_store(plan.store, layout)
@@ -348,10 +358,7 @@ def resolve_job(plan: Plan) -> Job:
         ) from e
     except StoreMismatch as e:
         raise UsageError(str(e)) from e
-    if demo:  # written only once every other check has passed
-        build_demo_catalog(Path(plan.work_dir))
-    _check_sources(resolved)
-    return Job(plan, resolved, layout, resume, tuple(repaired))
+    return resume, tuple(repaired)
 
 
 def _check_sources(resolved: tuple[Product, ...]) -> None:

@@ -142,7 +142,11 @@ def _digest(key: str) -> str:
 
 
 def _lock_path(path: str, lock_dir: str) -> str:
+    """The lock file: beside a local store (a `file://` URL is one: a path and its URL are
+    one store), or in `lock_dir`, named by the URL's digest, for an object-store URL."""
     key = store_key(path)
+    if key.startswith("file://"):
+        key = key.removeprefix("file://")
     if is_url(key):
         os.makedirs(lock_dir, exist_ok=True)
         return os.path.join(lock_dir, f"store-{_digest(key)}.lock")

@@ -8,7 +8,6 @@ import argparse
 import contextlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,6 +16,7 @@ from pydantic import ValidationError
 
 from flows import flags
 from flows.params import Output
+from flows.stop import stop_on_signals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,28 +24,48 @@ def main(argv: list[str] | None = None) -> int:
         flags.glue_negative_values(sys.argv[1:] if argv is None else argv)
     )
     if argv is None:  # a real process: stop at once on SIGTERM or Ctrl-C
-        _stop_on_signals()
+        stop_on_signals()
     if args.list_models:
         return _list_models()
     if args.verify:
         return _verify(args.out or Output().store)
+    from flows.checks import UsageError, check_runner
+
+    clash = flags.contradictions(args)
+    if clash:
+        return _usage_error(clash)
     try:
         params = flags.params(args)
+        check_runner(args.runner, dask_address=args.dask_address, dask_workers=args.dask_workers)
     except ValidationError as e:
         return _usage_error(flags.validation_message(e))
+    except UsageError as e:
+        return _usage_error(str(e))
     if argv is None and not args.verbose:  # a real process, before Prefect is imported;
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")  # a user's own setting wins
         # HTTP clients say each retry they make; the run reports what still fails.
         logging.getLogger("urllib3").setLevel(logging.ERROR)
     if args.dry_run:
         return _dry_run(params)
+    try:
+        _check_prefect_home()
+    except UsageError as e:
+        return _usage_error(str(e))
+    return _export(params, args)
+
+
+def _export(params: dict[str, Any], args: argparse.Namespace) -> int:
+    """Plan, check and run the export under the store's writer lock; its exit code."""
+    from flows.checks import UsageError
     from flows.export import export, scheduled_day
-    from flows.job import UsageError, plan_job, resolve_job
+    from flows.job import plan_job, resolve_job
     from tasks.locks import StoreBusy, writer_lock
     from tasks.store import is_url
 
     try:
         plan = plan_job(**params, today=scheduled_day())
+        for note in plan.notes:
+            print(f"swath: {note}")
         print(f"swath: {len(plan.points)} points in {len(plan.chunks)} chunks -> {plan.store}")
         # One lock from the checks to the end of the flow: no second export slips in between.
         shared = is_url(plan.store) and bool(os.environ.get("PREFECT_API_URL"))
@@ -61,6 +81,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     _print_summary(summary)
     return 0 if summary["all_ok"] else 1
+
+
+def _check_prefect_home() -> None:
+    """Without PREFECT_API_URL the run starts a temporary Prefect server, whose database is
+    in PREFECT_HOME: a folder that cannot be written is named now (before Prefect is
+    imported, which warns about it), not after the server's startup timeout."""
+    from flows.checks import check_prefect_home
+
+    if not os.environ.get("PREFECT_API_URL"):
+        check_prefect_home(os.path.expanduser(os.environ.get("PREFECT_HOME") or "~/.prefect"))
 
 
 def _dry_run(params: dict[str, Any]) -> int:
@@ -80,43 +110,14 @@ def _dry_run(params: dict[str, Any]) -> int:
     return 0
 
 
-def _stop_on_signals() -> None:
-    """SIGTERM (a scheduler cancelling) or SIGINT (Ctrl-C): stop within a moment, with one
-    line. The store survives a stop at any moment (done marks are written last, as for
-    SIGKILL, which the kill tests exercise), so nothing is flushed: the processes this one
-    started (the embedded Prefect server, Dask workers) are ended and this one exits."""
-
-    def stop(signum: int, _: object) -> None:
-        name = signal.Signals(signum).name
-        print(
-            f"\nswath: stopped by {name}; the store is resumable: rerun the same command to "
-            "finish (done chunks are kept)",
-            file=sys.stderr,
-            flush=True,
-        )
-        _end_children()
-        os._exit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-
-
-def _end_children() -> None:
-    import psutil
-
-    children = psutil.Process().children(recursive=True)
-    for child in children:
-        with contextlib.suppress(psutil.Error):
-            child.kill()
-    psutil.wait_procs(children, timeout=5)
-
-
 def _print_job(job: Any) -> None:
     for product in job.products:
         loud = "  <-- RANDOM WEIGHTS: embeddings carry no meaning" if product.warning() else ""
         print(f"swath: {product.name}: {product.describe()}{loud}")
     if job.resume:
         print("swath: the store exists with this export's layout: resuming (done chunks are kept)")
+    for line in job.repaired:
+        print(f"swath: repaired in the store: {line}")
 
 
 def _run(export: Any, params: dict[str, Any], args: argparse.Namespace) -> dict[str, Any] | None:
@@ -125,22 +126,52 @@ def _run(export: Any, params: dict[str, Any], args: argparse.Namespace) -> dict[
     if args.runner == "dask":
         flow = export.with_options(task_runner=_dask_runner(args))
     from flows.export import PROGRESS_LISTENERS, ExportGaps
+    from flows.server import ServerFailed, prefect_api
 
     try:
-        if args.runner == "dask" and not args.dask_address:
-            _share_the_prefect_api()
-        with _progress_bar() as listener:
+        with prefect_api() as url, _progress_bar() as listener:
             PROGRESS_LISTENERS.append(listener)
             try:
-                summary: dict[str, Any] = flow(**params)
+                summary: dict[str, Any] = _in_thread(lambda: flow(**params), api_url=url)
             finally:
                 PROGRESS_LISTENERS.remove(listener)
     except ExportGaps as e:  # ran to the end with gaps: the summary says where
         return e.summary
+    except ServerFailed as e:
+        print(f"swath: {e}", file=sys.stderr)
+        return None
     except Exception as e:  # the flow's own log has the details
         print(f"swath: export failed: {type(e).__name__}: {e}", file=sys.stderr)
         return None
     return summary
+
+
+def _in_thread(run: Callable[[], Any], *, api_url: str | None) -> Any:
+    """`run()` in a thread of its own while this, the main thread, waits: the main thread
+    stays free for the signal handlers (a SIGTERM is honoured at once, whatever the flow is
+    doing), and Prefect, which installs its own SIGTERM handler only from the main thread,
+    leaves swath's in place. `api_url`: a temporary server's, for the flow's settings."""
+    import threading
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            updates = {PREFECT_API_URL: api_url} if api_url else {}
+            with temporary_settings(updates=updates):
+                outcome["value"] = run()
+        except BaseException as e:  # handed to the main thread, raised there
+            outcome["error"] = e
+
+    thread = threading.Thread(target=target, name="swath-export", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 @contextlib.contextmanager
@@ -173,19 +204,6 @@ def _progress_bar() -> Iterator[Callable[[int, int], None]]:
         yield listener
 
 
-def _share_the_prefect_api() -> None:
-    """Give the local cluster's workers this run's Prefect API. Without PREFECT_API_URL each
-    worker process would start a temporary server of its own (two race for one port), so
-    the temporary server is started here and its URL set before the workers start."""
-    if os.environ.get("PREFECT_API_URL"):
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()  # the one this process's flow run uses too
-    server.start()
-    os.environ["PREFECT_API_URL"] = server.api_url
-
-
 def _dask_runner(args: argparse.Namespace) -> Any:
     from prefect_dask.task_runners import DaskTaskRunner
 
@@ -195,10 +213,11 @@ def _dask_runner(args: argparse.Namespace) -> Any:
         return DaskTaskRunner(address=args.dask_address)
     # Dask's nanny sets OMP_NUM_THREADS=1 in every worker; each worker runs one infer at a
     # time, so it gets its share of the cores for torch instead.
-    cores = max(1, (os.cpu_count() or 1) // max(1, args.dask_workers))
+    workers = args.dask_workers or flags.DASK_WORKERS
+    cores = max(1, (os.cpu_count() or 1) // workers)
     return DaskTaskRunner(
         cluster_kwargs={
-            "n_workers": args.dask_workers,
+            "n_workers": workers,
             "threads_per_worker": 1,
             "resources": {INFER_RESOURCE: 1},
             "env": {"OMP_NUM_THREADS": str(cores), "MKL_NUM_THREADS": str(cores)},
@@ -235,30 +254,52 @@ def _list_models() -> int:
 
 
 def _verify(store: str) -> int:
-    """Check a store's done chunks against their checksums: 0 sound, 1 damaged, 2 no store."""
-    from tasks.verify import NotAStore, verify_store
+    """Check every array of a store: 0 sound, 1 damaged, 2 no store."""
+    from tasks.soundness import RERUN
+    from tasks.verify import NotAStore, RootLost, verify_store
 
     try:
-        checks = verify_store(store)
+        report = verify_store(store)
     except NotAStore as e:
         return _usage_error(str(e))
+    except RootLost as e:
+        print(
+            f"swath: {store} holds swath's arrays but {e}: it records the store's layout and "
+            "sums, so nothing more can be checked and a rerun cannot repair it; restore "
+            "zarr.json from a backup, or export into another --out"
+        )
+        return 1
     print(f"swath: verifying {store}")
-    for c in checks:
+    for f in report.findings:
+        print(f"  {f.array:32} {f.why}: {f.fix}")
+    if not report.recorded:
+        print(
+            "  coordinates and time: no sums recorded (a store of an earlier swath); a rerun "
+            "of the export checks them against its plan and records them"
+        )
+    for c in report.checks:
         named = ", ".join(f"{d.key} ({d.why})" for d in c.damaged[:3])
         more = f", and {len(c.damaged) - 3} more" if len(c.damaged) > 3 else ""
         print(
             f"  {c.window}  {c.product:24} {c.marked_done} of {c.chunks} chunks marked done, "
             f"{len(c.damaged)} damaged{': ' + named + more if named else ''}"
         )
-    damaged = sum(len(c.damaged) for c in checks)
-    if damaged:
-        print(
-            f"swath: {damaged} chunk(s) damaged; rerun the export that wrote this store (the "
-            "same command): it redoes exactly the damaged chunks"
+    if report.sound:
+        print("swath: sound: every array holds what swath wrote, every chunk marked done its data")
+        return 0
+    damaged = sum(len(c.damaged) for c in report.checks)
+    arrays = len({f.array for f in report.findings})
+    fixable = all(f.fix == RERUN for f in report.findings)
+    print(
+        f"swath: {damaged} chunk(s) and {arrays} other array(s) damaged; "
+        + (
+            "rerun the export that wrote this store (the same command): it redoes exactly "
+            "the damaged chunks and repairs the arrays"
+            if fixable
+            else "see each line for what repairs it"
         )
-        return 1
-    print("swath: sound: every chunk marked done holds the data written with it")
-    return 0
+    )
+    return 1
 
 
 def _print_summary(s: dict[str, Any]) -> None:
@@ -274,11 +315,13 @@ def _print_summary(s: dict[str, Any]) -> None:
             )
         if m.get("redone_damaged"):
             print(f"  {'':24} redone, damaged in the store: {', '.join(m['redone_damaged'])}")
-    from flows.export import imagery_line
+    from flows.export import imagery_line, transit_line
 
     print(imagery_line(s["imagery"]))
     for device, use in s.get("devices", {}).items():
         print(f"{device}: {use}")
+    if line := transit_line(s.get("unprotected", [])):
+        print(line)
     print(f"store: {s['store']}")
     looks = f"{s['store'].rstrip('/')}.quicklook"
     if os.path.isdir(looks):

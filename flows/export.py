@@ -5,6 +5,9 @@ python -m flows.export --bbox W,S,E,N --spacing 250 --models dofa_base --out e.z
 """
 
 if __name__ == "__main__":  # the command line: check arguments before importing torch or Prefect
+    from flows.stop import stop_on_signals
+
+    stop_on_signals()  # first: a SIGTERM while the rest is imported gets swath's one line
     from flows.cli import main
 
     raise SystemExit(main())
@@ -29,10 +32,12 @@ from flows.params import CHILD_CHUNKS, Imagery, Inference, Output, Region, Windo
 from flows.window import INFER_RESOURCE as INFER_RESOURCE
 from flows.window import PartReport, Progress, Share, run_blocks
 from tasks.conventions import write_stac_items
+from tasks.gdal_log import gdal_retries
 from tasks.integrity import Damage
 from tasks.locks import writer_lock
 from tasks.quicklook import quicklook_artifacts
 from tasks.shards import block_chunks, group_blocks, split_blocks
+from tasks.sources import get_source, plain_http_origins
 from tasks.store import (
     add_window,
     create_store,
@@ -62,6 +67,7 @@ def export(
     """
     logger = get_run_logger()
     started = time.monotonic()
+    gdal_before = _gdal_retries()
     plan = plan_job(region, window, imagery, inference, output, today=scheduled_day())
     # Object-store URLs: one writer across machines through the run's Prefect server.
     with writer_lock(
@@ -72,20 +78,7 @@ def export(
         across_machines=is_url(plan.store),
     ):
         job = resolve_job(plan)
-        logger.info(
-            "%d points in %d chunks, window %s..%s, models %s -> %s",
-            len(plan.points),
-            len(plan.chunks),
-            *plan.window,
-            ", ".join(p.name for p in job.products),
-            plan.store,
-        )
-        for product in job.products:
-            warning = product.warning()
-            if warning:
-                logger.warning("%s", warning)
-            else:
-                logger.info("%s: %s", product.name, product.describe())
+        _log_job(job)
         chunks_per_run = output.chunks_per_run or CHILD_CHUNKS
         t = _time_entry(job, region, chunks_per_run)
         todo = chunk_work(job, t, refresh=output.refresh)
@@ -94,7 +87,8 @@ def export(
         report = _run(job, todo, t, refresh=output.refresh, chunks_per_run=chunks_per_run)
         failed = report.causes + report.failed
         seconds = time.monotonic() - started
-        summary = _summary(job, t, seconds, damaged=todo.damaged, fetched=report.fetched)
+        fetched = {**report.fetched, "gdal_retries": _gdal_retries() - gdal_before}
+        summary = _summary(job, t, seconds, damaged=todo.damaged, fetched=fetched)
         summary["devices"] = {name: use.describe() for name, use in report.devices.items()}
         for name, cosine in report.cosines.items():
             summary["models"][name]["worst_cosine_to_float32"] = cosine
@@ -113,6 +107,29 @@ def export(
         # A run with gaps ends Failed, as the command line exits 1: a UI user cannot miss it.
         return Failed(message=message, data=ExportGaps(message, summary))
     return summary
+
+
+def _log_job(job: Job) -> None:
+    """What the run is about to do, and what its checks found and repaired."""
+    logger, plan = get_run_logger(), job.plan
+    logger.info(
+        "%d points in %d chunks, window %s..%s, models %s -> %s",
+        len(plan.points),
+        len(plan.chunks),
+        *plan.window,
+        ", ".join(p.name for p in job.products),
+        plan.store,
+    )
+    for line in plan.notes:
+        logger.warning("%s", line)
+    for line in job.repaired:
+        logger.warning("repaired in the store: %s", line)
+    for product in job.products:
+        warning = product.warning()
+        if warning:
+            logger.warning("%s", warning)
+        else:
+            logger.info("%s: %s", product.name, product.describe())
 
 
 class ExportGaps(RuntimeError):
@@ -259,9 +276,43 @@ def _summary(
         "chunks": len(job.plan.chunks),
         "models": models,
         "imagery": fetched,
+        "unprotected": unprotected(job),
         "seconds": round(seconds, 1),
         "all_ok": all(m["status"]["ok"] == len(job.plan.points) for m in models.values()),
     }
+
+
+def _gdal_retries() -> int:
+    """Requests GDAL retried so far in this process and, on Dask, in the cluster's workers
+    (tasks/gdal_log.py); the run's count is the difference over the run."""
+    total = gdal_retries()
+    context = FlowRunContext.get()
+    runner = context.task_runner if context else None
+    if isinstance(runner, DaskTaskRunner):
+        total += sum(runner.client.run(gdal_retries).values())
+    return total
+
+
+def unprotected(job: Job) -> list[str]:
+    """Where the run reads imagery over plain http:// (origins): nothing protects what
+    comes from there in transit, where https has TLS's integrity checks."""
+    found: set[str] = set()
+    for product in job.products:
+        for fetch in product.fetches:
+            found |= get_source(fetch.config.source).plain_http(fetch.config)
+    if any(p.name == "tessera" for p in job.products):
+        found |= plain_http_origins([job.plan.imagery.tessera_store])
+    return sorted(found)
+
+
+def transit_line(origins: list[str]) -> str | None:
+    """The summary's line for imagery read over plain http, or None when there is none."""
+    if not origins:
+        return None
+    return (
+        f"imagery read over plain http, unprotected in transit: {', '.join(origins)} "
+        "(a byte changed on the way is not detected; use https where the server offers it)"
+    )
 
 
 def _counts(status: dict[str, int]) -> str:
@@ -278,7 +329,9 @@ def imagery_line(fetched: dict[str, int]) -> str:
         parts.append(f"{fetched['requests']} request(s)")
     if fetched["bytes"]:
         parts.append(f"{fetched['bytes'] / 1e6:.1f} MB")
-    parts.append(f"{fetched['retries']} retried attempt(s)")
+    gdal = fetched.get("gdal_retries", 0)
+    by_gdal = f" ({gdal} of a request, by GDAL)" if gdal else ""
+    parts.append(f"{fetched['retries'] + gdal} retried attempt(s){by_gdal}")
     return "imagery: " + ", ".join(parts)
 
 
@@ -317,6 +370,7 @@ def _summary_artifact(summary: dict[str, Any]) -> None:
             )
             + f"\n\n{imagery_line(summary['imagery'])}\n\n"
             + "".join(f"{d}: {use}\n\n" for d, use in summary.get("devices", {}).items())
+            + (f"{line}\n\n" if (line := transit_line(summary["unprotected"])) else "")
             + f"store: `{summary['store']}`\n"
         ),
     )

@@ -46,6 +46,9 @@ FLAGS = {  # pydantic field -> command-line flag, for error messages
 }
 
 
+DASK_WORKERS = 2  # workers of the local cluster that --runner dask starts by default
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m flows.export",
@@ -119,7 +122,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait for another export of the store")
     p.add_argument("--runner", choices=["threads", "dask"], default="threads")
     p.add_argument("--dask-address", metavar="ADDR", help="existing Dask scheduler (tcp://...)")
-    p.add_argument("--dask-workers", type=int, default=2, metavar="N", help="local cluster size")
+    p.add_argument(
+        "--dask-workers", type=int, metavar="N", help=f"local cluster size ({DASK_WORKERS})"
+    )
     p.add_argument("--list-models", action="store_true", help="list the models and exit")
     p.add_argument("--verbose", action="store_true", help="show Prefect's logs of every task")
     p.add_argument(
@@ -159,6 +164,17 @@ def iso_date(text: str) -> date:
         return date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a date YYYY-MM-DD") from None
+
+
+def contradictions(a: argparse.Namespace) -> str | None:
+    """Flags that cannot go together, in one line, or None."""
+    if a.previous_month and (a.start or a.end):
+        given = " and ".join(f for f, v in (("--start", a.start), ("--end", a.end)) if v)
+        return (
+            f"--previous-month picks its own window, and {given} another; give either "
+            "--previous-month or --start/--end"
+        )
+    return None
 
 
 def params(a: argparse.Namespace) -> dict[str, Any]:

@@ -19,21 +19,24 @@ import platformdirs
 from shapely.geometry.base import BaseGeometry
 
 from embedders.spec import InferenceOptions
+from flows.checks import UsageError as UsageError  # raised by every check here
+from flows.checks import (
+    check_name_length,
+    check_store_writable,
+    check_writable,
+    store_location,
+)
 from flows.params import DEMO_CATALOG, Imagery, Inference, Output, Region, Window
-from tasks import products
+from tasks import products, soundness
 from tasks.chunks import Chunk, make_chunks
 from tasks.compact import Dtype
 from tasks.demo import build_demo_catalog, demo_catalog_path
 from tasks.integrity import Damage, check_done
-from tasks.plan import PointTable, plan_key, plan_points
+from tasks.plan import PointTable, discard_plan, plan_damage, plan_key, plan_points
 from tasks.products import Fetch, Product, ProductError, ProductRequest
 from tasks.regions import PlanError, bbox_region, geojson_region
 from tasks.sources import ImagerySourceError, TransientSourceError
 from tasks.store import StoreLayout, StoreMismatch, check_store, is_url, time_index
-
-
-class UsageError(ValueError):
-    """Input the user must fix; the CLI prints the message and exits 2."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class Plan:
     inference: Inference
     options: InferenceOptions
     dtype: Dtype = "float32"  # how the store holds embeddings (tasks/compact.py)
+    notes: tuple[str, ...] = ()  # what planning found and did about it, one line each
 
     @property
     def chunk_size(self) -> int:
@@ -72,6 +76,7 @@ class Job:
     products: tuple[Product, ...]
     layout: StoreLayout
     resume: bool  # the store exists and holds this export
+    repaired: tuple[str, ...] = ()  # what was repaired in it, one line each (tasks/soundness)
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,7 @@ def plan_job(
         if name not in products.PRODUCTS:
             known = ", ".join(products.PRODUCTS)
             raise UsageError(f"unknown model '{name}'; known models: {known} (see --list-models)")
-    store = output.store if is_url(output.store) else os.path.abspath(output.store)
+    store = store_location(output.store)  # symbolic links and `..` resolved: one lock per store
     if not is_url(store) and os.path.exists(store) and not os.path.isdir(store):
         raise UsageError(f"output path {store} is a file, not a swath store; choose another --out")
     options = InferenceOptions(
@@ -176,10 +181,14 @@ def plan_job(
     )
     work_dir = os.path.abspath(output.work_dir or platformdirs.user_cache_dir("swath"))
     if not is_url(store):
-        _check_writable(os.path.dirname(store), f"--out {store}", must_exist=True)
+        check_writable(os.path.dirname(store), f"--out {store}", must_exist=True)
     if not is_url(work_dir):
-        _check_writable(work_dir, f"--work-dir {work_dir}", must_exist=False)
-    points = _plan(geometry, region, os.path.join(work_dir, "plans") if not scratch else None)
+        check_name_length(os.path.join(work_dir, "plans", "x" * 40), "--work-dir")
+        check_writable(work_dir, f"--work-dir {work_dir}", must_exist=False)
+    notes: list[str] = []
+    points = _plan(
+        geometry, region, os.path.join(work_dir, "plans") if not scratch else None, notes
+    )
     size = output.chunk_size or chunk_size_for(len(points), point_bytes(imagery, inference))
     chunks = make_chunks(points, size)
     return Plan(
@@ -193,14 +202,21 @@ def plan_job(
         inference,
         options,
         output.dtype,
+        tuple(notes),
     )
 
 
-def _plan(geometry: BaseGeometry, region: Region, plan_dir: str | None) -> PointTable:
+def _plan(
+    geometry: BaseGeometry, region: Region, plan_dir: str | None, notes: list[str]
+) -> PointTable:
     if plan_dir is None:
         plan_dir = tempfile.mkdtemp(prefix="swath-plan-")
         atexit.register(shutil.rmtree, plan_dir, ignore_errors=True)
     path = os.path.join(plan_dir, f"{plan_key(geometry, region.spacing_m)}.zarr")
+    why = plan_damage(path) if os.path.exists(path) else None
+    if why:  # made again from the region: what a plan holds is computed, never lost
+        discard_plan(path)
+        notes.append(f"the plan file {path} was damaged ({why}): planned again")
     try:
         points = plan_points(geometry, region.spacing_m, path=path)
     except PlanError as e:
@@ -250,38 +266,34 @@ def point_bytes(imagery: Imagery, inference: Inference) -> int:
     return max(bands, 1) * imagery.patch_px**2 * 4
 
 
-def _check_writable(folder: str, what: str, *, must_exist: bool) -> None:
-    """Refuse a folder that cannot be written, before anything is: a probe file is made in
-    it (or, for a folder still to be created, in its nearest existing parent) and removed."""
-    probe = folder
-    if must_exist and not os.path.isdir(folder):
-        raise UsageError(f"{what}: the folder {folder} does not exist; create it or choose another")
-    while not os.path.isdir(probe):
-        probe = os.path.dirname(probe)
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as e:
-        raise UsageError(
-            f"{what} cannot be written ({e.strerror or e} in {probe}); choose another"
-        ) from e
-
-
 def _geometry(region: Region) -> BaseGeometry:
     if region.geojson:
         text = region.geojson
         source = "GeoJSON"
         if not text.lstrip().startswith(("{", "[")):
-            path = Path(text)
-            if not path.is_file():
-                raise UsageError(f"GeoJSON file {text} does not exist; check the --region path")
-            text, source = path.read_text(), f"GeoJSON file {path}"
+            text, source = _read_region_file(Path(text)), f"GeoJSON file {text}"
         return geojson_region(text, source=source)
     if region.bbox is None:
         raise UsageError(
             "no region given; pass --bbox west,south,east,north or --region file.geojson"
         )
     return bbox_region(*region.bbox)
+
+
+def _read_region_file(path: Path) -> str:
+    if path.is_dir():
+        raise UsageError(f"--region {path} is a folder, not a GeoJSON file; give the file's path")
+    if not path.is_file():
+        raise UsageError(f"GeoJSON file {path} does not exist; check the --region path")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(
+            f"--region {path} is not a GeoJSON file: it is not UTF-8 text (byte {e.start} is "
+            f"{e.object[e.start : e.start + 1]!r}); give a GeoJSON file"
+        ) from e
+    except OSError as e:
+        raise UsageError(f"--region {path} cannot be read ({e.strerror or e}); check it") from e
 
 
 def resolve_job(plan: Plan) -> Job:
@@ -323,16 +335,32 @@ def resolve_job(plan: Plan) -> Job:
         raise UsageError(str(e)) from e
     outputs = tuple(p.output() for p in resolved)
     layout = StoreLayout(plan.points, plan.chunk_size, outputs, plan.dtype)
-    try:
-        resume = check_store(plan.store, layout)
-        if resume:
-            time_index(plan.store, plan.window)  # refuses a clashing window
-    except StoreMismatch as e:
-        raise UsageError(str(e)) from e
+    resume, repaired = _open_store(plan, layout)
     if demo:  # written only once every other check has passed
         build_demo_catalog(Path(plan.work_dir))
     _check_sources(resolved)
-    return Job(plan, resolved, layout, resume)
+    return Job(plan, resolved, layout, resume, repaired)
+
+
+def _open_store(plan: Plan, layout: StoreLayout) -> tuple[bool, tuple[str, ...]]:
+    """Whether the store exists and holds this export (then what a rerun repairs in it is
+    repaired, one line each), or is free; UsageError for anything else."""
+    repaired: list[str] = []
+    try:
+        resume = check_store(plan.store, layout)
+        if resume and not is_url(plan.store):
+            check_store_writable(plan.store)
+        if resume:  # this export's store: what a rerun can repair is repaired first
+            repaired = soundness.repair(plan.store, layout.points)
+            time_index(plan.store, plan.window)  # refuses a clashing window
+    except soundness.RootDamaged as e:
+        raise UsageError(
+            f"output store {plan.store} is damaged and a rerun cannot repair it: {e}; "
+            "export into another --out"
+        ) from e
+    except StoreMismatch as e:
+        raise UsageError(str(e)) from e
+    return resume, tuple(repaired)
 
 
 def _check_sources(resolved: tuple[Product, ...]) -> None:

@@ -56,6 +56,12 @@ class Region(BaseModel):
         return value
 
 
+# The store keeps each window's days as datetime64[ns] (xarray's time encoding), which holds
+# 1677-09-21 to 2262-04-11; `time_bounds` holds the day after the last.
+FIRST_DAY = date(1678, 1, 1)
+LAST_DAY = date(2262, 4, 10)
+
+
 class Window(BaseModel):
     """When: the export window. Imagery in it is composited per pixel (median)."""
 
@@ -68,6 +74,17 @@ class Window(BaseModel):
         description="ignore start/end and export the calendar month before the run's scheduled "
         "time: for recurring exports, each run adds that month to the store",
     )
+
+    @field_validator("start", "end")
+    @classmethod
+    def _held_by_the_store(cls, day: date) -> date:
+        if not FIRST_DAY <= day <= LAST_DAY:
+            raise ValueError(
+                f"{day} is outside the days the store's time axis holds ({FIRST_DAY} to "
+                f"{LAST_DAY}, nanoseconds since 1970); give a window of the imagery's years, "
+                "e.g. --start 2024-01-01 --end 2024-12-31"
+            )
+        return day
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:

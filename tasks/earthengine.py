@@ -43,6 +43,7 @@ from tasks.sources import (
     SensorConfig,
     SourceAccess,
     TransientSourceError,
+    plain_http_origins,
     unreachable,
 )
 from tasks.stac import pixel_phase
@@ -234,6 +235,10 @@ class EarthEngineSource:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._limits: set[int] = set()  # slot counts the concurrency limit was set to
+
+    def plain_http(self, config: SensorConfig) -> set[str]:
+        """The endpoint's origin when --ee-url is plain http (the default one is https)."""
+        return plain_http_origins([config.access.ee_url or ""])
 
     def fetch(self, points: Sequence[Point], bands: Sequence[str], config: SensorConfig) -> Patches:
         names = ee_band_names(bands, config)

@@ -16,7 +16,7 @@ data) reads the same without its file, and then nothing is lost.
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import zarr
@@ -136,11 +136,15 @@ def seal_chunks(
 
 
 def check_done(
-    path: str, model: str, chunks: Sequence[ChunkRegion], t: int
+    path: str, model: str, chunks: Sequence[ChunkRegion], t: int, *, unmarked: bool = False
 ) -> tuple[list[bool], list[Damage]]:
     """For each chunk, whether its region of `model` is done: its status marks every point
     done and its values match the checksum recorded with that mark. Chunks marked done that
-    do not match are damaged: they count as not done, and are returned."""
+    do not match are damaged: they count as not done, and are returned.
+
+    `unmarked` also returns as damaged the chunks whose checksum is recorded while their
+    status is pending: a status file lost (deleted or emptied), or an export stopped between
+    the two writes. Either way a rerun redoes them; `--verify` names them."""
     arrays = _Arrays(path, model, mode="r")
     done, damaged = [], []
     for chunk in chunks:
@@ -150,14 +154,38 @@ def check_done(
             damaged.append(Damage(chunk.key, f"its status is unreadable ({e})"))
             done.append(False)
             continue
+        done.append(False)
         if (status == Status.PENDING).any():
-            done.append(False)
+            if unmarked and (status == Status.PENDING).all() and arrays.sealed(t, chunk):
+                damaged.append(Damage(chunk.key, UNMARKED))
             continue
         why = _mismatch(arrays, t, chunk, status)
         if why:
             damaged.append(Damage(chunk.key, why))
-        done.append(why is None)
+        done[-1] = why is None
     return done, damaged
+
+
+UNMARKED = (
+    "its checksum is recorded but its status reads pending (its status file deleted or "
+    "damaged, or an export stopped between the two writes)"
+)
+
+
+def open_array(path: str, name: str, *, mode: Literal["r", "r+"]) -> "zarr.Array[Any]":
+    """An array of a store, by its own zarr.json or, where that is missing or damaged, by the
+    root's consolidated copy of it (which xarray reads too)."""
+    try:
+        return zarr.open_array(path, path=name, mode=mode)
+    except (*UNREADABLE, FileNotFoundError, zarr.errors.BaseZarrError) as e:
+        group = zarr.open_group(path, mode=mode, use_consolidated=True)
+        try:
+            array = group[name]
+        except KeyError:
+            raise e from None
+        if not isinstance(array, zarr.Array):
+            raise e from None
+        return array
 
 
 def _mismatch(arrays: "_Arrays", t: int, chunk: ChunkRegion, status: np.ndarray) -> str | None:
@@ -179,10 +207,17 @@ class _Arrays:
         group = zarr.open_group(path, mode="r")
         if f"{model}_scale" in group:  # int8 storage: the scales sit after the values
             names.insert(1, f"{model}_scale")
-        self.data = [zarr.open_array(path, path=name, mode="r") for name in names]
-        self.status = zarr.open_array(path, path=f"{model}_status", mode="r")
-        self.checksums = zarr.open_array(path, path=checksum_name(model), mode=mode)
+        self.data = [open_array(path, name, mode="r") for name in names]
+        self.status = open_array(path, f"{model}_status", mode="r")
+        self.checksums = open_array(path, checksum_name(model), mode=mode)
         self._status_row: tuple[int, np.ndarray | None] | None = None
+
+    def sealed(self, t: int, chunk: ChunkRegion) -> bool:
+        """Whether a checksum is recorded for the chunk (an unreadable one counts as not)."""
+        try:
+            return int(np.asarray(self.checksums[t, chunk.index])) != CHECKSUM_FILL
+        except UNREADABLE:
+            return False
 
     def read_data(self, t: int, chunk: ChunkRegion) -> list[np.ndarray]:
         return [np.asarray(a[t, chunk.start : chunk.stop]) for a in self.data]

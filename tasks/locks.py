@@ -6,9 +6,11 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import posixpath
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
 
 from tasks.store import is_url
 
@@ -24,8 +26,9 @@ _held_locks: set[str] = set()  # lock files this process holds
 def writer_lock(
     path: str, *, wait: bool, lock_dir: str, reuse: bool = False, across_machines: bool = False
 ) -> Iterator[None]:
-    """Hold the store's one writer lock: an advisory lock on `<path>.lock` beside a local
-    store, or on a file named by the URL's hash in `lock_dir` for an object-store URL (object
+    """Hold the store's one writer lock, keyed on its real location (`store_key`): an advisory
+    lock on `<path>.lock` beside a local store (symbolic links and `..` resolved), or on a file
+    named by the normalised URL's hash in `lock_dir` for an object-store URL (object
     stores have no locks: exports of one URL must then share a machine and work directory).
 
     The operating system drops the lock when its process dies, so a killed export never
@@ -73,7 +76,7 @@ def store_limit(path: str, *, wait: bool) -> Iterator[None]:
     talks to the same Prefect server, on any machine, is refused (or waits) while it is held."""
     from prefect.concurrency.sync import concurrency
 
-    name = f"swath-store-{hashlib.sha256(path.encode()).hexdigest()[:16]}"
+    name = f"swath-store-{_digest(store_key(path))}"
     ensure_concurrency_limit(name, 1)
     held = contextlib.ExitStack()
     try:
@@ -116,9 +119,35 @@ def ensure_concurrency_limit(name: str, slots: int) -> None:
             )
 
 
+def store_key(path: str) -> str:
+    """What names a store's one writer: its real location. A local path with its symbolic
+    links and `..` resolved (a link to a store is that store), or the normalised URL."""
+    return normalise_url(path) if is_url(path) else os.path.realpath(path)
+
+
+def normalise_url(url: str) -> str:
+    """One spelling per store URL: the scheme and host in lower case, the path without `.`,
+    `..`, doubled or trailing slashes; a `file://` URL's path resolved as a local path."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        return f"file://{os.path.realpath(parts.netloc + parts.path)}"
+    path = posixpath.normpath(parts.path) if parts.path else ""
+    path = "" if path in (".", "/") else path
+    return urlunsplit((scheme, parts.netloc.lower(), path, parts.query, ""))
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 def _lock_path(path: str, lock_dir: str) -> str:
-    if is_url(path):
+    """The lock file: beside a local store (a `file://` URL is one: a path and its URL are
+    one store), or in `lock_dir`, named by the URL's digest, for an object-store URL."""
+    key = store_key(path)
+    if key.startswith("file://"):
+        key = key.removeprefix("file://")
+    if is_url(key):
         os.makedirs(lock_dir, exist_ok=True)
-        digest = hashlib.sha256(path.encode()).hexdigest()[:16]
-        return os.path.join(lock_dir, f"store-{digest}.lock")
-    return f"{path.rstrip('/')}.lock"
+        return os.path.join(lock_dir, f"store-{_digest(key)}.lock")
+    return f"{key.rstrip('/')}.lock"

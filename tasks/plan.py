@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import uuid
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,7 +107,8 @@ def plan_key(region: BaseGeometry, spacing_m: float) -> str:
 
 
 # 1: arrays epsg, x, y, lon, lat in plan order; attrs n, digest, bounds, complete.
-PLAN_VERSION = 1
+# 2: attr crc: each column's CRC-32, to check the file before it is reused (`plan_damage`).
+PLAN_VERSION = 2
 BLOCK_POINTS = 1 << 18  # grid cells computed at once, and points per Zarr chunk of a plan file
 COLUMNS = {"epsg": "int32", "x": "float64", "y": "float64", "lon": "float64", "lat": "float64"}
 Columns = dict[str, np.ndarray]
@@ -221,7 +223,7 @@ class PointTable:
     def complete(path: str) -> bool:
         try:
             return bool(zarr.open_group(path, mode="r").attrs.get("complete"))
-        except (FileNotFoundError, zarr.errors.BaseZarrError):
+        except (FileNotFoundError, ValueError, zarr.errors.BaseZarrError):
             return False
 
     @classmethod
@@ -285,6 +287,7 @@ class _Sink:
         self.n = 0
         self.hash = hashlib.sha256()
         self.box = [math.inf, math.inf, -math.inf, -math.inf]
+        self.crc = dict.fromkeys(COLUMNS, 0)
         self.blocks: list[Columns] = []
         self.group: zarr.Group | None = None
         if path is not None:
@@ -304,6 +307,10 @@ class _Sink:
             max(self.box[2], e),
             max(self.box[3], n),
         ]
+        for name, dtype in COLUMNS.items():
+            self.crc[name] = zlib.crc32(
+                np.ascontiguousarray(block[name], dtype).tobytes(), self.crc[name]
+            )
         if self.group is None:
             self.blocks.append(block)
             return
@@ -323,7 +330,13 @@ class _Sink:
             return PointTable(self.n, digest, bounds, columns=columns)  # type: ignore[arg-type]
         assert self.path is not None
         self.group.attrs.update(
-            {"version": PLAN_VERSION, "n": self.n, "digest": digest, "bounds": list(bounds)}
+            {
+                "version": PLAN_VERSION,
+                "n": self.n,
+                "digest": digest,
+                "bounds": list(bounds),
+                "crc": self.crc,
+            }
         )
         self.group.attrs["complete"] = True
         if os.path.isdir(self.path):  # another process planned the same region meanwhile
@@ -331,6 +344,41 @@ class _Sink:
             return PointTable.open(self.path)
         os.rename(self.staging, self.path)
         return PointTable.open(self.path)
+
+
+# What reading a damaged plan file raises: a missing file or attribute, a zarr.json or
+# attribute that is not what it should be, a chunk that does not decode (tasks/integrity.py).
+_DAMAGED = (OSError, KeyError, TypeError, ValueError, RuntimeError, zarr.errors.BaseZarrError)
+
+
+def plan_damage(path: str) -> str | None:
+    """Why the plan file at `path` cannot be reused (it cannot be read, is incomplete, or its
+    values are not those its CRC-32s were taken of), or None when it is sound. Reads it
+    whole, a block at a time."""
+    try:
+        attrs = zarr.open_group(path, mode="r").attrs
+        if not attrs.get("complete"):
+            return "it was never completed"
+        n, want = int(attrs["n"]), dict(attrs["crc"])  # type: ignore[arg-type]
+        arrays = {k: zarr.open_array(path, path=k, mode="r") for k in COLUMNS}
+        if any(a.shape != (n,) for a in arrays.values()):
+            return f"its columns do not hold the {n} points it records"
+        got = dict.fromkeys(COLUMNS, 0)
+        for start in range(0, n, BLOCK_POINTS):
+            for name, array in arrays.items():
+                values = np.ascontiguousarray(array[start : min(start + BLOCK_POINTS, n)])
+                got[name] = zlib.crc32(values.tobytes(), got[name])
+    except _DAMAGED as e:
+        return f"it cannot be read: {type(e).__name__}: {e}"
+    bad = [name for name in COLUMNS if got[name] != want.get(name)]
+    return f"its {', '.join(bad)} differ from what was written" if bad else None
+
+
+def discard_plan(path: str) -> None:
+    """Remove a damaged plan file (moved aside first: a reader sees it whole or not at all)."""
+    aside = f"{path.rstrip('/')}.damaged-{uuid.uuid4().hex[:8]}"
+    os.rename(path, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 @functools.lru_cache(maxsize=8)

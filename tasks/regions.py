@@ -58,6 +58,12 @@ def geojson_region(text: str, *, source: str = "GeoJSON") -> Polygon | MultiPoly
         raise PlanError(
             f"{source} is not a GeoJSON object; give a Polygon, Feature or FeatureCollection"
         )
+    if "type" not in obj:
+        raise PlanError(
+            f'{source} has no "type" member, so it is no GeoJSON object; give a Polygon, '
+            "MultiPolygon, Feature or FeatureCollection"
+        )
+    _check_crs(obj, source)
     geometries = _geometries(obj, source)
     shapes = []
     for geom in geometries:
@@ -78,6 +84,38 @@ def geojson_region(text: str, *, source: str = "GeoJSON") -> Polygon | MultiPoly
     west, south, east, north = region.bounds
     bbox_region(west, south, east, north)  # same range checks as a bbox
     return region
+
+
+# Names of lon/lat on WGS 84 that a GeoJSON `crs` member (GeoJSON 2008; RFC 7946 dropped it
+# and fixed lon/lat on WGS 84) may carry; any other CRS would make the coordinates mean
+# something else than swath reads them as.
+LONLAT_CRS = {
+    "urn:ogc:def:crs:ogc:1.3:crs84",
+    "urn:ogc:def:crs:ogc::crs84",
+    "ogc:crs84",
+    "crs84",
+    "epsg:4326",
+    "urn:ogc:def:crs:epsg::4326",
+    "urn:ogc:def:crs:epsg:6.6:4326",
+}
+
+
+def _check_crs(obj: dict[str, Any], source: str) -> None:
+    """Refuse a `crs` member (top level or a feature's) naming another CRS than lon/lat."""
+    members = [obj, *(f for f in obj.get("features") or [] if isinstance(f, dict))]
+    for member in members:
+        crs = member.get("crs")
+        if crs is None:
+            continue
+        props = crs.get("properties") if isinstance(crs, dict) else None
+        name = props.get("name") if isinstance(props, dict) else None
+        if not isinstance(name, str) or name.strip().lower() not in LONLAT_CRS:
+            shown = name if isinstance(name, str) else json.dumps(crs)[:80]
+            raise PlanError(
+                f"{source} declares its coordinates in {shown}; swath reads GeoJSON as lon/lat "
+                "(EPSG:4326, RFC 7946): reproject it, e.g. ogr2ogr -t_srs EPSG:4326 "
+                "out.geojson in.geojson"
+            )
 
 
 def _geometries(obj: dict[str, Any], source: str) -> list[Any]:

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import http.client
 import importlib
 import json
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -172,6 +174,22 @@ class ImagerySource(Protocol):
         ImagerySourceError or TransientSourceError."""
         ...
 
+    def plain_http(self, config: SensorConfig) -> set[str]:
+        """The origins (`http://host:port`) it reads from over plain http, as far as it
+        knows them before a run: nothing protects what comes from them in transit."""
+        ...
+
+
+def origin(url: str) -> str:
+    """A URL's scheme and host (`http://host:port`)."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme.lower()}://{rest.split('/', 1)[0]}"
+
+
+def plain_http_origins(urls: Sequence[str]) -> set[str]:
+    """The origins of those of `urls` that are plain http://."""
+    return {origin(u) for u in urls if u.lower().startswith("http://")}
+
 
 @functools.cache
 def get_source(name: str) -> ImagerySource:
@@ -193,6 +211,18 @@ _REMOTE = re.compile(r"/vsicurl/|https?://")
 _TRANSIENT_TEXT = re.compile(
     r"timed out|timeout was reached|connection reset|connection refused|empty reply"
     r"|recv failure|send failure|couldn't connect|failed to connect|connection was reset",
+    re.IGNORECASE,
+)
+
+
+# What a body cut short or changed on its way says when it is decoded: JSON that ends early,
+# a compressed block that does not decode (GDAL's TIFF codecs, zlib), a read that got fewer
+# bytes than asked. From a remote source a retry may get it whole; from a local file not.
+_DECODE_TYPES = (json.JSONDecodeError, EOFError, zlib.error, http.client.IncompleteRead)
+_DECODE_TEXT = re.compile(
+    r"decoding error|decode error|unexpected end of data|incompleteread|premature end"
+    r"|truncated|short read|read error|tiffread|ireadblock failed|transfer closed"
+    r"|partial file",
     re.IGNORECASE,
 )
 
@@ -242,14 +272,20 @@ def classify_error(error: BaseException, what: str) -> ImagerySourceError | Tran
     if status is not None:
         transient = status == 429 or status >= 500
     else:
+        remote = _REMOTE.search(f"{what} {text}") is not None
         transient = (
             any(isinstance(e, transient_types) for e in chain)
             or bool(_TRANSIENT_TEXT.search(text))
             # GDAL over HTTP reports a request that failed after its own retries as a failed
             # read or open, with no status; a 4xx would have shown its status above.
+            or (remote and any(isinstance(e, RasterioIOError) for e in chain))
+            # A body cut short or changed in transit: decoding it fails (short reads too).
             or (
-                _REMOTE.search(f"{what} {text}") is not None
-                and any(isinstance(e, RasterioIOError) for e in chain)
+                remote
+                and (
+                    any(isinstance(e, _DECODE_TYPES) for e in chain)
+                    or bool(_DECODE_TEXT.search(text))
+                )
             )
         )
     if transient:

@@ -23,12 +23,14 @@ from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
 from urllib3.util.retry import Retry
 
+from tasks.gdal_log import count_gdal_retries
 from tasks.plan import Point
 from tasks.sources import (
     ImagerySourceError,
     Patches,
     SensorConfig,
     TransientSourceError,
+    plain_http_origins,
     unreachable,
 )
 from tasks.stac import (
@@ -114,6 +116,7 @@ class StacApiSource:
         self._tokens: dict[tuple[str, str], tuple[str, datetime]] = {}
         self._lock = threading.Lock()
         self._counts = threading.local()  # requests made by this thread's current call
+        count_gdal_retries()
 
     def fetch(self, points: Sequence[Point], bands: Sequence[str], config: SensorConfig) -> Patches:
         check_composite(config)
@@ -157,6 +160,11 @@ class StacApiSource:
             item = sign_item(item, self._token(api.sas_root, config.collection, checking=True))
         with rasterio.Env(**self._gdal_env):
             open_header(item, assets[bands[0]])
+
+    def plain_http(self, config: SensorConfig) -> set[str]:
+        """The API's origin when it is plain http (the hrefs its searches return are known
+        only during the run, and not named here)."""
+        return plain_http_origins([resolve_api(config).url])
 
     def _client(self, url: str, *, checking: bool) -> Client:
         with self._lock:

@@ -3,13 +3,28 @@
 """
 
 import threading
+import time
 from collections.abc import Sequence
+from email.message import Message
+from urllib.error import HTTPError
 
 import pystac
 import rasterio
+import urllib3
+from pystac.stac_io import DefaultStacIO
+from urllib3.util.retry import Retry
 
+from tasks.gdal_log import count_gdal_retries
 from tasks.plan import Point
-from tasks.sources import ImagerySourceError, Patches, SensorConfig, classify_error
+from tasks.sources import (
+    ImagerySourceError,
+    Patches,
+    SensorConfig,
+    TransientSourceError,
+    classify_error,
+    plain_http_origins,
+    unreachable,
+)
 from tasks.stac import (
     GDAL_HTTP_OPTIONS,
     CatalogItem,
@@ -30,6 +45,7 @@ class StacCatalogSource:
     """
 
     def __init__(self, *, http_timeout_s: int = 30) -> None:
+        self._timeout_s = http_timeout_s
         self._gdal_env = {
             **GDAL_HTTP_OPTIONS,
             "GDAL_HTTP_TIMEOUT": str(http_timeout_s),
@@ -37,6 +53,7 @@ class StacCatalogSource:
         }
         self._catalogs: dict[str, list[CatalogItem]] = {}
         self._lock = threading.Lock()
+        count_gdal_retries()
 
     def fetch(self, points: Sequence[Point], bands: Sequence[str], config: SensorConfig) -> Patches:
         check_composite(config)
@@ -47,16 +64,51 @@ class StacCatalogSource:
         """Fail now, before anything is written, when this configuration cannot work: the
         catalog opens, holds the collection, every band has an asset, and one asset's header
         reads. Raises ImagerySourceError or TransientSourceError."""
-        items = [c.item for c in self._collection(config)]
+        items = [c.item for c in self._checked_collection(config)]
         assets = resolve_assets(bands, items, config.collection)
         scl_asset(items, config.collection)
         with rasterio.Env(**self._gdal_env):
             open_header(items[0], assets[bands[0]])
 
+    def _checked_collection(self, config: SensorConfig) -> list[CatalogItem]:
+        """The collection's items for the check before a run: a catalog that nobody
+        answers for (its host does not resolve, the connection is refused) is refused at
+        once, and one that still fails transiently (429, 5xx, timeouts) after a few tries
+        over a few seconds is refused too, rather than left to minutes of task retries."""
+        for pause in (*CHECK_PAUSES_S, None):
+            try:
+                return self._collection(config)
+            except TransientSourceError as e:
+                reason = unreachable(e)
+                if reason:
+                    raise ImagerySourceError(
+                        f"reading the STAC catalog {config.catalog}: {reason}; check --catalog "
+                        "(and the network)"
+                    ) from e
+                if pause is None:
+                    raise ImagerySourceError(
+                        f"{e} -- still failing after {len(CHECK_PAUSES_S) + 1} tries over "
+                        f"{sum(CHECK_PAUSES_S):g} s; rerun when the catalog answers"
+                    ) from e
+                time.sleep(pause)
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    def plain_http(self, config: SensorConfig) -> set[str]:
+        """The catalog's and its items' assets' URLs that are plain http:// (scheme and
+        host): what is read from them is not protected in transit."""
+        hrefs = [config.catalog] + [
+            asset.get_absolute_href() or asset.href
+            for c in self._collection(config)
+            for asset in c.item.assets.values()
+        ]
+        return plain_http_origins(hrefs)
+
     def _collection(self, config: SensorConfig) -> list[CatalogItem]:
         with self._lock:
             if config.catalog not in self._catalogs:
-                self._catalogs[config.catalog] = read_catalog(config.catalog)
+                self._catalogs[config.catalog] = read_catalog(
+                    config.catalog, timeout_s=self._timeout_s
+                )
             items = self._catalogs[config.catalog]
         selected = [c for c in items if c.item.collection_id == config.collection]
         if not selected:
@@ -68,10 +120,38 @@ class StacCatalogSource:
         return selected
 
 
-def read_catalog(href: str) -> list[CatalogItem]:
+# Each request for a remote catalog's JSON is retried by urllib3 on 429/5xx and on dropped
+# connections, as GDAL retries each range request of a COG (tasks/stac.py): a catalog is
+# one request per item, so with request-level faults a whole read would rarely get through.
+CATALOG_RETRY = Retry(total=3, backoff_factor=0.25, status_forcelist=(429, 500, 502, 503, 504))
+
+
+class RetryingStacIO(DefaultStacIO):
+    """pystac's reader, with `CATALOG_RETRY` for http(s) hrefs. A status still failing
+    raises urllib3's MaxRetryError; another 4xx an HTTPError with its status (both as
+    pystac's own reader would be classified, tasks/sources.py)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__()
+        self._http = urllib3.PoolManager(retries=CATALOG_RETRY, timeout=timeout_s)
+
+    def read_text_from_href(self, href: str) -> str:
+        if not href.lower().startswith(("http://", "https://")):
+            return str(super().read_text_from_href(href))
+        reply = self._http.request("GET", href)
+        if reply.status >= 400:
+            raise HTTPError(href, reply.status, reply.reason or "", Message(), None)
+        return str(reply.data.decode("utf-8"))
+
+
+# Pauses between the tries of the check before a run (tasks above retry for longer).
+CHECK_PAUSES_S = (1.0, 2.0)
+
+
+def read_catalog(href: str, *, timeout_s: float = 30.0) -> list[CatalogItem]:
     """Every item of a static catalog (or collection), with its footprint and time interval."""
     try:
-        root = pystac.read_file(href)
+        root = pystac.read_file(href, stac_io=RetryingStacIO(timeout_s))
         if not isinstance(root, pystac.Catalog):
             raise ImagerySourceError(f"{href} is a STAC {root.STAC_OBJECT_TYPE}, not a catalog")
         items = list(root.get_items(recursive=True))

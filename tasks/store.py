@@ -34,12 +34,13 @@ import zarr
 from fsspec.core import url_to_fs
 
 from embedders.spec import Status
-from tasks import compact, conventions
+from tasks import compact, conventions, soundness
+from tasks.coords import id_bytes, write_coords
 from tasks.integrity import CHECKSUM_ATTRS, CHECKSUM_FILL, checksum_name, checksum_variable
 from tasks.plan import BLOCK_POINTS, PointTable
 from tasks.results import ModelOutput
 from tasks.shards import choose_block_chunks
-from tasks.text import TEXT_ATTR, TEXT_ENCODING, decode_text, encode_text
+from tasks.text import TEXT_ATTR, TEXT_ENCODING, decode_text
 
 # 2: layout fingerprints from each product's declared, versioned identity (not its spec);
 #    text as uint8 UTF-8 bytes; root attributes as JSON text.
@@ -109,6 +110,15 @@ def check_store(path: str, layout: StoreLayout) -> bool:
     fs, root = url_to_fs(path)
     if not fs.exists(root) or (fs.isdir(root) and not fs.ls(root)):
         return False
+    try:
+        soundness.read_root(path)
+    except soundness.RootDamaged as e:
+        if soundness.looks_like_a_store(path):
+            raise StoreMismatch(
+                f"output store {path} is damaged: {e}, and it records which export wrote "
+                f"the store, so a rerun cannot repair it: restore {path}/zarr.json from a "
+                "backup, or export into another --out"
+            ) from e
     try:
         meta = read_meta(path).get("swath")
     except (FileNotFoundError, ValueError, KeyError, zarr.errors.BaseZarrError) as e:
@@ -203,9 +213,9 @@ def create_store(
         ds.attrs["swath"] = json.dumps({"state": CREATING})
         with _quiet_consolidation():
             ds.to_zarr(path, mode="w", compute=False, zarr_format=3, encoding=encoding)
-            _write_coords(path, layout)
+            coords = write_coords(path, layout.points)
             zarr.open_group(path, mode="r+").attrs.update({"swath": json.dumps(meta)})
-            zarr.consolidate_metadata(path)
+            soundness.record(path, coords)  # consolidates, last
         return
     ds.attrs["swath"] = json.dumps(meta)
     staging = f"{path.rstrip('/')}.creating-{uuid.uuid4().hex[:8]}"
@@ -213,7 +223,7 @@ def create_store(
         ds.to_zarr(
             staging, mode="w-", compute=False, zarr_format=3, encoding=encoding, consolidated=True
         )
-    _write_coords(staging, layout)
+        soundness.record(staging, write_coords(staging, layout.points))
     if os.path.isdir(path) and not os.listdir(path):
         os.rmdir(path)
     os.rename(staging, path)
@@ -305,6 +315,7 @@ def add_window(path: str, layout: StoreLayout, window: Window) -> int:
     ds.attrs = dict(zarr.open_group(path, mode="r").attrs)  # an append rewrites the root attrs
     with _quiet_consolidation():
         ds.to_zarr(path, append_dim="time", compute=False, consolidated=True)
+        soundness.record(path)  # the time arrays' values and every time array's shape
     index = time_index(path, window)
     assert index is not None
     return index
@@ -338,14 +349,14 @@ def _template(
     layout: StoreLayout, window: Window, *, block_chunks: int = 1
 ) -> tuple[xr.Dataset, dict[str, Any]]:
     """The store's variables, lazily: the point coordinates are placeholders that
-    `_write_coords` fills from the plan a block at a time, and data variables stay at their
+    `write_coords` fills from the plan a block at a time, and data variables stay at their
     fill values until written (no chunk of them is stored)."""
     n, cs = len(layout.points), layout.chunk_size
     block = (min(BLOCK_POINTS, max(n, 1)),)
     coords = {
         "point_id": (
             ("point", "point_id_nchar"),
-            da.zeros((n, _id_bytes(layout.points)), dtype="uint8", chunks=(block[0], -1)),
+            da.zeros((n, id_bytes(layout.points)), dtype="uint8", chunks=(block[0], -1)),
         ),
         "lon": ("point", da.zeros(n, dtype="float64", chunks=block)),
         "lat": ("point", da.zeros(n, dtype="float64", chunks=block)),
@@ -397,49 +408,6 @@ def _template(
     ds["time_bounds"] = (("time", "bnds"), conventions.time_bounds(start, end))
     conventions.annotate(ds, layout)
     return ds, encoding
-
-
-def _id_bytes(points: PointTable) -> int:
-    """The longest point id's length in bytes, from the coordinates alone (ids are ASCII:
-    "<epsg>-<x>-<y>", whole metres, or millimetres with three decimals)."""
-    longest = 1
-    for start in range(0, len(points), BLOCK_POINTS):
-        stop = min(start + BLOCK_POINTS, len(points))
-        if points.explicit_ids:
-            longest = max(longest, *(len(i.encode(TEXT_ENCODING)) for i in points.ids(start, stop)))
-            continue
-        c = points.columns(start, stop)
-        width = 5 + 2  # the zone's EPSG code and two dashes
-        for v in (c["x"], c["y"]):
-            whole = np.abs(v - np.round(v)) < 1e-6
-            digits = np.char.str_len(np.round(np.abs(v)).astype("int64").astype(str))
-            width += int((digits + (v < 0) + np.where(whole, 0, 4)).max())
-        longest = max(longest, width)
-    return longest
-
-
-def _write_coords(path: str, layout: StoreLayout) -> None:
-    """Fill the point coordinates of a store just laid out, one block of the plan at a time
-    (a plan of millions of points is never in memory at once)."""
-    arrays = {
-        name: zarr.open_array(path, path=name, mode="r+")
-        for name in ("point_id", "lon", "lat", "utm_epsg", "utm_x", "utm_y")
-    }
-    width = arrays["point_id"].shape[1]
-    table = layout.points
-    for start in range(0, len(table), BLOCK_POINTS):
-        stop = min(start + BLOCK_POINTS, len(table))
-        c = table.columns(start, stop)
-        ids = table.ids(start, stop)
-        if table.explicit_ids:
-            codes = encode_text(ids, width)
-        else:  # ASCII: numpy encodes them at once
-            codes = np.array(ids, dtype=f"S{width}").view(np.uint8).reshape(len(ids), width)
-        arrays["point_id"][start:stop] = codes
-        for name, column in (
-            ("lon", "lon"), ("lat", "lat"), ("utm_epsg", "epsg"), ("utm_x", "x"), ("utm_y", "y"),
-        ):  # fmt: skip
-            arrays[name][start:stop] = c[column]
 
 
 def _model_variables(

@@ -31,8 +31,10 @@ class Request:
 
 
 # What a fault hook answers for a request: None serves it normally, an int answers that HTTP
-# status (503, 429, 404, ...) with no body, "drop" closes the connection without a reply.
-Fault = int | Literal["drop"] | None
+# status (503, 429, 404, ...) with no body, "drop" closes the connection without a reply,
+# "short" serves the first half of the body (with a Content-Length that says so, as a proxy
+# that cut it would), "flip" the whole body with 8 bytes in its middle inverted.
+Fault = int | Literal["drop", "short", "flip"] | None
 FaultHook = Callable[[Request], Fault]
 
 
@@ -76,16 +78,30 @@ class RangeHandler(SimpleHTTPRequestHandler):
         request = Request(self.command, self.path, self.headers.get("Range"))
         self._log.append(request)  # list.append is atomic under the GIL
         fault = self._fault(request) if self._fault is not None else None
-        if fault is None:
+        alters = fault in ("short", "flip") and self.command == "GET"
+        self._alter: str | None = str(fault) if alters else None
+        if fault is None or fault in ("short", "flip"):
             return True
         self.close_connection = True
-        if fault != "drop":
+        if isinstance(fault, int):
             self.send_response(fault)
             self.send_header("Content-Length", "0")
             self.end_headers()
         return False
 
     def send_head(self) -> BinaryIO | None:
+        body = self._send_head()
+        how = getattr(self, "_alter", None)
+        if body is None or how is None:
+            return body
+        return io.BytesIO(altered(body.read(), how))  # the headers say the altered length
+
+    def send_header(self, keyword: str, value: str) -> None:
+        if keyword == "Content-Length" and getattr(self, "_alter", None) == "short":
+            value = str(int(value) // 2)
+        super().send_header(keyword, value)
+
+    def _send_head(self) -> BinaryIO | None:
         header = self.headers.get("Range")
         match = _RANGE.fullmatch(header.strip()) if header else None
         path = self.translate_path(self.path)
@@ -114,6 +130,16 @@ class RangeHandler(SimpleHTTPRequestHandler):
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
         return io.BytesIO(body)
+
+
+def altered(data: bytes, how: str) -> bytes:
+    """`data` cut to its first half ("short"), or with 8 bytes in its middle inverted."""
+    if how == "short":
+        return data[: len(data) // 2]
+    flipped = bytearray(data)
+    for i in range(max(0, len(data) // 2 - 4), min(len(data), len(data) // 2 + 4)):
+        flipped[i] ^= 0xFF
+    return bytes(flipped)
 
 
 @contextmanager

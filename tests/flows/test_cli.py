@@ -301,8 +301,9 @@ def test_cli__the_local_dask_cluster_shares_one_prefect_api(tmp_path, demo_catal
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    # One temporary Prefect server, this process's: no worker starts its own.
-    assert out.count("Starting temporary server") == 1, out[-3000:]
+    # One temporary Prefect server, this process's (swath's own, on a port it holds): no
+    # worker starts one of Prefect's.
+    assert out.count("Starting temporary server") == 0, out[-3000:]
 
 
 def test_cli__dry_run_says_what_an_export_would_do_and_writes_nothing(capsys, tmp_path):

@@ -73,7 +73,7 @@ def test_verify__a_damaged_store_exits_1_naming_the_chunk_and_the_fix(capsys, tm
     assert "dofa_base" in out and "1 damaged: chunk-00001-" in out
     # the truncated shard: its index (at its end) is cut or fails its CRC-32C
     assert re.search(r"The stored shard is too short|Stored and computed checksum do not", out)
-    assert "2 chunk(s) damaged; rerun the export" in out
+    assert "2 chunk(s) and 0 other array(s) damaged; rerun the export" in out
 
 
 @pytest.mark.parametrize(

@@ -190,9 +190,9 @@ def test_urls__an_fsspec_url_store_is_written_and_resumed(tmp_path, served_demo)
     assert again["all_ok"]
     for name, want in before.items():
         np.testing.assert_array_equal(values(url)[name], want, err_msg=name)
-    assert list((tmp_path / "work" / "locks").glob("store-*.lock")), (
-        "URL stores lock in the work dir"
-    )
+    # A file:// URL is the local store it names: locked beside it, as its path would be.
+    assert (tmp_path / "by-url.zarr.lock").is_file()
+    assert not (tmp_path / "work" / "locks").exists()
 
 
 def test_dask__an_existing_cluster_by_address_runs_infer_on_workers_with_the_resource(
@@ -251,7 +251,7 @@ def test_lock__two_processes_without_a_shared_work_dir_are_one_writer_of_a_url(t
     see the other, the store's Prefect concurrency limit on the shared server does."""
     from prefect.settings import PREFECT_API_URL
 
-    url = f"file://{tmp_path}/shared.zarr"
+    url = "memory://shared.zarr"  # an object store: no lock file beside it (file:// has one)
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     code = (
         "import sys, time; sys.path.insert(0, '.'); from tasks.locks import writer_lock\n"

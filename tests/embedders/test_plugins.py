@@ -1,0 +1,49 @@
+"""Plugins are found through real installed-package metadata (a dist-info on sys.path)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from embedders.plugins import PluginError, merged, plugins
+
+
+def _install(root: Path, name: str, group: str, points: dict[str, str], module: str) -> None:
+    """A minimal installed distribution: its module and a dist-info with entry points."""
+    (root / f"{name}.py").write_text(module)
+    info = root / f"{name}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    lines = "".join(f"{k} = {v}\n" for k, v in points.items())
+    (info / "entry_points.txt").write_text(f"[{group}]\n{lines}")
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in [m for m in sys.modules if m.startswith("toy_plugin")]:
+        del sys.modules[name]
+
+
+def test_plugins__an_installed_entry_point_is_loaded_by_name(site: Path) -> None:
+    _install(site, "toy_plugin_a", "swath.models", {"toy": "toy_plugin_a:ENTRY"}, "ENTRY = 42\n")
+    assert plugins("swath.models") == {"toy": 42}
+    assert plugins("swath.sources") == {}
+
+
+def test_plugins__one_that_does_not_load_is_named(site: Path) -> None:
+    _install(site, "toy_plugin_b", "swath.sources", {"bad": "toy_plugin_b:MISSING"}, "")
+    with pytest.raises(PluginError, match=r"'bad'.*does not load"):
+        plugins("swath.sources")
+
+
+def test_merged__a_plugin_may_not_take_a_name_swath_has(site: Path) -> None:
+    _install(site, "toy_plugin_c", "swath.products", {"tessera": "toy_plugin_c:X"}, "X = 1\n")
+    with pytest.raises(PluginError, match="tessera"):
+        merged("swath.products", {"tessera": object()})
+
+
+def test_plugins__an_unknown_group_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"swath\.sources"):
+        plugins("swath.other")

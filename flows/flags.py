@@ -2,51 +2,35 @@
 `--help` and a bad argument answer before torch, Prefect or any model is imported."""
 
 import argparse
+import types
+import typing
 from datetime import date
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
-from flows.params import Imagery, Inference, Output, Region, Window
-from tasks.sources import SOURCES
-
-FLAGS = {  # pydantic field -> command-line flag, for error messages
-    "bbox": "--bbox",
-    "geojson": "--region",
-    "spacing_m": "--spacing",
-    "start": "--start",
-    "end": "--end",
-    "models": "--models",
-    "source": "--source",
-    "catalog": "--catalog",
-    "stac_url": "--stac-url",
-    "collection": "--collection",
-    "max_cloud_cover": "--max-cloud-cover",
-    "stac_signing": "--stac-signing",
-    "ee_project": "--ee-project",
-    "ee_key_file": "--ee-key-file",
-    "ee_url": "--ee-url",
-    "ee_concurrency": "--ee-concurrency",
-    "patch_px": "--patch-size",
-    "tessera_store": "--tessera-store",
-    "input_prep": "--input-prep",
-    "output": "--output",
-    "tile_overlap_px": "--tile-overlap",
-    "batch_size": "--batch-size",
-    "compile": "--compile",
-    "channels_last": "--channels-last",
-    "device": "--device",
-    "precision": "--precision",
-    "weights": "--weights",
-    "store": "--out",
-    "work_dir": "--work-dir",
-    "chunk_size": "--chunk-size",
-    "chunks_per_run": "--chunks-per-run",
-    "dtype": "--dtype",
-}
-
+from flows.params import SETTINGS
+from tasks.options import Flag, flag_of
 
 DASK_WORKERS = 2  # workers of the local cluster that --runner dask starts by default
+
+
+def declared() -> list[tuple[type[BaseModel], str, FieldInfo, Flag]]:
+    """Every setting that has a flag: (its model, field name, field, flag), in the order
+    the settings are declared."""
+    found = []
+    for model in SETTINGS:
+        for name, field in model.model_fields.items():
+            flag = flag_of(field)
+            if flag is not None:
+                found.append((model, name, field, flag))
+    return found
+
+
+def flag_names() -> dict[str, str]:
+    """pydantic field -> command-line flag, for error messages."""
+    return {name: flag.name for _, name, _, flag in declared()}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -55,71 +39,17 @@ def parser() -> argparse.ArgumentParser:
         description="Export foundation-model embeddings of every point of a region into one "
         "Zarr store. With no arguments: the offline demo over a real Sentinel-2 sample.",
     )
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--bbox", type=_bbox, help="west,south,east,north in degrees")
-    where.add_argument("--region", metavar="FILE", help="GeoJSON polygon file (holes respected)")
-    p.add_argument("--spacing", type=float, metavar="M", help="grid spacing in metres (250)")
-    p.add_argument("--start", type=iso_date, help="first day, YYYY-MM-DD (2024-01-01)")
-    p.add_argument("--end", type=iso_date, help="last day, YYYY-MM-DD (2024-12-31)")
-    p.add_argument("--models", type=lambda s: [m.strip() for m in s.split(",") if m.strip()])
-    p.add_argument("--out", metavar="PATH", help="output Zarr store (swath-demo.zarr)")
-    p.add_argument(
-        "--work-dir", metavar="DIR", help="inputs, results, demo catalog (~/.cache/swath)"
-    )
-    src = p.add_argument_group("imagery source")
-    src.add_argument("--source", choices=list(SOURCES), help="where imagery comes from")
-    src.add_argument("--catalog", help="stac-catalog: catalog.json path or URL ('demo')")
-    src.add_argument(
-        "--stac-url", metavar="URL", help="stac-api: root URL, planetary-computer or earth-search"
-    )
-    src.add_argument("--collection", help="collection id (the sensor's own for the source)")
-    src.add_argument(
-        "--max-cloud-cover", type=float, metavar="PCT", help="skip cloudier scenes (80)"
-    )
-    src.add_argument("--stac-signing", choices=["auto", "planetary-computer", "none"])
-    src.add_argument("--ee-project", metavar="ID", help="earthengine: Google Cloud project")
-    src.add_argument(
-        "--ee-key-file", metavar="KEY.json", help="earthengine: service account key (else ADC)"
-    )
-    src.add_argument("--ee-url", metavar="URL", help="earthengine: API endpoint (high-volume)")
-    src.add_argument(
-        "--ee-concurrency", type=int, metavar="N", help="earthengine: requests in flight (8)"
-    )
-    p.add_argument("--patch-size", type=int, metavar="PX", help="patch side in pixels (64)")
-    p.add_argument(
-        "--tessera-store",
-        metavar="V|URL",
-        help="tessera: a dataset version of geotessera's public store (v1.1) or a store URL/path",
-    )
-    p.add_argument("--chunk-size", type=int, metavar="N", help="points per chunk")
-    p.add_argument(
-        "--chunks-per-run", type=int, metavar="N", help="chunks per flow run, beyond: child runs"
-    )
-    p.add_argument(
-        "--dtype", choices=["float32", "float16", "int8"], help="stored embeddings (float32)"
-    )
-    p.add_argument("--input-prep", choices=["resize", "tile"])
-    p.add_argument("--output", choices=["pooled", "grid"])
-    p.add_argument(
-        "--batch-size", type=_batch_size, metavar="N|auto", help="tiles per forward (auto)"
-    )
-    p.add_argument("--tile-overlap", type=int, metavar="PX")
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="compile each model's forward with torch.compile, once per process (off)",
-    )
-    p.add_argument(
-        "--channels-last",
-        choices=["auto", "on", "off"],
-        help="convolutional models in channels-last memory order (auto: on CUDA)",
-    )
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--weights", choices=["auto", "pretrained", "random"])
-    p.add_argument("--previous-month", action="store_true", help="export last calendar month")
-    p.add_argument("--refresh", action="store_true", help="redo every chunk of this window")
-    p.add_argument("--wait", action="store_true", help="wait for another export of the store")
+    sections: dict[str | None, Any] = {None: p}
+    exclusive: dict[str, Any] = {}
+    for _, _, field, flag in declared():
+        if flag.group not in sections:
+            sections[flag.group] = p.add_argument_group(flag.group)
+        where = sections[flag.group]
+        if flag.exclusive:
+            if flag.exclusive not in exclusive:
+                exclusive[flag.exclusive] = where.add_mutually_exclusive_group()
+            where = exclusive[flag.exclusive]
+        where.add_argument(flag.name, **_argument(field, flag))
     p.add_argument("--runner", choices=["threads", "dask"], default="threads")
     p.add_argument("--dask-address", metavar="ADDR", help="existing Dask scheduler (tcp://...)")
     p.add_argument(
@@ -139,23 +69,46 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _bbox(text: str) -> tuple[float, float, float, float]:
-    try:
-        w, s, e, n = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"'{text}' is not four numbers west,south,east,north"
-        ) from None
-    return w, s, e, n
+def _argument(field: FieldInfo, flag: Flag) -> dict[str, Any]:
+    """argparse's arguments for one setting: its type and choices from the annotation, its
+    help from the flag (or the description) with the field's default. Every flag defaults
+    to None (False for a switch): a flag not given leaves the setting's own default."""
+    help_text = flag.help or field.description or ""
+    kind = _plain(field.annotation)
+    if kind is bool:
+        return {"action": "store_true", "help": help_text + _default(False, field.default)}
+    args: dict[str, Any] = {"metavar": flag.metavar, "help": help_text}
+    default = field.get_default(call_default_factory=True)
+    if typing.get_origin(kind) is typing.Literal:
+        args["choices"] = list(typing.get_args(kind))
+        args.pop("metavar")
+    elif flag.type is not None:
+        args["type"] = flag.type
+    elif kind is date:
+        args["type"] = iso_date
+    elif kind in (int, float):
+        args["type"] = kind
+    args["help"] += _default(None, default)
+    return args
 
 
-def _batch_size(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number or 'auto'") from None
+def _plain(annotation: Any) -> Any:
+    """The annotation without None: `str | None` -> str."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        rest = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return rest[0] if len(rest) == 1 else annotation
+    return annotation
+
+
+def _default(unset: Any, default: Any) -> str:
+    """' (the default)' for --help, or '' where there is none to show."""
+    if default is unset or default is None:
+        return ""
+    if isinstance(default, float):
+        default = f"{default:g}"
+    if isinstance(default, list | tuple):
+        default = ",".join(str(v) for v in default)
+    return f" ({default})"
 
 
 def iso_date(text: str) -> date:
@@ -179,64 +132,18 @@ def contradictions(a: argparse.Namespace) -> str | None:
 
 def params(a: argparse.Namespace) -> dict[str, Any]:
     """The flow's parameters from the flags given; unset flags keep the defaults."""
-
-    def given(**kw: Any) -> dict[str, Any]:
-        return {k: v for k, v in kw.items() if v is not None}
-
-    region = given(bbox=a.bbox, geojson=a.region, spacing_m=a.spacing)
-    return {
-        "region": Region(**region),
-        "window": Window(
-            **given(start=a.start, end=a.end, previous_month=a.previous_month or None)
-        ),
-        "imagery": Imagery(
-            **given(
-                source=a.source,
-                catalog=a.catalog,
-                stac_url=a.stac_url,
-                collection=a.collection,
-                max_cloud_cover=a.max_cloud_cover,
-                stac_signing=a.stac_signing,
-                ee_project=a.ee_project,
-                ee_key_file=a.ee_key_file,
-                ee_url=a.ee_url,
-                ee_concurrency=a.ee_concurrency,
-                patch_px=a.patch_size,
-                tessera_store=a.tessera_store,
-            )
-        ),
-        "inference": Inference(
-            **given(
-                models=a.models,
-                input_prep=a.input_prep,
-                output=a.output,
-                batch_size=a.batch_size,
-                compile=a.compile or None,
-                channels_last=a.channels_last,
-                tile_overlap_px=a.tile_overlap,
-                device=a.device,
-                precision=a.precision,
-                weights=a.weights,
-            )
-        ),
-        "output": Output(
-            **given(
-                store=a.out,
-                work_dir=a.work_dir,
-                chunk_size=a.chunk_size,
-                chunks_per_run=a.chunks_per_run,
-                dtype=a.dtype,
-                refresh=a.refresh or None,
-                wait=a.wait or None,
-            )
-        ),
-    }
+    given: dict[type[BaseModel], dict[str, Any]] = {model: {} for model in SETTINGS}
+    for model, name, _, flag in declared():
+        value = getattr(a, flag.name.removeprefix("--").replace("-", "_"))
+        if value is not None and value is not False:
+            given[model][name] = value
+    return {model.__name__.lower(): model(**values) for model, values in given.items()}
 
 
 def validation_message(e: ValidationError) -> str:
     err = e.errors()[0]
     field = str(err["loc"][0]) if err["loc"] else ""
-    flag = FLAGS.get(field, field)
+    flag = flag_names().get(field, field)
     msg = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "literal_error" and field == "models":
         from tasks.products import PRODUCTS

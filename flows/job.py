@@ -26,7 +26,7 @@ from flows.checks import (
     check_writable,
     store_location,
 )
-from flows.params import DEMO_CATALOG, Imagery, Inference, Output, Region, Window
+from flows.params import Imagery, Inference, Output, Region, Window
 from tasks import products, soundness
 from tasks.chunks import Chunk, make_chunks
 from tasks.compact import Dtype
@@ -35,7 +35,7 @@ from tasks.integrity import Damage, check_done
 from tasks.plan import PointTable, discard_plan, plan_damage, plan_key, plan_points
 from tasks.products import Fetch, Product, ProductError, ProductRequest
 from tasks.regions import PlanError, bbox_region, geojson_region
-from tasks.sources import ImagerySourceError, TransientSourceError
+from tasks.sources import DEMO_CATALOG, ImagerySourceError, TransientSourceError
 from tasks.store import StoreLayout, StoreMismatch, check_store, is_url, time_index
 
 
@@ -308,11 +308,9 @@ def resolve_job(plan: Plan) -> Job:
     except ValueError as e:
         raise UsageError(str(e)) from e
     imagery = plan.imagery
-    demo = imagery.source == "stac-catalog" and imagery.catalog == DEMO_CATALOG
-    catalog = {
-        "stac-catalog": imagery.catalog,
-        "stac-api": imagery.stac_url or "",
-    }.get(imagery.source, "")
+    own = imagery.source_options()
+    demo = imagery.source == "stac-catalog" and own[imagery.source].where() == DEMO_CATALOG
+    catalog = own[imagery.source].where()
     if demo:
         catalog = str(demo_catalog_path(Path(plan.work_dir)))
     request = ProductRequest(
@@ -323,7 +321,7 @@ def resolve_job(plan: Plan) -> Job:
         catalog=catalog,
         collection=imagery.collection,
         max_cloud_cover=imagery.max_cloud_cover,
-        access=imagery.access(),
+        source_options=own,
         tessera_store=plan.imagery.tessera_store,
         options=plan.options,
         weights=plan.inference.weights,

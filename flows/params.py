@@ -1,18 +1,28 @@
-"""The export's parameters: pydantic models that the CLI fills and the Prefect UI renders as a form.
+"""The export's parameters: pydantic models that the Prefect UI renders as a form, the Python
+API takes, and the command line's flags are made from (flows/flags.py). Each setting is declared
+here once, or with the source or product it belongs to (tasks/options.py).
 
 Defaults are the embedded demo: a small region over the real Sentinel-2 sample that the
 xarray-spatial wheel ships, read through a local STAC catalog, so `python -m flows.export`
 runs with no arguments and no network.
 """
 
+import argparse
 import math
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
+from tasks.options import Flag, Options, options_for
 from tasks.products import PRODUCTS
-from tasks.sources import SOURCES, SourceAccess
+from tasks.sources import (
+    SOURCE_FLAGS,
+    EarthEngineOptions,
+    StacApiOptions,
+    StacCatalogOptions,
+    sources,
+)
 
 # The product and source names, from their registries, as Literals so that the UI offers
 # them as dropdowns.
@@ -21,14 +31,36 @@ if TYPE_CHECKING:
     SourceName = str
 else:
     ModelName = Literal[tuple(PRODUCTS)]
-    SourceName = Literal[tuple(SOURCES)]
+    SourceName = Literal[tuple(sources())]
 
 # The demo sample's 10 m bands cover x 600000-603000, y 4698020-4700020 in EPSG:32719
 # (Patagonia). This lon/lat box lies 200 m inside that footprint, so every point's centre
 # has imagery: 59 points at 250 m.
 DEMO_BBOX = (-67.660, -47.861, -67.626, -47.848)
-DEMO_CATALOG = "demo"
 DEFAULT_MODELS: tuple[ModelName, ...] = ("dofa_base", "ssl4eo_resnet18_rgb")
+
+
+def _bbox(text: str) -> tuple[float, float, float, float]:
+    try:
+        w, s, e, n = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not four numbers west,south,east,north"
+        ) from None
+    return w, s, e, n
+
+
+def _names(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number or 'auto'") from None
 
 
 class Region(BaseModel):
@@ -36,17 +68,23 @@ class Region(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    bbox: tuple[float, float, float, float] | None = Field(
+    bbox: Annotated[
+        tuple[float, float, float, float] | None,
+        Flag("--bbox", None, "west,south,east,north in degrees", _bbox, exclusive="region"),
+    ] = Field(
         DEMO_BBOX, description="west, south, east, north in degrees (ignored when geojson is set)"
     )
-    geojson: str | None = Field(
+    geojson: Annotated[
+        str | None,
+        Flag("--region", "FILE", "GeoJSON polygon file (holes respected)", exclusive="region"),
+    ] = Field(
         None,
         description="GeoJSON text of a Polygon or MultiPolygon (a Feature or FeatureCollection "
         "of them works too); holes are respected",
     )
-    spacing_m: Annotated[float, Field(gt=0, le=1_000_000)] = Field(
-        250.0, description="grid spacing in metres on each point's UTM grid"
-    )
+    spacing_m: Annotated[
+        float, Field(gt=0, le=1_000_000), Flag("--spacing", "M", "grid spacing in metres")
+    ] = Field(250.0, description="grid spacing in metres on each point's UTM grid")
 
     @field_validator("spacing_m", mode="before")
     @classmethod
@@ -67,9 +105,15 @@ class Window(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    start: date = Field(date(2024, 1, 1), description="first day, inclusive")
-    end: date = Field(date(2024, 12, 31), description="last day, inclusive")
-    previous_month: bool = Field(
+    start: Annotated[date, Flag("--start", None, "first day, YYYY-MM-DD")] = Field(
+        date(2024, 1, 1), description="first day, inclusive"
+    )
+    end: Annotated[date, Flag("--end", None, "last day, YYYY-MM-DD")] = Field(
+        date(2024, 12, 31), description="last day, inclusive"
+    )
+    previous_month: Annotated[
+        bool, Flag("--previous-month", None, "export last calendar month")
+    ] = Field(
         False,
         description="ignore start/end and export the calendar month before the run's scheduled "
         "time: for recurring exports, each run adds that month to the store",
@@ -102,64 +146,55 @@ class Window(BaseModel):
         return last.replace(day=1), last
 
 
-class Imagery(BaseModel):
-    """Which imagery: the source (a static STAC catalog, a STAC search API or Earth Engine),
-    the collection, scene pre-selection and patch size, how to reach the source, and where
-    precomputed products (Tessera) are read from."""
+class ImagerySettings(BaseModel):
+    """Which imagery: the source, the collection, scene pre-selection and patch size, and
+    where precomputed products (Tessera) are read from. `Imagery` adds each source's own
+    settings (tasks/sources.py)."""
 
     model_config = ConfigDict(frozen=True)
 
-    source: SourceName = Field(
+    source: Annotated[
+        SourceName, Flag("--source", None, "where imagery comes from", group=SOURCE_FLAGS)
+    ] = Field(
         "stac-catalog",
         description="stac-catalog: a static STAC catalog of COGs; stac-api: a STAC search API "
         "(Planetary Computer, Earth Search, ...); earthengine: Google Earth Engine",
     )
-    catalog: str = Field(
-        DEMO_CATALOG,
-        description="stac-catalog: path or URL of a static STAC catalog.json; 'demo' builds the "
-        "offline Sentinel-2 sample catalog in the work directory",
-    )
-    stac_url: str | None = Field(
+    collection: Annotated[
+        str | None,
+        Flag(
+            "--collection",
+            None,
+            "collection id (the sensor's own for the source)",
+            group=SOURCE_FLAGS,
+        ),
+    ] = Field(
         None,
-        description="stac-api: the API's root URL, or planetary-computer or earth-search",
-    )
-    collection: str | None = Field(
-        None,
-        description="the collection id; default: the sensor's own for the source "
+        description="the collection id; default: the sensor's own collection for the source "
         "(sentinel-2-l2a on STAC, COPERNICUS/S2_SR_HARMONIZED on Earth Engine)",
     )
-    max_cloud_cover: Annotated[float, Field(ge=0, le=100)] = Field(
+    max_cloud_cover: Annotated[
+        float,
+        Field(ge=0, le=100),
+        Flag("--max-cloud-cover", "PCT", "skip cloudier scenes", group=SOURCE_FLAGS),
+    ] = Field(
         80.0,
         description="scenes whose cloud cover (percent, from their metadata) is above this are "
         "not read; cloud and shadow pixels of the others are masked per pixel",
     )
-    patch_px: Annotated[int, Field(ge=8, le=4096)] = Field(
+    patch_px: Annotated[
+        int, Field(ge=8, le=4096), Flag("--patch-size", "PX", "patch side in pixels")
+    ] = Field(
         64, description="patch side in pixels, centred on each point, at the model's resolution"
     )
-    stac_signing: Literal["auto", "planetary-computer", "none"] = Field(
-        "auto",
-        description="stac-api: how asset URLs are signed; auto: Planetary Computer's tokens "
-        "for its API, none elsewhere",
-    )
-    ee_project: str | None = Field(
-        None,
-        description="earthengine: the Google Cloud project registered for Earth Engine "
-        "(default: the credentials' own project)",
-    )
-    ee_key_file: str | None = Field(
-        None,
-        description="earthengine: a service account's JSON key file; default: application "
-        "default credentials (earthengine authenticate, or gcloud auth application-default "
-        "login)",
-    )
-    ee_url: str | None = Field(
-        None,
-        description="earthengine: the API endpoint; default: the high-volume endpoint",
-    )
-    ee_concurrency: Annotated[int, Field(ge=1, le=100)] = Field(
-        8, description="earthengine: requests in flight at once across the whole run"
-    )
-    tessera_store: str = Field(
+    tessera_store: Annotated[
+        str,
+        Flag(
+            "--tessera-store",
+            "V|URL",
+            "tessera: a dataset version of geotessera's public store or a store URL/path",
+        ),
+    ] = Field(
         "v1.1",
         description="where the tessera product reads: a dataset version of geotessera's public "
         "Zarr store (v1.1, v2) or the URL or path of a Tessera Zarr store",
@@ -167,32 +202,37 @@ class Imagery(BaseModel):
 
     @model_validator(mode="after")
     def _source_settings(self) -> Self:
-        if self.source == "stac-api" and not self.stac_url:
-            raise ValueError(
-                "--source stac-api needs --stac-url: the API's root URL, or "
-                "planetary-computer or earth-search"
-            )
-        if self.source != "stac-api" and self.stac_url:
-            raise ValueError(
-                f"--stac-url is for --source stac-api, and the source is {self.source}; "
-                "give --source stac-api or leave --stac-url out"
-            )
-        if self.source != "stac-catalog" and self.catalog != DEMO_CATALOG:
-            raise ValueError(
-                f"--catalog is for --source stac-catalog, and the source is {self.source}; "
-                "leave --catalog out"
-            )
+        for name, entry in sources().items():
+            why = options_for(entry.options, self).contradiction(name, self.source)
+            if why:
+                raise ValueError(why)
         return self
 
-    def access(self) -> SourceAccess:
-        """How the run reaches its sources (never part of what values depend on)."""
-        return SourceAccess(
-            stac_signing=self.stac_signing,
-            ee_project=self.ee_project,
-            ee_key_file=self.ee_key_file,
-            ee_url=self.ee_url,
-            ee_concurrency=self.ee_concurrency,
-        )
+    def source_options(self) -> dict[str, Options]:
+        """Each source's own settings, by its name: what reaches that source alone."""
+        return {name: options_for(e.options, self) for name, e in sources().items()}
+
+
+def _imagery() -> type[ImagerySettings]:
+    """ImagerySettings with every source's own settings added (plugins' too): their fields
+    follow the shared ones, in the registry's order."""
+    own = [e.options for e in sources().values() if e.options is not Options]
+    bases: tuple[type[BaseModel], ...] = (*reversed(list(dict.fromkeys(own))), ImagerySettings)
+    model = create_model(
+        "Imagery",
+        __base__=bases,
+        __module__=__name__,
+        __doc__=ImagerySettings.__doc__,
+    )
+    return model  # type: ignore[return-value]
+
+
+if TYPE_CHECKING:
+
+    class Imagery(StacCatalogOptions, StacApiOptions, EarthEngineOptions, ImagerySettings):
+        pass
+else:
+    Imagery = _imagery()
 
 
 class Inference(BaseModel):
@@ -200,7 +240,9 @@ class Inference(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    models: list[ModelName] = Field(
+    models: Annotated[
+        list[ModelName], Flag("--models", None, "comma-separated model names", _names)
+    ] = Field(
         default_factory=lambda: list(DEFAULT_MODELS),
         min_length=1,
         description="models (and precomputed products such as tessera) to run; each gets its "
@@ -215,38 +257,51 @@ class Inference(BaseModel):
             raise ValueError(f"{', '.join(twice)} named more than once; name each model once")
         return models
 
-    input_prep: Literal["resize", "tile"] = Field(
+    input_prep: Annotated[Literal["resize", "tile"], Flag("--input-prep")] = Field(
         "resize",
         description="resize: each patch becomes one tile of the model's size; tile: cut the "
         "patch into native-size tiles (padded when smaller)",
     )
-    output: Literal["pooled", "grid"] = Field(
+    output: Annotated[Literal["pooled", "grid"], Flag("--output")] = Field(
         "pooled", description="pooled: one vector per point; grid: one map per point"
     )
-    tile_overlap_px: Annotated[int, Field(ge=0, le=1024)] = Field(
+    tile_overlap_px: Annotated[int, Field(ge=0, le=1024), Flag("--tile-overlap", "PX")] = Field(
         0, description="overlap between neighbouring tiles, in input pixels"
     )
-    batch_size: Annotated[int, Field(ge=1, le=4096)] | Literal["auto"] = Field(
+    batch_size: Annotated[
+        Annotated[int, Field(ge=1, le=4096)] | Literal["auto"],
+        Flag("--batch-size", "N|auto", "tiles per forward", _batch_size),
+    ] = Field(
         "auto",
         description="tiles per forward pass; auto: the largest batch that fits the device's "
         "free memory, measured by a probe; results do not depend on it",
     )
-    compile: bool = Field(
+    compile: Annotated[
+        bool,
+        Flag(
+            "--compile", None, "compile each model's forward with torch.compile, once per process"
+        ),
+    ] = Field(
         False,
         description="compile each model's forward with torch.compile, once per model and "
         "process (tens of seconds; pays on long GPU runs); results stay within the "
         "precision guard's bound of the eager forward",
     )
-    channels_last: Literal["auto", "on", "off"] = Field(
+    channels_last: Annotated[
+        Literal["auto", "on", "off"],
+        Flag("--channels-last", None, "convolutional models in channels-last memory order"),
+    ] = Field(
         "auto",
         description="convolutional models in channels-last memory order, which cuDNN's "
         "fastest kernels use; auto: on CUDA",
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda if present")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
+    device: Annotated[Literal["auto", "cpu", "cuda"], Flag("--device")] = Field(
+        "auto", description="auto: cuda if present"
+    )
+    precision: Annotated[Literal["fp32", "bf16", "fp16"], Flag("--precision")] = Field(
         "fp32", description="bf16/fp16 autocast; fp16 on CUDA only"
     )
-    weights: Literal["auto", "pretrained", "random"] = Field(
+    weights: Annotated[Literal["auto", "pretrained", "random"], Flag("--weights")] = Field(
         "auto",
         description="pretrained: the library's published weights (cached or downloaded), "
         "error if unavailable; random: seeded random weights; auto: pretrained when "
@@ -265,32 +320,48 @@ class Output(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    store: str = Field("swath-demo.zarr", description="path of the output Zarr store")
-    work_dir: str | None = Field(
+    store: Annotated[str, Flag("--out", "PATH", "output Zarr store")] = Field(
+        "swath-demo.zarr", description="path of the output Zarr store"
+    )
+    work_dir: Annotated[
+        str | None,
+        Flag("--work-dir", "DIR", "inputs, results, demo catalog (~/.cache/swath)"),
+    ] = Field(
         None,
         description="prefetched inputs, intermediate results and the demo catalog; "
         "default: the user cache directory (~/.cache/swath)",
     )
-    refresh: bool = Field(
+    refresh: Annotated[bool, Flag("--refresh", None, "redo every chunk of this window")] = Field(
         False, description="redo every chunk of this window on purpose: refetch, rerun, rewrite"
     )
-    wait: bool = Field(
+    wait: Annotated[bool, Flag("--wait", None, "wait for another export of the store")] = Field(
         False,
         description="when another export is writing the store, wait for it instead of refusing",
     )
-    dtype: Literal["float32", "float16", "int8"] = Field(
+    dtype: Annotated[
+        Literal["float32", "float16", "int8"], Flag("--dtype", None, "stored embeddings")
+    ] = Field(
         "float32",
         description="how embeddings are stored: float32; float16 (half the size); int8 with "
         "a float32 scale per vector (about a quarter; tasks.store.open_store decodes it)",
     )
-    chunk_size: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
+    chunk_size: Annotated[
+        Annotated[int, Field(ge=1, le=100_000)] | None,
+        Flag("--chunk-size", "N", "points per chunk"),
+    ] = Field(
         None,
         description="points per chunk: the unit of work, retry and resume; default: sized by "
         "the work a task carries (at most 512 MiB of input patches and 2048 points), "
         "whatever the region's size",
     )
-    chunks_per_run: Annotated[int, Field(ge=1)] | None = Field(
+    chunks_per_run: Annotated[
+        Annotated[int, Field(ge=1)] | None,
+        Flag("--chunks-per-run", "N", "chunks per flow run, beyond: child runs"),
+    ] = Field(
         None,
         description="advanced: chunks one flow run carries at most; a larger export fans out "
         "into child flow runs of whole write blocks; default: 256",
     )
+
+
+SETTINGS: tuple[type[BaseModel], ...] = (Region, Window, Imagery, Inference, Output)

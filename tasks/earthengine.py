@@ -16,7 +16,7 @@ Failures: the client's own retry loop is switched off, so a 429 / RESOURCE_EXHAU
 too many concurrent requests) or a 5xx raises TransientSourceError at once, and Prefect
 retries the prefetch task with backoff and jitter; everything else is ImagerySourceError with
 Earth Engine's own message and a fix. Requests in flight are bounded across the run by the
-Prefect global concurrency limit `swath-earthengine` (SourceAccess.ee_concurrency slots).
+Prefect global concurrency limit `swath-earthengine` (EarthEngineOptions.ee_concurrency slots).
 """
 
 from __future__ import annotations
@@ -38,11 +38,12 @@ from tasks.earthengine_auth import load_credentials
 from tasks.locks import ensure_concurrency_limit
 from tasks.plan import Point
 from tasks.sources import (
+    EarthEngineOptions,
     ImagerySourceError,
     Patches,
     SensorConfig,
-    SourceAccess,
     TransientSourceError,
+    own_options,
     plain_http_origins,
     unreachable,
 )
@@ -221,7 +222,7 @@ class _CountingNumPy(ee.image_converter.NumPyConverter):
 
 # The client's state is the process's (ee.data keeps one set of credentials and one URL): the
 # access settings it was initialised with, for every instance.
-_initialised: SourceAccess | None = None
+_initialised: EarthEngineOptions | None = None
 _initialise_lock = threading.Lock()
 
 
@@ -238,11 +239,11 @@ class EarthEngineSource:
 
     def plain_http(self, config: SensorConfig) -> set[str]:
         """The endpoint's origin when --ee-url is plain http (the default one is https)."""
-        return plain_http_origins([config.access.ee_url or ""])
+        return plain_http_origins([own_options(config, EarthEngineOptions).ee_url or ""])
 
     def fetch(self, points: Sequence[Point], bands: Sequence[str], config: SensorConfig) -> Patches:
         names = ee_band_names(bands, config)
-        self._initialise(config.access)
+        self._initialise(own_options(config, EarthEngineOptions))
         n, res = config.patch_px, config.resolution_m
         out = {b: np.full((len(points), n, n), np.nan, np.float32) for b in bands}
         requests = bytes_read = 0
@@ -255,7 +256,9 @@ class EarthEngineSource:
             pixels = np.full((len(bands), grid.height, grid.width), np.nan, np.float32)
             for row, col, tile in split_grid(grid, len(bands)):
                 what = f"points {points[grid.members[0][0]].id}.. of {config.collection}"
-                values, nbytes = self._compute(image, tile, bands, config.access, what)
+                values, nbytes = self._compute(
+                    image, tile, bands, own_options(config, EarthEngineOptions), what
+                )
                 pixels[:, row : row + tile.height, col : col + tile.width] = values
                 requests, bytes_read = requests + 1, bytes_read + nbytes
             for i, row, col in grid.members:
@@ -277,10 +280,10 @@ class EarthEngineSource:
         listed = list(bands) if len(bands) <= 8 else f"{bands[0]}..{bands[-1]} ({len(bands)})"
         what = f"checking collection {config.collection} and bands {listed}"
         try:
-            self._initialise(config.access)
+            self._initialise(own_options(config, EarthEngineOptions))
             image = ee.ImageCollection(config.collection).first().select(names).toFloat()
             tile = PixelGrid(4326, 0.0, 0.0, 1e-4, 1, 1)
-            self._compute(image, tile, names, config.access, what)
+            self._compute(image, tile, names, own_options(config, EarthEngineOptions), what)
         except TransientSourceError as e:  # a host that cannot be reached at all: no run
             reason = unreachable(e)
             if reason is None:
@@ -291,7 +294,12 @@ class EarthEngineSource:
             ) from e
 
     def _compute(
-        self, image: Any, grid: PixelGrid, bands: Sequence[str], access: SourceAccess, what: str
+        self,
+        image: Any,
+        grid: PixelGrid,
+        bands: Sequence[str],
+        access: EarthEngineOptions,
+        what: str,
     ) -> tuple[np.ndarray, int]:
         """One computePixels: (bands, H, W) float32 with NaN where masked, and its bytes."""
         converter = _CountingNumPy()
@@ -306,7 +314,7 @@ class EarthEngineSource:
             stacked == np.float32(NODATA), np.float32(np.nan), stacked
         ), converter.nbytes
 
-    def _initialise(self, access: SourceAccess) -> None:
+    def _initialise(self, access: EarthEngineOptions) -> None:
         """ee.Initialize once per process and access settings, with the client's own retries
         off (Prefect retries transient failures with backoff and jitter instead)."""
         global _initialised
@@ -323,7 +331,7 @@ class EarthEngineSource:
                 raise classify_ee_error(e, "initialising Earth Engine") from e
             _initialised = access
 
-    def _slot(self, access: SourceAccess) -> contextlib.AbstractContextManager[None]:
+    def _slot(self, access: EarthEngineOptions) -> contextlib.AbstractContextManager[None]:
         """A slot of the run's Earth Engine concurrency limit, inside a flow or task run;
         nothing outside one (the up-front check)."""
         from prefect.concurrency.sync import concurrency

@@ -8,7 +8,7 @@ from typing import Any
 
 import ee
 
-from tasks.sources import ImagerySourceError, SourceAccess
+from tasks.sources import EarthEngineOptions, ImagerySourceError
 
 NO_CREDENTIALS = (
     "no Earth Engine credentials found: run `earthengine authenticate` (or `gcloud auth "
@@ -17,7 +17,7 @@ NO_CREDENTIALS = (
 )
 
 
-def load_credentials(access: SourceAccess) -> tuple[Any, str | None]:
+def load_credentials(access: EarthEngineOptions) -> tuple[Any, str | None]:
     """Credentials and project as Earth Engine users expect them: the service account key of
     `ee_key_file`; else what `earthengine authenticate` stored; else application default
     credentials (GOOGLE_APPLICATION_CREDENTIALS, gcloud's ADC file, the metadata server).

@@ -31,8 +31,9 @@ from tasks.sensors import SATELLITE_EMBEDDING
 
 if TYPE_CHECKING:
     from tasks.chunks import Chunk
+    from tasks.options import Options
     from tasks.results import ChunkResult, ModelOutput
-    from tasks.sources import SensorConfig, SourceAccess
+    from tasks.sources import SensorConfig
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class ProductRequest:
     # stac-api: the API URL; earthengine: ""
     collection: str | None  # None: each sensor's own collection for the source
     max_cloud_cover: float
-    access: SourceAccess
+    source_options: dict[str, Options]  # each source's own settings, by its name
     tessera_store: str
     options: InferenceOptions
     weights: WeightsChoice  # as asked: auto, pretrained or random

@@ -21,40 +21,152 @@ import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Annotated, Literal, Protocol
 from urllib.error import HTTPError
 
 import numpy as np
 import urllib3.exceptions
+from pydantic import Field
 
+from embedders.plugins import merged
 from tasks import sensors
+from tasks.options import Flag, Options
 
 if TYPE_CHECKING:
     from tasks.plan import Point
     from tasks.products import ProductRequest
 
-# Every imagery source, by the name `--source` takes: "module:Class", built once per process.
-# Adding a source is its module, one line here and its tests.
-SOURCES: dict[str, str] = {
-    "stac-catalog": "tasks.stac_catalog:StacCatalogSource",
-    "stac-api": "tasks.stac_api:StacApiSource",
-    "earthengine": "tasks.earthengine:EarthEngineSource",
-}
+SOURCE_FLAGS = "imagery source"  # the --help section of the sources' flags
+DEMO_CATALOG = "demo"  # --catalog's default: the offline Sentinel-2 sample (tasks/demo.py)
+
+
+class StacCatalogOptions(Options):
+    """stac-catalog's own settings."""
+
+    catalog: Annotated[
+        str, Flag("--catalog", None, "stac-catalog: catalog.json path or URL", group=SOURCE_FLAGS)
+    ] = Field(
+        DEMO_CATALOG,
+        description="stac-catalog: path or URL of a static STAC catalog.json; 'demo' builds the "
+        "offline Sentinel-2 sample catalog in the work directory",
+    )
+
+    def contradiction(self, owner: str, source: str) -> str | None:
+        if source != owner and self.catalog != DEMO_CATALOG:
+            return (
+                f"--catalog is for --source {owner}, and the source is {source}; "
+                "leave --catalog out"
+            )
+        return None
+
+    def where(self) -> str:
+        return self.catalog
+
+
+class StacApiOptions(Options):
+    """stac-api's own settings."""
+
+    stac_url: Annotated[
+        str | None,
+        Flag(
+            "--stac-url",
+            "URL",
+            "stac-api: root URL, planetary-computer or earth-search",
+            group=SOURCE_FLAGS,
+        ),
+    ] = Field(
+        None, description="stac-api: the API's root URL, or planetary-computer or earth-search"
+    )
+    stac_signing: Annotated[
+        Literal["auto", "planetary-computer", "none"], Flag("--stac-signing", group=SOURCE_FLAGS)
+    ] = Field(
+        "auto",
+        description="stac-api: how asset URLs are signed; auto: Planetary Computer's tokens "
+        "for its API, none elsewhere",
+    )
+
+    def contradiction(self, owner: str, source: str) -> str | None:
+        if source == owner and not self.stac_url:
+            return (
+                f"--source {owner} needs --stac-url: the API's root URL, or "
+                "planetary-computer or earth-search"
+            )
+        if source != owner and self.stac_url:
+            return (
+                f"--stac-url is for --source {owner}, and the source is {source}; "
+                f"give --source {owner} or leave --stac-url out"
+            )
+        return None
+
+    def where(self) -> str:
+        return self.stac_url or ""
+
+
+class EarthEngineOptions(Options):
+    """earthengine's own settings: how to reach Earth Engine (never part of what values
+    depend on). Holds no secret: a worker reads credentials itself (application default
+    credentials, or the key file named here), so nothing secret travels in task parameters."""
+
+    ee_project: Annotated[
+        str | None,
+        Flag("--ee-project", "ID", "earthengine: Google Cloud project", group=SOURCE_FLAGS),
+    ] = Field(
+        None,
+        description="earthengine: the Google Cloud project registered for Earth Engine "
+        "(default: the credentials' own project)",
+    )
+    ee_key_file: Annotated[
+        str | None,
+        Flag("--ee-key-file", "KEY.json", "earthengine: service account key", group=SOURCE_FLAGS),
+    ] = Field(
+        None,
+        description="earthengine: a service account's JSON key file; default: application "
+        "default credentials (earthengine authenticate, or gcloud auth application-default "
+        "login)",
+    )
+    ee_url: Annotated[
+        str | None,
+        Flag("--ee-url", "URL", "earthengine: API endpoint (high-volume)", group=SOURCE_FLAGS),
+    ] = Field(None, description="earthengine: the API endpoint; default: the high-volume endpoint")
+    ee_concurrency: Annotated[
+        int,
+        Field(ge=1, le=100),
+        Flag("--ee-concurrency", "N", "earthengine: requests in flight", group=SOURCE_FLAGS),
+    ] = Field(8, description="earthengine: requests in flight at once across the whole run")
 
 
 @dataclass(frozen=True)
-class SourceAccess:
-    """How to reach a source: never part of what the values depend on (no key, no identity).
+class SourceEntry:
+    """A source in the registry: its class ("module:Class", imported when first used) and
+    its own settings, which reach it alone (as `SensorConfig.options`)."""
 
-    Holds no secret: a worker reads credentials itself (application default credentials, or
-    the key file named here), so nothing secret travels in task parameters.
-    """
+    impl: str
+    options: type[Options] = Options
 
-    stac_signing: str = "auto"  # auto | planetary-computer | none
-    ee_project: str | None = None  # the Google Cloud project Earth Engine bills
-    ee_key_file: str | None = None  # a service account's JSON key file
-    ee_url: str | None = None  # Earth Engine's API endpoint; None: the high-volume one
-    ee_concurrency: int = 8  # Earth Engine requests in flight at once, across the run
+
+# Every imagery source, by the name `--source` takes. Adding a source is its module, one
+# line here (or an entry point `swath.sources` of another package: embedders/plugins.py)
+# and its tests.
+SOURCES: dict[str, SourceEntry] = {
+    "stac-catalog": SourceEntry("tasks.stac_catalog:StacCatalogSource", StacCatalogOptions),
+    "stac-api": SourceEntry("tasks.stac_api:StacApiSource", StacApiOptions),
+    "earthengine": SourceEntry("tasks.earthengine:EarthEngineSource", EarthEngineOptions),
+}
+
+
+@functools.cache
+def sources() -> dict[str, SourceEntry]:
+    """Every source: swath's own and those installed packages add."""
+    found = merged("swath.sources", dict(SOURCES))
+    for name, entry in found.items():
+        if not isinstance(entry, SourceEntry):
+            raise TypeError(f"the swath.sources plugin {name!r} is not a SourceEntry")
+    return found  # type: ignore[return-value]
+
+
+def own_options[T: Options](config: SensorConfig, kind: type[T]) -> T:
+    """The source's own settings that came with `config`; their defaults when none did."""
+    return config.options if isinstance(config.options, kind) else kind()
 
 
 @dataclass(frozen=True)
@@ -76,16 +188,17 @@ class SensorConfig:
     composite: str = "median"
     source: str = "stac-catalog"  # a name of SOURCES
     max_cloud_cover: float = 100.0  # scenes cloudier than this (percent) are not read
-    access: SourceAccess = field(default=SourceAccess(), compare=False)
+    # The source's own settings (how to reach it): never part of what values depend on.
+    options: Options | None = field(default=None, compare=False)
 
     def record(self) -> dict[str, object]:
-        """Every field but the access: what the inputs group records of its configuration."""
+        """Every field but the options: what the inputs group records of its configuration."""
         fields = asdict(self)
-        del fields["access"]
+        del fields["options"]
         return fields
 
     def key(self) -> str:
-        """Names the inputs group: every field but the access, catalog and window included."""
+        """Names the inputs group: every field but the options, catalog and window included."""
         blob = json.dumps(self.record(), sort_keys=True).encode()
         return f"{self.sensor}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
@@ -137,7 +250,7 @@ def sensor_config(
         composite=composite,
         source=source,
         max_cloud_cover=request.max_cloud_cover,
-        access=request.access,
+        options=request.source_options.get(source),
     )
 
 
@@ -196,11 +309,12 @@ def get_source(name: str) -> ImagerySource:
     """The source `name`, one per process: sources keep what they learnt (a catalog's items,
     an initialised client) between chunks. A function, not a module global, so that
     pickling a task for a Dask worker never pickles a source."""
-    if name not in SOURCES:
+    known = sources()
+    if name not in known:
         raise ImagerySourceError(
-            f"unknown imagery source {name!r}; known sources: {', '.join(SOURCES)}"
+            f"unknown imagery source {name!r}; known sources: {', '.join(known)}"
         )
-    module, _, cls = SOURCES[name].partition(":")
+    module, _, cls = known[name].impl.partition(":")
     source: ImagerySource = getattr(importlib.import_module(module), cls)()
     return source
 

@@ -29,7 +29,9 @@ from tasks.sources import (
     ImagerySourceError,
     Patches,
     SensorConfig,
+    StacApiOptions,
     TransientSourceError,
+    own_options,
     plain_http_origins,
     unreachable,
 )
@@ -265,7 +267,7 @@ def resolve_api(config: SensorConfig) -> Api:
             f"--stac-url {given!r} is neither an http(s) URL nor one of {', '.join(KNOWN_APIS)}: "
             "give the STAC API's root URL"
         )
-    signing = config.access.stac_signing
+    signing = own_options(config, StacApiOptions).stac_signing
     if signing == "auto":
         pc = parts.hostname == PLANETARY_COMPUTER_HOST
         signing = "planetary-computer" if pc else "none"

@@ -15,7 +15,7 @@ from tasks import earthengine, gse, sensors
 from tasks.chunks import Chunk
 from tasks.plan import Point, _point_id
 from tasks.prefetch import prefetch_task
-from tasks.sources import SensorConfig, SourceAccess
+from tasks.sources import EarthEngineOptions, SensorConfig
 from tasks.stac import patch_geobox
 from tasks.store import open_store
 from tests.ee_server import (
@@ -60,7 +60,9 @@ def fake() -> Iterator[FakeEarthEngine]:
 
 def test_prefetch_task__a_429_is_retried_by_prefect_and_counted(fake, tmp_path):
     service_account_key(tmp_path / "key.json", fake)
-    access = SourceAccess(ee_key_file=str(tmp_path / "key.json"), ee_url=fake.url, ee_concurrency=2)
+    access = EarthEngineOptions(
+        ee_key_file=str(tmp_path / "key.json"), ee_url=fake.url, ee_concurrency=2
+    )
     config = SensorConfig(
         "sentinel-2-l2a",
         "",
@@ -70,7 +72,7 @@ def test_prefetch_task__a_429_is_retried_by_prefect_and_counted(fake, tmp_path):
         "2024-01-01",
         "2024-12-31",
         source="earthengine",
-        access=access,
+        options=access,
     )
     raster = fake.world[S2][0]
     x, y = raster.x0 + 505, raster.y0 - 505

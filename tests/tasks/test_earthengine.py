@@ -14,7 +14,7 @@ from google.auth import transport
 from tasks import earthengine, sensors
 from tasks.earthengine import EarthEngineSource, plan_grids
 from tasks.plan import Point, _point_id
-from tasks.sources import ImagerySourceError, SensorConfig, SourceAccess, TransientSourceError
+from tasks.sources import EarthEngineOptions, ImagerySourceError, SensorConfig, TransientSourceError
 from tasks.stac import patch_geobox
 from tests.ee_server import (
     FakeEarthEngine,
@@ -75,7 +75,7 @@ def no_stored_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def config(fake: FakeEarthEngine, key: Path | None, **changes: object) -> SensorConfig:
-    access = SourceAccess(ee_key_file=str(key) if key else None, ee_url=fake.url)
+    access = EarthEngineOptions(ee_key_file=str(key) if key else None, ee_url=fake.url)
     fields: dict = {
         "sensor": "sentinel-2-l2a",
         "catalog": "",
@@ -86,7 +86,7 @@ def config(fake: FakeEarthEngine, key: Path | None, **changes: object) -> Sensor
         "end": "2024-09-30",
         "source": "earthengine",
         "max_cloud_cover": 40.0,
-        "access": changes.pop("access", access),
+        "options": changes.pop("options", access),
     }
     return SensorConfig(**{**fields, **changes})
 

@@ -17,7 +17,7 @@ from tasks.inputs import prefetch_chunk
 from tasks.plan import Point, _point_id
 from tasks.products import ProductError, ProductRequest
 from tasks.sensors import SATELLITE_EMBEDDING
-from tasks.sources import SourceAccess
+from tasks.sources import EarthEngineOptions
 from tests.ee_server import FakeEarthEngine, Raster, serve_earthengine, service_account_key
 
 COLLECTION = SATELLITE_EMBEDDING.collections["earthengine"]
@@ -51,7 +51,7 @@ def request(fake: FakeEarthEngine, key: Path, start: date, end: date, output: st
         catalog="unused.json",
         collection=None,
         max_cloud_cover=30.0,
-        access=SourceAccess(ee_key_file=str(key), ee_url=fake.url),
+        source_options={"earthengine": EarthEngineOptions(ee_key_file=str(key), ee_url=fake.url)},
         tessera_store="",
         options=InferenceOptions(output=output),
         weights="random",

@@ -46,7 +46,6 @@ def _request(precision: str):
 
     from embedders.spec import InferenceOptions
     from tasks.products import ProductRequest
-    from tasks.sources import SourceAccess
 
     options = InferenceOptions(precision=precision)  # type: ignore[arg-type]
     return ProductRequest(
@@ -57,7 +56,7 @@ def _request(precision: str):
         catalog="catalog.json",
         collection="s2",
         max_cloud_cover=100.0,
-        access=SourceAccess(),
+        source_options={},
         tessera_store="",
         options=options,
         weights="random",

@@ -19,7 +19,7 @@ from tasks.inputs import prefetch_chunk
 from tasks.plan import Point
 from tasks.products import ProductRequest
 from tasks.results import ChunkResult, load_result, produce_chunk, result_complete, save_result
-from tasks.sources import Patches, SensorConfig, SourceAccess
+from tasks.sources import Patches, SensorConfig
 
 
 def test_save_result__many_writers_creating_a_new_results_store_at_once(tmp_path: Path) -> None:
@@ -77,7 +77,7 @@ def test_produce__a_model_records_the_seconds_of_its_forwards_with_its_results(
         catalog="catalog.json",
         collection="s2",
         max_cloud_cover=100.0,
-        access=SourceAccess(),
+        source_options={},
         tessera_store="",
         options=InferenceOptions(batch_size=2),
         weights="random",

@@ -22,8 +22,16 @@ from pyproj import Transformer
 
 from tasks import sensors
 from tasks.earthengine import EarthEngineSource
+from tasks.options import Options
 from tasks.plan import Point, _point_id
-from tasks.sources import SOURCES, Patches, SensorConfig, SourceAccess, get_source
+from tasks.sources import (
+    SOURCES,
+    EarthEngineOptions,
+    Patches,
+    SensorConfig,
+    StacApiOptions,
+    get_source,
+)
 from tasks.stac import patch_geobox
 from tasks.stac_api import StacApiSource
 from tasks.stac_catalog import StacCatalogSource
@@ -107,7 +115,7 @@ def ee_world() -> dict[str, list[Raster]]:
     return {sensors.SENTINEL_2_L2A.collections["earthengine"]: [raster]}
 
 
-def config(source: str, catalog: str, access: SourceAccess | None = None) -> SensorConfig:
+def config(source: str, catalog: str, access: Options | None = None) -> SensorConfig:
     return SensorConfig(
         "sentinel-2-l2a",
         catalog,
@@ -118,7 +126,7 @@ def config(source: str, catalog: str, access: SourceAccess | None = None) -> Sen
         END,
         source=source,
         max_cloud_cover=80.0,
-        access=access or SourceAccess(),
+        options=access,
     )
 
 
@@ -129,7 +137,7 @@ def fetched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Patc
     pts = points()
     out: dict[str, Patches] = {}
     with serve_stac_api(tmp / "pc", [SCENE], style="planetary-computer") as pc:
-        signed = SourceAccess(stac_signing="planetary-computer")
+        signed = StacApiOptions(stac_signing="planetary-computer")
         out["stac-api planetary-computer"] = StacApiSource().fetch(
             pts, ASKED, config("stac-api", pc.url, signed)
         )
@@ -137,14 +145,16 @@ def fetched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Patc
         out["stac-catalog"] = StacCatalogSource().fetch(pts, ASKED, config("stac-catalog", catalog))
     with serve_stac_api(tmp / "es", [SCENE], style="earth-search") as es:
         out["stac-api earth-search"] = StacApiSource().fetch(
-            pts, ASKED, config("stac-api", es.url, SourceAccess(stac_signing="none"))
+            pts, ASKED, config("stac-api", es.url, StacApiOptions(stac_signing="none"))
         )
     with serve_earthengine(ee_world()) as fake, pytest.MonkeyPatch.context() as mp:
         mp.setenv("HOME", str(tmp / "home"))  # no developer's stored credentials
         mp.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
         key = tmp / "key.json"
         service_account_key(key, fake)
-        access = SourceAccess(ee_key_file=str(key), ee_url=fake.url, ee_project="fake-project")
+        access = EarthEngineOptions(
+            ee_key_file=str(key), ee_url=fake.url, ee_project="fake-project"
+        )
         out["earthengine"] = EarthEngineSource().fetch(
             pts, ASKED, config("earthengine", "", access)
         )

@@ -11,7 +11,7 @@ import pytest
 import shapely
 
 from tasks.plan import Point
-from tasks.sources import ImagerySourceError, SensorConfig, SourceAccess, TransientSourceError
+from tasks.sources import ImagerySourceError, SensorConfig, StacApiOptions, TransientSourceError
 from tasks.stac import patch_geobox
 from tasks.stac_api import KNOWN_APIS, StacApiSource, resolve_api
 from tests.fakes import Fault, FaultHook, Request
@@ -46,7 +46,7 @@ def config_for(api: FakeApi, style: Style, patch_px: int = 6, **changes: object)
         "2021-06-30",
         source="stac-api",
         max_cloud_cover=80.0,
-        access=SourceAccess(stac_signing=signing),
+        options=StacApiOptions(stac_signing=signing),
     )
     return dataclasses.replace(config, **changes)
 
@@ -183,7 +183,7 @@ def test_signing__planetary_computer_token_is_fetched_once_and_signs_every_read(
 
 def test_signing__off_the_reads_are_refused_with_a_clear_error(tmp_path: Path) -> None:
     with api_of(tmp_path, "planetary-computer") as api:
-        config = config_for(api, "planetary-computer", access=SourceAccess(stac_signing="none"))
+        config = config_for(api, "planetary-computer", options=StacApiOptions(stac_signing="none"))
         fix = r"403.*refused access.*--stac-signing planetary-computer"
         with pytest.raises(ImagerySourceError, match=fix):
             StacApiSource().fetch([at(40, 40)], ["B02"], config)
@@ -215,7 +215,9 @@ def test_resolve_api__names_and_signing() -> None:
     with pytest.raises(ImagerySourceError, match="cannot derive the token endpoint"):
         resolve_api(
             dataclasses.replace(
-                base, catalog="http://x/stac", access=SourceAccess("planetary-computer")
+                base,
+                catalog="http://x/stac",
+                options=StacApiOptions(stac_signing="planetary-computer"),
             )
         )
 
@@ -269,7 +271,7 @@ def test_errors__an_unreachable_or_malformed_url_names_the_fix(tmp_path: Path) -
     unreachable = f"http://127.0.0.1:{port}/v1"
     config = SensorConfig(
         "sentinel-2-l2a", unreachable, "sentinel-2-l2a", RES, 6, "2021-06-01", "2021-06-30",
-        source="stac-api", access=SourceAccess(stac_signing="none"),
+        source="stac-api", options=StacApiOptions(stac_signing="none"),
     )  # fmt: skip
     with pytest.raises(ImagerySourceError, match=r"cannot connect .*check --stac-url"):
         StacApiSource().check(["B02"], config)

@@ -17,7 +17,6 @@ from embedders.spec import InferenceOptions, Status
 from tasks import tessera
 from tasks.plan import Point, _point_id
 from tasks.products import ProductError, ProductRequest
-from tasks.sources import SourceAccess
 from tests.fakes import Request, serve_directory
 from tests.tessera_data import TesseraStore, build_tessera_store, expected_patch
 
@@ -64,7 +63,7 @@ def request(url: str, start: date = date(2024, 1, 1), end: date = date(2024, 12,
         catalog="",
         collection=None,
         max_cloud_cover=100.0,
-        access=SourceAccess(),
+        source_options={},
         tessera_store=url,
         options=InferenceOptions(),
         weights="random",

@@ -142,6 +142,9 @@ class SourceEntry:
 
     impl: str
     options: type[Options] = Options
+    # sensor -> the collection id it is served under by this source, beside what
+    # tasks/sensors.py declares for swath's own sources
+    collections: dict[str, str] = field(default_factory=dict)
 
 
 # Every imagery source, by the name `--source` takes. Adding a source is its module, one
@@ -234,6 +237,8 @@ def sensor_config(
     mine = source == request.source
     if mine and request.collection:
         collection = request.collection
+    elif sensor in sources()[source].collections:
+        collection = sources()[source].collections[sensor]
     else:
         try:
             collection = sensors.default_collection(sensor, source)

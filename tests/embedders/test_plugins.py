@@ -6,16 +6,7 @@ from pathlib import Path
 import pytest
 
 from embedders.plugins import PluginError, merged, plugins
-
-
-def _install(root: Path, name: str, group: str, points: dict[str, str], module: str) -> None:
-    """A minimal installed distribution: its module and a dist-info with entry points."""
-    (root / f"{name}.py").write_text(module)
-    info = root / f"{name}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
-    lines = "".join(f"{k} = {v}\n" for k, v in points.items())
-    (info / "entry_points.txt").write_text(f"[{group}]\n{lines}")
+from tests.plugin_site import install as _install
 
 
 @pytest.fixture

@@ -26,7 +26,9 @@ def store_location(store: str) -> str:
 
     Raises UsageError for a path that cannot name a store here: a link loop, a name too
     long for its filesystem, or a URL whose protocol no installed filesystem serves."""
-    if "://" in store:  # an fsspec URL (tasks.store.is_url)
+    from tasks.store import is_url
+
+    if is_url(store):
         from tasks.locks import normalise_url
 
         check_protocol(store, "--out")

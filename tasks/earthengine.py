@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
@@ -43,11 +43,12 @@ from tasks.sources import (
     Patches,
     SensorConfig,
     TransientSourceError,
+    error_chain,
     own_options,
     plain_http_origins,
     unreachable,
 )
-from tasks.stac import pixel_phase
+from tasks.stac import pixel_phase, read_together, union_box
 
 # Earth Engine refuses a computePixels whose response would exceed 48 MiB ("Total request
 # size (... bytes) must be less than or equal to 50331648 bytes", the limit Xee also declares
@@ -56,9 +57,6 @@ MAX_RESPONSE_BYTES = 50_331_648
 # Earth Engine's endpoint for many small automated requests, which Google recommends for
 # computePixels workloads ("High-volume endpoint" in its guide to the API).
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
-# A group of points is read as one grid while the box around its patches is at most this
-# many times the patches' own area; beyond it, one request per patch.
-UNION_MAX_AREA_RATIO = 4.0
 # What masked pixels are unmasked to before they leave Earth Engine (the lowest float32, a
 # value no band of a sensor takes); turned back into NaN here.
 NODATA = float(np.finfo(np.float32).min)
@@ -108,9 +106,9 @@ class PixelGrid:
 
 def plan_grids(points: Sequence[Point], n: int, resolution_m: float) -> list[PixelGrid]:
     """The grids that answer the points' N x N patches. Points of one zone and pixel phase
-    join a grid while the box around its patches stays within UNION_MAX_AREA_RATIO times
-    their area (greedily, north to south), else start their own. A patch's top-left corner
-    is (x - N r / 2, y + N r / 2), as tasks.stac.patch_geobox places it."""
+    join a grid while their patches are read together (tasks.stac.read_together; greedily,
+    north to south), else start their own. A patch's top-left corner is (x - N r / 2,
+    y + N r / 2), as tasks.stac.patch_geobox places it."""
     half = n * resolution_m / 2
     groups: dict[tuple[int, float, float], list[tuple[int, float, float]]] = defaultdict(list)
     for i, p in enumerate(points):
@@ -123,7 +121,7 @@ def plan_grids(points: Sequence[Point], n: int, resolution_m: float) -> list[Pix
         clusters: list[list[tuple[int, float, float]]] = []
         for member in sorted(members, key=lambda m: (-m[2], m[1])):
             for cluster in clusters:
-                if _area_ratio([*cluster, member], n, resolution_m) <= UNION_MAX_AREA_RATIO:
+                if read_together([*cluster, member], n, resolution_m):
                     cluster.append(member)
                     break
             else:
@@ -132,24 +130,8 @@ def plan_grids(points: Sequence[Point], n: int, resolution_m: float) -> list[Pix
     return grids
 
 
-def _bounds(members: list[tuple[int, float, float]]) -> tuple[float, float, float, float]:
-    """(left, top, right, bottom) corners of the members' patches' top-left corners."""
-    xs, ys = [x for _, x, _ in members], [y for _, _, y in members]
-    return min(xs), max(ys), max(xs), min(ys)
-
-
-def _area_ratio(members: list[tuple[int, float, float]], n: int, res: float) -> float:
-    left, top, right, bottom = _bounds(members)
-    box = ((right - left) / res + n) * ((top - bottom) / res + n)
-    return box / (len(members) * n * n)
-
-
 def _grid(epsg: int, members: list[tuple[int, float, float]], n: int, res: float) -> PixelGrid:
-    left, top, right, bottom = _bounds(members)
-    cells = tuple(
-        (i, round((top - y) / res), round((x - left) / res)) for i, x, y in sorted(members)
-    )
-    height, width = round((top - bottom) / res) + n, round((right - left) / res) + n
+    left, top, cells, height, width = union_box(members, n, res)
     return PixelGrid(epsg, left, top, res, height, width, cells)
 
 
@@ -358,7 +340,7 @@ def classify_ee_error(error: BaseException, what: str) -> ImagerySourceError | T
     import googleapiclient.errors
     import requests
 
-    chain = list(_chain(error))
+    chain = error_chain(error)
     status = next(
         (e.resp.status for e in chain if isinstance(e, googleapiclient.errors.HttpError)), None
     )
@@ -387,12 +369,3 @@ def classify_ee_error(error: BaseException, what: str) -> ImagerySourceError | T
         f"{what}: Earth Engine said: {message}; check the collection (--collection), the "
         "bands and the window"
     )
-
-
-def _chain(error: BaseException) -> Iterator[BaseException]:
-    seen: list[BaseException] = []
-    cause: BaseException | None = error
-    while cause is not None and cause not in seen:
-        seen.append(cause)
-        yield cause
-        cause = cause.__cause__ or cause.__context__

@@ -346,15 +346,21 @@ _DECODE_TEXT = re.compile(
 )
 
 
-def unreachable(error: BaseException) -> str | None:
-    """Why a host cannot be reached at all (its name does not resolve, nothing answers), in
-    a few words, or None. A check before the run takes that as permanent (a wrong URL, no
-    network); during a run the same failure is retried."""
+def error_chain(error: BaseException) -> list[BaseException]:
+    """The error and what it was raised from or during, outermost first, each once."""
     chain: list[BaseException] = []
     cause: BaseException | None = error
     while cause is not None and cause not in chain:
         chain.append(cause)
         cause = cause.__cause__ or cause.__context__
+    return chain
+
+
+def unreachable(error: BaseException) -> str | None:
+    """Why a host cannot be reached at all (its name does not resolve, nothing answers), in
+    a few words, or None. A check before the run takes that as permanent (a wrong URL, no
+    network); during a run the same failure is retried."""
+    chain = error_chain(error)
     text = " | ".join(str(e) for e in chain)
     host = re.search(r"Failed to resolve '([^']+)'", text)
     if host:
@@ -366,11 +372,7 @@ def unreachable(error: BaseException) -> str | None:
 
 def classify_error(error: BaseException, what: str) -> ImagerySourceError | TransientSourceError:
     """A source failure as TransientSourceError (retry may help) or ImagerySourceError."""
-    chain: list[BaseException] = []
-    cause: BaseException | None = error
-    while cause is not None and cause not in chain:
-        chain.append(cause)
-        cause = cause.__cause__ or cause.__context__
+    chain = error_chain(error)
     from rasterio.errors import RasterioIOError  # imported here: rasterio is a heavy import
 
     text = " | ".join(f"{type(e).__name__}: {e}" for e in chain)

@@ -35,6 +35,9 @@ from tasks.sources import (
 
 COMPOSITES = ("median",)
 
+Corner = tuple[int, float, float]  # a patch's index and top-left corner (x, y), in metres
+Cells = tuple[tuple[int, int, int], ...]  # each patch's (index, row, col) in a box
+
 # A group of points is loaded as one raster when the box around all its patches is at most
 # this many times the patches' own area; beyond that, reading the gaps costs more than the
 # extra requests of one load per patch.
@@ -69,7 +72,7 @@ class PatchLoad:
 
     geobox: GeoBox
     items: tuple[pystac.Item, ...]
-    members: tuple[tuple[int, int, int], ...]  # (point index, row, col) of each patch
+    members: Cells  # (point index, row, col) of each patch
 
 
 def check_composite(config: SensorConfig) -> None:
@@ -278,6 +281,27 @@ def pixel_phase(origin: float, resolution_m: float) -> float:
     return round((origin / resolution_m) % 1.0, 6) % 1.0
 
 
+def union_box(
+    corners: Sequence[Corner], n: int, res: float
+) -> tuple[float, float, Cells, int, int]:
+    """The box around N x N patches of one pixel grid: its top-left corner (x, y), each
+    patch's (index, row, col) in it, in index order, and its height and width in pixels."""
+    left, top = min(x for _, x, _ in corners), max(y for _, _, y in corners)
+    cells = tuple(
+        (i, round((top - y) / res), round((x - left) / res)) for i, x, y in sorted(corners)
+    )
+    height = max(row for _, row, _ in cells) + n
+    width = max(col for _, _, col in cells) + n
+    return left, top, cells, height, width
+
+
+def read_together(corners: Sequence[Corner], n: int, res: float) -> bool:
+    """Whether the patches are read as one box: one patch, or a box of at most
+    UNION_MAX_AREA_RATIO times the patches' own pixels."""
+    *_, height, width = union_box(corners, n, res)
+    return len(corners) == 1 or height * width <= UNION_MAX_AREA_RATIO * len(corners) * n * n
+
+
 def plan_loads(
     points: Sequence[Point], window: Sequence[CatalogItem], config: SensorConfig
 ) -> tuple[list[PatchLoad], list[int]]:
@@ -309,19 +333,13 @@ def plan_loads(
 def _group_loads(
     members: list[tuple[int, GeoBox]], items: tuple[pystac.Item, ...], n: int, res: float
 ) -> list[PatchLoad]:
-    x0 = min(box.affine.c for _, box in members)
-    y0 = max(box.affine.f for _, box in members)
-    cells = [
-        (i, round((y0 - box.affine.f) / res), round((box.affine.c - x0) / res))
-        for i, box in members
-    ]
-    height = max(row for _, row, _ in cells) + n
-    width = max(col for _, _, col in cells) + n
-    if len(members) == 1 or height * width > UNION_MAX_AREA_RATIO * len(members) * n * n:
+    corners = [(i, box.affine.c, box.affine.f) for i, box in members]
+    if len(members) == 1 or not read_together(corners, n, res):
         return [PatchLoad(box, items, ((i, 0, 0),)) for i, box in members]
+    x0, y0, cells, height, width = union_box(corners, n, res)
     crs = members[0][1].crs
     union = GeoBox((height, width), Affine(res, 0.0, x0, 0.0, -res, y0), crs)
-    return [PatchLoad(union, items, tuple(cells))]
+    return [PatchLoad(union, items, cells)]
 
 
 def load_composite(

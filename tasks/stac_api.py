@@ -31,6 +31,7 @@ from tasks.sources import (
     SensorConfig,
     StacApiOptions,
     TransientSourceError,
+    error_chain,
     own_options,
     plain_http_origins,
     unreachable,
@@ -319,11 +320,7 @@ def api_error(
     """A failed API request as TransientSourceError (429, 5xx, timeouts; a refused or
     dropped connection during a run) or ImagerySourceError (4xx, not a STAC API, a host
     that cannot be reached when the run is checked), with URL query strings redacted."""
-    chain: list[BaseException] = []
-    cause: BaseException | None = error
-    while cause is not None and cause not in chain:
-        chain.append(cause)
-        cause = cause.__cause__ or cause.__context__
+    chain = error_chain(error)
     status = next((s for e in chain if (s := _status(e)) is not None), None)
     text = redact_urls(f"{type(error).__name__}: {str(error)[:300]}")
     if status is not None:

@@ -8,6 +8,7 @@ done for which products, and which fetches those share.
 """
 
 import atexit
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 import platformdirs
 from shapely.geometry.base import BaseGeometry
 
+from embedders.registry import unknown_model
 from embedders.spec import InferenceOptions
 from flows.checks import UsageError as UsageError  # raised by every check here
 from flows.checks import (
@@ -133,14 +135,9 @@ def _first_few(found: list[Damage], n: int = 3) -> str:
 
 
 def shared_fetches(todo: tuple[Product, ...]) -> tuple[Fetch, ...]:
-    """One fetch per sensor configuration, with every band its products read."""
-    bands: dict[object, set[str]] = {}
-    configs = {}
-    for product in todo:
-        for fetch in product.fetches:
-            configs[fetch.config.key()] = fetch.config
-            bands.setdefault(fetch.config.key(), set()).update(fetch.bands)
-    return tuple(Fetch(configs[k], tuple(sorted(bands[k]))) for k in configs)
+    """One fetch per sensor configuration, with every band its products read (the one rule,
+    `products.share`, that `--dry-run` follows too)."""
+    return products.share(f for product in todo for f in product.fetches)
 
 
 def plan_job(
@@ -165,8 +162,7 @@ def plan_job(
         raise UsageError(str(e)) from e
     for name in inference.models:
         if name not in products.PRODUCTS:
-            known = ", ".join(products.PRODUCTS)
-            raise UsageError(f"unknown model '{name}'; known models: {known} (see --list-models)")
+            raise UsageError(unknown_model(name, products.PRODUCTS))
     store = store_location(output.store)  # symbolic links and `..` resolved: one lock per store
     if not is_url(store) and os.path.exists(store) and not os.path.isdir(store):
         raise UsageError(f"output path {store} is a file, not a swath store; choose another --out")
@@ -245,24 +241,49 @@ def chunk_size_for(n_points: int, bytes_per_point: int) -> int:
     return max(1, min(by_work, max(32, -(-n_points // MIN_CHUNKS))))
 
 
-FetchKey = tuple[str, str, float]  # source, sensor, resolution
+def fetch_request(
+    imagery: Imagery, window: tuple[date, date], work_dir: str, *, device: str = "cpu"
+) -> ProductRequest:
+    """The settings each product of a run is resolved from. Where the demo catalog lies is
+    named (it is built by `resolve_job`, once every check has passed)."""
+    catalog = {
+        "stac-catalog": imagery.catalog,
+        "stac-api": imagery.stac_url or "",
+    }.get(imagery.source, "")
+    if imagery.source == "stac-catalog" and imagery.catalog == DEMO_CATALOG:
+        catalog = str(demo_catalog_path(Path(work_dir)))
+    return ProductRequest(
+        start=window[0],
+        end=window[1],
+        patch_px=imagery.patch_px,
+        source=imagery.source,
+        catalog=catalog,
+        collection=imagery.collection,
+        max_cloud_cover=imagery.max_cloud_cover,
+        access=imagery.access(),
+        tessera_store=imagery.tessera_store,
+        options=InferenceOptions(),
+        weights="auto",
+        device=device,
+    )
 
 
-def fetch_bands(imagery: Imagery, models: tuple[str, ...]) -> dict[FetchKey, set[str]]:
-    """The imagery the products read, per (source, sensor, resolution): shared fetches,
-    from the registry alone (no model is loaded)."""
-    fetches: dict[FetchKey, set[str]] = {}
-    for name in models:
-        card = products.PRODUCTS[name].card
-        if card.bands:
-            key = (card.source or imagery.source, card.sensor, card.resolution_m)
-            fetches.setdefault(key, set()).update(card.bands)
-    return fetches
+def fetch_bands(models: tuple[str, ...], request: ProductRequest) -> tuple[Fetch, ...]:
+    """The fetches a run of `models` shares, from the products' facts alone (nothing is
+    loaded): what `--dry-run` reports, by the run's own rule (`products.share`)."""
+    try:
+        return products.planned_fetches(models, request)
+    except ProductError as e:
+        raise UsageError(str(e)) from e
 
 
 def point_bytes(imagery: Imagery, inference: Inference) -> int:
-    """Bytes of input patches one point carries through a chunk's tasks (float32)."""
-    bands = sum(len(b) for b in fetch_bands(imagery, tuple(inference.models)).values())
+    """Bytes of input patches one point carries through a chunk's tasks (float32). Which
+    fetches are shared does not depend on the window nor on where the catalog lies."""
+    today = date.today()
+    request = fetch_request(imagery, (today, today), "")
+    fetches = fetch_bands(tuple(inference.models), request)
+    bands = sum(len(f.bands) for f in fetches)
     return max(bands, 1) * imagery.patch_px**2 * 4
 
 
@@ -309,25 +330,10 @@ def resolve_job(plan: Plan) -> Job:
         raise UsageError(str(e)) from e
     imagery = plan.imagery
     demo = imagery.source == "stac-catalog" and imagery.catalog == DEMO_CATALOG
-    catalog = {
-        "stac-catalog": imagery.catalog,
-        "stac-api": imagery.stac_url or "",
-    }.get(imagery.source, "")
-    if demo:
-        catalog = str(demo_catalog_path(Path(plan.work_dir)))
-    request = ProductRequest(
-        start=plan.window[0],
-        end=plan.window[1],
-        patch_px=imagery.patch_px,
-        source=imagery.source,
-        catalog=catalog,
-        collection=imagery.collection,
-        max_cloud_cover=imagery.max_cloud_cover,
-        access=imagery.access(),
-        tessera_store=plan.imagery.tessera_store,
+    request = dataclasses.replace(
+        fetch_request(imagery, plan.window, plan.work_dir, device=device),
         options=plan.options,
         weights=plan.inference.weights,
-        device=device,
     )
     try:
         resolved = tuple(products.resolve(name, request) for name in plan.inference.models)

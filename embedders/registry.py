@@ -2,28 +2,22 @@
 
 Importing this module imports no model library: an entry holds the model's spec and the
 path of its builder, which is imported when the model is built. Installed packages add
-models through the `swath.models` entry points (embedders/plugins.py), each naming a
-`ModelEntry`; they are read once, with this module.
+models through the `swath.models` entry points (embedders/plugins.py), each naming an
+`embedders.spec.ModelEntry`; they are read once, with this module.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from embedders import copernicusfm, croma, dofa, panopticon, plugins, scalemae, ssl4eo, ssl4eo_ms
 from embedders.spec import Embedder, ModelSpec, WeightsChoice
+from embedders.spec import ModelEntry as ModelEntry
 
 if TYPE_CHECKING:
     import torch
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    spec: ModelSpec
-    builder: str  # "module:function", called as function(spec, weights, device)
 
 
 _MS = "embedders.ssl4eo_ms"
@@ -53,7 +47,7 @@ def _with_plugins(own: dict[str, ModelEntry]) -> dict[str, ModelEntry]:
     for name, entry in found.items():
         if not isinstance(entry, ModelEntry) or entry.spec.name != name:
             raise plugins.PluginError(
-                f"the swath.models plugin {name!r} is not an embedders.registry.ModelEntry "
+                f"the swath.models plugin {name!r} is not an embedders.spec.ModelEntry "
                 f"whose spec is named {name!r}; fix the package that declares it"
             )
     return {name: entry for name, entry in found.items() if isinstance(entry, ModelEntry)}

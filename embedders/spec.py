@@ -104,6 +104,15 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class ModelEntry:
+    """One line of the model registry (embedders/registry.py), or a `swath.models` plugin:
+    the model's spec and where its builder is."""
+
+    spec: ModelSpec
+    builder: str  # "module:function", called as function(spec, weights, device) -> Embedder
+
+
+@dataclass(frozen=True)
 class WeightsInfo:
     """Which weights a built model carries: never ambiguous, always written to the store."""
 

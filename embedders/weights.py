@@ -193,12 +193,16 @@ def load_local(
         state = torch.load(path, map_location="cpu", weights_only=True)
         module.load_state_dict(state, strict=True)
     except _LOAD_ERRORS as e:
-        problem = "is not there" if not path.exists() else f"does not load ({e})"
+        present = path.exists()
+        why = " ".join(str(e).split())  # torch's message spans lines
+        if present:
+            problem = f"does not load ({why}): replace it with the file at {spec.weights_url}"
+        else:
+            problem = f"is not there: download {spec.weights_url} and place it there"
         raise WeightsUnavailable(
-            f"model {spec.name}: the checkpoint {path} {problem}; download {spec.weights_url} "
-            f"and place it there, or pass --weights random to build the architecture with "
-            f"seeded random weights (seed={spec.seed})",
-            file_present=path.exists(),
+            f"model {spec.name}: the checkpoint {path} {problem}, or pass --weights random to "
+            f"build the architecture with seeded random weights (seed={spec.seed})",
+            file_present=present,
         ) from e
     info = WeightsInfo(kind="pretrained", identity=spec.pretrained_weights, file=str(path))
     return ready(module, device), info

@@ -18,10 +18,6 @@ if TYPE_CHECKING:  # the model libraries are imported when a model is built, not
     import torch
     from torchgeo.models import DOFA
 
-# DOFA leaves normalisation to the sensor (torchgeo's `_dofa_transforms` only crops), so
-# it takes the SSL4EO-S12 Sentinel-2 band statistics (embedders/bands.py).
-S2_MEAN_STD = bands.S2_MEAN_STD
-
 # The bands of the Sentinel-2 sample behind the offline demo.
 _BANDS = ("B02", "B03", "B04", "B07", "B11", "B12")
 
@@ -37,6 +33,8 @@ def _spec(name: str, size: str, dim: int, member: str, weights_url: str) -> Mode
         tile_px=224,
         embed_dim=dim,
         grid_stride_px=16,
+        # DOFA leaves normalisation to the sensor (torchgeo's `_dofa_transforms` only
+        # crops): the SSL4EO-S12 Sentinel-2 band statistics (embedders/bands.py).
         norm_mean=bands.s2_means(_BANDS),
         norm_std=bands.s2_stds(_BANDS),
         pretrained_weights=member,

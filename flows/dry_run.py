@@ -6,10 +6,10 @@ from typing import Any
 def dry_run(plan: Any, *, chunks_per_run: int | None = None) -> str:
     """What an export of `plan` would do, from the registry alone: nothing is loaded or
     written. The products' fetches come from their declared facts and are shared by the
-    run's own rule (flows.job.fetch_bands): the same fetches as the run's.
+    run's own rule (flows.job.planned_fetches): the same fetches as the run's.
     A new store's write blocks and the child flow runs are counted as the export makes them
     (at most `chunks_per_run` chunks per flow run)."""
-    from flows.job import fetch_bands, fetch_request
+    from flows.job import planned_fetches, product_request
     from flows.params import CHILD_CHUNKS
     from tasks.products import PRODUCTS
     from tasks.shards import choose_block_chunks, group_blocks, split_blocks
@@ -18,8 +18,8 @@ def dry_run(plan: Any, *, chunks_per_run: int | None = None) -> str:
     n, chunks, patch = len(plan.points), len(plan.chunks), plan.imagery.patch_px
     grid = plan.options.output == "grid"
     # imagery to prefetch: shared as the run shares it
-    request = fetch_request(plan.imagery, plan.window, plan.work_dir)
-    fetches = fetch_bands(tuple(plan.inference.models), request)
+    request = product_request(plan.imagery, plan.window, plan.work_dir)
+    fetches = planned_fetches(tuple(plan.inference.models), request)
     out_bytes = 0
     widest = 0  # bytes per point of the largest array: bounds the shard size
     for name in plan.inference.models:

@@ -8,7 +8,6 @@ done for which products, and which fetches those share.
 """
 
 import atexit
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -20,7 +19,7 @@ import platformdirs
 from shapely.geometry.base import BaseGeometry
 
 from embedders.registry import unknown_model
-from embedders.spec import InferenceOptions
+from embedders.spec import InferenceOptions, WeightsChoice
 from flows.checks import UsageError as UsageError  # raised by every check here
 from flows.checks import (
     check_name_length,
@@ -241,11 +240,18 @@ def chunk_size_for(n_points: int, bytes_per_point: int) -> int:
     return max(1, min(by_work, max(32, -(-n_points // MIN_CHUNKS))))
 
 
-def fetch_request(
-    imagery: Imagery, window: tuple[date, date], work_dir: str, *, device: str = "cpu"
+def product_request(
+    imagery: Imagery,
+    window: tuple[date, date],
+    work_dir: str,
+    *,
+    options: InferenceOptions | None = None,
+    weights: WeightsChoice = "auto",
+    device: str = "cpu",
 ) -> ProductRequest:
-    """The settings each product of a run is resolved from. Where the demo catalog lies is
-    named (it is built by `resolve_job`, once every check has passed)."""
+    """The settings each product of a run is resolved from; a product's fetches follow from
+    them and its facts alone. Where the demo catalog lies is named (it is built by
+    `resolve_job`, once every check has passed)."""
     catalog = {
         "stac-catalog": imagery.catalog,
         "stac-api": imagery.stac_url or "",
@@ -262,13 +268,13 @@ def fetch_request(
         max_cloud_cover=imagery.max_cloud_cover,
         access=imagery.access(),
         tessera_store=imagery.tessera_store,
-        options=InferenceOptions(),
-        weights="auto",
+        options=options or InferenceOptions(),
+        weights=weights,
         device=device,
     )
 
 
-def fetch_bands(models: tuple[str, ...], request: ProductRequest) -> tuple[Fetch, ...]:
+def planned_fetches(models: tuple[str, ...], request: ProductRequest) -> tuple[Fetch, ...]:
     """The fetches a run of `models` shares, from the products' facts alone (nothing is
     loaded): what `--dry-run` reports, by the run's own rule (`products.share`)."""
     try:
@@ -281,8 +287,8 @@ def point_bytes(imagery: Imagery, inference: Inference) -> int:
     """Bytes of input patches one point carries through a chunk's tasks (float32). Which
     fetches are shared does not depend on the window nor on where the catalog lies."""
     today = date.today()
-    request = fetch_request(imagery, (today, today), "")
-    fetches = fetch_bands(tuple(inference.models), request)
+    request = product_request(imagery, (today, today), "")
+    fetches = planned_fetches(tuple(inference.models), request)
     bands = sum(len(f.bands) for f in fetches)
     return max(bands, 1) * imagery.patch_px**2 * 4
 
@@ -330,10 +336,13 @@ def resolve_job(plan: Plan) -> Job:
         raise UsageError(str(e)) from e
     imagery = plan.imagery
     demo = imagery.source == "stac-catalog" and imagery.catalog == DEMO_CATALOG
-    request = dataclasses.replace(
-        fetch_request(imagery, plan.window, plan.work_dir, device=device),
+    request = product_request(
+        imagery,
+        plan.window,
+        plan.work_dir,
         options=plan.options,
         weights=plan.inference.weights,
+        device=device,
     )
     try:
         resolved = tuple(products.resolve(name, request) for name in plan.inference.models)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from flows.dry_run import dry_run
-from flows.job import Plan, fetch_bands, fetch_request, plan_job, resolve_job, shared_fetches
+from flows.job import Plan, plan_job, planned_fetches, product_request, resolve_job, shared_fetches
 from flows.params import Imagery, Inference, Output, Region, Window
 from tasks import products
 from tasks.product import Fetch, ProductEntry, ProductRequest, fetches_of, identity_key
@@ -63,8 +63,8 @@ def plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Plan:
 
 
 def test_dry_run__fetches_what_the_run_fetches_10_and_10_0_in_one(plan: Plan) -> None:
-    request = fetch_request(plan.imagery, plan.window, plan.work_dir)
-    planned = fetch_bands(tuple(plan.inference.models), request)
+    request = product_request(plan.imagery, plan.window, plan.work_dir)
+    planned = planned_fetches(tuple(plan.inference.models), request)
     job = resolve_job(dataclasses.replace(plan, inference=plan.inference.model_copy(
         update={"weights": "random"})))  # fmt: skip
     run = shared_fetches(job.products)

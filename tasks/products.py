@@ -46,9 +46,12 @@ def model_facts(spec: ModelSpec) -> ProductFacts:
     )
 
 
-# The precomputed products' modules, each declaring ENTRY (its facts and resolver) and
-# importing nothing heavy. Adding one: its module, one line here, its test.
-PRECOMPUTED = ("tasks.tessera", "tasks.gse")
+# The precomputed products, by name: each one's module, which declares ENTRY (its facts and
+# resolver) and imports nothing heavy. Adding one: its module, one line here, its test.
+PRECOMPUTED: dict[str, str] = {
+    "tessera": "tasks.tessera",
+    "gse": "tasks.gse",
+}
 
 
 def _registry() -> dict[str, ProductEntry]:
@@ -58,12 +61,12 @@ def _registry() -> dict[str, ProductEntry]:
         name: ProductEntry(model_facts(entry.spec), "tasks.infer:resolve_model")
         for name, entry in registry.MODELS.items()
     }
-    for module in PRECOMPUTED:
-        own[module.rpartition(".")[2]] = importlib.import_module(module).ENTRY
+    for name, module in PRECOMPUTED.items():
+        own[name] = importlib.import_module(module).ENTRY
     found = plugins.merged("swath.products", own)
     if wrong := [n for n, e in found.items() if not isinstance(e, ProductEntry)]:
         raise plugins.PluginError(
-            f"swath.products plugin(s) {', '.join(wrong)} are not tasks.products.ProductEntry "
+            f"swath.products plugin(s) {', '.join(wrong)} are not tasks.product.ProductEntry "
             "objects; fix the package that declares them"
         )
     return {n: e for n, e in found.items() if isinstance(e, ProductEntry)}

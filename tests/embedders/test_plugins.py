@@ -67,3 +67,11 @@ def test_registry__reads_an_installed_model_beside_its_own(site: Path) -> None:
     _install(site, "toy_plugin_e", "swath.models", {"toy": "toy_plugin_e:ENTRY"}, module)
     found = registry._with_plugins(registry.OWN)
     assert list(found) == [*registry.OWN, "toy"] and found["toy"].spec.name == "toy"
+
+
+def test_products__a_plugin_that_is_not_a_product_entry_is_refused(site: Path) -> None:
+    from tasks import products
+
+    _install(site, "toy_plugin_f", "swath.products", {"toy": "toy_plugin_f:X"}, "X = 1\n")
+    with pytest.raises(PluginError, match=r"toy are not tasks\.product\.ProductEntry"):
+        products._registry()

@@ -1,5 +1,6 @@
 """Models that turn image tiles into embeddings: specs, builders, tiling and the batching engine.
 
-Nothing here knows about Prefect, imagery sources or environment variables; band facts
-(wavelengths) come from tasks/sensors.py, which imports nothing.
+Nothing here knows about Prefect, imagery sources or environment variables, and nothing here
+imports from tasks/: the band facts models need (wavelengths, bandwidths, statistics) are in
+embedders/bands.py, which tasks/sensors.py builds on.
 """

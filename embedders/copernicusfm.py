@@ -3,7 +3,7 @@
 Wang et al., "Towards a Unified Copernicus Foundation Model for Earth Vision"
 (https://arxiv.org/abs/2503.11849); weights CopernicusFM_Base_Weights.CopernicusFM_ViT.
 Its dynamic patch embedding takes each band's centre wavelength and bandwidth in nm
-(tasks/sensors.py). It also takes each tile's longitude, latitude, time and area; an
+(embedders/bands.py). It also takes each tile's longitude, latitude, time and area; an
 embedder sees tiles only, so all four are NaN, for which the model uses its learned
 "unknown" tokens.
 
@@ -16,9 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from embedders.dofa import S2_MEAN_STD
+from embedders import bands
 from embedders.spec import ModelSpec, WeightsChoice, WeightsInfo
-from tasks import sensors
 
 if TYPE_CHECKING:  # the model libraries are imported when a model is built, not listed
     import torch
@@ -36,11 +35,11 @@ SPEC = ModelSpec(
     tile_px=224,
     embed_dim=768,
     grid_stride_px=16,
-    norm_mean=tuple(S2_MEAN_STD[b][0] for b in _BANDS),
-    norm_std=tuple(S2_MEAN_STD[b][1] for b in _BANDS),
+    norm_mean=bands.s2_means(_BANDS),
+    norm_std=bands.s2_stds(_BANDS),
     pretrained_weights="CopernicusFM_Base_Weights.CopernicusFM_ViT",
     licence="not verified here; see https://github.com/zhu-xlab/Copernicus-FM",
-    checkpoint="CopernicusFM_ViT_base_varlang-085350e4.pth",
+    weights_url="https://huggingface.co/torchgeo/copernicus-fm/resolve/f395812cc990ba25a451dbb9c9e6d95c8482947e/CopernicusFM_ViT_base_varlang-085350e4.pth",
 )
 
 
@@ -91,5 +90,5 @@ def build(spec: ModelSpec, choice: WeightsChoice, device: torch.device) -> Coper
     module, info = weights.load(spec, member, architecture, choice, device)
     if not isinstance(module, CopernicusFM):
         raise TypeError(f"copernicusfm_base returned {type(module).__name__}, not CopernicusFM")
-    waves = tuple(round(1000 * w, 3) for w in sensors.wavelengths_um(spec.bands))
-    return CopernicusFMEmbedder(spec, info, module, waves, sensors.bandwidths_nm(spec.bands))
+    waves = tuple(round(1000 * w, 3) for w in bands.wavelengths_um(spec.bands))
+    return CopernicusFMEmbedder(spec, info, module, waves, bands.bandwidths_nm(spec.bands))

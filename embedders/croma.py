@@ -19,15 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from embedders.dofa import S2_MEAN_STD
+from embedders import bands
 from embedders.spec import ModelSpec, WeightsChoice, WeightsInfo
-from tasks import sensors
 
 if TYPE_CHECKING:  # the model libraries are imported when a model is built, not listed
     import torch
     from torchgeo.models import CROMA
 
-_BANDS = sensors.L2A_BANDS
+_BANDS = bands.L2A_BANDS
 
 SPEC = ModelSpec(
     name="croma_base",
@@ -39,11 +38,11 @@ SPEC = ModelSpec(
     tile_px=120,  # CROMA's pretraining size; its ALiBi attention bias is built for it
     embed_dim=768,
     grid_stride_px=8,
-    norm_mean=tuple(S2_MEAN_STD[b][0] for b in _BANDS),
-    norm_std=tuple(S2_MEAN_STD[b][1] for b in _BANDS),
+    norm_mean=bands.s2_means(_BANDS),
+    norm_std=bands.s2_stds(_BANDS),
     pretrained_weights="CROMABase_Weights.CROMA_VIT",
     licence="not verified here; see https://github.com/antofuller/CROMA",
-    checkpoint="CROMA_base-0238d814.pt",
+    weights_url="https://hf.co/torchgeo/croma/resolve/387883f08af79d777167519c57cd826eda89a16f/CROMA_base-0238d814.pt",
 )
 
 

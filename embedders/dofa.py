@@ -11,38 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from embedders import bands
 from embedders.spec import ModelSpec, WeightsChoice, WeightsInfo
-from tasks import sensors
 
 if TYPE_CHECKING:  # the model libraries are imported when a model is built, not listed
     import torch
     from torchgeo.models import DOFA
 
-# DOFA leaves normalisation to the sensor (torchgeo's `_dofa_transforms` only crops), so
-# we use the SSL4EO-S12 Sentinel-2 band statistics torchgeo declares for its Sentinel-2
-# models: `_mean_s2` / `_std_s2` in torchgeo/models/resnet.py (torchgeo 0.10.1), 13
-# Level-1C bands in ESA order B01..B12 with B8A and B10, digital numbers; (mean, std).
-S2_MEAN_STD: dict[str, tuple[float, float]] = {
-    "B01": (1612.9, 791.0),
-    "B02": (1397.6, 854.3),
-    "B03": (1322.3, 878.7),
-    "B04": (1373.1, 1144.9),
-    "B05": (1561.0, 1127.5),
-    "B06": (2108.4, 1164.2),
-    "B07": (2390.7, 1276.0),
-    "B08": (2318.7, 1249.5),
-    "B8A": (2581.0, 1345.9),
-    "B09": (837.7, 577.5),
-    "B10": (22.0, 47.5),
-    "B11": (2195.2, 1340.0),
-    "B12": (1537.4, 1142.9),
-}
-
 # The bands of the Sentinel-2 sample behind the offline demo.
 _BANDS = ("B02", "B03", "B04", "B07", "B11", "B12")
 
 
-def _spec(name: str, size: str, dim: int, member: str, checkpoint: str) -> ModelSpec:
+def _spec(name: str, size: str, dim: int, member: str, weights_url: str) -> ModelSpec:
     return ModelSpec(
         name=name,
         family="dofa",
@@ -53,24 +33,30 @@ def _spec(name: str, size: str, dim: int, member: str, checkpoint: str) -> Model
         tile_px=224,
         embed_dim=dim,
         grid_stride_px=16,
-        norm_mean=tuple(S2_MEAN_STD[b][0] for b in _BANDS),
-        norm_std=tuple(S2_MEAN_STD[b][1] for b in _BANDS),
+        # DOFA leaves normalisation to the sensor (torchgeo's `_dofa_transforms` only
+        # crops): the SSL4EO-S12 Sentinel-2 band statistics (embedders/bands.py).
+        norm_mean=bands.s2_means(_BANDS),
+        norm_std=bands.s2_stds(_BANDS),
         pretrained_weights=member,
         licence="CC-BY-4.0 (weights)",
-        checkpoint=checkpoint,
+        weights_url=weights_url,
     )
 
 
 # Weights enum members of torchgeo.models, resolved when a model is built.
 SPEC = _spec(
-    "dofa_base", "Base", 768, "DOFABase16_Weights.DOFA_MAE", "dofa_base_patch16_224-a0275954.pth"
+    "dofa_base",
+    "Base",
+    768,
+    "DOFABase16_Weights.DOFA_MAE",
+    "https://hf.co/torchgeo/dofa/resolve/b8db318b64a90b9e085ec04ba8851233c5893666/dofa_base_patch16_224-a0275954.pth",
 )
 LARGE_SPEC = _spec(
     "dofa_large",
     "Large",
     1024,
     "DOFALarge16_Weights.DOFA_MAE",
-    "dofa_large_patch16_224-0ff904d3.pth",
+    "https://hf.co/torchgeo/dofa/resolve/b8db318b64a90b9e085ec04ba8851233c5893666/dofa_large_patch16_224-0ff904d3.pth",
 )
 
 
@@ -119,7 +105,7 @@ def _build(
     module, info = weights.load(spec, member, architecture, choice, device)
     if not isinstance(module, DOFA):
         raise TypeError(f"{builder[0]} returned {type(module).__name__}, not DOFA")
-    return DofaEmbedder(spec, info, module, sensors.wavelengths_um(spec.bands))
+    return DofaEmbedder(spec, info, module, bands.wavelengths_um(spec.bands))
 
 
 def build(spec: ModelSpec, choice: WeightsChoice, device: torch.device) -> DofaEmbedder:

@@ -3,7 +3,7 @@
 Waldmann et al., "Panopticon: Advancing Any-Sensor Foundation Models for Earth
 Observation" (https://arxiv.org/abs/2503.10845); weights Panopticon_Weights.VIT_BASE14.
 A DINOv2 ViT-B/14 whose patch embedding attends across channels, each channel told by its
-centre wavelength in nm (tasks/sensors.py). 224 px tiles, as pretrained.
+centre wavelength in nm (embedders/bands.py). 224 px tiles, as pretrained.
 
 Normalisation: torchgeo's transforms for these weights are `nn.Identity()`; Panopticon
 standardises each band with dataset statistics, so swath uses the SSL4EO-S12 Sentinel-2
@@ -15,9 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from embedders.dofa import S2_MEAN_STD
+from embedders import bands
 from embedders.spec import ModelSpec, WeightsChoice, WeightsInfo
-from tasks import sensors
 
 if TYPE_CHECKING:  # the model libraries are imported when a model is built, not listed
     import torch
@@ -35,11 +34,11 @@ SPEC = ModelSpec(
     tile_px=224,
     embed_dim=768,
     grid_stride_px=14,
-    norm_mean=tuple(S2_MEAN_STD[b][0] for b in _BANDS),
-    norm_std=tuple(S2_MEAN_STD[b][1] for b in _BANDS),
+    norm_mean=bands.s2_means(_BANDS),
+    norm_std=bands.s2_stds(_BANDS),
     pretrained_weights="Panopticon_Weights.VIT_BASE14",
     licence="not verified here; see https://github.com/Panopticon-FM/panopticon",
-    checkpoint="panopticon_vitb14_teacher.pth",
+    weights_url="https://hf.co/lewaldm/panopticon/resolve/c8c2bb9555819e8b2bcedf5b3b00e3bf531554e7/panopticon_vitb14_teacher.pth",
 )
 
 
@@ -85,5 +84,5 @@ def build(spec: ModelSpec, choice: WeightsChoice, device: torch.device) -> Panop
     module, info = weights.load(spec, member, architecture, choice, device)
     if not isinstance(module, Panopticon):
         raise TypeError(f"panopticon_vitb14 returned {type(module).__name__}, not Panopticon")
-    waves = tuple(round(1000 * w, 3) for w in sensors.wavelengths_um(spec.bands))
+    waves = tuple(round(1000 * w, 3) for w in bands.wavelengths_um(spec.bands))
     return PanopticonEmbedder(spec, info, module, waves)

@@ -1,31 +1,28 @@
 """Every model swath can run, by name. Adding a model: its file, one line here, a test.
 
 Importing this module imports no model library: an entry holds the model's spec and the
-path of its builder, which is imported when the model is built.
+path of its builder, which is imported when the model is built. Installed packages add
+models through the `swath.models` entry points (embedders/plugins.py), each naming an
+`embedders.spec.ModelEntry`; they are read once, with this module.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from embedders import copernicusfm, croma, dofa, panopticon, scalemae, ssl4eo, ssl4eo_ms
+from embedders import copernicusfm, croma, dofa, panopticon, plugins, scalemae, ssl4eo, ssl4eo_ms
 from embedders.spec import Embedder, ModelSpec, WeightsChoice
+from embedders.spec import ModelEntry as ModelEntry
 
 if TYPE_CHECKING:
     import torch
 
 
-@dataclass(frozen=True)
-class ModelEntry:
-    spec: ModelSpec
-    builder: str  # "module:function", called as function(spec, weights, device)
-
-
 _MS = "embedders.ssl4eo_ms"
 
-MODELS: dict[str, ModelEntry] = {
+OWN: dict[str, ModelEntry] = {
     "dofa_base": ModelEntry(dofa.SPEC, "embedders.dofa:build"),
     "ssl4eo_resnet18_rgb": ModelEntry(ssl4eo.RESNET18_SPEC, "embedders.ssl4eo:build_resnet18"),
     "ssl4eo_resnet50_rgb": ModelEntry(ssl4eo.RESNET50_SPEC, "embedders.ssl4eo:build_resnet50"),
@@ -43,6 +40,27 @@ MODELS: dict[str, ModelEntry] = {
 }
 
 
+def _with_plugins(own: dict[str, ModelEntry]) -> dict[str, ModelEntry]:
+    """`own` and the installed `swath.models` plugins, each checked to be a ModelEntry under
+    its spec's own name."""
+    found = plugins.merged("swath.models", dict(own))
+    for name, entry in found.items():
+        if not isinstance(entry, ModelEntry) or entry.spec.name != name:
+            raise plugins.PluginError(
+                f"the swath.models plugin {name!r} is not an embedders.spec.ModelEntry "
+                f"whose spec is named {name!r}; fix the package that declares it"
+            )
+    return {name: entry for name, entry in found.items() if isinstance(entry, ModelEntry)}
+
+
+MODELS: dict[str, ModelEntry] = _with_plugins(OWN)
+
+
+def unknown_model(name: str, known: Iterable[str]) -> str:
+    """What every refusal of a model name says: the name and the names there are."""
+    return f"unknown model '{name}'; known models: {', '.join(known)} (see --list-models)"
+
+
 class UnknownModel(KeyError):
     """A model name that is not in the registry; the message lists the known ones."""
 
@@ -54,8 +72,7 @@ def _entry(name: str) -> ModelEntry:
     try:
         return MODELS[name]
     except KeyError as e:
-        known = ", ".join(sorted(MODELS))
-        raise UnknownModel(f"unknown model {name!r}; known models: {known}") from e
+        raise UnknownModel(unknown_model(name, sorted(MODELS))) from e
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -48,7 +48,7 @@ SPEC = ModelSpec(
     norm_std=tuple(DN_AT_255 * s for s in _IMAGENET_STD),
     pretrained_weights="ScaleMAELarge16_Weights.FMOW_RGB",
     licence="not verified here; see https://github.com/bair-climate-initiative/scale-mae",
-    checkpoint="vit_large_patch16_224_fmow_rgb_scalemae-386989c9.pth",
+    weights_url="https://hf.co/isaaccorley/vit_large_patch16_224_fmow_rgb_scalemae/resolve/75650aaca720ef9c6638d16f5b4375f0022c56c9/vit_large_patch16_224_fmow_rgb_scalemae-386989c9.pth",
 )
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Literal, Protocol
+from urllib.parse import urlparse
 
 if TYPE_CHECKING:  # torch is imported only where a model is built: listing models stays fast
     import torch
@@ -41,8 +43,9 @@ class ModelSpec:
     digital numbers, reflectance x 10000). `grid_stride_px` is how many input pixels one
     cell of the model's output grid spans (16 for a ViT with 16 px patches, 32 for a
     ResNet's last stage). `checkpoint` is the file name torch hub keeps the pretrained
-    weights under (the basename of the weights enum's URL), so whether they are in the
-    local cache can be told without importing a model library. `convolutional` says the
+    weights under, by default the file name of `weights_url`, where the pretrained weights
+    are published (the URL of the weights enum member, for torchgeo's), so whether they are
+    in the local cache can be told without importing a model library. `convolutional` says the
     model is a CNN, which runs faster on CUDA with its tensors in channels-last memory order
     (embedders.execution); it is not identity.
     """
@@ -63,10 +66,14 @@ class ModelSpec:
     seed: int = 0
     version: int = 1
     licence: str = ""
+    weights_url: str = ""
     checkpoint: str = ""
     convolutional: bool = False
 
     def __post_init__(self) -> None:
+        if not self.checkpoint and self.weights_url:  # the URL's file name, as torch hub keeps it
+            name = os.path.basename(urlparse(self.weights_url).path)
+            object.__setattr__(self, "checkpoint", name)
         n = len(self.bands)
         if len(self.norm_mean) != n or len(self.norm_std) != n:
             raise ValueError(f"model {self.name}: norm_mean/norm_std need one value per band ({n})")
@@ -94,6 +101,15 @@ class ModelSpec:
             "norm_std": list(self.norm_std),
             "pad_mode": self.pad_mode,
         }
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One line of the model registry (embedders/registry.py), or a `swath.models` plugin:
+    the model's spec and where its builder is."""
+
+    spec: ModelSpec
+    builder: str  # "module:function", called as function(spec, weights, device) -> Embedder
 
 
 @dataclass(frozen=True)

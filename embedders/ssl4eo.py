@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the model libraries are imported when a model is built, not
 _BANDS = ("B04", "B03", "B02")
 
 
-def _spec(name: str, depth: int, dim: int, member: str, checkpoint: str) -> ModelSpec:
+def _spec(name: str, depth: int, dim: int, member: str, weights_url: str) -> ModelSpec:
     return ModelSpec(
         name=name,
         family="ssl4eo",
@@ -40,7 +40,7 @@ def _spec(name: str, depth: int, dim: int, member: str, checkpoint: str) -> Mode
         norm_std=(10000.0, 10000.0, 10000.0),
         pretrained_weights=member,
         licence="CC-BY-4.0 (weights)",
-        checkpoint=checkpoint,
+        weights_url=weights_url,
         convolutional=True,
     )
 
@@ -51,14 +51,14 @@ RESNET18_SPEC = _spec(
     18,
     512,
     "ResNet18_Weights.SENTINEL2_RGB_MOCO",
-    "resnet18_sentinel2_rgb_moco-e3a335e3.pth",
+    "https://hf.co/torchgeo/resnet18_sentinel2_rgb_moco/resolve/e1c032e7785fd0625224cdb6699aa138bb304eec/resnet18_sentinel2_rgb_moco-e3a335e3.pth",
 )
 RESNET50_SPEC = _spec(
     "ssl4eo_resnet50_rgb",
     50,
     2048,
     "ResNet50_Weights.SENTINEL2_RGB_MOCO",
-    "resnet50_sentinel2_rgb_moco-2b57ba8b.pth",
+    "https://hf.co/torchgeo/resnet50_sentinel2_rgb_moco/resolve/efd9723b59a88e9dc1420dc1e96afb25b0630a3c/resnet50_sentinel2_rgb_moco-2b57ba8b.pth",
 )
 
 

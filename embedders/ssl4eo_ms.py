@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from embedders import bands
 from embedders.spec import ModelSpec, WeightsChoice, WeightsInfo
 from embedders.ssl4eo import ResNetEmbedder
-from tasks import sensors
 
 if TYPE_CHECKING:  # the model libraries are imported when a model is built, not listed
     import torch
@@ -32,12 +32,12 @@ if TYPE_CHECKING:  # the model libraries are imported when a model is built, not
 NORM_STD = 10000.0
 # B10's SSL4EO-S12 mean in digital numbers: torchgeo/models/resnet.py `_mean_s2[10]`.
 B10_FILL_DN = 22.0
-B10_INDEX = sensors.ALL_BANDS.index("B10")  # where the 13-band models take it
-_BANDS = sensors.L2A_BANDS
+B10_INDEX = bands.ALL_BANDS.index("B10")  # where the 13-band models take it
+_BANDS = bands.L2A_BANDS
 
 
 def _spec(
-    name: str, arch: str, method: str, geometry: tuple[int, int], member: str, checkpoint: str
+    name: str, arch: str, method: str, geometry: tuple[int, int], member: str, weights_url: str
 ) -> ModelSpec:
     dim, stride = geometry
     return ModelSpec(
@@ -57,36 +57,36 @@ def _spec(
         norm_std=(NORM_STD,) * len(_BANDS),
         pretrained_weights=member,
         licence="CC-BY-4.0 (weights)",
-        checkpoint=checkpoint,
+        weights_url=weights_url,
         convolutional=arch.startswith("ResNet"),
     )
 
 
 RESNET18_MOCO = _spec(
     "ssl4eo_resnet18_s2_moco", "ResNet-18", "MoCo", (512, 32),
-    "ResNet18_Weights.SENTINEL2_ALL_MOCO", "resnet18_sentinel2_all_moco-59bfdff9.pth",
+    "ResNet18_Weights.SENTINEL2_ALL_MOCO", "https://hf.co/torchgeo/resnet18_sentinel2_all_moco/resolve/5b8cddc9a14f3844350b7f40b85bcd32aed75918/resnet18_sentinel2_all_moco-59bfdff9.pth",
 )  # fmt: skip
 RESNET50_MOCO = _spec(
     "ssl4eo_resnet50_s2_moco", "ResNet-50", "MoCo", (2048, 32),
-    "ResNet50_Weights.SENTINEL2_ALL_MOCO", "resnet50_sentinel2_all_moco-df8b932e.pth",
+    "ResNet50_Weights.SENTINEL2_ALL_MOCO", "https://hf.co/torchgeo/resnet50_sentinel2_all_moco/resolve/da4f3c9dbe09272eb902f3b37f46635fa4726879/resnet50_sentinel2_all_moco-df8b932e.pth",
 )  # fmt: skip
 RESNET50_DINO = _spec(
     "ssl4eo_resnet50_s2_dino", "ResNet-50", "DINO", (2048, 32),
-    "ResNet50_Weights.SENTINEL2_ALL_DINO", "resnet50_sentinel2_all_dino-d6c330e9.pth",
+    "ResNet50_Weights.SENTINEL2_ALL_DINO", "https://hf.co/torchgeo/resnet50_sentinel2_all_dino/resolve/d7f14bf5530d70ac69d763e58e77e44dbecfec7c/resnet50_sentinel2_all_dino-d6c330e9.pth",
 )  # fmt: skip
 VITS16_MOCO = _spec(
     "ssl4eo_vits16_s2_moco", "ViT-S/16", "MoCo", (384, 16),
     "ViTSmall16_Weights.SENTINEL2_ALL_MOCO",
-    "vit_small_patch16_224_sentinel2_all_moco-67c9032d.pth",
+    "https://hf.co/torchgeo/vit_small_patch16_224_sentinel2_all_moco/resolve/1cb683f6c14739634cdfaaceb076529adf898c74/vit_small_patch16_224_sentinel2_all_moco-67c9032d.pth",
 )  # fmt: skip
 VITS16_DINO = _spec(
     "ssl4eo_vits16_s2_dino", "ViT-S/16", "DINO", (384, 16),
     "ViTSmall16_Weights.SENTINEL2_ALL_DINO",
-    "vit_small_patch16_224_sentinel2_all_dino-36bcc127.pth",
+    "https://hf.co/torchgeo/vit_small_patch16_224_sentinel2_all_dino/resolve/5b41dd418a79de47ac9f5be3e035405a83818a62/vit_small_patch16_224_sentinel2_all_dino-36bcc127.pth",
 )  # fmt: skip
 VITS16_MAE = _spec(
     "ssl4eo_vits16_s2_mae", "ViT-S/16", "MAE", (384, 16),
-    "ViTSmall16_Weights.SENTINEL2_ALL_MAE", "B13_vits16_mae_ep99_enc.pth",
+    "ViTSmall16_Weights.SENTINEL2_ALL_MAE", "https://huggingface.co/wangyi111/SSL4EO-S12/resolve/75c72195d35201dc1fb210818993518c25da566b/B13_vits16_mae_ep99_enc.pth",
 )  # fmt: skip
 
 
@@ -142,7 +142,7 @@ def _resolve(
     kind = spec.pretrained_weights.partition(".")[0]
     # in_chans for random weights; pretrained ones take it from `meta["in_chans"]` (13).
     architecture = weights.torchgeo_builder(
-        function, kind, in_chans=len(sensors.ALL_BANDS), num_classes=0
+        function, kind, in_chans=len(bands.ALL_BANDS), num_classes=0
     )
     return weights.load(spec, member, architecture, choice, device)
 

@@ -1,9 +1,13 @@
 """Resolving a model's weights: pretrained from the torch hub cache, or seeded random.
 
-Pretrained weights are loaded through the library's own builder with its weights enum
-member, which reads `<torch hub dir>/checkpoints/<file name of the weights URL>` when it
-is there and downloads it otherwise. Nothing falls back silently: "auto" records why it
-used random weights in `WeightsInfo.note`.
+Two kinds of model, one place for each step (`load` and `load_local` end in `ready`):
+- a torchgeo model: pretrained weights are loaded through the library's own builder with
+  its weights enum member, which reads `<torch hub dir>/checkpoints/<file name of the
+  weights URL>` when it is there and downloads it otherwise;
+- a model with no weights enum: the architecture is built bare, and its state dict read from
+  `<torch hub dir>/checkpoints/<spec.checkpoint>`, every key checked (`load_local`).
+Nothing falls back silently: "auto" records why it used random weights in
+`WeightsInfo.note`.
 """
 
 import contextlib
@@ -138,6 +142,17 @@ def resolve(
         return module, WeightsInfo(kind=info.kind, identity=info.identity, note=note)
 
 
+def ready(module: nn.Module, device: torch.device) -> nn.Module:
+    """A built module as every embedder runs it: eval mode, frozen, on `device`."""
+    module.eval().requires_grad_(False)
+    return module.to(device)
+
+
+def _check_choice(choice: WeightsChoice) -> None:
+    if choice not in ("auto", "pretrained", "random"):
+        raise ValueError(f"weights must be auto, pretrained or random; got {choice!r}")
+
+
 def load(
     spec: ModelSpec,
     member: WeightsEnum,
@@ -146,8 +161,48 @@ def load(
     device: torch.device,
 ) -> tuple[nn.Module, WeightsInfo]:
     """Resolve the weights, then put the module in eval mode on `device`, frozen."""
-    if choice not in ("auto", "pretrained", "random"):
-        raise ValueError(f"weights must be auto, pretrained or random; got {choice!r}")
+    _check_choice(choice)
     module, info = resolve(spec, member, build, choice)
-    module.eval().requires_grad_(False)
-    return module.to(device), info
+    return ready(module, device), info
+
+
+def local_checkpoint(spec: ModelSpec) -> Path:
+    """Where the checkpoint of a model with no weights enum is looked for: the hub cache."""
+    if not spec.checkpoint:
+        raise ValueError(f"model {spec.name}: its spec names no checkpoint (set weights_url)")
+    return Path(torch.hub.get_dir()) / "checkpoints" / spec.checkpoint
+
+
+def load_local(
+    spec: ModelSpec, build: Callable[[], nn.Module], choice: WeightsChoice, device: torch.device
+) -> tuple[nn.Module, WeightsInfo]:
+    """A model with no weights enum: the architecture from `build()`, with the state dict
+    at `local_checkpoint(spec)` (read safely, every key of the architecture required and no
+    other), or seeded random weights; then `ready`. "auto" is pretrained when the file is
+    there, random otherwise, with the reason in the note."""
+    _check_choice(choice)
+    path = local_checkpoint(spec)
+    if choice == "random" or (choice == "auto" and not path.exists()):
+        module, info = build_random(spec, lambda _member: build())
+        if choice == "auto":
+            note = f"pretrained checkpoint not in {path}"
+            info = WeightsInfo(kind=info.kind, identity=info.identity, note=note)
+        return ready(module, device), info
+    module = build()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        module.load_state_dict(state, strict=True)
+    except _LOAD_ERRORS as e:
+        present = path.exists()
+        why = " ".join(str(e).split())  # torch's message spans lines
+        if present:
+            problem = f"does not load ({why}): replace it with the file at {spec.weights_url}"
+        else:
+            problem = f"is not there: download {spec.weights_url} and place it there"
+        raise WeightsUnavailable(
+            f"model {spec.name}: the checkpoint {path} {problem}, or pass --weights random to "
+            f"build the architecture with seeded random weights (seed={spec.seed})",
+            file_present=present,
+        ) from e
+    info = WeightsInfo(kind="pretrained", identity=spec.pretrained_weights, file=str(path))
+    return ready(module, device), info

@@ -5,11 +5,11 @@ from typing import Any
 
 def dry_run(plan: Any, *, chunks_per_run: int | None = None) -> str:
     """What an export of `plan` would do, from the registry alone: nothing is loaded or
-    written. Products that read the same sensor at the same resolution share one fetch.
+    written. The products' fetches come from their declared facts and are shared by the
+    run's own rule (flows.job.planned_fetches): the same fetches as the run's.
     A new store's write blocks and the child flow runs are counted as the export makes them
     (at most `chunks_per_run` chunks per flow run)."""
-    from embedders.registry import MODELS
-    from flows.job import fetch_bands
+    from flows.job import planned_fetches, product_request
     from flows.params import CHILD_CHUNKS
     from tasks.products import PRODUCTS
     from tasks.shards import choose_block_chunks, group_blocks, split_blocks
@@ -17,21 +17,19 @@ def dry_run(plan: Any, *, chunks_per_run: int | None = None) -> str:
 
     n, chunks, patch = len(plan.points), len(plan.chunks), plan.imagery.patch_px
     grid = plan.options.output == "grid"
-    # imagery to prefetch: shared by products of one source and sensor
-    fetches = fetch_bands(plan.imagery, tuple(plan.inference.models))
+    # imagery to prefetch: shared as the run shares it
+    request = product_request(plan.imagery, plan.window, plan.work_dir)
+    fetches = planned_fetches(tuple(plan.inference.models), request)
     out_bytes = 0
     widest = 0  # bytes per point of the largest array: bounds the shard size
     for name in plan.inference.models:
-        card = PRODUCTS[name].card
-        if name in MODELS:
-            cells = (patch // MODELS[name].spec.grid_stride_px) ** 2 if grid else 1
-        else:
-            cells = patch * patch if grid else 1
+        card = PRODUCTS[name].facts
+        cells = (patch // card.stride_px) ** 2 if grid else 1
         width = {"float32": 4, "float16": 2, "int8": 1}[plan.dtype]
         scales = 4 * cells if plan.dtype == "int8" else 0  # one float32 scale per vector
         out_bytes += n * (card.dim * cells * width + scales) + n * 6  # + status, valid fraction
         widest = max(widest, card.dim * cells * width, REASON_BYTES)
-    in_bytes = sum(n * len(bands) * patch * patch * 4 for bands in fetches.values())
+    in_bytes = sum(n * len(f.bands) * patch * patch * 4 for f in fetches)
     products = len(plan.inference.models)
     chunk_size = plan.chunks[0].stop - plan.chunks[0].start
     per_run = chunks_per_run or CHILD_CHUNKS
@@ -48,7 +46,7 @@ def dry_run(plan: Any, *, chunks_per_run: int | None = None) -> str:
         f"  {runs}, at most {tasks:,} task runs each ({in_run:,} chunks x "
         f"({len(fetches)} fetch + {products} produce) + {blocks:,} blocks x {products} write)",
         f"  inputs fetched: {_size(in_bytes)} ({len(fetches)} sensor configuration(s): "
-        + ", ".join(f"{source} {sensor}" for source, sensor, _ in fetches)
+        + ", ".join(f"{f.config.source} {f.config.sensor}" for f in fetches)
         + ")",
         f"  store per window: {_size(out_bytes)} (embeddings as {plan.dtype})",
         "  nothing was written",

@@ -18,7 +18,8 @@ from pathlib import Path
 import platformdirs
 from shapely.geometry.base import BaseGeometry
 
-from embedders.spec import InferenceOptions
+from embedders.registry import unknown_model
+from embedders.spec import InferenceOptions, WeightsChoice
 from flows.checks import UsageError as UsageError  # raised by every check here
 from flows.checks import (
     check_name_length,
@@ -133,14 +134,9 @@ def _first_few(found: list[Damage], n: int = 3) -> str:
 
 
 def shared_fetches(todo: tuple[Product, ...]) -> tuple[Fetch, ...]:
-    """One fetch per sensor configuration, with every band its products read."""
-    bands: dict[object, set[str]] = {}
-    configs = {}
-    for product in todo:
-        for fetch in product.fetches:
-            configs[fetch.config.key()] = fetch.config
-            bands.setdefault(fetch.config.key(), set()).update(fetch.bands)
-    return tuple(Fetch(configs[k], tuple(sorted(bands[k]))) for k in configs)
+    """One fetch per sensor configuration, with every band its products read (the one rule,
+    `products.share`, that `--dry-run` follows too)."""
+    return products.share(f for product in todo for f in product.fetches)
 
 
 def plan_job(
@@ -165,8 +161,7 @@ def plan_job(
         raise UsageError(str(e)) from e
     for name in inference.models:
         if name not in products.PRODUCTS:
-            known = ", ".join(products.PRODUCTS)
-            raise UsageError(f"unknown model '{name}'; known models: {known} (see --list-models)")
+            raise UsageError(unknown_model(name, products.PRODUCTS))
     store = store_location(output.store)  # symbolic links and `..` resolved: one lock per store
     if not is_url(store) and os.path.exists(store) and not os.path.isdir(store):
         raise UsageError(f"output path {store} is a file, not a swath store; choose another --out")
@@ -245,24 +240,60 @@ def chunk_size_for(n_points: int, bytes_per_point: int) -> int:
     return max(1, min(by_work, max(32, -(-n_points // MIN_CHUNKS))))
 
 
-FetchKey = tuple[str, str, float]  # source, sensor, resolution
+def product_request(
+    imagery: Imagery,
+    window: tuple[date, date],
+    work_dir: str,
+    *,
+    options: InferenceOptions | None = None,
+    weights: WeightsChoice = "auto",
+    device: str = "cpu",
+) -> ProductRequest:
+    """The settings each product of a run is resolved from; a product's fetches follow from
+    them and its facts alone. Where the demo catalog lies is named (it is built by
+    `resolve_job`, once every check has passed)."""
+    own = imagery.source_options()
+    catalog = own[imagery.source].where()
+    if _demo(imagery):
+        catalog = str(demo_catalog_path(Path(work_dir)))
+    return ProductRequest(
+        start=window[0],
+        end=window[1],
+        patch_px=imagery.patch_px,
+        source=imagery.source,
+        catalog=catalog,
+        collection=imagery.collection,
+        max_cloud_cover=imagery.max_cloud_cover,
+        source_options=own,
+        tessera_store=imagery.tessera_store,
+        options=options or InferenceOptions(),
+        weights=weights,
+        device=device,
+    )
 
 
-def fetch_bands(imagery: Imagery, models: tuple[str, ...]) -> dict[FetchKey, set[str]]:
-    """The imagery the products read, per (source, sensor, resolution): shared fetches,
-    from the registry alone (no model is loaded)."""
-    fetches: dict[FetchKey, set[str]] = {}
-    for name in models:
-        card = products.PRODUCTS[name].card
-        if card.bands:
-            key = (card.source or imagery.source, card.sensor, card.resolution_m)
-            fetches.setdefault(key, set()).update(card.bands)
-    return fetches
+def _demo(imagery: Imagery) -> bool:
+    """Whether the run reads the offline demo catalog."""
+    own = imagery.source_options()[imagery.source]
+    return imagery.source == "stac-catalog" and own.where() == DEMO_CATALOG
+
+
+def planned_fetches(models: tuple[str, ...], request: ProductRequest) -> tuple[Fetch, ...]:
+    """The fetches a run of `models` shares, from the products' facts alone (nothing is
+    loaded): what `--dry-run` reports, by the run's own rule (`products.share`)."""
+    try:
+        return products.planned_fetches(models, request)
+    except ProductError as e:
+        raise UsageError(str(e)) from e
 
 
 def point_bytes(imagery: Imagery, inference: Inference) -> int:
-    """Bytes of input patches one point carries through a chunk's tasks (float32)."""
-    bands = sum(len(b) for b in fetch_bands(imagery, tuple(inference.models)).values())
+    """Bytes of input patches one point carries through a chunk's tasks (float32). Which
+    fetches are shared does not depend on the window nor on where the catalog lies."""
+    today = date.today()
+    request = product_request(imagery, (today, today), "")
+    fetches = planned_fetches(tuple(inference.models), request)
+    bands = sum(len(f.bands) for f in fetches)
     return max(bands, 1) * imagery.patch_px**2 * 4
 
 
@@ -308,21 +339,11 @@ def resolve_job(plan: Plan) -> Job:
     except ValueError as e:
         raise UsageError(str(e)) from e
     imagery = plan.imagery
-    own = imagery.source_options()
-    demo = imagery.source == "stac-catalog" and own[imagery.source].where() == DEMO_CATALOG
-    catalog = own[imagery.source].where()
-    if demo:
-        catalog = str(demo_catalog_path(Path(plan.work_dir)))
-    request = ProductRequest(
-        start=plan.window[0],
-        end=plan.window[1],
-        patch_px=imagery.patch_px,
-        source=imagery.source,
-        catalog=catalog,
-        collection=imagery.collection,
-        max_cloud_cover=imagery.max_cloud_cover,
-        source_options=own,
-        tessera_store=plan.imagery.tessera_store,
+    demo = _demo(imagery)
+    request = product_request(
+        imagery,
+        plan.window,
+        plan.work_dir,
         options=plan.options,
         weights=plan.inference.weights,
         device=device,

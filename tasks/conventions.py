@@ -41,21 +41,6 @@ GEOEMB = {
     "refs/tags/v1/schema.json",
 }
 STAC_EMBEDDINGS = "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json"
-# Source data by sensor, as the conventions want them: URLs of the missions.
-SOURCE_DATA = {
-    "sentinel-2-l2a": ["https://sentinel.esa.int/web/sentinel/missions/sentinel-2"],
-    "tessera": [
-        "https://sentinel.esa.int/web/sentinel/missions/sentinel-1",
-        "https://sentinel.esa.int/web/sentinel/missions/sentinel-2",
-    ],
-    # AlphaEarth Foundations' optical and radar inputs (Brown et al., 2025, Table 1), among
-    # others (GEDI, climate and elevation data).
-    "gse": [
-        "https://sentinel.esa.int/web/sentinel/missions/sentinel-1",
-        "https://sentinel.esa.int/web/sentinel/missions/sentinel-2",
-        "https://landsat.gsfc.nasa.gov/",
-    ],
-}
 
 
 def time_bounds(start: np.datetime64, end: np.datetime64) -> np.ndarray:
@@ -95,23 +80,26 @@ def annotate(ds: xr.Dataset, layout: StoreLayout) -> None:
 
 
 def geoemb_fields(m: ModelOutput, dtype: str = "float32") -> dict[str, Any]:
-    """The geoemb: fields of one product's variable, flat."""
-    ident, prov = m.identity, m.provenance
-    gsd = float(ident.get("resolution_m") or ident.get("model", {}).get("resolution_m") or 10)
-    patch = int(ident.get("patch_px") or ident.get("sensor", {}).get("patch_px") or 0)
-    product = ident.get("product")
-    sensor = product if isinstance(product, str) and product in SOURCE_DATA else "sentinel-2-l2a"
+    """The geoemb: fields of one product's variable, flat, from the product's declared facts.
+    An output that declares none (a test's or a benchmark's) gets only the fields its shape
+    gives: a field is absent rather than empty or guessed."""
+    stride = m.facts.stride_px if m.facts else 1
     fields: dict[str, Any] = {
-        "geoemb:type": "pixel" if m.grid_shape is not None and _stride(m) == 1 else "chip",
+        "geoemb:type": "pixel" if m.grid_shape is not None and stride == 1 else "chip",
         "geoemb:dimensions": m.embed_dim,
         "geoemb:data_type": dtype,
-        "geoemb:gsd": gsd,
-        "geoemb:model": str(prov.get("model_url") or ident.get("dataset") or ""),
-        "geoemb:source_data": " ".join(SOURCE_DATA[sensor]),
     }
-    if fields["geoemb:type"] == "chip" and patch:
+    if m.facts is not None:
+        fields.update(
+            {
+                "geoemb:gsd": float(m.facts.resolution_m),
+                "geoemb:model": m.facts.url,
+                "geoemb:source_data": " ".join(m.facts.source_data),
+            }
+        )
+    if fields["geoemb:type"] == "chip" and m.patch_px:
         # Each point's own patch, centred on the point: an irregular layout of chips.
-        side = patch if m.grid_shape is None else _stride(m)
+        side = m.patch_px if m.grid_shape is None else stride
         fields["geoemb:chip_layout_type"] = "irregular"
         fields["geoemb:chip_size"] = [side, side]
     return fields
@@ -127,9 +115,14 @@ def _quantization(model: str, dtype: str) -> dict[str, Any]:
     return {}
 
 
-def _stride(m: ModelOutput) -> int:
-    """Input pixels per output grid cell."""
-    return int(m.identity.get("model", {}).get("grid_stride_px", 1))
+def _links(m: ModelOutput) -> list[dict[str, str]]:
+    """The Item's `emb:model` and `emb:source-data` links, from the product's facts."""
+    if m.facts is None:
+        return []
+    return [
+        {"rel": "emb:model", "href": m.facts.url},
+        *[{"rel": "emb:source-data", "href": href} for href in m.facts.source_data],
+    ]
 
 
 def write_stac_items(store: str, layout: StoreLayout, window: tuple[Any, Any]) -> list[str]:
@@ -162,16 +155,10 @@ def write_stac_items(store: str, layout: StoreLayout, window: tuple[Any, Any]) -
                 "emb:dimensions": m.embed_dim,
                 "data_type": layout.dtype,
                 **_quantization(m.name, layout.dtype),
-                "gsd": fields["geoemb:gsd"],
+                **({"gsd": fields["geoemb:gsd"]} if "geoemb:gsd" in fields else {}),
                 "emb:runtime_parameters": m.identity,
             },
-            "links": [
-                {"rel": "emb:model", "href": fields["geoemb:model"]},
-                *[
-                    {"rel": "emb:source-data", "href": href}
-                    for href in fields["geoemb:source_data"].split()
-                ],
-            ],
+            "links": _links(m),
             "assets": {
                 "embeddings": {
                     "href": os.path.relpath(store, folder),

@@ -10,19 +10,27 @@ calendar year on each point's own UTM grid, so the prefetch stage fetches it lik
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from embedders.spec import OutputKind, Status
-from tasks.chunks import Chunk
-from tasks.inputs import read_patches
-from tasks.products import Fetch, ProductError, ProductRequest, identity_key
-from tasks.results import ChunkResult, ModelOutput
+from tasks.product import (
+    Fetch,
+    ProductEntry,
+    ProductFacts,
+    ProductRequest,
+    fetches_of,
+    identity_key,
+    one_calendar_year,
+)
 from tasks.sensors import SATELLITE_EMBEDDING
-from tasks.sources import SensorConfig, sensor_config
+from tasks.sources import SensorConfig
+
+if TYPE_CHECKING:  # the inputs and results stores are imported when gse runs, not listed
+    from tasks.chunks import Chunk
+    from tasks.results import ChunkResult, ModelOutput
 
 DIM = 64
 RESOLUTION_M = 10.0
@@ -30,6 +38,28 @@ BANDS: tuple[str, ...] = tuple(SATELLITE_EMBEDDING.bands)
 CATALOG_URL = "https://developers.google.com/earth-engine/datasets/catalog/GOOGLE_SATELLITE_EMBEDDING_V1_ANNUAL"
 # Bump when a change alters the values this product writes (pooling, masking, mosaicking).
 VERSION = 1
+
+# One fetch of the 64 bands through Earth Engine, whatever the run's source: a mosaic of
+# the images of the window's calendar year on each point's own UTM grid.
+FACTS = ProductFacts(
+    kind="precomputed",
+    sensor=SATELLITE_EMBEDDING.name,
+    source_data=SATELLITE_EMBEDDING.source_data,
+    resolution_m=RESOLUTION_M,
+    tile_px=None,
+    stride_px=1,
+    dim=DIM,
+    url=CATALOG_URL,
+    weights="Google Satellite Embedding V1 annual (Earth Engine)",
+    licence="CC-BY-4.0",
+    description="Google's annual 64-d unit-length embeddings (AlphaEarth Foundations), "
+    "through Earth Engine",
+    bands=BANDS,
+    source="earthengine",
+    composite="mosaic",
+    annual=True,
+)
+ENTRY = ProductEntry(FACTS, "tasks.gse:resolve")
 
 
 @dataclass(frozen=True)
@@ -62,6 +92,8 @@ class SatelliteEmbeddingProduct:
         return identity_key(self.name, self.identity(), self.year, self.config.key())
 
     def output(self) -> ModelOutput:
+        from tasks.results import ModelOutput
+
         grid = (self.config.patch_px, self.config.patch_px) if self.output_kind == "grid" else None
         provenance = {
             "source": "earthengine",
@@ -71,7 +103,8 @@ class SatelliteEmbeddingProduct:
             "description": "Google Satellite Embedding V1 (AlphaEarth Foundations) through "
             "Earth Engine",
         }
-        return ModelOutput(self.name, DIM, grid, self.identity(), provenance)
+        patch = self.config.patch_px
+        return ModelOutput(self.name, DIM, grid, self.identity(), provenance, FACTS, patch)
 
     def describe(self) -> str:
         return f"precomputed Google Satellite Embedding {self.config.collection}, year {self.year}"
@@ -80,6 +113,8 @@ class SatelliteEmbeddingProduct:
         return None
 
     def produce(self, chunk: Chunk, inputs_path: str) -> ChunkResult:
+        from tasks.inputs import read_patches
+
         patches = read_patches(inputs_path, self.config, chunk, BANDS)
         values = np.stack([patches.bands[b] for b in BANDS], axis=1)  # (n, 64, N, N)
         reasons = [
@@ -92,6 +127,8 @@ class SatelliteEmbeddingProduct:
 def summarise(values: np.ndarray, reasons: list[str], *, grid: bool) -> ChunkResult:
     """Per point: the mean of its valid pixels re-scaled to unit length (or the map), status,
     and the reason when no pixel is valid. A pixel is valid where all 64 values are."""
+    from tasks.results import ChunkResult
+
     n_points = values.shape[0]
     flat = values.reshape(n_points, DIM, -1)  # (n, 64, N*N)
     valid = np.isfinite(flat).all(axis=1)  # (n, N*N)
@@ -116,20 +153,7 @@ def summarise(values: np.ndarray, reasons: list[str], *, grid: bool) -> ChunkRes
 
 def resolve(name: str, request: ProductRequest) -> SatelliteEmbeddingProduct:
     """The Satellite Embedding for this run: the window's one calendar year, through Earth
-    Engine whatever the run's source."""
-    if request.start.year != request.end.year:
-        raise ProductError(
-            f"gse is annual, and the window {request.start}..{request.end} spans "
-            f"{request.end.year - request.start.year + 1} years; export one calendar year per "
-            f"run, e.g. --start {request.end.year}-01-01 --end {request.end.year}-12-31"
-        )
-    year = request.start.year
-    config = sensor_config(
-        request, SATELLITE_EMBEDDING.name, RESOLUTION_M, source="earthengine", composite="mosaic"
-    )
-    # Each year's image starts on 1 January: the date filter spans the whole year. Embeddings
-    # have no clouds: --max-cloud-cover is not theirs (and must not refetch them).
-    config = dataclasses.replace(
-        config, start=f"{year}-01-01", end=f"{year}-12-31", max_cloud_cover=100.0
-    )
-    return SatelliteEmbeddingProduct(name, config, year, request.options.output)
+    Engine whatever the run's source (its fetch follows from FACTS)."""
+    year = one_calendar_year(name, request)
+    (fetch,) = fetches_of(name, FACTS, request)
+    return SatelliteEmbeddingProduct(name, fetch.config, year, request.options.output)

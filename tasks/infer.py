@@ -6,6 +6,7 @@ time in a process, so threads never fight over a GPU (or the CPU's cores).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -34,9 +35,10 @@ from embedders.spec import (
 from embedders.tiling import grid_shape
 from embedders.weights import WeightsUnavailable
 from tasks.inputs import read_stack
-from tasks.products import Fetch, ProductError, ProductRequest, identity_key
+from tasks.product import Fetch, ProductError, ProductRequest, fetches_of, identity_key
+from tasks.products import model_facts
 from tasks.results import ChunkResult, DeviceTiming, ModelOutput
-from tasks.sources import SensorConfig, sensor_config
+from tasks.sources import SensorConfig
 
 if TYPE_CHECKING:
     from tasks.chunks import Chunk
@@ -94,15 +96,17 @@ class ModelProduct:
             "precision_check": self.precision_check,
             "model_url": self._model_url(),
         }
-        return ModelOutput(self.name, spec.embed_dim, grid, self.identity(), provenance)
+        facts = dataclasses.replace(model_facts(spec), url=self._model_url())
+        patch = self.config.patch_px
+        return ModelOutput(
+            self.name, spec.embed_dim, grid, self.identity(), provenance, facts, patch
+        )
 
     def _model_url(self) -> str:
         """The weights' URL; a URN naming the seed for random weights (no model's values)."""
         if self.weights.kind != "pretrained":
             return f"urn:swath:random-weights:{self.name}:{self.weights.identity}"
-        from embedders.weights import member
-
-        return str(member(self.spec.pretrained_weights).url)
+        return self.spec.weights_url
 
     def describe(self) -> str:
         check = self.precision_check
@@ -188,10 +192,7 @@ def resolve_model(name: str, request: ProductRequest) -> ModelProduct:
             f"--tile-overlap {request.options.tile_overlap_px} is not smaller than {name}'s "
             f"tile ({spec.tile_px} px); use a smaller overlap"
         )
-    try:
-        config = sensor_config(request, spec.sensor, spec.resolution_m)
-    except ValueError as e:
-        raise ProductError(f"{name}: {e}") from e
+    (fetch,) = fetches_of(name, model_facts(spec), request)
     device = devices_of(request.device)[0]
     try:
         embedder = load_model(name, request.weights, device)
@@ -201,7 +202,9 @@ def resolve_model(name: str, request: ProductRequest) -> ModelProduct:
             check = report.as_dict()
     except (WeightsUnavailable, PrecisionError, ValueError) as e:
         raise ProductError(str(e)) from e
-    return ModelProduct(name, config, request.options, embedder.weights, request.device, check)
+    return ModelProduct(
+        name, fetch.config, request.options, embedder.weights, request.device, check
+    )
 
 
 _models: dict[tuple[str, str, str], Embedder] = {}

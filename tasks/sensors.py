@@ -8,6 +8,12 @@ holds whichever source fetched its input. Importing this module imports nothing 
 
 from dataclasses import dataclass, field
 
+from embedders.bands import ALL_BANDS as ALL_BANDS
+from embedders.bands import L2A_BANDS as L2A_BANDS
+from embedders.bands import S2_BANDWIDTH_NM as S2_BANDWIDTH_NM
+from embedders.bands import S2_WAVELENGTH_UM
+from embedders.bands import bandwidths_nm as bandwidths_nm
+from embedders.bands import wavelengths_um as wavelengths_um
 from embedders.encoding import FLOAT32, INT16, Encoding
 
 
@@ -31,44 +37,37 @@ class Sensor:
     collections: dict[str, str]  # source name -> the collection id swath uses by default
     cloud_cover_property: dict[str, str] = field(default_factory=dict)  # source -> property
     provenance: str = ""
+    source_data: tuple[str, ...] = ()  # URLs of the missions behind its values (STAC, geoemb:)
     # How the inputs store keeps its values (embedders.encoding): int16 for imagery.
     encoding: Encoding = FLOAT32
 
 
-# Sentinel-2 MSI. Centre wavelengths and native resolutions are those of Sentinel-2A in ESA's
-# "Sentinel-2 User Handbook" (ESA, 2015), Table 1. Band names use the two-digit form (B02,
-# not B2) that STAC catalogs of Sentinel-2 L2A use as asset keys; Earth Engine names them
+# The missions' pages, as the STAC embeddings extension and geoemb: cite source data.
+SENTINEL_1_MISSION = "https://sentinel.esa.int/web/sentinel/missions/sentinel-1"
+SENTINEL_2_MISSION = "https://sentinel.esa.int/web/sentinel/missions/sentinel-2"
+
+# Sentinel-2 MSI. Native resolutions are those of Sentinel-2A in ESA's "Sentinel-2 User
+# Handbook" (ESA, 2015), Table 1; centre wavelengths and bandwidths, from the same table, are
+# declared with the models' band facts (embedders/bands.py). Earth Engine names the bands
 # without the zero (B2), per its catalog page of COPERNICUS/S2_SR_HARMONIZED.
+_S2 = (
+    ("B01", "coastal", 60, "B1"),
+    ("B02", "blue", 10, "B2"),
+    ("B03", "green", 10, "B3"),
+    ("B04", "red", 10, "B4"),
+    ("B05", "rededge1", 20, "B5"),
+    ("B06", "rededge2", 20, "B6"),
+    ("B07", "rededge3", 20, "B7"),
+    ("B08", "nir", 10, "B8"),
+    ("B8A", "nir08", 20, "B8A"),
+    ("B09", "nir09", 60, "B9"),
+    ("B10", "cirrus", 60, "B10"),
+    ("B11", "swir16", 20, "B11"),
+    ("B12", "swir22", 20, "B12"),
+)
 BANDS: dict[str, Band] = {
-    b.name: b
-    for b in (
-        Band("B01", "coastal", 0.443, 60, "B1"),
-        Band("B02", "blue", 0.490, 10, "B2"),
-        Band("B03", "green", 0.560, 10, "B3"),
-        Band("B04", "red", 0.665, 10, "B4"),
-        Band("B05", "rededge1", 0.705, 20, "B5"),
-        Band("B06", "rededge2", 0.740, 20, "B6"),
-        Band("B07", "rededge3", 0.783, 20, "B7"),
-        Band("B08", "nir", 0.842, 10, "B8"),
-        Band("B8A", "nir08", 0.865, 20, "B8A"),
-        Band("B09", "nir09", 0.945, 60, "B9"),
-        Band("B10", "cirrus", 1.375, 60, "B10"),
-        Band("B11", "swir16", 1.610, 20, "B11"),
-        Band("B12", "swir22", 2.190, 20, "B12"),
-    )
+    name: Band(name, common, S2_WAVELENGTH_UM[name], res, ee) for name, common, res, ee in _S2
 }
-
-# Bandwidths (nm) of Sentinel-2A, the same table of the same handbook; Copernicus-FM's
-# spectral patch embedding takes them beside the centre wavelengths.
-S2_BANDWIDTH_NM: dict[str, float] = {
-    "B01": 20, "B02": 65, "B03": 35, "B04": 30, "B05": 15, "B06": 15, "B07": 20,
-    "B08": 115, "B8A": 20, "B09": 20, "B10": 30, "B11": 90, "B12": 180,
-}  # fmt: skip
-
-# The 13 Level-1C bands in ESA order, as SSL4EO-S12 stacks them.
-ALL_BANDS: tuple[str, ...] = tuple(BANDS)
-# Level-2A products drop the cirrus band B10.
-L2A_BANDS: tuple[str, ...] = tuple(b for b in BANDS if b != "B10")
 
 # Harmonisation. From processing baseline 04.00 (25 January 2022) ESA adds 1000 to every L2A
 # digital number, so that negative reflectances survive in uint16 (ESA, "Sentinel-2: New
@@ -118,6 +117,7 @@ SENTINEL_2_L2A = Sensor(
         "earthengine": "CLOUDY_PIXEL_PERCENTAGE",
     },
     provenance="ESA Sentinel-2 User Handbook (2015); Level-2A surface reflectance x 10,000",
+    source_data=(SENTINEL_2_MISSION,),
     # Whole digital numbers (harmonised L2A: -1000 to 64,535, valid reflectance well below
     # 32,767) fit int16 exactly; a median of an even number of dates is rounded to them.
     encoding=INT16,
@@ -132,6 +132,9 @@ SATELLITE_EMBEDDING = Sensor(
     resolution_m=10.0,
     collections={"earthengine": "GOOGLE/SATELLITE_EMBEDDING/V1/ANNUAL"},
     provenance="Google DeepMind AlphaEarth Foundations, Satellite Embedding V1 (annual)",
+    # AlphaEarth Foundations' optical and radar inputs (Brown et al., 2025, Table 1), among
+    # others (GEDI, climate and elevation data).
+    source_data=(SENTINEL_1_MISSION, SENTINEL_2_MISSION, "https://landsat.gsfc.nasa.gov/"),
 )
 
 SENSORS: dict[str, Sensor] = {s.name: s for s in (SENTINEL_2_L2A, SATELLITE_EMBEDDING)}
@@ -143,16 +146,6 @@ def encoding_of(sensor: str) -> Encoding:
     if facts is None:
         raise KeyError(f"no sensor facts for {sensor!r}; known sensors: {', '.join(SENSORS)}")
     return facts.encoding
-
-
-def wavelengths_um(bands: tuple[str, ...]) -> tuple[float, ...]:
-    """Centre wavelength of each named Sentinel-2 band, in micrometres."""
-    return tuple(BANDS[b].wavelength_um for b in bands)
-
-
-def bandwidths_nm(bands: tuple[str, ...]) -> tuple[float, ...]:
-    """Bandwidth of each named Sentinel-2 band, in nanometres."""
-    return tuple(S2_BANDWIDTH_NM[b] for b in bands)
 
 
 def default_collection(sensor: str, source: str) -> str:

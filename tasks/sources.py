@@ -195,13 +195,20 @@ class SensorConfig:
     options: Options | None = field(default=None, compare=False)
 
     def record(self) -> dict[str, object]:
-        """Every field but the options: what the inputs group records of its configuration."""
+        """Every field but the options, each number in its canonical spelling: what the inputs
+        group records of its configuration."""
         fields = asdict(self)
         del fields["options"]
+        fields.update(
+            resolution_m=canonical_number(self.resolution_m),
+            patch_px=int(self.patch_px),
+            max_cloud_cover=float(self.max_cloud_cover),
+        )
         return fields
 
     def key(self) -> str:
-        """Names the inputs group: every field but the options, catalog and window included."""
+        """Names the inputs group: every field but the access, catalog and window included,
+        so that equal configurations share one key however their numbers are spelt."""
         blob = json.dumps(self.record(), sort_keys=True).encode()
         return f"{self.sensor}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
@@ -218,6 +225,13 @@ class SensorConfig:
             "composite": self.composite,
             "max_cloud_cover": self.max_cloud_cover,
         }
+
+
+def canonical_number(x: float) -> float | int:
+    """A number as a key spells it: a whole number as an int (10.0 -> 10), as the models'
+    specs have always spelt their resolutions (so the keys of inputs groups on users' disks
+    stay theirs), any other as a float."""
+    return int(x) if float(x).is_integer() else float(x)
 
 
 def sensor_config(

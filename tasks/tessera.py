@@ -24,23 +24,50 @@ import functools
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
-from pyproj import Transformer
 
 from embedders.spec import OutputKind, Status
-from tasks.chunks import Chunk
-from tasks.plan import Point
-from tasks.products import Fetch, ProductError, ProductRequest, identity_key
-from tasks.results import ChunkResult, ModelOutput
+from tasks import sensors
+from tasks.product import (
+    Fetch,
+    ProductEntry,
+    ProductError,
+    ProductFacts,
+    ProductRequest,
+    identity_key,
+    one_calendar_year,
+)
 from tasks.sources import classify_error
+
+if TYPE_CHECKING:  # zarr, pyproj and the stores are imported when Tessera is read, not listed
+    from pyproj import Transformer
+
+    from tasks.chunks import Chunk
+    from tasks.plan import Point
+    from tasks.results import ChunkResult, ModelOutput
 
 DIM = 128
 RESOLUTION_M = 10.0
 # Bump when a change alters the values this product writes (pooling, masking, mosaicking).
 VERSION = 1
+
+FACTS = ProductFacts(
+    kind="precomputed",
+    sensor="sentinel-1 + sentinel-2 (annual)",
+    source_data=(sensors.SENTINEL_1_MISSION, sensors.SENTINEL_2_MISSION),
+    resolution_m=RESOLUTION_M,
+    tile_px=None,
+    stride_px=1,
+    dim=DIM,
+    url="https://github.com/ucam-eo/geotessera",
+    weights="Tessera v1.1 (geotessera's public Zarr store; --tessera-store picks another)",
+    licence="CC-BY-4.0",
+    description="Tessera annual embeddings, int8 with per-pixel scales, read through geotessera",
+    annual=True,
+)
+ENTRY = ProductEntry(FACTS, "tasks.tessera:resolve")
 
 # Per-pixel causes, from the scales array (geotessera's conventions), in the order a pixel
 # keeps them when two zones answer for it: a valid value beats water beats no data.
@@ -74,13 +101,15 @@ class TesseraProduct:
         return identity_key(self.name, self.identity(), self.year, self.store)
 
     def output(self) -> ModelOutput:
+        from tasks.results import ModelOutput
+
         grid = (self.patch_px, self.patch_px) if self.output_kind == "grid" else None
         provenance = {
             "store": self.store,
             "year": "the calendar year of each time entry (Tessera is annual)",
             "description": "Tessera annual embeddings through geotessera",
         }
-        return ModelOutput(self.name, DIM, grid, self.identity(), provenance)
+        return ModelOutput(self.name, DIM, grid, self.identity(), provenance, FACTS, self.patch_px)
 
     def describe(self) -> str:
         return f"precomputed Tessera {self.dataset}, year {self.year}, from {self.store}"
@@ -99,14 +128,9 @@ class TesseraProduct:
 
 def resolve(name: str, request: ProductRequest) -> TesseraProduct:
     """Tessera for this run: one calendar year, present in the store."""
-    if request.start.year != request.end.year:
-        raise ProductError(
-            f"tessera is annual, and the window {request.start}..{request.end} spans "
-            f"{request.end.year - request.start.year + 1} years; export one calendar year per "
-            f"run, e.g. --start {request.end.year}-01-01 --end {request.end.year}-12-31"
-        )
+    year = one_calendar_year(name, request)
     gt = open_store(request.tessera_store)
-    if request.start.year not in gt.years:
+    if year not in gt.years:
         raise ProductError(
             f"the Tessera store {request.tessera_store} has no year {request.start.year}; "
             f"its years are {sorted(gt.years)}: pick a window in one of them"
@@ -115,7 +139,7 @@ def resolve(name: str, request: ProductRequest) -> TesseraProduct:
     return TesseraProduct(
         name,
         request.tessera_store,
-        request.start.year,
+        year,
         str(dataset),
         request.patch_px,
         request.options.output,
@@ -171,6 +195,8 @@ def patch_centres(point: Point, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.cache
 def _transformer(src: int, dst: int) -> Transformer:
+    from pyproj import Transformer
+
     return Transformer.from_crs(src, dst, always_xy=True)
 
 
@@ -215,6 +241,8 @@ def _read_zone(
     """Fill the wanted pixels that zone `zone` holds, reading each store chunk once. A pixel
     takes this zone's answer when it is better (valid, then water, no data, outside) than
     what it has, or as good and this zone owns the pixel's longitude."""
+    import zarr
+
     wanted, owners = pixels
     try:
         # zarr fixes an array's coalescing when it is opened (geotessera caches the zone)
@@ -288,6 +316,8 @@ def windows(cells: set[tuple[int, int]]) -> list[tuple[int, int, int, int]]:
 
 def summarise(values: np.ndarray, cause: np.ndarray, year: int, *, grid: bool) -> ChunkResult:
     """Per point: the mean of its valid pixels (or the map), status and reason."""
+    from tasks.results import ChunkResult
+
     valid = cause == VALID
     count = valid.sum(axis=1)
     total = np.where(valid[..., None], values.astype(np.float64), 0.0).sum(axis=1)

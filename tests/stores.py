@@ -11,9 +11,11 @@ import numpy as np
 import zarr
 
 from embedders.spec import Status
+from tasks import tessera
 from tasks.chunks import make_chunks
 from tasks.compact import Dtype
 from tasks.plan import Point, plan_points
+from tasks.product import ProductFacts
 from tasks.regions import bbox_region
 from tasks.results import ChunkResult, ModelOutput
 from tasks.sources import SensorConfig
@@ -33,12 +35,34 @@ SENSOR = SensorConfig(
     end=str(WINDOW[1]),
 )
 WEIGHTS = {"kind": "pretrained", "identity": "W.V1"}
+
+
+def facts(dim: int, stride: int) -> ProductFacts:
+    """A model's facts, as a registered model declares them."""
+    return ProductFacts(
+        kind="model",
+        sensor="sentinel-2-l2a",
+        source_data=("https://sentinel.esa.int/web/sentinel/missions/sentinel-2",),
+        resolution_m=10.0,
+        tile_px=8 * stride,
+        stride_px=stride,
+        dim=dim,
+        url="https://example.org/weights.pth",
+        weights="W.V1",
+        licence="CC-BY-4.0",
+        description="a test's model",
+        bands=("B02",),
+    )
+
+
 POOLED = ModelOutput(
     "pooled_model",
     6,
     None,
     identity={"product": "model", "weights": WEIGHTS, "sensor": SENSOR.identity()},
     provenance={"catalog": SENSOR.catalog},
+    facts=facts(6, 4),
+    patch_px=8,
 )
 GRID = ModelOutput(
     "grid_model",
@@ -46,6 +70,8 @@ GRID = ModelOutput(
     (2, 2),
     identity={"product": "model", "weights": {"kind": "random", "identity": "seed=0"}},
     provenance={"catalog": SENSOR.catalog},
+    facts=facts(4, 4),
+    patch_px=8,
 )
 NONE_OK = ModelOutput(
     "tessera",
@@ -53,6 +79,8 @@ NONE_OK = ModelOutput(
     None,
     identity={"product": "tessera", "dataset": "v1.1"},
     provenance={"store": "/data/tessera.zarr"},
+    facts=tessera.FACTS,
+    patch_px=8,
 )
 MODELS = (POOLED, GRID, NONE_OK)
 

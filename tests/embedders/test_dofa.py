@@ -9,7 +9,7 @@ import torch
 from torchgeo.models import DOFABase16_Weights
 from torchgeo.models.resnet import _mean_s2, _std_s2
 
-from embedders import dofa, registry
+from embedders import bands, dofa, registry
 from embedders.engine import embed_images
 from embedders.spec import InferenceOptions, Status
 from embedders.weights import checkpoint_path
@@ -43,9 +43,9 @@ def test_dofa__takes_the_wavelengths_of_its_bands(model: dofa.DofaEmbedder) -> N
 
 
 def test_dofa__normalisation_is_torchgeos_ssl4eo_s2_statistics() -> None:
-    assert list(dofa.S2_MEAN_STD) == list(sensors.ALL_BANDS)
-    assert [m for m, _ in dofa.S2_MEAN_STD.values()] == _mean_s2
-    assert [s for _, s in dofa.S2_MEAN_STD.values()] == _std_s2
+    assert list(bands.S2_MEAN_STD) == list(sensors.ALL_BANDS)
+    assert [m for m, _ in bands.S2_MEAN_STD.values()] == _mean_s2
+    assert [s for _, s in bands.S2_MEAN_STD.values()] == _std_s2
     spec = dofa.SPEC
     assert spec.norm_mean == (1397.6, 1322.3, 1373.1, 2390.7, 2195.2, 1537.4)
     assert spec.norm_std == (854.3, 878.7, 1144.9, 1276.0, 1340.0, 1142.9)

@@ -38,3 +38,31 @@ def test_merged__a_plugin_may_not_take_a_name_swath_has(site: Path) -> None:
 def test_plugins__an_unknown_group_is_refused() -> None:
     with pytest.raises(ValueError, match=r"swath\.sources"):
         plugins("swath.other")
+
+
+def test_registry__a_plugin_that_is_not_a_model_entry_is_refused(site: Path) -> None:
+    from embedders import registry
+
+    _install(site, "toy_plugin_d", "swath.models", {"toy": "toy_plugin_d:X"}, "X = 1\n")
+    with pytest.raises(PluginError, match=r"'toy' is not an embedders\.spec\.ModelEntry"):
+        registry._with_plugins(registry.OWN)
+
+
+def test_registry__reads_an_installed_model_beside_its_own(site: Path) -> None:
+    from embedders import registry
+
+    module = (
+        "import dataclasses\nfrom embedders import dofa\nfrom embedders.spec import ModelEntry\n"
+        "ENTRY = ModelEntry(dataclasses.replace(dofa.SPEC, name='toy'), 'embedders.dofa:build')\n"
+    )
+    _install(site, "toy_plugin_e", "swath.models", {"toy": "toy_plugin_e:ENTRY"}, module)
+    found = registry._with_plugins(registry.OWN)
+    assert list(found) == [*registry.OWN, "toy"] and found["toy"].spec.name == "toy"
+
+
+def test_products__a_plugin_that_is_not_a_product_entry_is_refused(site: Path) -> None:
+    from tasks import products
+
+    _install(site, "toy_plugin_f", "swath.products", {"toy": "toy_plugin_f:X"}, "X = 1\n")
+    with pytest.raises(PluginError, match=r"toy are not tasks\.product\.ProductEntry"):
+        products._registry()

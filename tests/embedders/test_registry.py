@@ -37,3 +37,17 @@ def test_registry__build_gives_an_eval_mode_frozen_embedder(resnet18: Embedder) 
     module = resnet18.module  # type: ignore[attr-defined]
     assert not module.training
     assert not any(p.requires_grad for p in module.parameters())
+
+
+def test_embedders__import_nothing_from_tasks() -> None:
+    """The arrow runs one way: tasks/ may import embedders/, never the reverse."""
+    import ast
+    from pathlib import Path
+
+    package = Path(registry.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            assert not [n for n in names if n.split(".")[0] == "tasks"], path.name

@@ -8,9 +8,9 @@ import torch
 from torchgeo.models import ResNet18_Weights, resnet18
 
 from embedders import registry
-from embedders.spec import WeightsChoice
+from embedders.spec import ModelSpec, WeightsChoice, WeightsInfo
 from embedders.ssl4eo import ResNetEmbedder
-from embedders.weights import WeightsUnavailable, checkpoint_path
+from embedders.weights import WeightsUnavailable, checkpoint_path, load_local
 
 CPU = torch.device("cpu")
 MEMBER = ResNet18_Weights.SENTINEL2_RGB_MOCO
@@ -106,3 +106,60 @@ def test_random__is_seeded_and_leaves_the_global_generator_alone() -> None:
     assert a.weights.file == "" and a.weights.note == ""
     torch.testing.assert_close(_conv1(a), _conv1(b), rtol=0, atol=0)
     assert before.item() == after.item()
+
+
+# A model with no weights enum: its spec names the URL its checkpoint is published at.
+LOCAL = ModelSpec(
+    name="tiny_local",
+    family="test",
+    description="a 1x1 convolution with no weights enum",
+    sensor="sentinel-2-l2a",
+    bands=("B02", "B03"),
+    resolution_m=10,
+    tile_px=16,
+    embed_dim=3,
+    grid_stride_px=16,
+    norm_mean=(0.0, 0.0),
+    norm_std=(1.0, 1.0),
+    pretrained_weights="tiny_local v1",
+    weights_url="https://example.org/weights/tiny_local-v1.pt",
+)
+
+
+def _conv() -> torch.nn.Module:
+    return torch.nn.Conv2d(2, 3, 1)
+
+
+def test_load_local__reads_the_hub_checkpoint_named_by_the_url_every_key_checked(
+    hub: Path,
+) -> None:
+    state = {"weight": torch.full((3, 2, 1, 1), 0.5), "bias": torch.tensor([1.0, 2.0, 3.0])}
+    path = hub / "checkpoints" / "tiny_local-v1.pt"
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    module, info = load_local(LOCAL, _conv, "auto", CPU)
+    assert info == WeightsInfo("pretrained", "tiny_local v1", file=str(path))
+    assert torch.equal(module.state_dict()["bias"], state["bias"])
+    assert not module.training and not any(p.requires_grad for p in module.parameters())
+
+
+def test_load_local__auto_without_the_file_is_seeded_random_and_says_why(hub: Path) -> None:
+    a, info = load_local(LOCAL, _conv, "auto", CPU)
+    b, _ = load_local(LOCAL, _conv, "random", CPU)
+    assert info.kind == "random" and "tiny_local-v1.pt" in info.note
+    assert torch.equal(a.state_dict()["weight"], b.state_dict()["weight"])
+
+
+def test_load_local__pretrained_without_the_file_says_where_to_put_it(hub: Path) -> None:
+    with pytest.raises(WeightsUnavailable, match=r"tiny_local-v1\.pt is not there: download https"):
+        load_local(LOCAL, _conv, "pretrained", CPU)
+
+
+def test_load_local__a_checkpoint_of_another_architecture_is_refused(hub: Path) -> None:
+    path = hub / "checkpoints" / "tiny_local-v1.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"weight": torch.zeros(3, 2, 1, 1)}, path)  # no bias: not half loaded
+    with pytest.raises(
+        WeightsUnavailable, match=r"does not load .*\"bias\".*replace it with the file at https"
+    ):
+        load_local(LOCAL, _conv, "auto", CPU)

@@ -26,6 +26,7 @@ from tasks.store import (
     read_meta,
 )
 from tasks.write import write_chunk
+from tests.stores import facts
 
 README = Path(__file__).parents[2] / "README.md"
 WINDOW = (date(2024, 1, 1), date(2024, 12, 31))
@@ -34,8 +35,17 @@ POINTS = tuple(
     for i in range(5)
 )
 MODELS = (
-    ModelOutput("dofa_base", 4, None, identity={"weights": {"kind": "random", "seed": 0}}),
-    ModelOutput("tiny_grid", 3, (2, 2), identity={"weights": {"kind": "pretrained"}}),
+    ModelOutput(
+        "dofa_base",
+        4,
+        None,
+        identity={"weights": {"kind": "random", "seed": 0}},
+        facts=facts(4, 16),
+        patch_px=8,
+    ),
+    ModelOutput(
+        "tiny_grid", 3, (2, 2), identity={"weights": {"kind": "pretrained"}}, facts=facts(3, 1)
+    ),
 )
 LAYOUT = StoreLayout(points=POINTS, chunk_size=2, models=MODELS)
 LONG = "source said: " + "x" * 400

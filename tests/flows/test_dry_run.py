@@ -1,0 +1,78 @@
+"""`--dry-run` says what the run does: the same fetches, by the same rule, from the
+products' declared facts (the dry run loads no model)."""
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.dry_run import dry_run
+from flows.job import Plan, plan_job, planned_fetches, product_request, resolve_job, shared_fetches
+from flows.params import Imagery, Inference, Output, Region, Window
+from tasks import products
+from tasks.product import Fetch, ProductEntry, ProductRequest, fetches_of, identity_key
+from tasks.results import ModelOutput
+
+# A product that reads Sentinel-2 and spells its resolution 10.0, beside models spelling 10.
+TENTHS = dataclasses.replace(
+    products.PRODUCTS["ssl4eo_resnet18_rgb"].facts,
+    kind="precomputed",
+    tile_px=None,
+    stride_px=1,
+    resolution_m=10.0,
+    bands=("B11",),
+)
+
+
+@dataclass(frozen=True)
+class Tenths:
+    name: str
+    fetches: tuple[Fetch, ...]
+    uses_device: bool = False
+
+    def identity(self) -> dict[str, Any]:
+        return {"product": "tenths", "version": 1}
+
+    def key(self) -> str:
+        return identity_key(self.name, self.identity())
+
+    def output(self) -> ModelOutput:
+        return ModelOutput(self.name, TENTHS.dim, None, self.identity(), {}, TENTHS, 64)
+
+
+def resolve_tenths(name: str, request: ProductRequest) -> Tenths:
+    return Tenths(name, fetches_of(name, TENTHS, request))
+
+
+@pytest.fixture
+def plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Plan:
+    entry = ProductEntry(TENTHS, f"{__name__}:resolve_tenths")
+    monkeypatch.setitem(products.PRODUCTS, "tenths", entry)
+    models = ["ssl4eo_resnet18_rgb", "tenths"]
+    return plan_job(
+        Region(spacing_m=1000),
+        Window(),
+        Imagery(),
+        Inference.model_construct(**{**Inference().model_dump(), "models": models}),
+        Output(store=str(tmp_path / "e.zarr"), work_dir=str(tmp_path / "work")),
+        today=date(2025, 6, 1),
+    )
+
+
+def test_dry_run__fetches_what_the_run_fetches_10_and_10_0_in_one(plan: Plan) -> None:
+    request = product_request(plan.imagery, plan.window, plan.work_dir)
+    planned = planned_fetches(tuple(plan.inference.models), request)
+    job = resolve_job(dataclasses.replace(plan, inference=plan.inference.model_copy(
+        update={"weights": "random"})))  # fmt: skip
+    run = shared_fetches(job.products)
+    assert len(run) == 1
+    assert [(f.config.key(), f.config, f.bands) for f in planned] == [
+        (f.config.key(), f.config, f.bands) for f in run
+    ]
+    assert run[0].bands == ("B02", "B03", "B04", "B11")
+    text = dry_run(plan)
+    assert "(1 fetch + 2 produce)" in text
+    assert "(1 sensor configuration(s): stac-catalog sentinel-2-l2a)" in text

@@ -146,9 +146,10 @@ def validation_message(e: ValidationError) -> str:
     flag = flag_names().get(field, field)
     msg = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "literal_error" and field == "models":
+        from embedders.registry import unknown_model
         from tasks.products import PRODUCTS
 
-        return f"unknown model '{err['input']}'; known models: {', '.join(PRODUCTS)}"
+        return unknown_model(str(err["input"]), PRODUCTS)
     if not flag:
         return msg
     return f"invalid {flag} {err.get('input')!s}: {msg}"

@@ -265,7 +265,7 @@ def product_request(
         collection=imagery.collection,
         max_cloud_cover=imagery.max_cloud_cover,
         source_options=own,
-        tessera_store=imagery.tessera_store,
+        product_options=imagery.product_options(),
         options=options or InferenceOptions(),
         weights=weights,
         device=device,

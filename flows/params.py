@@ -23,6 +23,7 @@ from tasks.sources import (
     StacCatalogOptions,
     sources,
 )
+from tasks.tessera import TesseraOptions
 
 # The product and source names, from their registries, as Literals so that the UI offers
 # them as dropdowns.
@@ -148,8 +149,8 @@ class Window(BaseModel):
 
 class ImagerySettings(BaseModel):
     """Which imagery: the source, the collection, scene pre-selection and patch size, and
-    where precomputed products (Tessera) are read from. `Imagery` adds each source's own
-    settings (tasks/sources.py)."""
+    each source's and product's own settings (how to reach a source, where Tessera is
+    read from), declared beside their registry entries."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -187,18 +188,6 @@ class ImagerySettings(BaseModel):
     ] = Field(
         64, description="patch side in pixels, centred on each point, at the model's resolution"
     )
-    tessera_store: Annotated[
-        str,
-        Flag(
-            "--tessera-store",
-            "V|URL",
-            "tessera: a dataset version of geotessera's public store or a store URL/path",
-        ),
-    ] = Field(
-        "v1.1",
-        description="where the tessera product reads: a dataset version of geotessera's public "
-        "Zarr store (v1.1, v2) or the URL or path of a Tessera Zarr store",
-    )
 
     @model_validator(mode="after")
     def _source_settings(self) -> Self:
@@ -212,11 +201,16 @@ class ImagerySettings(BaseModel):
         """Each source's own settings, by its name: what reaches that source alone."""
         return {name: options_for(e.options, self) for name, e in sources().items()}
 
+    def product_options(self) -> dict[str, Options]:
+        """Each product's own settings, by its name: what reaches that product alone."""
+        return {name: options_for(e.options, self) for name, e in PRODUCTS.items()}
+
 
 def _imagery() -> type[ImagerySettings]:
-    """ImagerySettings with every source's own settings added (plugins' too): their fields
-    follow the shared ones, in the registry's order."""
-    own = [e.options for e in sources().values() if e.options is not Options]
+    """ImagerySettings with every source's and product's own settings added (plugins' too):
+    their fields follow the shared ones, in the registries' order."""
+    kinds = [e.options for e in sources().values()] + [e.options for e in PRODUCTS.values()]
+    own = [kind for kind in kinds if kind is not Options]
     bases: tuple[type[BaseModel], ...] = (*reversed(list(dict.fromkeys(own))), ImagerySettings)
     model = create_model(
         "Imagery",
@@ -229,7 +223,9 @@ def _imagery() -> type[ImagerySettings]:
 
 if TYPE_CHECKING:
 
-    class Imagery(StacCatalogOptions, StacApiOptions, EarthEngineOptions, ImagerySettings):
+    class Imagery(
+        TesseraOptions, StacCatalogOptions, StacApiOptions, EarthEngineOptions, ImagerySettings
+    ):
         pass
 else:
     Imagery = _imagery()

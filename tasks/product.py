@@ -24,7 +24,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -59,10 +59,16 @@ class ProductRequest:
     collection: str | None  # None: each sensor's own collection for the source
     max_cloud_cover: float
     source_options: dict[str, Options]  # each source's own settings, by its name
-    tessera_store: str
     options: InferenceOptions
     weights: WeightsChoice  # as asked: auto, pretrained or random
     device: str  # resolved: "cpu" or "cuda"
+    # each product's own settings, by its name (ProductEntry.options)
+    product_options: dict[str, Options] = field(default_factory=dict)
+
+    def own[T: Options](self, name: str, kind: type[T]) -> T:
+        """Product `name`'s own settings; their defaults when none were given."""
+        found = self.product_options.get(name)
+        return found if isinstance(found, kind) else kind()
 
 
 class ProductError(ValueError):
@@ -166,6 +172,7 @@ class ProductEntry:
 
     facts: ProductFacts
     resolve: str  # "module:function", called as function(name, request) -> Product
+    options: type[Options] = Options  # its own settings, which reach it alone
 
     @property
     def card(self) -> ProductFacts:

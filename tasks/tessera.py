@@ -24,12 +24,14 @@ import functools
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
+from pydantic import Field
 
 from embedders.spec import OutputKind, Status
 from tasks import sensors
+from tasks.options import Flag, Options
 from tasks.product import (
     Fetch,
     ProductEntry,
@@ -67,7 +69,29 @@ FACTS = ProductFacts(
     description="Tessera annual embeddings, int8 with per-pixel scales, read through geotessera",
     annual=True,
 )
-ENTRY = ProductEntry(FACTS, "tasks.tessera:resolve")
+
+
+class TesseraOptions(Options):
+    """Tessera's own settings: where it reads."""
+
+    tessera_store: Annotated[
+        str,
+        Flag(
+            "--tessera-store",
+            "V|URL",
+            "tessera: a dataset version of geotessera's public store or a store URL/path",
+        ),
+    ] = Field(
+        "v1.1",
+        description="where the tessera product reads: a dataset version of geotessera's public "
+        "Zarr store (v1.1, v2) or the URL or path of a Tessera Zarr store",
+    )
+
+    def where(self) -> str:
+        return self.tessera_store
+
+
+ENTRY = ProductEntry(FACTS, "tasks.tessera:resolve", TesseraOptions)
 
 # Per-pixel causes, from the scales array (geotessera's conventions), in the order a pixel
 # keeps them when two zones answer for it: a valid value beats water beats no data.
@@ -129,16 +153,17 @@ class TesseraProduct:
 def resolve(name: str, request: ProductRequest) -> TesseraProduct:
     """Tessera for this run: one calendar year, present in the store."""
     year = one_calendar_year(name, request)
-    gt = open_store(request.tessera_store)
+    store = request.own(name, TesseraOptions).tessera_store
+    gt = open_store(store)
     if year not in gt.years:
         raise ProductError(
-            f"the Tessera store {request.tessera_store} has no year {request.start.year}; "
+            f"the Tessera store {store} has no year {request.start.year}; "
             f"its years are {sorted(gt.years)}: pick a window in one of them"
         )
     dataset = gt.dataset.name if gt.dataset is not None else (gt.model_version or "unknown")
     return TesseraProduct(
         name,
-        request.tessera_store,
+        store,
         year,
         str(dataset),
         request.patch_px,

@@ -52,7 +52,6 @@ def request(fake: FakeEarthEngine, key: Path, start: date, end: date, output: st
         collection=None,
         max_cloud_cover=30.0,
         source_options={"earthengine": EarthEngineOptions(ee_key_file=str(key), ee_url=fake.url)},
-        tessera_store="",
         options=InferenceOptions(output=output),
         weights="random",
         device="cpu",

@@ -57,7 +57,6 @@ def _request(precision: str):
         collection="s2",
         max_cloud_cover=100.0,
         source_options={},
-        tessera_store="",
         options=options,
         weights="random",
         device="cpu",

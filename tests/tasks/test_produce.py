@@ -78,7 +78,6 @@ def test_produce__a_model_records_the_seconds_of_its_forwards_with_its_results(
         collection="s2",
         max_cloud_cover=100.0,
         source_options={},
-        tessera_store="",
         options=InferenceOptions(batch_size=2),
         weights="random",
         device="cpu",

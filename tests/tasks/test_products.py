@@ -23,7 +23,6 @@ REQUEST = ProductRequest(
     collection=None,
     max_cloud_cover=80.0,
     source_options={},
-    tessera_store="v1.1",
     options=InferenceOptions(),
     weights="auto",
     device="cpu",

@@ -62,8 +62,17 @@ def metadata_crc(meta: dict[str, Any]) -> int:
 
 
 def seal(attrs: dict[str, Any]) -> int:
-    """The CRC-32 of every root attribute but the seal itself."""
-    return _crc(json.dumps({k: v for k, v in attrs.items() if k != SEAL_ATTR}, sort_keys=True))
+    """The CRC-32 of every root attribute but the seal itself, as a signed 32-bit number:
+    netCDF-3 (a store saved with `to_netcdf`) holds no integer attribute of 2**31 or more."""
+    crc = _crc(json.dumps({k: v for k, v in attrs.items() if k != SEAL_ATTR}, sort_keys=True))
+    return crc - 2**32 if crc >= 2**31 else crc
+
+
+def sealed(attrs: dict[str, Any]) -> bool:
+    """Whether the attributes carry their seal: signed, or unsigned as swath wrote it
+    before stores were saved to netCDF-3."""
+    recorded = attrs.get(SEAL_ATTR)
+    return isinstance(recorded, int) and recorded % 2**32 == seal(attrs) % 2**32
 
 
 def record(path: str, coords: dict[str, list[int]] | None = None) -> None:
@@ -123,7 +132,7 @@ def read_root(path: str) -> Root:
     attrs = meta.get("attributes") or {}
     sums = None
     if SUMS_ATTR in attrs:
-        if attrs.get(SEAL_ATTR) != seal(attrs):
+        if not sealed(attrs):
             raise RootDamaged("its root attributes were changed after swath wrote them")
         sums = json.loads(attrs[SUMS_ATTR])
     copies = (meta.get("consolidated_metadata") or {}).get("metadata") or {}

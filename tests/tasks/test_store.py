@@ -174,3 +174,33 @@ def test_read_meta__refuses_attributes_that_are_not_json(store):
     zarr.open_group(store, mode="r+").attrs["models"] = "{not json"
     with pytest.raises(StoreMismatch, match="'models' is not JSON"):
         read_meta(store)
+
+
+def _reseal_above_int32(path: str, *, unsigned: bool) -> None:
+    """Give the store's root attributes a seal whose CRC-32 is 2**31 or more (an extra
+    attribute picks it), recorded signed as swath writes it, or unsigned as it once did."""
+    from tasks.soundness import SEAL_ATTR, seal
+
+    group = zarr.open_group(path, mode="r+")
+    attrs = dict(group.attrs)
+    for i in range(1000):
+        attrs["note"] = f"picked {i}"
+        if seal(attrs) < 0:  # its unsigned CRC-32 is 2**31 or more
+            break
+    crc = seal(attrs)
+    group.attrs.update({"note": attrs["note"], SEAL_ATTR: crc % 2**32 if unsigned else crc})
+
+
+def test_store__a_seal_of_2_31_or_more_saves_to_netcdf_3(store, tmp_path):
+    from tasks.soundness import read_root
+
+    _reseal_above_int32(store, unsigned=False)
+    assert read_root(store).sums is not None  # sealed, not taken as changed
+    open_store(store).to_netcdf(tmp_path / "e.nc", engine="scipy")  # int32 attributes only
+
+
+def test_store__a_seal_written_unsigned_by_an_older_swath_still_holds(store):
+    from tasks.soundness import read_root
+
+    _reseal_above_int32(store, unsigned=True)
+    assert read_root(store).sums is not None

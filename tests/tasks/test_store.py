@@ -185,7 +185,7 @@ def _reseal_above_int32(path: str, *, unsigned: bool) -> None:
     attrs = dict(group.attrs)
     for i in range(1000):
         attrs["note"] = f"picked {i}"
-        if seal(attrs) < 0:  # its unsigned CRC-32 is 2**31 or more
+        if seal(attrs) % 2**32 >= 2**31:
             break
     crc = seal(attrs)
     group.attrs.update({"note": attrs["note"], SEAL_ATTR: crc % 2**32 if unsigned else crc})

@@ -27,7 +27,7 @@ from flows.checks import (
     check_writable,
     store_location,
 )
-from flows.params import Imagery, Inference, Output, Region, Window
+from flows.params import Imagery, Inference, Output, Region, Window, engine_options
 from tasks import products, soundness
 from tasks.chunks import Chunk, make_chunks
 from tasks.compact import Dtype
@@ -165,15 +165,7 @@ def plan_job(
     store = store_location(output.store)  # symbolic links and `..` resolved: one lock per store
     if not is_url(store) and os.path.exists(store) and not os.path.isdir(store):
         raise UsageError(f"output path {store} is a file, not a swath store; choose another --out")
-    options = InferenceOptions(
-        input_prep=inference.input_prep,
-        output=inference.output,
-        tile_overlap_px=inference.tile_overlap_px,
-        precision=inference.precision,
-        batch_size=inference.batch_size,
-        compile=inference.compile,
-        channels_last=inference.channels_last,
-    )
+    options = engine_options(inference)
     work_dir = os.path.abspath(output.work_dir or platformdirs.user_cache_dir("swath"))
     if not is_url(store):
         check_writable(os.path.dirname(store), f"--out {store}", must_exist=True)

@@ -8,12 +8,14 @@ runs with no arguments and no network.
 """
 
 import argparse
+import dataclasses
 import math
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
+from embedders.spec import InferenceOptions
 from tasks.options import Flag, Options, options_for
 from tasks.products import PRODUCTS
 from tasks.sources import (
@@ -231,6 +233,10 @@ else:
     Imagery = _imagery()
 
 
+# The engine's defaults (embedders.spec.InferenceOptions): the flow's are the same values.
+ENGINE = InferenceOptions()
+
+
 class Inference(BaseModel):
     """Which models run, and how: tiling, output, batching, device, precision and weights."""
 
@@ -254,21 +260,21 @@ class Inference(BaseModel):
         return models
 
     input_prep: Annotated[Literal["resize", "tile"], Flag("--input-prep")] = Field(
-        "resize",
+        ENGINE.input_prep,
         description="resize: each patch becomes one tile of the model's size; tile: cut the "
         "patch into native-size tiles (padded when smaller)",
     )
     output: Annotated[Literal["pooled", "grid"], Flag("--output")] = Field(
-        "pooled", description="pooled: one vector per point; grid: one map per point"
+        ENGINE.output, description="pooled: one vector per point; grid: one map per point"
     )
     tile_overlap_px: Annotated[int, Field(ge=0, le=1024), Flag("--tile-overlap", "PX")] = Field(
-        0, description="overlap between neighbouring tiles, in input pixels"
+        ENGINE.tile_overlap_px, description="overlap between neighbouring tiles, in input pixels"
     )
     batch_size: Annotated[
         Annotated[int, Field(ge=1, le=4096)] | Literal["auto"],
         Flag("--batch-size", "N|auto", "tiles per forward", _batch_size),
     ] = Field(
-        "auto",
+        ENGINE.batch_size,
         description="tiles per forward pass; auto: the largest batch that fits the device's "
         "free memory, measured by a probe; results do not depend on it",
     )
@@ -278,7 +284,7 @@ class Inference(BaseModel):
             "--compile", None, "compile each model's forward with torch.compile, once per process"
         ),
     ] = Field(
-        False,
+        ENGINE.compile,
         description="compile each model's forward with torch.compile, once per model and "
         "process (tens of seconds; pays on long GPU runs); results stay within the "
         "precision guard's bound of the eager forward",
@@ -287,7 +293,7 @@ class Inference(BaseModel):
         Literal["auto", "on", "off"],
         Flag("--channels-last", None, "convolutional models in channels-last memory order"),
     ] = Field(
-        "auto",
+        ENGINE.channels_last,
         description="convolutional models in channels-last memory order, which cuDNN's "
         "fastest kernels use; auto: on CUDA",
     )
@@ -295,7 +301,7 @@ class Inference(BaseModel):
         "auto", description="auto: cuda if present"
     )
     precision: Annotated[Literal["fp32", "bf16", "fp16"], Flag("--precision")] = Field(
-        "fp32", description="bf16/fp16 autocast; fp16 on CUDA only"
+        ENGINE.precision, description="bf16/fp16 autocast; fp16 on CUDA only"
     )
     weights: Annotated[Literal["auto", "pretrained", "random"], Flag("--weights")] = Field(
         "auto",
@@ -361,3 +367,9 @@ class Output(BaseModel):
 
 
 SETTINGS: tuple[type[BaseModel], ...] = (Region, Window, Imagery, Inference, Output)
+
+
+def engine_options(inference: Inference) -> InferenceOptions:
+    """How the engine cuts, batches and runs tiles, as `inference` asks."""
+    names = {f.name for f in dataclasses.fields(InferenceOptions)}
+    return InferenceOptions(**inference.model_dump(include=names))

@@ -12,14 +12,14 @@ if __name__ == "__main__":  # the command line: check arguments before importing
 
     raise SystemExit(main())
 
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
-from uuid import UUID, uuid4
 
 import torch
-from prefect import State, flow, get_run_logger
+from prefect import Flow, State, flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
@@ -27,13 +27,12 @@ from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask.task_runners import DaskTaskRunner
 
-from flows.job import Job, Work, chunk_work, plan_job, resolve_job
+from flows.job import ChunkTodo, Job, Todo, chunks_to_do, plan_job, resolve_job
 from flows.params import CHILD_CHUNKS, Imagery, Inference, Output, Region, Window
-from flows.window import INFER_RESOURCE as INFER_RESOURCE
-from flows.window import PartReport, Progress, Share, run_blocks
+from flows.pipeline import INFER_RESOURCE as INFER_RESOURCE
+from flows.pipeline import Listener, PartReport, Pipeline, Progress
 from tasks.conventions import write_stac_items
 from tasks.gdal_log import gdal_retries
-from tasks.integrity import Damage
 from tasks.locks import writer_lock
 from tasks.quicklook import quicklook_artifacts
 from tasks.shards import block_chunks, group_blocks, split_blocks
@@ -65,48 +64,53 @@ def export(
     Returns the run's summary. A run where not every point is ok ends Failed, and calling
     the flow raises ExportGaps, which carries the summary.
     """
-    logger = get_run_logger()
-    started = time.monotonic()
-    gdal_before = _gdal_retries()
     plan = plan_job(region, window, imagery, inference, output, today=scheduled_day())
     # Object-store URLs: one writer across machines through the run's Prefect server.
+    across_machines = is_url(plan.store)
     with writer_lock(
-        plan.store,
-        wait=output.wait,
-        lock_dir=plan.locks_dir,
-        reuse=True,
-        across_machines=is_url(plan.store),
+        plan.store, wait=output.wait, lock_dir=plan.locks_dir, across_machines=across_machines
     ):
-        job = resolve_job(plan)
-        _log_job(job)
-        chunks_per_run = output.chunks_per_run or CHILD_CHUNKS
-        t = _time_entry(job, region, chunks_per_run)
-        todo = chunk_work(job, t, refresh=output.refresh)
-        for line in todo.damage_reports("..".join(str(d) for d in plan.window)):
-            logger.warning("%s", line)
-        report = _run(job, todo, t, refresh=output.refresh, chunks_per_run=chunks_per_run)
-        failed = report.causes + report.failed
-        seconds = time.monotonic() - started
-        fetched = {**report.fetched, "gdal_retries": _gdal_retries() - gdal_before}
-        summary = _summary(job, t, seconds, damaged=todo.damaged, fetched=fetched)
-        summary["devices"] = {name: use.describe() for name, use in report.devices.items()}
-        for name, cosine in report.cosines.items():
-            summary["models"][name]["worst_cosine_to_float32"] = cosine
-    _summary_artifact(summary)
-    quicklook_artifacts(plan.store, t)
-    write_stac_items(plan.store, job.layout, stored_windows(plan.store))
-    if failed:
-        raise RuntimeError(
-            f"{len(failed)} chunk task(s) failed, first: {failed[0]}; rerun the same command "
-            "to redo only the chunks not done"
-        )
-    if not summary["all_ok"]:
-        gaps = "; ".join(f"{m}: {_counts(s['status'])}" for m, s in summary["models"].items())
-        message = f"not every point is ok ({gaps}); the store's <model>_reason says why"
-        logger.warning("%s", message)
-        # A run with gaps ends Failed, as the command line exits 1: a UI user cannot miss it.
-        return Failed(message=message, data=ExportGaps(message, summary))
-    return summary
+        return export_job(resolve_job(plan), output)
+
+
+def export_flow_for(job: Job, output: Output, *, on_progress: Listener) -> Flow[..., Any]:
+    """The flow `export` for a job its caller (the command line) has planned, resolved and
+    holds the writer lock of: the same name, parameters and runner, but its run exports
+    `job` and tells `on_progress`, where `export` would plan, resolve and lock again.
+
+    Built around the job (a closure): the loaded job stays in this process, while a flow
+    run's parameters go through Prefect's API. Call it with the parameters the job was
+    planned from: they are the run's, as the UI shows them.
+    """
+
+    @functools.wraps(export.fn)
+    def run(*_: Any, **__: Any) -> dict[str, Any] | State[Any]:
+        return export_job(job, output, on_progress=on_progress)
+
+    return Flow(run, name=export.name, task_runner=export.task_runner)
+
+
+def export_job(
+    job: Job, output: Output, *, on_progress: Listener | None = None
+) -> dict[str, Any] | State[Any]:
+    """Export a job planned, resolved and under its store's writer lock, in a flow run: the
+    time entry and the chunks still to do; each write block prefetch -> produce -> write
+    (in this run, or in child runs); then the summary, artifacts, STAC items and the
+    failure rule (`_finish`). `on_progress` hears of each (chunk, product) finished."""
+    started, gdal_before = time.monotonic(), _gdal_retries()
+    _log_job(job)
+    chunks_per_run = output.chunks_per_run or CHILD_CHUNKS
+    t = _time_entry(job, chunks_per_run)
+    todo = chunks_to_do(job, t, refresh=output.refresh)
+    for line in todo.damage_reports("..".join(str(d) for d in job.plan.window)):
+        get_run_logger().warning("%s", line)
+    pipeline = Pipeline(
+        job, t, _block_chunks(job), output.refresh, _progress(job, todo, on_progress)
+    )
+    report = _run(pipeline, todo.chunks, chunks_per_run)
+    gdal = _gdal_retries() - gdal_before
+    summary = _summary(job, t, report, todo, seconds=time.monotonic() - started, gdal_retries=gdal)
+    return _finish(job, t, summary, report)
 
 
 def _log_job(job: Job) -> None:
@@ -151,12 +155,12 @@ def scheduled_day() -> date:
     return scheduled.date() if scheduled is not None else datetime.now(UTC).date()
 
 
-def _time_entry(job: Job, region: Region, chunks_per_run: int) -> int:
+def _time_entry(job: Job, chunks_per_run: int) -> int:
     """Create the store, or find or add this window's time entry; its index. A new store's
     write blocks hold at most `chunks_per_run` chunks, so that blocks fit a child run."""
     plan = job.plan
     if not job.resume:
-        attrs = {"region": region.model_dump(mode="json")}
+        attrs = {"region": plan.region.model_dump(mode="json")}
         k = default_block_chunks(job.layout, at_most=chunks_per_run)
         create_store(plan.store, job.layout, plan.window, attrs=attrs, block_chunks=k)
         return 0
@@ -164,69 +168,61 @@ def _time_entry(job: Job, region: Region, chunks_per_run: int) -> int:
     return t if t is not None else add_window(plan.store, job.layout, plan.window)
 
 
-# Called as listener(done, total) after each (chunk, product) written: the command line's
-# progress bar listens here. Runs from the UI show the progress artifact instead.
-PROGRESS_LISTENERS: list[Callable[[int, int], None]] = []
+def _block_chunks(job: Job) -> int:
+    """Chunks per write block of the store (those its arrays were created with)."""
+    return block_chunks(job.plan.store, [p.name for p in job.products])
 
 
-def _run(job: Job, todo: Work, t: int, *, refresh: bool, chunks_per_run: int) -> PartReport:
-    """Run every chunk not done, with a progress artifact: in this flow run, or in child
-    flow runs of at most `chunks_per_run` chunks (whole write blocks) each, one after the
-    other, all writing the one store under this run's writer lock."""
-    k = block_chunks(job.plan.store, [p.name for p in job.products])
-    blocks = split_blocks(todo.chunks, k, lambda w: w.chunk.index)
-    groups = group_blocks(blocks, max(k, chunks_per_run))
-    total = sum(len(w.products) for w in todo.chunks)
-    artifact: UUID = create_progress_artifact(  # type: ignore[assignment]
+def _progress(job: Job, todo: Todo, listener: Listener | None) -> Progress:
+    """The run's progress: one artifact, and `listener`."""
+    total = sum(len(c.products) for c in todo.chunks)
+    artifact = create_progress_artifact(
         progress=0.0 if total else 100.0,
         key="swath-export-progress",
         description=f"chunks written to {job.plan.store}",
     )
-    progress = Progress(artifact, total, PROGRESS_LISTENERS)
+    return Progress(artifact, total, listener)  # type: ignore[arg-type]
+
+
+def _run(pipeline: Pipeline, todo: list[ChunkTodo], chunks_per_run: int) -> PartReport:
+    """Run every chunk to do, in write blocks: in this flow run, or in child flow runs of at
+    most `chunks_per_run` chunks (whole write blocks) each, one after the other, all writing
+    the one store under this run's writer lock."""
+    k = pipeline.k
+    blocks = split_blocks(todo, k, lambda c: c.chunk.index)
+    groups = group_blocks(blocks, max(k, chunks_per_run))
     if len(groups) <= 1:
-        return run_blocks(Share(job, t, k, blocks, refresh), progress)
-    run = str(flow_run.id or uuid4())
-    part = export_part.with_options(task_runner=_child_runner())
+        return pipeline.run(blocks)
+    get_run_logger().info("%d chunks in %d child runs", len(todo), len(groups))
+    runner = _child_runner()
     report = PartReport()
-    get_run_logger().info("%d chunks in %d child runs", len(todo.chunks), len(groups))
     for i, group in enumerate(groups):
-        _SHARES[run, i] = (Share(job, t, k, group, refresh), progress)
+        part = _part_flow(pipeline, group).with_options(task_runner=runner)
         first, last = group[0][0].chunk.index, group[-1][-1].chunk.index
         try:
-            report.add(part(run=run, part=i, chunks=f"{first}-{last}"))
+            report.add(part(part=i, chunks=f"{first}-{last}"))
         except PartFailed as e:
             report.add(e.report)
         except Exception as e:  # reported at the end; its chunks stay not done and rerun
             report.failed.append(f"part {i}: {type(e).__name__}: {e}")
-        finally:
-            del _SHARES[run, i]
     return report
 
 
-# The shares of the child runs in flight, by (parent run id, part): a child runs in its
-# parent's process, so the loaded job (its models) reaches it here, not as parameters
-# that Prefect would serialise for its API.
-_SHARES: dict[tuple[str, int], tuple[Share, Progress]] = {}
+def _part_flow(pipeline: Pipeline, blocks: Sequence[Sequence[ChunkTodo]]) -> Flow[..., PartReport]:
+    """A child flow of the export, for a group of its write blocks. Built around them (a
+    closure): the loaded job reaches the child run in this process, not as parameters that
+    Prefect would serialise for its API."""
 
+    @flow(name="swath-export-part", flow_run_name="part {part}: chunks {chunks}")
+    def export_part(part: int, chunks: str) -> PartReport:
+        """A child run of an export: its `part`-th group of write blocks (plan chunks
+        `chunks`)."""
+        report = pipeline.run(blocks)
+        if report.causes or report.failed:
+            raise PartFailed(report)
+        return report
 
-@flow(
-    name="swath-export-part",
-    flow_run_name="part {part}: chunks {chunks}",
-    task_runner=ThreadPoolTaskRunner(max_workers=THREADS),  # type: ignore[arg-type]
-)
-def export_part(run: str, part: int, chunks: str) -> PartReport:
-    """A child run of export run `run`: its `part`-th group of write blocks (plan chunks
-    `chunks`). It runs only inside that export, in its process."""
-    found = _SHARES.get((run, part))
-    if found is None:
-        raise RuntimeError(
-            f"part {part} of export run {run} runs only inside that export run; rerun the "
-            "export itself (done chunks are kept)"
-        )
-    report = run_blocks(*found)
-    if report.causes or report.failed:
-        raise PartFailed(report)
-    return report
+    return export_part
 
 
 class PartFailed(RuntimeError):
@@ -251,23 +247,41 @@ def _child_runner() -> Any:
     return ThreadPoolTaskRunner(max_workers=THREADS)
 
 
+def _finish(job: Job, t: int, summary: dict[str, Any], report: PartReport) -> Any:
+    """The summary and quick-look artifacts and the STAC items; then the failure rule: a
+    failed task raises (a rerun redoes its chunks), a run with gaps ends Failed."""
+    _summary_artifact(summary)
+    quicklook_artifacts(job.plan.store, t)
+    write_stac_items(job.plan.store, job.layout, stored_windows(job.plan.store))
+    failed = report.causes + report.failed
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} chunk task(s) failed, first: {failed[0]}; rerun the same command "
+            "to redo only the chunks not done"
+        )
+    if not summary["all_ok"]:
+        gaps = "; ".join(f"{m}: {_counts(s['status'])}" for m, s in summary["models"].items())
+        message = f"not every point is ok ({gaps}); the store's <model>_reason says why"
+        get_run_logger().warning("%s", message)
+        # A run with gaps ends Failed, as the command line exits 1: a UI user cannot miss it.
+        return Failed(message=message, data=ExportGaps(message, summary))
+    return summary
+
+
 def _summary(
-    job: Job,
-    t: int,
-    seconds: float,
-    *,
-    damaged: dict[str, list[Damage]],
-    fetched: dict[str, int],
+    job: Job, t: int, report: PartReport, todo: Todo, *, seconds: float, gdal_retries: int
 ) -> dict[str, Any]:
     models: dict[str, dict[str, Any]] = {}
     for product in job.products:
         models[product.name] = {
             "status": status_counts(job.plan.store, product.name, t),
-            "redone_damaged": [d.key for d in damaged.get(product.name, [])],
+            "redone_damaged": [d.key for d in todo.damaged.get(product.name, [])],
             "weights": product.describe(),
             "dtype": job.layout.dtype,
             "warning": product.warning(),
         }
+        if product.name in report.cosines:
+            models[product.name]["worst_cosine_to_float32"] = report.cosines[product.name]
     return {
         "store": job.plan.store,
         "window": [str(d) for d in job.plan.window],
@@ -275,10 +289,11 @@ def _summary(
         "points": len(job.plan.points),
         "chunks": len(job.plan.chunks),
         "models": models,
-        "imagery": fetched,
+        "imagery": {**report.fetched, "gdal_retries": gdal_retries},
         "unprotected": unprotected(job),
         "seconds": round(seconds, 1),
         "all_ok": all(m["status"]["ok"] == len(job.plan.points) for m in models.values()),
+        "devices": {name: use.describe() for name, use in report.devices.items()},
     }
 
 

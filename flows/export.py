@@ -14,7 +14,7 @@ if __name__ == "__main__":  # the command line: check arguments before importing
 
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -83,11 +83,33 @@ def export_flow_for(job: Job, output: Output, *, on_progress: Listener) -> Flow[
     planned from: they are the run's, as the UI shows them.
     """
 
+    call = _InProcess(lambda: export_job(job, output, on_progress=on_progress))
+
     @functools.wraps(export.fn)
     def run(*_: Any, **__: Any) -> dict[str, Any] | State[Any]:
-        return export_job(job, output, on_progress=on_progress)
+        return call()
 
     return Flow(run, name=export.name, task_runner=export.task_runner)
+
+
+class _InProcess[R]:
+    """A call that stays in the process that made it, for a flow built around a loaded job:
+    Prefect pickles the flow into each Dask task's context (where only its name is read),
+    and this pickles to an empty stand-in, not to the job (models, locks, a progress bar)."""
+
+    def __init__(self, call: Callable[[], R] | None) -> None:
+        self._call = call
+
+    def __call__(self) -> R:
+        if self._call is None:
+            raise RuntimeError(
+                "a flow built around a loaded job runs only in the process that built it; "
+                "rerun the export itself (done chunks are kept)"
+            )
+        return self._call()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_InProcess, (None,))
 
 
 def export_job(
@@ -211,13 +233,15 @@ def _run(pipeline: Pipeline, todo: list[ChunkTodo], chunks_per_run: int) -> Part
 def _part_flow(pipeline: Pipeline, blocks: Sequence[Sequence[ChunkTodo]]) -> Flow[..., PartReport]:
     """A child flow of the export, for a group of its write blocks. Built around them (a
     closure): the loaded job reaches the child run in this process, not as parameters that
-    Prefect would serialise for its API."""
+    Prefect would serialise for its API; Dask workers get a stand-in (`_InProcess`)."""
+
+    call = _InProcess(lambda: pipeline.run(blocks))
 
     @flow(name="swath-export-part", flow_run_name="part {part}: chunks {chunks}")
     def export_part(part: int, chunks: str) -> PartReport:
         """A child run of an export: its `part`-th group of write blocks (plan chunks
         `chunks`)."""
-        report = pipeline.run(blocks)
+        report = call()
         if report.causes or report.failed:
             raise PartFailed(report)
         return report

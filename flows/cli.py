@@ -312,7 +312,7 @@ def _print_summary(s: dict[str, Any]) -> None:
             )
         if m.get("redone_damaged"):
             print(f"  {'':24} redone, damaged in the store: {', '.join(m['redone_damaged'])}")
-    from flows.export import imagery_line, transit_line
+    from flows.summary import imagery_line, transit_line
 
     print(imagery_line(s["imagery"]))
     for device, use in s.get("devices", {}).items():

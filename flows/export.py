@@ -1,5 +1,9 @@
 """The export flow, plan -> prefetch -> infer -> write, and its command line.
 
+`export` is the flow (the UI, deployments, Python): it plans, locks and resolves the job,
+then `export_job` runs it. The command line plans, locks and resolves it itself and runs
+`export_flow_for(job)`: the same flow, built around that job.
+
 python -m flows.export                  # the offline demo
 python -m flows.export --bbox W,S,E,N --spacing 250 --models dofa_base --out e.zarr
 """
@@ -20,7 +24,7 @@ from typing import Any
 
 import torch
 from prefect import Flow, State, flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact
+from prefect.artifacts import create_progress_artifact
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from prefect.states import Failed
@@ -31,18 +35,16 @@ from flows.job import ChunkTodo, Job, Todo, chunks_to_do, plan_job, resolve_job
 from flows.params import CHILD_CHUNKS, Imagery, Inference, Output, Region, Window
 from flows.pipeline import INFER_RESOURCE as INFER_RESOURCE
 from flows.pipeline import Listener, PartReport, Pipeline, Progress
+from flows.summary import counts, gdal_retries_so_far, run_summary, summary_artifact
 from tasks.conventions import write_stac_items
-from tasks.gdal_log import gdal_retries
 from tasks.locks import writer_lock
 from tasks.quicklook import quicklook_artifacts
 from tasks.shards import block_chunks, group_blocks, split_blocks
-from tasks.sources import get_source, plain_http_origins
 from tasks.store import (
     add_window,
     create_store,
     default_block_chunks,
     is_url,
-    status_counts,
     stored_windows,
     time_index,
 )
@@ -71,6 +73,28 @@ def export(
         plan.store, wait=output.wait, lock_dir=plan.locks_dir, across_machines=across_machines
     ):
         return export_job(resolve_job(plan), output)
+
+
+def export_job(
+    job: Job, output: Output, *, on_progress: Listener | None = None
+) -> dict[str, Any] | State[Any]:
+    """Export a job planned, resolved and under its store's writer lock, in a flow run: the
+    time entry and the chunks still to do; each write block prefetch -> produce -> write
+    (in this run, or in child runs); then the summary, artifacts, STAC items and the
+    failure rule (`_finish`). `on_progress` hears of each (chunk, product) finished."""
+    started, gdal_before = time.monotonic(), gdal_retries_so_far()
+    _log_job(job)
+    chunks_per_run = output.chunks_per_run or CHILD_CHUNKS
+    t = _time_entry(job, chunks_per_run)
+    todo = chunks_to_do(job, t, refresh=output.refresh)
+    for line in todo.damage_reports("..".join(str(d) for d in job.plan.window)):
+        get_run_logger().warning("%s", line)
+    progress = _progress(job, todo, on_progress)
+    pipeline = Pipeline(job, t, k=_block_chunks(job), refresh=output.refresh, progress=progress)
+    report = _run(pipeline, todo.chunks, chunks_per_run)
+    seconds, gdal = time.monotonic() - started, gdal_retries_so_far() - gdal_before
+    summary = run_summary(job, t, report, todo, seconds=seconds, gdal_retried=gdal)
+    return _finish(job, t, summary, report)
 
 
 def export_flow_for(job: Job, output: Output, *, on_progress: Listener) -> Flow[..., Any]:
@@ -110,29 +134,6 @@ class _InProcess[R]:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_InProcess, (None,))
-
-
-def export_job(
-    job: Job, output: Output, *, on_progress: Listener | None = None
-) -> dict[str, Any] | State[Any]:
-    """Export a job planned, resolved and under its store's writer lock, in a flow run: the
-    time entry and the chunks still to do; each write block prefetch -> produce -> write
-    (in this run, or in child runs); then the summary, artifacts, STAC items and the
-    failure rule (`_finish`). `on_progress` hears of each (chunk, product) finished."""
-    started, gdal_before = time.monotonic(), _gdal_retries()
-    _log_job(job)
-    chunks_per_run = output.chunks_per_run or CHILD_CHUNKS
-    t = _time_entry(job, chunks_per_run)
-    todo = chunks_to_do(job, t, refresh=output.refresh)
-    for line in todo.damage_reports("..".join(str(d) for d in job.plan.window)):
-        get_run_logger().warning("%s", line)
-    pipeline = Pipeline(
-        job, t, _block_chunks(job), output.refresh, _progress(job, todo, on_progress)
-    )
-    report = _run(pipeline, todo.chunks, chunks_per_run)
-    gdal = _gdal_retries() - gdal_before
-    summary = _summary(job, t, report, todo, seconds=time.monotonic() - started, gdal_retries=gdal)
-    return _finish(job, t, summary, report)
 
 
 def _log_job(job: Job) -> None:
@@ -274,7 +275,7 @@ def _child_runner() -> Any:
 def _finish(job: Job, t: int, summary: dict[str, Any], report: PartReport) -> Any:
     """The summary and quick-look artifacts and the STAC items; then the failure rule: a
     failed task raises (a rerun redoes its chunks), a run with gaps ends Failed."""
-    _summary_artifact(summary)
+    summary_artifact(summary)
     quicklook_artifacts(job.plan.store, t)
     write_stac_items(job.plan.store, job.layout, stored_windows(job.plan.store))
     failed = report.causes + report.failed
@@ -284,132 +285,9 @@ def _finish(job: Job, t: int, summary: dict[str, Any], report: PartReport) -> An
             "to redo only the chunks not done"
         )
     if not summary["all_ok"]:
-        gaps = "; ".join(f"{m}: {_counts(s['status'])}" for m, s in summary["models"].items())
+        gaps = "; ".join(f"{m}: {counts(s['status'])}" for m, s in summary["models"].items())
         message = f"not every point is ok ({gaps}); the store's <model>_reason says why"
         get_run_logger().warning("%s", message)
         # A run with gaps ends Failed, as the command line exits 1: a UI user cannot miss it.
         return Failed(message=message, data=ExportGaps(message, summary))
     return summary
-
-
-def _summary(
-    job: Job, t: int, report: PartReport, todo: Todo, *, seconds: float, gdal_retries: int
-) -> dict[str, Any]:
-    models: dict[str, dict[str, Any]] = {}
-    for product in job.products:
-        models[product.name] = {
-            "status": status_counts(job.plan.store, product.name, t),
-            "redone_damaged": [d.key for d in todo.damaged.get(product.name, [])],
-            "weights": product.describe(),
-            "dtype": job.layout.dtype,
-            "warning": product.warning(),
-        }
-        if product.name in report.cosines:
-            models[product.name]["worst_cosine_to_float32"] = report.cosines[product.name]
-    return {
-        "store": job.plan.store,
-        "window": [str(d) for d in job.plan.window],
-        "time_index": t,
-        "points": len(job.plan.points),
-        "chunks": len(job.plan.chunks),
-        "models": models,
-        "imagery": {**report.fetched, "gdal_retries": gdal_retries},
-        "unprotected": unprotected(job),
-        "seconds": round(seconds, 1),
-        "all_ok": all(m["status"]["ok"] == len(job.plan.points) for m in models.values()),
-        "devices": {name: use.describe() for name, use in report.devices.items()},
-    }
-
-
-def _gdal_retries() -> int:
-    """Requests GDAL retried so far in this process and, on Dask, in the cluster's workers
-    (tasks/gdal_log.py); the run's count is the difference over the run."""
-    total = gdal_retries()
-    context = FlowRunContext.get()
-    runner = context.task_runner if context else None
-    if isinstance(runner, DaskTaskRunner):
-        total += sum(runner.client.run(gdal_retries).values())
-    return total
-
-
-def unprotected(job: Job) -> list[str]:
-    """Where the run reads imagery over plain http:// (origins): nothing protects what
-    comes from there in transit, where https has TLS's integrity checks."""
-    found: set[str] = set()
-    for product in job.products:
-        for fetch in product.fetches:
-            found |= get_source(fetch.config.source).plain_http(fetch.config)
-    if any(p.name == "tessera" for p in job.products):
-        found |= plain_http_origins([job.plan.imagery.tessera_store])
-    return sorted(found)
-
-
-def transit_line(origins: list[str]) -> str | None:
-    """The summary's line for imagery read over plain http, or None when there is none."""
-    if not origins:
-        return None
-    return (
-        f"imagery read over plain http, unprotected in transit: {', '.join(origins)} "
-        "(a byte changed on the way is not detected; use https where the server offers it)"
-    )
-
-
-def _counts(status: dict[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in status.items() if v)
-
-
-def imagery_line(fetched: dict[str, int]) -> str:
-    """What the run fetched, in one line (the summary artifact and the command line); the
-    counts a source does not keep (requests of GDAL's own reads) are left out."""
-    if not fetched["fetches"]:
-        return "imagery: nothing fetched in this run"
-    parts = [f"{fetched['fetches']} chunk fetch(es)"]
-    if fetched["requests"]:
-        parts.append(f"{fetched['requests']} request(s)")
-    if fetched["bytes"]:
-        parts.append(f"{fetched['bytes'] / 1e6:.1f} MB")
-    gdal = fetched.get("gdal_retries", 0)
-    by_gdal = f" ({gdal} of a request, by GDAL)" if gdal else ""
-    parts.append(f"{fetched['retries'] + gdal} retried attempt(s){by_gdal}")
-    return "imagery: " + ", ".join(parts)
-
-
-def _summary_artifact(summary: dict[str, Any]) -> None:
-    """The run's summary in the UI: a narrow table (what a weights note explains is listed
-    under it, not squeezed into a cell), what was fetched, where the store is."""
-    rows, notes = [], []
-    for name, m in summary["models"].items():
-        weights, _, note = str(m["weights"]).partition(" (")
-        if note:
-            notes.append(f"- {name}: ({note}")
-        stored = m["dtype"]
-        if m.get("worst_cosine_to_float32") is not None:
-            stored += f", cos ≥ {m['worst_cosine_to_float32']:.5f}"
-        if m["warning"]:
-            weights = "**RANDOM** " + weights.removeprefix("random ")
-        status = m["status"]
-        rows.append(
-            f"| {name} | {status['ok']} | {status['failed']} | {status['nodata']} "
-            f"| {status['pending']} | {weights} | {stored} |"
-        )
-    create_markdown_artifact(
-        key="swath-export-summary",
-        description="points per status and model",
-        markdown=(
-            f"## swath export\n\n{summary['points']} points, {summary['chunks']} chunks, window "
-            f"{summary['window'][0]}..{summary['window'][1]}, {summary['seconds']} s\n\n"
-            "| model | ok | failed | no data | pending | weights | stored |\n"
-            "|---|---|---|---|---|---|---|\n"
-            + "\n".join(rows)
-            + ("\n\n" + "\n".join(notes) if notes else "")
-            + (
-                "\n\ncos: the worst cosine of a stored vector to its float32 value"
-                if any("worst_cosine_to_float32" in m for m in summary["models"].values())
-                else ""
-            )
-            + f"\n\n{imagery_line(summary['imagery'])}\n\n"
-            + "".join(f"{d}: {use}\n\n" for d, use in summary.get("devices", {}).items())
-            + (f"{line}\n\n" if (line := transit_line(summary["unprotected"])) else "")
-            + f"store: `{summary['store']}`\n"
-        ),
-    )

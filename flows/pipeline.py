@@ -122,13 +122,13 @@ class Pipeline:
     def run(self, blocks: Sequence[Sequence[ChunkTodo]]) -> PartReport:
         """Prefetch -> produce -> write each block, with at most `window_blocks` in flight."""
         report = PartReport()
-        waiting = iter(blocks)
+        queued = iter(blocks)
         limit = window_blocks(self.k)
         live: dict[PrefectFuture[Any], tuple[_BlockTasks, str, bool]] = {}  # -> model, is write
         in_flight: list[_BlockTasks] = []
 
         def top_up() -> None:
-            while len(in_flight) < limit and (block := next(waiting, None)) is not None:
+            while len(in_flight) < limit and (block := next(queued, None)) is not None:
                 tasks = _submit_block(self, block)
                 in_flight.append(tasks)
                 for model, futures in tasks.produced.items():

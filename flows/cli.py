@@ -55,9 +55,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export(params: dict[str, Any], args: argparse.Namespace) -> int:
-    """Plan, check and run the export under the store's writer lock; its exit code."""
+    """Plan, check and run the export under the store's writer lock; its exit code. The flow
+    runs the job resolved here: it neither plans, resolves nor locks a second time."""
     from flows.checks import UsageError
-    from flows.export import export, scheduled_day
+    from flows.export import scheduled_day
     from flows.job import plan_job, resolve_job
     from tasks.locks import StoreBusy, writer_lock
     from tasks.store import is_url
@@ -74,7 +75,7 @@ def _export(params: dict[str, Any], args: argparse.Namespace) -> int:
         ):
             job = resolve_job(plan)
             _print_job(job)
-            summary = _run(export, params, args)
+            summary = _run(job, params, args)
     except (UsageError, StoreBusy) as e:
         return _usage_error(str(e))
     if summary is None:
@@ -120,21 +121,17 @@ def _print_job(job: Any) -> None:
         print(f"swath: repaired in the store: {line}")
 
 
-def _run(export: Any, params: dict[str, Any], args: argparse.Namespace) -> dict[str, Any] | None:
+def _run(job: Any, params: dict[str, Any], args: argparse.Namespace) -> dict[str, Any] | None:
     """The flow's summary, or None when it failed (its own log has the details)."""
-    flow = export
-    if args.runner == "dask":
-        flow = export.with_options(task_runner=_dask_runner(args))
-    from flows.export import PROGRESS_LISTENERS, ExportGaps
+    from flows.export import ExportGaps, export_flow_for
     from flows.server import ServerFailed, prefect_api
 
     try:
         with prefect_api() as url, _progress_bar() as listener:
-            PROGRESS_LISTENERS.append(listener)
-            try:
-                summary: dict[str, Any] = _in_thread(lambda: flow(**params), api_url=url)
-            finally:
-                PROGRESS_LISTENERS.remove(listener)
+            flow = export_flow_for(job, params["output"], on_progress=listener)
+            if args.runner == "dask":
+                flow = flow.with_options(task_runner=_dask_runner(args))
+            summary: dict[str, Any] = _in_thread(lambda: flow(**params), api_url=url)
     except ExportGaps as e:  # ran to the end with gaps: the summary says where
         return e.summary
     except ServerFailed as e:
@@ -207,7 +204,7 @@ def _progress_bar() -> Iterator[Callable[[int, int], None]]:
 def _dask_runner(args: argparse.Namespace) -> Any:
     from prefect_dask.task_runners import DaskTaskRunner
 
-    from flows.export import INFER_RESOURCE
+    from flows.pipeline import INFER_RESOURCE
 
     if args.dask_address:
         return DaskTaskRunner(address=args.dask_address)
@@ -315,7 +312,7 @@ def _print_summary(s: dict[str, Any]) -> None:
             )
         if m.get("redone_damaged"):
             print(f"  {'':24} redone, damaged in the store: {', '.join(m['redone_damaged'])}")
-    from flows.export import imagery_line, transit_line
+    from flows.summary import imagery_line, transit_line
 
     print(imagery_line(s["imagery"]))
     for device, use in s.get("devices", {}).items():

@@ -1,5 +1,9 @@
 """The export flow, plan -> prefetch -> infer -> write, and its command line.
 
+`export` is the flow (the UI, deployments, Python): it plans, locks and resolves the job,
+then `export_job` runs it. The command line plans, locks and resolves it itself and runs
+`export_flow_for(job)`: the same flow, built around that job.
+
 python -m flows.export                  # the offline demo
 python -m flows.export --bbox W,S,E,N --spacing 250 --models dofa_base --out e.zarr
 """
@@ -12,38 +16,35 @@ if __name__ == "__main__":  # the command line: check arguments before importing
 
     raise SystemExit(main())
 
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
-from uuid import UUID, uuid4
 
 import torch
-from prefect import State, flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact
+from prefect import Flow, State, flow, get_run_logger
+from prefect.artifacts import create_progress_artifact
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask.task_runners import DaskTaskRunner
 
-from flows.job import Job, Work, chunk_work, plan_job, resolve_job
+from flows.job import ChunkTodo, Job, Todo, chunks_to_do, plan_job, resolve_job
 from flows.params import CHILD_CHUNKS, Imagery, Inference, Output, Region, Window
-from flows.window import INFER_RESOURCE as INFER_RESOURCE
-from flows.window import PartReport, Progress, Share, run_blocks
+from flows.pipeline import INFER_RESOURCE as INFER_RESOURCE
+from flows.pipeline import Listener, PartReport, Pipeline, Progress
+from flows.summary import counts, gdal_retries_so_far, run_summary, summary_artifact
 from tasks.conventions import write_stac_items
-from tasks.gdal_log import gdal_retries
-from tasks.integrity import Damage
 from tasks.locks import writer_lock
 from tasks.quicklook import quicklook_artifacts
 from tasks.shards import block_chunks, group_blocks, split_blocks
-from tasks.sources import get_source, plain_http_origins
 from tasks.store import (
     add_window,
     create_store,
     default_block_chunks,
     is_url,
-    status_counts,
     stored_windows,
     time_index,
 )
@@ -65,48 +66,74 @@ def export(
     Returns the run's summary. A run where not every point is ok ends Failed, and calling
     the flow raises ExportGaps, which carries the summary.
     """
-    logger = get_run_logger()
-    started = time.monotonic()
-    gdal_before = _gdal_retries()
     plan = plan_job(region, window, imagery, inference, output, today=scheduled_day())
     # Object-store URLs: one writer across machines through the run's Prefect server.
+    across_machines = is_url(plan.store)
     with writer_lock(
-        plan.store,
-        wait=output.wait,
-        lock_dir=plan.locks_dir,
-        reuse=True,
-        across_machines=is_url(plan.store),
+        plan.store, wait=output.wait, lock_dir=plan.locks_dir, across_machines=across_machines
     ):
-        job = resolve_job(plan)
-        _log_job(job)
-        chunks_per_run = output.chunks_per_run or CHILD_CHUNKS
-        t = _time_entry(job, region, chunks_per_run)
-        todo = chunk_work(job, t, refresh=output.refresh)
-        for line in todo.damage_reports("..".join(str(d) for d in plan.window)):
-            logger.warning("%s", line)
-        report = _run(job, todo, t, refresh=output.refresh, chunks_per_run=chunks_per_run)
-        failed = report.causes + report.failed
-        seconds = time.monotonic() - started
-        fetched = {**report.fetched, "gdal_retries": _gdal_retries() - gdal_before}
-        summary = _summary(job, t, seconds, damaged=todo.damaged, fetched=fetched)
-        summary["devices"] = {name: use.describe() for name, use in report.devices.items()}
-        for name, cosine in report.cosines.items():
-            summary["models"][name]["worst_cosine_to_float32"] = cosine
-    _summary_artifact(summary)
-    quicklook_artifacts(plan.store, t)
-    write_stac_items(plan.store, job.layout, stored_windows(plan.store))
-    if failed:
-        raise RuntimeError(
-            f"{len(failed)} chunk task(s) failed, first: {failed[0]}; rerun the same command "
-            "to redo only the chunks not done"
-        )
-    if not summary["all_ok"]:
-        gaps = "; ".join(f"{m}: {_counts(s['status'])}" for m, s in summary["models"].items())
-        message = f"not every point is ok ({gaps}); the store's <model>_reason says why"
-        logger.warning("%s", message)
-        # A run with gaps ends Failed, as the command line exits 1: a UI user cannot miss it.
-        return Failed(message=message, data=ExportGaps(message, summary))
-    return summary
+        return export_job(resolve_job(plan), output)
+
+
+def export_job(
+    job: Job, output: Output, *, on_progress: Listener | None = None
+) -> dict[str, Any] | State[Any]:
+    """Export a job planned, resolved and under its store's writer lock, in a flow run: the
+    time entry and the chunks still to do; each write block prefetch -> produce -> write
+    (in this run, or in child runs); then the summary, artifacts, STAC items and the
+    failure rule (`_finish`). `on_progress` hears of each (chunk, product) finished."""
+    started, gdal_before = time.monotonic(), gdal_retries_so_far()
+    _log_job(job)
+    chunks_per_run = output.chunks_per_run or CHILD_CHUNKS
+    t = _time_entry(job, chunks_per_run)
+    todo = chunks_to_do(job, t, refresh=output.refresh)
+    for line in todo.damage_reports("..".join(str(d) for d in job.plan.window)):
+        get_run_logger().warning("%s", line)
+    progress = _progress(job, todo, on_progress)
+    pipeline = Pipeline(job, t, k=_block_chunks(job), refresh=output.refresh, progress=progress)
+    report = _run(pipeline, todo.chunks, chunks_per_run)
+    seconds, gdal = time.monotonic() - started, gdal_retries_so_far() - gdal_before
+    summary = run_summary(job, t, report, todo, seconds=seconds, gdal_retried=gdal)
+    return _finish(job, t, summary, report)
+
+
+def export_flow_for(job: Job, output: Output, *, on_progress: Listener) -> Flow[..., Any]:
+    """The flow `export` for a job its caller (the command line) has planned, resolved and
+    holds the writer lock of: the same name, parameters and runner, but its run exports
+    `job` and tells `on_progress`, where `export` would plan, resolve and lock again.
+
+    Built around the job (a closure): the loaded job stays in this process, while a flow
+    run's parameters go through Prefect's API. Call it with the parameters the job was
+    planned from: they are the run's, as the UI shows them.
+    """
+
+    call = _InProcess(lambda: export_job(job, output, on_progress=on_progress))
+
+    @functools.wraps(export.fn)
+    def run(*_: Any, **__: Any) -> dict[str, Any] | State[Any]:
+        return call()
+
+    return Flow(run, name=export.name, task_runner=export.task_runner)
+
+
+class _InProcess[R]:
+    """A call that stays in the process that made it, for a flow built around a loaded job:
+    Prefect pickles the flow into each Dask task's context (where only its name is read),
+    and this pickles to an empty stand-in, not to the job (models, locks, a progress bar)."""
+
+    def __init__(self, call: Callable[[], R] | None) -> None:
+        self._call = call
+
+    def __call__(self) -> R:
+        if self._call is None:
+            raise RuntimeError(
+                "a flow built around a loaded job runs only in the process that built it; "
+                "rerun the export itself (done chunks are kept)"
+            )
+        return self._call()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_InProcess, (None,))
 
 
 def _log_job(job: Job) -> None:
@@ -151,12 +178,12 @@ def scheduled_day() -> date:
     return scheduled.date() if scheduled is not None else datetime.now(UTC).date()
 
 
-def _time_entry(job: Job, region: Region, chunks_per_run: int) -> int:
+def _time_entry(job: Job, chunks_per_run: int) -> int:
     """Create the store, or find or add this window's time entry; its index. A new store's
     write blocks hold at most `chunks_per_run` chunks, so that blocks fit a child run."""
     plan = job.plan
     if not job.resume:
-        attrs = {"region": region.model_dump(mode="json")}
+        attrs = {"region": plan.region.model_dump(mode="json")}
         k = default_block_chunks(job.layout, at_most=chunks_per_run)
         create_store(plan.store, job.layout, plan.window, attrs=attrs, block_chunks=k)
         return 0
@@ -164,69 +191,63 @@ def _time_entry(job: Job, region: Region, chunks_per_run: int) -> int:
     return t if t is not None else add_window(plan.store, job.layout, plan.window)
 
 
-# Called as listener(done, total) after each (chunk, product) written: the command line's
-# progress bar listens here. Runs from the UI show the progress artifact instead.
-PROGRESS_LISTENERS: list[Callable[[int, int], None]] = []
+def _block_chunks(job: Job) -> int:
+    """Chunks per write block of the store (those its arrays were created with)."""
+    return block_chunks(job.plan.store, [p.name for p in job.products])
 
 
-def _run(job: Job, todo: Work, t: int, *, refresh: bool, chunks_per_run: int) -> PartReport:
-    """Run every chunk not done, with a progress artifact: in this flow run, or in child
-    flow runs of at most `chunks_per_run` chunks (whole write blocks) each, one after the
-    other, all writing the one store under this run's writer lock."""
-    k = block_chunks(job.plan.store, [p.name for p in job.products])
-    blocks = split_blocks(todo.chunks, k, lambda w: w.chunk.index)
-    groups = group_blocks(blocks, max(k, chunks_per_run))
-    total = sum(len(w.products) for w in todo.chunks)
-    artifact: UUID = create_progress_artifact(  # type: ignore[assignment]
+def _progress(job: Job, todo: Todo, listener: Listener | None) -> Progress:
+    """The run's progress: one artifact, and `listener`."""
+    total = sum(len(c.products) for c in todo.chunks)
+    artifact = create_progress_artifact(
         progress=0.0 if total else 100.0,
         key="swath-export-progress",
         description=f"chunks written to {job.plan.store}",
     )
-    progress = Progress(artifact, total, PROGRESS_LISTENERS)
+    return Progress(artifact, total, listener)  # type: ignore[arg-type]
+
+
+def _run(pipeline: Pipeline, todo: list[ChunkTodo], chunks_per_run: int) -> PartReport:
+    """Run every chunk to do, in write blocks: in this flow run, or in child flow runs of at
+    most `chunks_per_run` chunks (whole write blocks) each, one after the other, all writing
+    the one store under this run's writer lock."""
+    k = pipeline.k
+    blocks = split_blocks(todo, k, lambda c: c.chunk.index)
+    groups = group_blocks(blocks, max(k, chunks_per_run))
     if len(groups) <= 1:
-        return run_blocks(Share(job, t, k, blocks, refresh), progress)
-    run = str(flow_run.id or uuid4())
-    part = export_part.with_options(task_runner=_child_runner())
+        return pipeline.run(blocks)
+    get_run_logger().info("%d chunks in %d child runs", len(todo), len(groups))
+    runner = _child_runner()
     report = PartReport()
-    get_run_logger().info("%d chunks in %d child runs", len(todo.chunks), len(groups))
     for i, group in enumerate(groups):
-        _SHARES[run, i] = (Share(job, t, k, group, refresh), progress)
+        part = _part_flow(pipeline, group).with_options(task_runner=runner)
         first, last = group[0][0].chunk.index, group[-1][-1].chunk.index
         try:
-            report.add(part(run=run, part=i, chunks=f"{first}-{last}"))
+            report.add(part(part=i, chunks=f"{first}-{last}"))
         except PartFailed as e:
             report.add(e.report)
         except Exception as e:  # reported at the end; its chunks stay not done and rerun
             report.failed.append(f"part {i}: {type(e).__name__}: {e}")
-        finally:
-            del _SHARES[run, i]
     return report
 
 
-# The shares of the child runs in flight, by (parent run id, part): a child runs in its
-# parent's process, so the loaded job (its models) reaches it here, not as parameters
-# that Prefect would serialise for its API.
-_SHARES: dict[tuple[str, int], tuple[Share, Progress]] = {}
+def _part_flow(pipeline: Pipeline, blocks: Sequence[Sequence[ChunkTodo]]) -> Flow[..., PartReport]:
+    """A child flow of the export, for a group of its write blocks. Built around them (a
+    closure): the loaded job reaches the child run in this process, not as parameters that
+    Prefect would serialise for its API; Dask workers get a stand-in (`_InProcess`)."""
 
+    call = _InProcess(lambda: pipeline.run(blocks))
 
-@flow(
-    name="swath-export-part",
-    flow_run_name="part {part}: chunks {chunks}",
-    task_runner=ThreadPoolTaskRunner(max_workers=THREADS),  # type: ignore[arg-type]
-)
-def export_part(run: str, part: int, chunks: str) -> PartReport:
-    """A child run of export run `run`: its `part`-th group of write blocks (plan chunks
-    `chunks`). It runs only inside that export, in its process."""
-    found = _SHARES.get((run, part))
-    if found is None:
-        raise RuntimeError(
-            f"part {part} of export run {run} runs only inside that export run; rerun the "
-            "export itself (done chunks are kept)"
-        )
-    report = run_blocks(*found)
-    if report.causes or report.failed:
-        raise PartFailed(report)
-    return report
+    @flow(name="swath-export-part", flow_run_name="part {part}: chunks {chunks}")
+    def export_part(part: int, chunks: str) -> PartReport:
+        """A child run of an export: its `part`-th group of write blocks (plan chunks
+        `chunks`)."""
+        report = call()
+        if report.causes or report.failed:
+            raise PartFailed(report)
+        return report
+
+    return export_part
 
 
 class PartFailed(RuntimeError):
@@ -251,126 +272,22 @@ def _child_runner() -> Any:
     return ThreadPoolTaskRunner(max_workers=THREADS)
 
 
-def _summary(
-    job: Job,
-    t: int,
-    seconds: float,
-    *,
-    damaged: dict[str, list[Damage]],
-    fetched: dict[str, int],
-) -> dict[str, Any]:
-    models: dict[str, dict[str, Any]] = {}
-    for product in job.products:
-        models[product.name] = {
-            "status": status_counts(job.plan.store, product.name, t),
-            "redone_damaged": [d.key for d in damaged.get(product.name, [])],
-            "weights": product.describe(),
-            "dtype": job.layout.dtype,
-            "warning": product.warning(),
-        }
-    return {
-        "store": job.plan.store,
-        "window": [str(d) for d in job.plan.window],
-        "time_index": t,
-        "points": len(job.plan.points),
-        "chunks": len(job.plan.chunks),
-        "models": models,
-        "imagery": fetched,
-        "unprotected": unprotected(job),
-        "seconds": round(seconds, 1),
-        "all_ok": all(m["status"]["ok"] == len(job.plan.points) for m in models.values()),
-    }
-
-
-def _gdal_retries() -> int:
-    """Requests GDAL retried so far in this process and, on Dask, in the cluster's workers
-    (tasks/gdal_log.py); the run's count is the difference over the run."""
-    total = gdal_retries()
-    context = FlowRunContext.get()
-    runner = context.task_runner if context else None
-    if isinstance(runner, DaskTaskRunner):
-        total += sum(runner.client.run(gdal_retries).values())
-    return total
-
-
-def unprotected(job: Job) -> list[str]:
-    """Where the run reads imagery over plain http:// (origins): nothing protects what
-    comes from there in transit, where https has TLS's integrity checks."""
-    found: set[str] = set()
-    for product in job.products:
-        for fetch in product.fetches:
-            found |= get_source(fetch.config.source).plain_http(fetch.config)
-    if any(p.name == "tessera" for p in job.products):
-        found |= plain_http_origins([job.plan.imagery.tessera_store])
-    return sorted(found)
-
-
-def transit_line(origins: list[str]) -> str | None:
-    """The summary's line for imagery read over plain http, or None when there is none."""
-    if not origins:
-        return None
-    return (
-        f"imagery read over plain http, unprotected in transit: {', '.join(origins)} "
-        "(a byte changed on the way is not detected; use https where the server offers it)"
-    )
-
-
-def _counts(status: dict[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in status.items() if v)
-
-
-def imagery_line(fetched: dict[str, int]) -> str:
-    """What the run fetched, in one line (the summary artifact and the command line); the
-    counts a source does not keep (requests of GDAL's own reads) are left out."""
-    if not fetched["fetches"]:
-        return "imagery: nothing fetched in this run"
-    parts = [f"{fetched['fetches']} chunk fetch(es)"]
-    if fetched["requests"]:
-        parts.append(f"{fetched['requests']} request(s)")
-    if fetched["bytes"]:
-        parts.append(f"{fetched['bytes'] / 1e6:.1f} MB")
-    gdal = fetched.get("gdal_retries", 0)
-    by_gdal = f" ({gdal} of a request, by GDAL)" if gdal else ""
-    parts.append(f"{fetched['retries'] + gdal} retried attempt(s){by_gdal}")
-    return "imagery: " + ", ".join(parts)
-
-
-def _summary_artifact(summary: dict[str, Any]) -> None:
-    """The run's summary in the UI: a narrow table (what a weights note explains is listed
-    under it, not squeezed into a cell), what was fetched, where the store is."""
-    rows, notes = [], []
-    for name, m in summary["models"].items():
-        weights, _, note = str(m["weights"]).partition(" (")
-        if note:
-            notes.append(f"- {name}: ({note}")
-        stored = m["dtype"]
-        if m.get("worst_cosine_to_float32") is not None:
-            stored += f", cos ≥ {m['worst_cosine_to_float32']:.5f}"
-        if m["warning"]:
-            weights = "**RANDOM** " + weights.removeprefix("random ")
-        status = m["status"]
-        rows.append(
-            f"| {name} | {status['ok']} | {status['failed']} | {status['nodata']} "
-            f"| {status['pending']} | {weights} | {stored} |"
+def _finish(job: Job, t: int, summary: dict[str, Any], report: PartReport) -> Any:
+    """The summary and quick-look artifacts and the STAC items; then the failure rule: a
+    failed task raises (a rerun redoes its chunks), a run with gaps ends Failed."""
+    summary_artifact(summary)
+    quicklook_artifacts(job.plan.store, t)
+    write_stac_items(job.plan.store, job.layout, stored_windows(job.plan.store))
+    failed = report.causes + report.failed
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} chunk task(s) failed, first: {failed[0]}; rerun the same command "
+            "to redo only the chunks not done"
         )
-    create_markdown_artifact(
-        key="swath-export-summary",
-        description="points per status and model",
-        markdown=(
-            f"## swath export\n\n{summary['points']} points, {summary['chunks']} chunks, window "
-            f"{summary['window'][0]}..{summary['window'][1]}, {summary['seconds']} s\n\n"
-            "| model | ok | failed | no data | pending | weights | stored |\n"
-            "|---|---|---|---|---|---|---|\n"
-            + "\n".join(rows)
-            + ("\n\n" + "\n".join(notes) if notes else "")
-            + (
-                "\n\ncos: the worst cosine of a stored vector to its float32 value"
-                if any("worst_cosine_to_float32" in m for m in summary["models"].values())
-                else ""
-            )
-            + f"\n\n{imagery_line(summary['imagery'])}\n\n"
-            + "".join(f"{d}: {use}\n\n" for d, use in summary.get("devices", {}).items())
-            + (f"{line}\n\n" if (line := transit_line(summary["unprotected"])) else "")
-            + f"store: `{summary['store']}`\n"
-        ),
-    )
+    if not summary["all_ok"]:
+        gaps = "; ".join(f"{m}: {counts(s['status'])}" for m, s in summary["models"].items())
+        message = f"not every point is ok ({gaps}); the store's <model>_reason says why"
+        get_run_logger().warning("%s", message)
+        # A run with gaps ends Failed, as the command line exits 1: a UI user cannot miss it.
+        return Failed(message=message, data=ExportGaps(message, summary))
+    return summary

@@ -3,8 +3,12 @@ anything is written to the output store.
 
 `plan_job` is cheap (no model is loaded); `resolve_job` resolves each product once (a model
 is loaded to learn which weights it carries, and stays cached for the infer stage in this
-process). `chunk_work` is the one place that decides what a run does: which chunks are not
+process). `chunks_to_do` is the one place that decides what a run does: which chunks are not
 done for which products, and which fetches those share.
+
+Names: a `Plan` is where and what (points, chunks, window, options); a `Job` is a plan with
+its products resolved and its store checked; a `Todo` is what a run of a job still has to
+do (a `ChunkTodo` per chunk).
 """
 
 import atexit
@@ -42,6 +46,9 @@ from tasks.store import StoreLayout, StoreMismatch, check_store, is_url, time_in
 
 @dataclass(frozen=True)
 class Plan:
+    """Where and what: the store, the points and their chunks, the window and the options,
+    checked; no model is loaded."""
+
     store: str
     work_dir: str
     points: PointTable  # in the plan file; the flow never holds every point at once
@@ -73,6 +80,9 @@ class Plan:
 
 @dataclass(frozen=True)
 class Job:
+    """A plan with its products resolved (models loaded) and its store checked: what an
+    export runs, in this process (it is not serialised)."""
+
     plan: Plan
     products: tuple[Product, ...]
     layout: StoreLayout
@@ -81,7 +91,7 @@ class Job:
 
 
 @dataclass(frozen=True)
-class ChunkWork:
+class ChunkTodo:
     """What a run does for one chunk: the fetches its products share, then the products."""
 
     chunk: Chunk
@@ -90,11 +100,11 @@ class ChunkWork:
 
 
 @dataclass(frozen=True)
-class Work:
-    """What a run does: the chunks not done, and per product the chunks that were marked
+class Todo:
+    """What a run still has to do: the chunks not done, and per product the chunks that were marked
     done but whose data no longer matches its checksum (they are among the chunks redone)."""
 
-    chunks: list[ChunkWork]
+    chunks: list[ChunkTodo]
     damaged: dict[str, list[Damage]]
 
     def damage_reports(self, window: str) -> list[str]:
@@ -107,7 +117,7 @@ class Work:
         ]
 
 
-def chunk_work(job: Job, t: int, *, refresh: bool) -> Work:
+def chunks_to_do(job: Job, t: int, *, refresh: bool) -> Todo:
     """For each chunk not done (for time entry `t`), what to fetch once and what to produce.
 
     A chunk is done when its status is set and its data matches the checksum recorded with
@@ -120,12 +130,12 @@ def chunk_work(job: Job, t: int, *, refresh: bool) -> Work:
             done[p.name], damaged[p.name] = [False] * len(chunks), []
         else:
             done[p.name], damaged[p.name] = check_done(job.plan.store, p.name, chunks, t)
-    work = []
+    todo = []
     for i, chunk in enumerate(chunks):
-        todo = tuple(p for p in job.products if not done[p.name][i])
-        if todo:
-            work.append(ChunkWork(chunk, shared_fetches(todo), todo))
-    return Work(work, damaged)
+        not_done = tuple(p for p in job.products if not done[p.name][i])
+        if not_done:
+            todo.append(ChunkTodo(chunk, shared_fetches(not_done), not_done))
+    return Todo(todo, damaged)
 
 
 def _first_few(found: list[Damage], n: int = 3) -> str:

@@ -1,5 +1,6 @@
 """`python -m flows.export`: bad input gets one clear line, exit 2, and nothing is written."""
 
+import contextlib
 import json
 import os
 import signal
@@ -304,6 +305,39 @@ def test_cli__the_local_dask_cluster_shares_one_prefect_api(tmp_path, demo_catal
     # One temporary Prefect server, this process's (swath's own, on a port it holds): no
     # worker starts one of Prefect's.
     assert out.count("Starting temporary server") == 0, out[-3000:]
+
+
+def test_cli__the_flow_runs_the_job_the_command_line_resolved_and_reports_its_progress(
+    capsys, tmp_path, demo_catalog_dir, monkeypatch
+):
+    """Planned, resolved and locked once, by the command line; the flow run exports that
+    job and tells the command line's progress bar of each (chunk, product) written."""
+    import flows.cli
+    import flows.export
+    import flows.job
+
+    resolved, heard = [], []
+
+    def resolve_job(plan):
+        resolved.append(plan.store)
+        return real_resolve(plan)
+
+    @contextlib.contextmanager
+    def progress_bar():
+        yield lambda done, total: heard.append((done, total))
+
+    real_resolve = flows.job.resolve_job
+    monkeypatch.setattr(flows.job, "resolve_job", resolve_job)
+    monkeypatch.setattr(flows.export, "resolve_job", resolve_job)
+    monkeypatch.setattr(flows.cli, "_progress_bar", progress_bar)
+    out = tmp_path / "e.zarr"
+    code = main(["--catalog", str(demo_catalog_dir / "catalog.json"), "--out", str(out),
+                 "--work-dir", str(tmp_path / "work"), "--models", "ssl4eo_resnet18_rgb",
+                 "--weights", "random", "--chunk-size", "16"])  # fmt: skip
+    assert code == 0, capsys.readouterr()
+    assert resolved == [str(out)]
+    assert heard and heard[-1][0] == heard[-1][1] > 0
+    assert "ssl4eo_resnet18_rgb" in capsys.readouterr().out
 
 
 def test_cli__dry_run_says_what_an_export_would_do_and_writes_nothing(capsys, tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from distributed import LocalCluster
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -17,6 +18,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterParentFlowRunId,
 )
+from prefect_dask.task_runners import DaskTaskRunner
 
 from flows.export import export
 from flows.params import Imagery, Inference, Output, Region, Window
@@ -71,6 +73,19 @@ def test_fanout__child_runs_write_the_store_one_run_writes(tmp_path, served_demo
     assert sorted(str(c.name) for c in children) == ["part 0: chunks 0-2", "part 1: chunks 3-4"]
     assert all(c.state is not None and c.state.is_completed() for c in children)
     assert [a.data for a in progress] == [100.0], "the parent's one progress artifact"
+
+
+def test_fanout__child_runs_on_a_dask_cluster_write_the_store_one_run_writes(
+    tmp_path, served_demo, one_run
+):
+    """A child run is built around its blocks in the parent's process; its tasks run on the
+    cluster's workers, which get a stand-in for it in their context, not the loaded job."""
+    p = params(tmp_path / "dask.zarr", tmp_path / "work", served_demo.url, chunks_per_run=PER_RUN)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True) as cluster:
+        runner = DaskTaskRunner(address=cluster.scheduler_address)
+        summary = export.with_options(task_runner=runner)(**p)
+    assert summary["all_ok"]
+    assert_same(values(summary["store"]), values(one_run["store"]))
 
 
 def test_fanout__a_kill_inside_a_child_run_resumes_to_the_same_store(

@@ -6,7 +6,8 @@ real under the session's Prefect test server; the demo catalog is served on 127.
 import socket
 
 from flows.cli import main
-from flows.export import export, imagery_line
+from flows.export import export
+from flows.summary import imagery_line
 from tests.fakes import Fault, Request, serve_directory
 from tests.flows.test_export import params
 

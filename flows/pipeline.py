@@ -1,4 +1,4 @@
-"""One flow run's share of an export: its write blocks, submitted in a bounded window.
+"""A flow run's pipeline: its write blocks, prefetch -> produce -> write, in a bounded window.
 
 Per block: each chunk's shared fetches once, then produce per (chunk, product); once every
 produce task of a product in the block has finished, one write task per (block, product)
@@ -20,7 +20,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect_dask.task_runners import DaskTaskRunner
 
-from flows.job import ChunkWork, Job
+from flows.job import ChunkTodo, Job
 from tasks.inputs import PrefetchReport
 from tasks.prefetch import prefetch_task
 from tasks.produce import produce_task
@@ -58,7 +58,7 @@ class DeviceUse:
 
 @dataclass
 class PartReport:
-    """What a flow run's share did: root causes of failures (failed prefetch and produce
+    """What a flow run's blocks did: root causes of failures (failed prefetch and produce
     tasks), the errors of chunks not written, what it fetched (see `fetched`) and, for a
     compact store, each model's worst cosine of a stored vector to its float32 value."""
 
@@ -81,14 +81,17 @@ class PartReport:
             self.cosines[model] = min(self.cosines.get(model, 1.0), cosine)
 
 
+# Called as listener(done, total) after each (chunk, product) finished: the command line's
+# progress bar. Runs from the UI show the progress artifact instead.
+Listener = Callable[[int, int], None]
+
+
 class Progress:
     """(chunk, product) pairs finished, across a run and its child runs (which run in its
-    process): one progress artifact of the parent run, and listeners (the progress bar)."""
+    process): one progress artifact of the parent run, and a listener (the progress bar)."""
 
-    def __init__(
-        self, artifact: UUID, total: int, listeners: Sequence[Callable[[int, int], None]]
-    ) -> None:
-        self.artifact, self.total, self.listeners = artifact, total, listeners
+    def __init__(self, artifact: UUID, total: int, listener: Listener | None) -> None:
+        self.artifact, self.total, self.listener = artifact, total, listener
         self.done = 0
         self._lock = threading.Lock()
 
@@ -100,65 +103,66 @@ class Progress:
             self.done += failed
             done = self.done
         update_progress_artifact(self.artifact, progress=100.0 * done / max(1, self.total))
-        for listener in self.listeners:
-            listener(done, self.total)
-
-
-@dataclass
-class _Flight:
-    """A block in flight: its futures, and per product its produce futures not yet final."""
-
-    index: int  # the write block's
-    upstream: list[PrefectFuture[Any]]
-    produced: dict[str, list[tuple[ChunkWork, PrefectFuture[str]]]]
-    waiting: dict[str, int]
-    writes: int = 0
+        if self.listener is not None:
+            self.listener(done, self.total)
 
 
 @dataclass(frozen=True)
-class Share:
-    """A flow run's share of an export: the work of its write blocks of `k` chunks each."""
+class Pipeline:
+    """What every block of an export run shares: the job, its time entry `t`, the store's
+    chunks per write block `k`, whether cached task results are redone (`refresh`), and the
+    run's progress. A flow run hands it its blocks (`run`)."""
 
     job: Job
     t: int
     k: int
-    blocks: Sequence[Sequence[ChunkWork]]
     refresh: bool
+    progress: Progress
+
+    def run(self, blocks: Sequence[Sequence[ChunkTodo]]) -> PartReport:
+        """Prefetch -> produce -> write each block, with at most `window_blocks` in flight."""
+        report = PartReport()
+        queued = iter(blocks)
+        limit = window_blocks(self.k)
+        live: dict[PrefectFuture[Any], tuple[_BlockTasks, str, bool]] = {}  # -> model, is write
+        in_flight: list[_BlockTasks] = []
+
+        def top_up() -> None:
+            while len(in_flight) < limit and (block := next(queued, None)) is not None:
+                tasks = _submit_block(self, block)
+                in_flight.append(tasks)
+                for model, futures in tasks.produced.items():
+                    live.update({f: (tasks, model, False) for _, f in futures})
+
+        top_up()
+        while live:
+            future = next(as_completed(list(live)))
+            tasks, model, is_write = live.pop(future)
+            if not is_write:
+                tasks.waiting[model] -= 1
+                if tasks.waiting[model] == 0:
+                    live[_submit_write(self, tasks, model)] = (tasks, model, True)
+                    tasks.writes += 1
+                continue
+            _written(future, tasks, model, report, self.progress)
+            tasks.writes -= 1
+            if tasks.writes == 0 and not any(tasks.waiting.values()):
+                report.add(_finished(tasks, self.job.plan.results_path))
+                in_flight.remove(tasks)
+                top_up()
+        return report
 
 
-def run_blocks(share: Share, progress: Progress) -> PartReport:
-    """Run the share's blocks with at most `window_blocks` of them in flight."""
-    job, t, k, refresh = share.job, share.t, share.k, share.refresh
-    report = PartReport()
-    todo = iter(share.blocks)
-    limit = window_blocks(k)
-    live: dict[PrefectFuture[Any], tuple[_Flight, str, bool]] = {}  # -> flight, model, is write
-    flights: list[_Flight] = []
+@dataclass
+class _BlockTasks:
+    """A block's task futures: all of them, and per product its produce futures, how many of
+    those are not final yet, and its write tasks not final yet."""
 
-    def top_up() -> None:
-        while len(flights) < limit and (works := next(todo, None)) is not None:
-            flight = _submit_block(job, works, works[0].chunk.index // k, refresh=refresh)
-            flights.append(flight)
-            for model, futures in flight.produced.items():
-                live.update({f: (flight, model, False) for _, f in futures})
-
-    top_up()
-    while live:
-        future = next(as_completed(list(live)))
-        flight, model, is_write = live.pop(future)
-        if not is_write:
-            flight.waiting[model] -= 1
-            if flight.waiting[model] == 0:
-                live[_submit_write(job, flight, model, t)] = (flight, model, True)
-                flight.writes += 1
-            continue
-        _written(future, flight, model, report, progress)
-        flight.writes -= 1
-        if flight.writes == 0 and not any(flight.waiting.values()):
-            report.add(_finished(flight, job.plan.results_path))
-            flights.remove(flight)
-            top_up()
-    return report
+    index: int  # the write block's
+    upstream: list[PrefectFuture[Any]]
+    produced: dict[str, list[tuple[ChunkTodo, PrefectFuture[str]]]]
+    waiting: dict[str, int]
+    writes: int = 0
 
 
 def window_blocks(block_chunks: int) -> int:
@@ -173,45 +177,45 @@ def window_blocks(block_chunks: int) -> int:
     return max(2, -(-2 * workers // max(1, block_chunks)))
 
 
-def _submit_block(job: Job, works: Sequence[ChunkWork], index: int, *, refresh: bool) -> _Flight:
+def _submit_block(pipeline: Pipeline, block: Sequence[ChunkTodo]) -> _BlockTasks:
     """Per chunk of the block: each shared fetch once, then produce per product."""
-    plan = job.plan
+    plan, refresh = pipeline.job.plan, pipeline.refresh
     # Task results (small reports) are kept in the work directory, next to what they stand for.
     results = Path(plan.work_dir, "prefect-results")
     prefetch = prefetch_task.with_options(refresh_cache=refresh, result_storage=results)
     produce = produce_task.with_options(refresh_cache=refresh, result_storage=results)
     resources = _infer_resources()
-    flight = _Flight(index, [], {}, {})
-    for work in works:
+    tasks = _BlockTasks(block[0].chunk.index // pipeline.k, [], {}, {})
+    for todo in block:
         fetched = {
             f.config.key(): prefetch.submit(
-                work.chunk, f.bands, f.config, plan.inputs_path, refresh=refresh
+                todo.chunk, f.bands, f.config, plan.inputs_path, refresh=refresh
             )
-            for f in work.fetches
+            for f in todo.fetches
         }
-        flight.upstream.extend(fetched.values())
-        for product in work.products:
+        tasks.upstream.extend(fetched.values())
+        for product in todo.products:
             with annotate(**(resources if product.uses_device else {})):
                 produced = produce.submit(
                     product,
-                    work.chunk,
+                    todo.chunk,
                     plan.inputs_path,
                     plan.results_path,
                     refresh=refresh,
                     return_state=False,
                     wait_for=[fetched[f.config.key()] for f in product.fetches],
                 )
-            flight.upstream.append(produced)
-            flight.produced.setdefault(product.name, []).append((work, produced))
-    flight.waiting = {model: len(futures) for model, futures in flight.produced.items()}
-    return flight
+            tasks.upstream.append(produced)
+            tasks.produced.setdefault(product.name, []).append((todo, produced))
+    tasks.waiting = {model: len(futures) for model, futures in tasks.produced.items()}
+    return tasks
 
 
-def _submit_write(job: Job, flight: _Flight, model: str, t: int) -> PrefectFuture[BlockReport]:
+def _submit_write(pipeline: Pipeline, tasks: _BlockTasks, model: str) -> PrefectFuture[BlockReport]:
     """The block's write task for `model`, once its produce tasks are final: it gets the
     results of those that completed (and waits for them, for the UI's lineage) and why the
     others failed (their chunks are reported, the others written)."""
-    futures = flight.produced[model]
+    futures = tasks.produced[model]
     produced: list[str | NotProduced] = []
     for _, future in futures:
         future.wait()  # final: its state is the engine's, not the API's possibly older one
@@ -220,23 +224,28 @@ def _submit_write(job: Job, flight: _Flight, model: str, t: int) -> PrefectFutur
             produced.append(future.result())
         else:
             produced.append(NotProduced(state.message or f"it ended {state.name}"))
-    block = Block(flight.index, tuple(w.chunk for w, _ in futures))
+    block = Block(tasks.index, tuple(todo.chunk for todo, _ in futures))
+    plan = pipeline.job.plan
     return write_task.submit(
-        job.plan.store,
+        plan.store,
         model,
         block,
-        job.plan.results_path,
+        plan.results_path,
         produced,
-        t,
+        pipeline.t,
         wait_for=[f for (_, f), p in zip(futures, produced, strict=True) if isinstance(p, str)],
         return_state=False,
     )
 
 
 def _written(
-    future: PrefectFuture[Any], flight: _Flight, model: str, report: PartReport, progress: Progress
+    future: PrefectFuture[Any],
+    tasks: _BlockTasks,
+    model: str,
+    report: PartReport,
+    progress: Progress,
 ) -> None:
-    chunks = len(flight.produced[model])
+    chunks = len(tasks.produced[model])
     try:
         result: BlockReport = future.result()
     except Exception as e:  # reported at the end; the block's chunks stay not done and rerun
@@ -249,10 +258,10 @@ def _written(
     progress.finished(model, [w.chunk for w in result.written], len(result.failed))
 
 
-def _finished(flight: _Flight, results_path: str) -> PartReport:
+def _finished(tasks: _BlockTasks, results_path: str) -> PartReport:
     """A finished block's fetches, device time and the root causes of its failures."""
     part = PartReport()
-    for futures in flight.produced.values():
+    for futures in tasks.produced.values():
         for _, future in futures:
             if future.state.is_completed() and future.state.name != "Cached":
                 timing = read_timing(results_path, future.result())
@@ -260,7 +269,7 @@ def _finished(flight: _Flight, results_path: str) -> PartReport:
                     name = f"{timing.device} on {timing.host}" if timing.host else timing.device
                     use = DeviceUse(timing.forward_s, timing.start, timing.end)
                     part.add(PartReport(devices={name: use}))
-    for future in flight.upstream:
+    for future in tasks.upstream:
         future.wait()
         state = future.state
         if state.is_failed() and state.message:

@@ -63,8 +63,9 @@ def unprotected(job: Job) -> list[str]:
     for product in job.products:
         for fetch in product.fetches:
             found |= get_source(fetch.config.source).plain_http(fetch.config)
-    if any(p.name == "tessera" for p in job.products):
-        found |= plain_http_origins([job.plan.imagery.tessera_store])
+    # A product's own settings may point it at a store of its own (--tessera-store).
+    own = job.plan.imagery.product_options()
+    found |= plain_http_origins([own[p.name].where() for p in job.products if p.name in own])
     return sorted(found)
 
 

@@ -19,12 +19,9 @@ class StoreBusy(RuntimeError):
     """Another export holds the store's writer lock."""
 
 
-_held_locks: set[str] = set()  # lock files this process holds
-
-
 @contextmanager
 def writer_lock(
-    path: str, *, wait: bool, lock_dir: str, reuse: bool = False, across_machines: bool = False
+    path: str, *, wait: bool, lock_dir: str, across_machines: bool = False
 ) -> Iterator[None]:
     """Hold the store's one writer lock, keyed on its real location (`store_key`): an advisory
     lock on `<path>.lock` beside a local store (symbolic links and `..` resolved), or on a file
@@ -33,15 +30,12 @@ def writer_lock(
 
     The operating system drops the lock when its process dies, so a killed export never
     leaves a stale lock behind. `wait=False` refuses at once when another export holds it.
-    `reuse=True` (the flow) goes on under a lock this process already holds: the command
-    line takes the lock before its checks and keeps it until the flow ends, so no second
-    export can start in between. `across_machines=True` also takes the store's Prefect
+    The command line takes the lock before its checks and keeps it until the flow it runs
+    ends (the flow does not take it again), so no second export can start in between.
+    `across_machines=True` also takes the store's Prefect
     global concurrency limit (`store_limit`).
     """
     lock_path = _lock_path(path, lock_dir)
-    if reuse and lock_path in _held_locks:
-        yield
-        return
     with open(lock_path, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -56,12 +50,10 @@ def writer_lock(
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}")
         f.flush()
-        _held_locks.add(lock_path)
         try:
             with store_limit(path, wait=wait) if across_machines else contextlib.nullcontext():
                 yield
         finally:
-            _held_locks.discard(lock_path)
             fcntl.flock(f, fcntl.LOCK_UN)
 
 

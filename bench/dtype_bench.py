@@ -20,11 +20,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from embedders.spec import Status
-from tasks import compact
-from tasks.chunks import make_chunks
-from tasks.plan import Point
+from tasks.plan.chunks import make_chunks
+from tasks.plan.points import Point
 from tasks.results import ChunkResult, ModelOutput
-from tasks.store import StoreLayout, create_store
+from tasks.store import compact
+from tasks.store.layout import StoreLayout, create_store
 from tasks.write import write_chunk
 
 

@@ -50,7 +50,7 @@ from embedders.spec import Embedder, InferenceOptions, Precision
 from tasks.infer import InferWork, infer_chunk
 from tasks.inputs import read_stack, store_patches
 from tasks.results import save_result
-from tasks.sources import Patches, SensorConfig
+from tasks.sources.registry import Patches, SensorConfig
 
 CONFIG = SensorConfig(
     sensor="sentinel-2-l2a",

@@ -135,8 +135,8 @@ def region_bbox(
     """A square lon/lat box around `center` holding at least `n_points` grid points (or, with
     `at_most`, at most that many), as few more (or fewer) as the grid allows: its side is
     found by bisection, the points counted with swath's own planner."""
-    from tasks.plan import plan_points
-    from tasks.regions import bbox_region
+    from tasks.plan.points import plan_points
+    from tasks.plan.regions import bbox_region
 
     lon, lat = center
 
@@ -166,7 +166,7 @@ def build_scene(
     """The catalog over `bbox` (and half a patch beyond it); its path and a description."""
     from odc.geo.geom import BoundingBox
 
-    from tasks.plan import utm_epsg
+    from tasks.plan.points import utm_epsg
 
     epsg = utm_epsg((bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2)
     utm = BoundingBox(*bbox, crs="EPSG:4326").polygon.to_crs(f"EPSG:{epsg}", resolution=100.0)
@@ -327,7 +327,7 @@ def run_size(
     runs = export_runs(out["started"], out["ended"])
     forward, results = forward_seconds(str(where / "work" / "results.zarr"))
     out |= figures(runs, forward, results, out, slots=args.workers)
-    from tasks.store import status_counts
+    from tasks.store.layout import status_counts
 
     out["status"] = status_counts(str(where / "out.zarr"), MODEL, 0)
     return out

@@ -2,5 +2,5 @@
 
 Nothing here knows about Prefect, imagery sources or environment variables, and nothing here
 imports from tasks/: the band facts models need (wavelengths, bandwidths, statistics) are in
-embedders/bands.py, which tasks/sensors.py builds on.
+embedders/bands.py, which tasks/sources/sensors.py builds on.
 """

@@ -1,7 +1,7 @@
 """Band facts the models need, declared once: Sentinel-2 band names, centre wavelengths,
 bandwidths, and the band statistics the models normalise with. Imports nothing.
 
-tasks/sensors.py builds its sensor tables (collections, masks, Earth Engine names) from
+tasks/sources/sensors.py builds its sensor tables (collections, masks, Earth Engine names) from
 these; models import them from here, so that embedders/ depends on nothing in tasks/.
 """
 

@@ -2,7 +2,7 @@
 
 An `Encoding` maps stored values to the source's units: int16 with a fill value that marks
 an invalid pixel and `value = stored * scale + offset`, or float32 with NaN. Each sensor
-declares its encoding once (tasks/sensors.py); the inputs store records it per array.
+declares its encoding once (tasks/sources/sensors.py); the inputs store records it per array.
 
 Rounding: imagery is stored as the nearest integer of `(value - offset) / scale` (halves to
 even), clipped to the int16 range. For Sentinel-2 L2A (scale 1, offset 0: digital numbers,

@@ -26,10 +26,10 @@ def store_location(store: str) -> str:
 
     Raises UsageError for a path that cannot name a store here: a link loop, a name too
     long for its filesystem, or a URL whose protocol no installed filesystem serves."""
-    from tasks.store import is_url
+    from tasks.store.layout import is_url
 
     if is_url(store):
-        from tasks.locks import normalise_url
+        from tasks.store.locks import normalise_url
 
         check_protocol(store, "--out")
         return normalise_url(store)

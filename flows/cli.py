@@ -60,8 +60,8 @@ def _export(params: dict[str, Any], args: argparse.Namespace) -> int:
     from flows.checks import UsageError
     from flows.export import scheduled_day
     from flows.job import plan_job, resolve_job
-    from tasks.locks import StoreBusy, writer_lock
-    from tasks.store import is_url
+    from tasks.store.layout import is_url
+    from tasks.store.locks import StoreBusy, writer_lock
 
     try:
         plan = plan_job(**params, today=scheduled_day())
@@ -229,7 +229,7 @@ def _usage_error(message: str) -> int:
 
 def _list_models() -> int:
     from embedders.cache import cached_checkpoint, hub_checkpoints_dir
-    from tasks.products import PRODUCTS
+    from tasks.products.registry import PRODUCTS
 
     for name, entry in PRODUCTS.items():
         c = entry.card
@@ -252,8 +252,8 @@ def _list_models() -> int:
 
 def _verify(store: str) -> int:
     """Check every array of a store: 0 sound, 1 damaged, 2 no store."""
-    from tasks.soundness import RERUN
-    from tasks.verify import NotAStore, RootLost, verify_store
+    from tasks.store.soundness import RERUN
+    from tasks.store.verify import NotAStore, RootLost, verify_store
 
     try:
         report = verify_store(store)
@@ -324,6 +324,6 @@ def _print_summary(s: dict[str, Any]) -> None:
     if os.path.isdir(looks):
         print(f"quick-look maps: {looks}/")
     print(
-        f'open it: python -c "from tasks.store import open_store; '
+        f'open it: python -c "from tasks.store.layout import open_store; '
         f"print(open_store('{s['store']}'))\"  (or xr.open_zarr: ids and reasons as UTF-8 bytes)"
     )

@@ -11,9 +11,9 @@ def dry_run(plan: Any, *, chunks_per_run: int | None = None) -> str:
     (at most `chunks_per_run` chunks per flow run)."""
     from flows.job import planned_fetches, product_request
     from flows.params import CHILD_CHUNKS
-    from tasks.products import PRODUCTS
-    from tasks.shards import choose_block_chunks, group_blocks, split_blocks
-    from tasks.store import REASON_BYTES
+    from tasks.plan.shards import choose_block_chunks, group_blocks, split_blocks
+    from tasks.products.registry import PRODUCTS
+    from tasks.store.layout import REASON_BYTES
 
     n, chunks, patch = len(plan.points), len(plan.chunks), plan.imagery.patch_px
     grid = plan.options.output == "grid"

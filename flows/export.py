@@ -36,11 +36,9 @@ from flows.params import CHILD_CHUNKS, Imagery, Inference, Output, Region, Windo
 from flows.pipeline import INFER_RESOURCE as INFER_RESOURCE
 from flows.pipeline import Listener, PartReport, Pipeline, Progress
 from flows.summary import counts, gdal_retries_so_far, run_summary, summary_artifact
-from tasks.conventions import write_stac_items
-from tasks.locks import writer_lock
-from tasks.quicklook import quicklook_artifacts
-from tasks.shards import block_chunks, group_blocks, split_blocks
-from tasks.store import (
+from tasks.plan.shards import block_chunks, group_blocks, split_blocks
+from tasks.store.conventions import write_stac_items
+from tasks.store.layout import (
     add_window,
     create_store,
     default_block_chunks,
@@ -48,6 +46,8 @@ from tasks.store import (
     stored_windows,
     time_index,
 )
+from tasks.store.locks import writer_lock
+from tasks.store.quicklook import quicklook_artifacts
 
 # Threads: prefetch and write alongside one infer per device (tasks/infer.py DevicePool).
 THREADS = 4 + torch.cuda.device_count()

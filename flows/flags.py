@@ -147,7 +147,7 @@ def validation_message(e: ValidationError) -> str:
     msg = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "literal_error" and field == "models":
         from embedders.registry import unknown_model
-        from tasks.products import PRODUCTS
+        from tasks.products.registry import PRODUCTS
 
         return unknown_model(str(err["input"]), PRODUCTS)
     if not flag:

@@ -23,9 +23,10 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.flags import iso_date
-from tasks.chunks import chunk_key
 from tasks.inputs import read_band
-from tasks.reading import (
+from tasks.plan.chunks import chunk_key
+from tasks.store.layout import TEXT_BLOCK, open_store
+from tasks.store.reading import (
     NotAStore,
     counts,
     find_time,
@@ -36,7 +37,6 @@ from tasks.reading import (
     time_entries,
     weights_text,
 )
-from tasks.store import TEXT_BLOCK, open_store
 
 TRUE_COLOUR = ("B04", "B03", "B02")  # Sentinel-2 red, green, blue
 TRUE_COLOUR_SCALE = 3000.0  # digital numbers (reflectance x 10000) shown as 0..1: bright land

@@ -32,16 +32,17 @@ from flows.checks import (
     store_location,
 )
 from flows.params import Imagery, Inference, Output, Region, Window, engine_options
-from tasks import products, soundness
-from tasks.chunks import Chunk, make_chunks
-from tasks.compact import Dtype
-from tasks.demo import build_demo_catalog, demo_catalog_path
-from tasks.integrity import Damage, check_done
-from tasks.plan import PointTable, discard_plan, plan_damage, plan_key, plan_points
-from tasks.products import Fetch, Product, ProductError, ProductRequest
-from tasks.regions import PlanError, bbox_region, geojson_region
-from tasks.sources import DEMO_CATALOG, ImagerySourceError, TransientSourceError
-from tasks.store import StoreLayout, StoreMismatch, check_store, is_url, time_index
+from tasks.plan.chunks import Chunk, make_chunks
+from tasks.plan.points import PointTable, discard_plan, plan_damage, plan_key, plan_points
+from tasks.plan.regions import PlanError, bbox_region, geojson_region
+from tasks.products import registry as products
+from tasks.products.registry import Fetch, Product, ProductError, ProductRequest
+from tasks.sources.demo import build_demo_catalog, demo_catalog_path
+from tasks.sources.registry import DEMO_CATALOG, ImagerySourceError, TransientSourceError
+from tasks.store import soundness
+from tasks.store.compact import Dtype
+from tasks.store.integrity import Damage, check_done
+from tasks.store.layout import StoreLayout, StoreMismatch, check_store, is_url, time_index
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Plan:
     imagery: Imagery
     inference: Inference
     options: InferenceOptions
-    dtype: Dtype = "float32"  # how the store holds embeddings (tasks/compact.py)
+    dtype: Dtype = "float32"  # how the store holds embeddings (tasks/store/compact.py)
     notes: tuple[str, ...] = ()  # what planning found and did about it, one line each
 
     @property

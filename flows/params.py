@@ -17,15 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from embedders.spec import InferenceOptions
 from tasks.options import Flag, Options, options_for
-from tasks.products import PRODUCTS
-from tasks.sources import (
+from tasks.products.registry import PRODUCTS
+from tasks.products.tessera import TesseraOptions
+from tasks.sources.registry import (
     SOURCE_FLAGS,
     EarthEngineOptions,
     StacApiOptions,
     StacCatalogOptions,
     sources,
 )
-from tasks.tessera import TesseraOptions
 
 # The product and source names, from their registries, as Literals so that the UI offers
 # them as dropdowns.
@@ -345,7 +345,7 @@ class Output(BaseModel):
     ] = Field(
         "float32",
         description="how embeddings are stored: float32; float16 (half the size); int8 with "
-        "a float32 scale per vector (about a quarter; tasks.store.open_store decodes it)",
+        "a float32 scale per vector (about a quarter; tasks.store.layout.open_store decodes it)",
     )
     chunk_size: Annotated[
         Annotated[int, Field(ge=1, le=100_000)] | None,

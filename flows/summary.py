@@ -9,9 +9,9 @@ from prefect_dask.task_runners import DaskTaskRunner
 
 from flows.job import Job, Todo
 from flows.pipeline import PartReport
-from tasks.gdal_log import gdal_retries
-from tasks.sources import get_source, plain_http_origins
-from tasks.store import status_counts
+from tasks.sources.gdal_log import gdal_retries
+from tasks.sources.registry import get_source, plain_http_origins
+from tasks.store.layout import status_counts
 
 
 def run_summary(
@@ -47,7 +47,7 @@ def run_summary(
 
 def gdal_retries_so_far() -> int:
     """Requests GDAL retried so far in this process and, on Dask, in the cluster's workers
-    (tasks/gdal_log.py); the run's count is the difference over the run."""
+    (tasks/sources/gdal_log.py); the run's count is the difference over the run."""
     total = gdal_retries()
     context = FlowRunContext.get()
     runner = context.task_runner if context else None

@@ -29,7 +29,8 @@ from pyproj import CRS
 
 from embedders.spec import Status
 from flows.flags import iso_date
-from tasks.reading import (
+from tasks.store.layout import open_store
+from tasks.store.reading import (
     NotAStore,
     find_time,
     model_names,
@@ -39,7 +40,6 @@ from tasks.reading import (
     store_meta,
     time_entries,
 )
-from tasks.store import open_store
 
 GEOPARQUET_VERSION = "1.1.0"  # https://geoparquet.org/releases/v1.1.0/
 CRS_EPSG = 4326

@@ -35,13 +35,13 @@ from embedders.spec import (
 from embedders.tiling import grid_shape
 from embedders.weights import WeightsUnavailable
 from tasks.inputs import read_stack
-from tasks.product import Fetch, ProductError, ProductRequest, fetches_of, identity_key
-from tasks.products import model_facts
+from tasks.products.product import Fetch, ProductError, ProductRequest, fetches_of, identity_key
+from tasks.products.registry import model_facts
 from tasks.results import ChunkResult, DeviceTiming, ModelOutput
-from tasks.sources import SensorConfig
+from tasks.sources.registry import SensorConfig
 
 if TYPE_CHECKING:
-    from tasks.chunks import Chunk
+    from tasks.plan.chunks import Chunk
 
 
 @dataclass(frozen=True)

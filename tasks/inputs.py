@@ -7,7 +7,7 @@ Layout (Zarr v3), one group per sensor configuration and chunk:
                                                        "bands_done": [band, ...]}
     <inputs_path>/<config.key()>/<chunk.key>/<band>   (n_points, N, N)
 
-A band array holds the sensor's values as its encoding says (tasks/sensors.py): for imagery
+A band array holds the sensor's values as its encoding says (tasks/sources/sensors.py): for imagery
 int16 with a fill value for masked pixels (`embedders.patches`, 2 bytes per band-pixel,
 with how a median composite is rounded), for embedding products float32 with NaN. The
 array's `encoding` attribute says which; an array without it is of the store's first
@@ -38,12 +38,12 @@ import zarr.errors
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from embedders.encoding import FLOAT32, Encoding, decode, encode_int16
-from tasks.sensors import encoding_of
-from tasks.sources import ImagerySource, Patches, SensorConfig
+from tasks.sources.registry import ImagerySource, Patches, SensorConfig
+from tasks.sources.sensors import encoding_of
 
 if TYPE_CHECKING:
     from embedders.patches import PatchStack
-    from tasks.chunks import Chunk
+    from tasks.plan.chunks import Chunk
 
 # Points per Zarr chunk of a band array: the chunks of a band decode in parallel.
 CHUNK_POINTS = 16

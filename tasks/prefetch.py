@@ -13,9 +13,9 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.tasks import exponential_backoff
 
 from tasks.caching import while_present
-from tasks.chunks import Chunk
 from tasks.inputs import PrefetchReport, bands_present, prefetch_chunk
-from tasks.sources import SensorConfig, TransientSourceError, get_source
+from tasks.plan.chunks import Chunk
+from tasks.sources.registry import SensorConfig, TransientSourceError, get_source
 
 # Retries for failures a retry may fix (HTTP 429/5xx, timeouts, resets), after the source's
 # own per-request retries: exponential backoff (2, 4, 8, 16, 32 s) with +-50% jitter, so a

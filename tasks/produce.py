@@ -9,9 +9,9 @@ from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 
 from tasks.caching import while_present
-from tasks.chunks import Chunk
+from tasks.plan.chunks import Chunk
 from tasks.prefetch import TRANSIENT_RETRIES
-from tasks.products import Product
+from tasks.products.registry import Product
 from tasks.results import produce_chunk, result_complete
 
 

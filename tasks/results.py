@@ -17,8 +17,8 @@ import zarr.errors
 from tasks.inputs import require_group
 
 if TYPE_CHECKING:
-    from tasks.chunks import Chunk
-    from tasks.product import Product, ProductFacts
+    from tasks.plan.chunks import Chunk
+    from tasks.products.product import Product, ProductFacts
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,8 @@ class ModelOutput:
     grid_shape: tuple[int, int] | None  # None for pooled output
     identity: dict[str, Any] = field(default_factory=dict)  # JSON-able: spec, weights, config
     provenance: dict[str, Any] = field(default_factory=dict)  # recorded, not compared: files, notes
-    # What the product declares (tasks/product.py), as this run resolved it: what the STAC
-    # Item and the geoemb: attributes say (tasks/conventions.py); not compared.
+    # What the product declares (tasks/products/product.py), as this run resolved it: what the STAC
+    # Item and the geoemb: attributes say (tasks/store/conventions.py); not compared.
     facts: ProductFacts | None = field(default=None, compare=False)
     patch_px: int = field(default=0, compare=False)  # each point's patch side, in pixels
 

@@ -1,7 +1,7 @@
 """Write: a write block's results for one model into the store, one task per (block, model).
 
 A write block is a run of consecutive plan chunks sharing one shard of every array of the
-model (tasks/shards.py); only its task ever writes that shard.
+model (tasks/plan/shards.py); only its task ever writes that shard.
 """
 
 from collections.abc import Sequence
@@ -13,22 +13,22 @@ import zarr
 from prefect import task
 from zarr.core.sync import sync
 
-from tasks import compact
-from tasks.chunks import Chunk
-from tasks.integrity import UNREADABLE, seal_chunks
+from tasks.plan.chunks import Chunk
+from tasks.plan.shards import contiguous_runs
 from tasks.prefetch import TRANSIENT_RETRIES
 from tasks.results import ChunkResult, load_result
-from tasks.shards import contiguous_runs
-from tasks.sources import TransientSourceError, classify_error
-from tasks.store import REASON_BYTES
-from tasks.text import encode_text
+from tasks.sources.registry import TransientSourceError, classify_error
+from tasks.store import compact
+from tasks.store.integrity import UNREADABLE, seal_chunks
+from tasks.store.layout import REASON_BYTES
+from tasks.store.text import encode_text
 
 
 @dataclass(frozen=True)
 class WriteReport:
     chunk: str
     model: str
-    worst_cosine: float | None  # stored vs float32, for a compact store (tasks/compact.py)
+    worst_cosine: float | None  # stored vs float32, for a compact store (tasks/store/compact.py)
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def write_chunks(
     """Write chunks of one model that lie in one write block (in plan order): for each run of
     consecutive chunks, each array's data in one zarr call (one read-modify-write of a shard,
     not one per chunk); then each chunk's checksum (of the data as read back); the statuses,
-    the done marks, last. Embeddings are stored in the store's own dtype (tasks/compact.py).
+    the done marks, last. Embeddings are stored in the store's own dtype (tasks/store/compact.py).
 
     Returns per chunk the worst cosine between a stored vector and its float32 value."""
     dtype = str(zarr.open_array(path, path=model, mode="r").dtype)
@@ -106,7 +106,7 @@ def write_chunks(
 
 
 def _encode(result: ChunkResult, dtype: str) -> list[np.ndarray]:
-    """A chunk's arrays as the store holds them, in checksum order (tasks/integrity.py): the
+    """A chunk's arrays as the store holds them, in checksum order (tasks/store/integrity.py): the
     embeddings (and their scales when int8), reason, valid fraction, then the status."""
     stored, scale = compact.encode(result.embeddings.astype("float32"), dtype)
     return [

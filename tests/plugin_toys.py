@@ -57,7 +57,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.product import ProductEntry, ProductFacts, identity_key
+from tasks.products.product import ProductEntry, ProductFacts, identity_key
 
 FACTS = ProductFacts(
     kind="precomputed",

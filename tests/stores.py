@@ -11,15 +11,15 @@ import numpy as np
 import zarr
 
 from embedders.spec import Status
-from tasks import tessera
-from tasks.chunks import make_chunks
-from tasks.compact import Dtype
-from tasks.plan import Point, plan_points
-from tasks.product import ProductFacts
-from tasks.regions import bbox_region
+from tasks.plan.chunks import make_chunks
+from tasks.plan.points import Point, plan_points
+from tasks.plan.regions import bbox_region
+from tasks.products import tessera
+from tasks.products.product import ProductFacts
 from tasks.results import ChunkResult, ModelOutput
-from tasks.sources import SensorConfig
-from tasks.store import StoreLayout, create_store
+from tasks.sources.registry import SensorConfig
+from tasks.store.compact import Dtype
+from tasks.store.layout import StoreLayout, create_store
 from tasks.write import write_chunk
 
 BBOX = (-67.66, -47.86, -67.64, -47.845)

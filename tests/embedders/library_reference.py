@@ -13,7 +13,7 @@ from embedders.scalemae import ScaleMAEEmbedder
 from embedders.spec import Embedder
 from embedders.ssl4eo import ResNetEmbedder
 from embedders.ssl4eo_ms import FilledResNetEmbedder, VitEmbedder
-from tasks import sensors
+from tasks.sources import sensors
 
 
 def _b10_inserted(tiles: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from embedders import precision, registry, ssl4eo_ms, tiling
 from embedders.engine import embed_images
 from embedders.spec import Embedder, InferenceOptions, ModelSpec, Status
 from embedders.weights import member
-from tasks import sensors
+from tasks.sources import sensors
 from tests.embedders.library_reference import REFERENCES, library_pooled
 
 CPU = torch.device("cpu")

@@ -13,7 +13,7 @@ from embedders import bands, dofa, registry
 from embedders.engine import embed_images
 from embedders.spec import InferenceOptions, Status
 from embedders.weights import checkpoint_path
-from tasks import sensors
+from tasks.sources import sensors
 
 CPU = torch.device("cpu")
 

@@ -16,7 +16,7 @@ from embedders import registry, scalemae
 from embedders.croma import croma_input
 from embedders.spec import Embedder, ModelSpec
 from embedders.weights import WeightsUnavailable, checkpoint_path, member
-from tasks import sensors
+from tasks.sources import sensors
 from tests.embedders.host_reference import normalise
 
 CPU = torch.device("cpu")

@@ -61,7 +61,7 @@ def test_registry__reads_an_installed_model_beside_its_own(site: Path) -> None:
 
 
 def test_products__a_plugin_that_is_not_a_product_entry_is_refused(site: Path) -> None:
-    from tasks import products
+    from tasks.products import registry as products
 
     _install(site, "toy_plugin_f", "swath.products", {"toy": "toy_plugin_f:X"}, "X = 1\n")
     with pytest.raises(PluginError, match=r"toy are not tasks\.product\.ProductEntry"):

@@ -3,7 +3,7 @@ import torch
 
 from embedders import registry
 from embedders.spec import Embedder
-from tasks import sensors
+from tasks.sources import sensors
 
 
 def test_registry__names_are_the_specs_names() -> None:

@@ -7,7 +7,7 @@ from torchvision.transforms.v2 import Normalize
 from embedders import registry
 from embedders.spec import Embedder, ModelSpec
 from embedders.ssl4eo import RESNET18_SPEC, RESNET50_SPEC, ResNetEmbedder
-from tasks import sensors
+from tasks.sources import sensors
 
 
 def _tiles(seed: int, n: int) -> torch.Tensor:

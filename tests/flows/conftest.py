@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from tasks.demo import build_demo_catalog
+from tasks.sources.demo import build_demo_catalog
 from tests.fakes import Request, serve_directory
 
 

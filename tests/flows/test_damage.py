@@ -51,7 +51,7 @@ def test_damage__a_rerun_redoes_a_damaged_chunk_and_gives_the_clean_store(
 
 
 def _digest(store: Path) -> str:
-    from tasks.verify import stored_chunks
+    from tasks.store.verify import stored_chunks
 
     return stored_chunks(str(store), 4)[1].key.rsplit("-", 1)[1]
 

@@ -12,8 +12,8 @@ import pytest
 from flows.dry_run import dry_run
 from flows.job import Plan, plan_job, planned_fetches, product_request, resolve_job, shared_fetches
 from flows.params import Imagery, Inference, Output, Region, Window
-from tasks import products
-from tasks.product import Fetch, ProductEntry, ProductRequest, fetches_of, identity_key
+from tasks.products import registry as products
+from tasks.products.product import Fetch, ProductEntry, ProductRequest, fetches_of, identity_key
 from tasks.results import ModelOutput
 
 # A product that reads Sentinel-2 and spells its resolution 10.0, beside models spelling 10.

@@ -11,13 +11,14 @@ from pyproj import Transformer
 
 from embedders.spec import Status
 from flows.cli import main
-from tasks import earthengine, gse, sensors
-from tasks.chunks import Chunk
-from tasks.plan import Point, _point_id
+from tasks.plan.chunks import Chunk
+from tasks.plan.points import Point, _point_id
 from tasks.prefetch import prefetch_task
-from tasks.sources import EarthEngineOptions, SensorConfig
-from tasks.stac import patch_geobox
-from tasks.store import open_store
+from tasks.products import gse
+from tasks.sources import earthengine, sensors
+from tasks.sources.registry import EarthEngineOptions, SensorConfig
+from tasks.sources.stac import patch_geobox
+from tasks.store.layout import open_store
 from tests.ee_server import (
     FakeEarthEngine,
     Raster,

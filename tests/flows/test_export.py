@@ -15,7 +15,7 @@ from embedders.spec import Status
 from flows.export import ExportGaps, export
 from flows.job import UsageError
 from flows.params import Imagery, Inference, Output, Region, Window
-from tasks.store import open_store, read_meta
+from tasks.store.layout import open_store, read_meta
 
 # Inside the demo sample's 10 m footprint: 10 points at 400 m.
 INSIDE = (-67.655, -47.858, -67.63, -47.850)

@@ -18,8 +18,9 @@ from embedders import registry
 from flows.export import export, scheduled_day
 from flows.job import UsageError, plan_job, resolve_job
 from flows.params import Imagery, Inference, Output, Region, Window
-from tasks import infer, products
-from tasks.store import read_meta
+from tasks import infer
+from tasks.products import registry as products
+from tasks.store.layout import read_meta
 
 INSIDE = (-67.655, -47.858, -67.63, -47.850)
 MODEL = "ssl4eo_resnet18_rgb"

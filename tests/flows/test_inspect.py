@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 from flows.inspect import PATCH_MIN_PX, NotFound, find_point, main, read_true_colour
-from tasks.chunks import make_chunks
 from tasks.inputs import prefetch_chunk
-from tasks.plan import Point
-from tasks.sources import Patches, SensorConfig
-from tasks.store import TEXT_BLOCK, open_store, read_meta
+from tasks.plan.chunks import make_chunks
+from tasks.plan.points import Point
+from tasks.sources.registry import Patches, SensorConfig
+from tasks.store.layout import TEXT_BLOCK, open_store, read_meta
 from tests.stores import SENSOR, WINDOW, Written, write_store, write_wide_store
 
 ROOT = Path(__file__).parents[2]

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 from flows.params import Inference
-from tasks.products import PRODUCTS
+from tasks.products.registry import PRODUCTS
 
 
 def test_params__the_models_dropdown_lists_every_product() -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from embedders.spec import Status
-from tasks.store import open_store
+from tasks.store.layout import open_store
 from tests.plugin_toys import TOY_MODEL, TOY_PRODUCT
 
 ROOT = Path(__file__).parents[2]

@@ -17,7 +17,7 @@ from flows.cli import main
 from flows.export import export
 from flows.job import UsageError
 from flows.params import Output
-from tasks.plan import plan_damage
+from tasks.plan.points import plan_damage
 from tests.flows.test_export import params, snapshot
 from tests.flows.test_kill_resume import store_values
 from tests.flows.test_verify import delete, flip, truncate
@@ -148,7 +148,7 @@ def test_rerun__a_store_of_an_earlier_swath_is_checked_against_the_plan_and_gets
     with the plan itself, repairs them, and records the sums from then on."""
     import zarr
 
-    from tasks.soundness import SEAL_ATTR, SUMS_ATTR
+    from tasks.store.soundness import SEAL_ATTR, SUMS_ATTR
 
     store = Path(shutil.copytree(exported.store, tmp_path / "e.zarr"))
     group = zarr.open_group(str(store), mode="r+")

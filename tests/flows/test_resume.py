@@ -20,7 +20,7 @@ from prefect_dask.task_runners import DaskTaskRunner
 from embedders.spec import Status
 from flows.export import INFER_RESOURCE, export
 from flows.params import Imagery, Inference, Output, Region, Window
-from tasks.locks import StoreBusy, writer_lock
+from tasks.store.locks import StoreBusy, writer_lock
 from tests.fakes import Request, serve_directory
 
 INSIDE = (-67.655, -47.858, -67.63, -47.850)
@@ -108,7 +108,7 @@ def _wait_then_record(store: str, order: list[str], lock_dir: str) -> None:
 def test_lock__a_killed_holder_leaves_no_stale_lock(tmp_path):
     store = str(tmp_path / "e.zarr")
     code = (
-        "import sys, time; sys.path.insert(0, '.'); from tasks.locks import writer_lock\n"
+        "import sys, time; sys.path.insert(0, '.'); from tasks.store.locks import writer_lock\n"
         f"with writer_lock({store!r}, wait=False, lock_dir='.'):\n"
         "    print('held', flush=True); time.sleep(60)\n"
     )
@@ -254,7 +254,7 @@ def test_lock__two_processes_without_a_shared_work_dir_are_one_writer_of_a_url(t
     url = "memory://shared.zarr"  # an object store: no lock file beside it (file:// has one)
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     code = (
-        "import sys, time; sys.path.insert(0, '.'); from tasks.locks import writer_lock\n"
+        "import sys, time; sys.path.insert(0, '.'); from tasks.store.locks import writer_lock\n"
         "with writer_lock(sys.argv[1], wait=False, lock_dir=sys.argv[2], across_machines=True):\n"
         "    print('held', flush=True); sys.stdin.readline()\n"
     )

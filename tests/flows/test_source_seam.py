@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import Field
 
 from tasks.options import Flag, Options
-from tasks.sources import Patches, SourceEntry, own_options
+from tasks.sources.registry import Patches, SourceEntry, own_options
 
 
 class ToyOptions(Options):

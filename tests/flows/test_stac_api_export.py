@@ -8,7 +8,7 @@ from odc.geo.geom import BoundingBox
 
 from embedders.spec import Status
 from flows.cli import main
-from tasks.store import open_store
+from tasks.store.layout import open_store
 from tests.stac_api_server import EPSG, RES, X0, Y0, Scene, serve_stac_api
 
 SIZE = 256  # px: 2.56 km a side, room for a few 32 px patches 400 m apart

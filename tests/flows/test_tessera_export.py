@@ -10,7 +10,7 @@ import pytest
 from embedders.spec import Status
 from flows.export import export
 from flows.params import Imagery, Inference, Output, Region, Window
-from tasks.store import open_store, read_meta
+from tasks.store.layout import open_store, read_meta
 from tests.fakes import Request, serve_directory
 from tests.tessera_data import DEMO, TesseraStore, build_tessera_store, expected_patch
 

@@ -15,7 +15,7 @@ import pytest
 
 from embedders.spec import Status
 from flows.to_parquet import main, write_parquet
-from tasks.store import add_window
+from tasks.store.layout import add_window
 from tests.stores import MODELS, WINDOW, Written, write_store, write_wide_store
 
 

@@ -11,7 +11,7 @@ import pytest
 import zarr
 
 from flows.cli import main
-from tasks.soundness import SEAL_ATTR, SUMS_ATTR
+from tasks.store.soundness import SEAL_ATTR, SUMS_ATTR
 from tests.stores import write_store
 
 # A store of tests/stores.py holds these arrays; each one is damaged below.

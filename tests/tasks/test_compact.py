@@ -8,10 +8,10 @@ import xarray as xr
 import zarr
 
 from embedders.spec import Status
-from tasks import compact
-from tasks.chunks import make_chunks
-from tasks.integrity import check_done
-from tasks.store import StoreLayout, StoreMismatch, check_store, open_store
+from tasks.plan.chunks import make_chunks
+from tasks.store import compact
+from tasks.store.integrity import check_done
+from tasks.store.layout import StoreLayout, StoreMismatch, check_store, open_store
 from tests.stores import write_store
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pystac
 import xarray as xr
 
-from tasks import conventions
-from tasks.plan import plan_points
-from tasks.regions import bbox_region
-from tasks.store import StoreLayout, create_store
+from tasks.plan.points import plan_points
+from tasks.plan.regions import bbox_region
+from tasks.store import conventions
+from tasks.store.layout import StoreLayout, create_store
 from tests.stores import BBOX, MODELS, SPACING_M, WINDOW, write_store
 
 

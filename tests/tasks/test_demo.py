@@ -7,7 +7,7 @@ import pystac
 import pytest
 import rasterio
 
-from tasks.demo import (
+from tasks.sources.demo import (
     DEMO_BBOX,
     DEMO_CATALOG_DIR,
     DEMO_COLLECTION,

@@ -11,11 +11,16 @@ import numpy as np
 import pytest
 from google.auth import transport
 
-from tasks import earthengine, sensors
-from tasks.earthengine import EarthEngineSource, plan_grids
-from tasks.plan import Point, _point_id
-from tasks.sources import EarthEngineOptions, ImagerySourceError, SensorConfig, TransientSourceError
-from tasks.stac import patch_geobox
+from tasks.plan.points import Point, _point_id
+from tasks.sources import earthengine, sensors
+from tasks.sources.earthengine import EarthEngineSource, plan_grids
+from tasks.sources.registry import (
+    EarthEngineOptions,
+    ImagerySourceError,
+    SensorConfig,
+    TransientSourceError,
+)
+from tasks.sources.stac import patch_geobox
 from tests.ee_server import (
     FakeEarthEngine,
     Raster,

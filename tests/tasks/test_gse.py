@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from embedders.spec import InferenceOptions, Status
-from tasks import gse
-from tasks.chunks import Chunk
-from tasks.earthengine import EarthEngineSource
 from tasks.inputs import prefetch_chunk
-from tasks.plan import Point, _point_id
-from tasks.products import ProductError, ProductRequest
-from tasks.sensors import SATELLITE_EMBEDDING
-from tasks.sources import EarthEngineOptions
+from tasks.plan.chunks import Chunk
+from tasks.plan.points import Point, _point_id
+from tasks.products import gse
+from tasks.products.registry import ProductError, ProductRequest
+from tasks.sources.earthengine import EarthEngineSource
+from tasks.sources.registry import EarthEngineOptions
+from tasks.sources.sensors import SATELLITE_EMBEDDING
 from tests.ee_server import FakeEarthEngine, Raster, serve_earthengine, service_account_key
 
 COLLECTION = SATELLITE_EMBEDDING.collections["earthengine"]

@@ -45,7 +45,7 @@ def _request(precision: str):
     from datetime import date
 
     from embedders.spec import InferenceOptions
-    from tasks.products import ProductRequest
+    from tasks.products.registry import ProductRequest
 
     options = InferenceOptions(precision=precision)  # type: ignore[arg-type]
     return ProductRequest(
@@ -78,7 +78,7 @@ def test_resolve_model__fp16_on_the_cpu_is_refused_before_anything_is_written():
     import pytest
 
     from tasks.infer import resolve_model
-    from tasks.products import ProductError
+    from tasks.products.registry import ProductError
 
     with pytest.raises(ProductError, match="fp16 needs a CUDA device"):
         resolve_model("ssl4eo_resnet18_rgb", _request("fp16"))

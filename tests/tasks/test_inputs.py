@@ -10,7 +10,6 @@ import torch
 import zarr
 
 from embedders.encoding import FLOAT32, INT16, INT16_FILL
-from tasks.chunks import Chunk
 from tasks.inputs import (
     CHUNK_POINTS,
     DamagedInputsError,
@@ -18,8 +17,9 @@ from tasks.inputs import (
     read_patches,
     read_stack,
 )
-from tasks.plan import Point
-from tasks.sources import Patches, SensorConfig
+from tasks.plan.chunks import Chunk
+from tasks.plan.points import Point
+from tasks.sources.registry import Patches, SensorConfig
 
 CONFIG = SensorConfig(
     sensor="sentinel-2-l2a",

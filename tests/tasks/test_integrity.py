@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import zarr
 
-from tasks import integrity
-from tasks.chunks import make_chunks
-from tasks.integrity import WriteNotKept, check_done, checksum
+from tasks.plan.chunks import make_chunks
 from tasks.results import ChunkResult
+from tasks.store import integrity
+from tasks.store.integrity import WriteNotKept, check_done, checksum
 from tasks.write import write_chunk
 from tests.tasks.test_store import LAYOUT, POINTS, REASONS, write_store
 

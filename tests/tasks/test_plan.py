@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from pyproj import Transformer
 
-from tasks.chunks import make_chunks
-from tasks.plan import plan_points
-from tasks.regions import PlanError, bbox_region, geojson_region
+from tasks.plan.chunks import make_chunks
+from tasks.plan.points import plan_points
+from tasks.plan.regions import PlanError, bbox_region, geojson_region
 
 PATAGONIA = (-67.66, -47.86, -67.62, -47.84)
 
@@ -158,9 +158,9 @@ def test_plan_file__chunks_read_the_same_points_as_an_in_memory_plan(tmp_path):
 
 SCALE_SCRIPT = """
 import pickle, sys, tempfile
-from tasks.chunks import make_chunks
-from tasks.plan import plan_points
-from tasks.regions import bbox_region
+from tasks.plan.chunks import make_chunks
+from tasks.plan.points import plan_points
+from tasks.plan.regions import bbox_region
 from tests.memory import peak_kib
 
 width = float(sys.argv[1])

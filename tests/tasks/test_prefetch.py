@@ -11,13 +11,13 @@ import pytest
 import zarr
 from prefect.states import Failed
 
-from tasks.chunks import Chunk
-from tasks.demo import DEMO_COLLECTION, build_demo_catalog
 from tasks.inputs import MissingInputsError, prefetch_chunk, read_patches
-from tasks.plan import Point
+from tasks.plan.chunks import Chunk
+from tasks.plan.points import Point
 from tasks.prefetch import PREFETCH_RETRIES, prefetch_task, retry_if_transient
-from tasks.sources import ImagerySourceError, Patches, SensorConfig, TransientSourceError
-from tasks.stac_catalog import StacCatalogSource
+from tasks.sources.demo import DEMO_COLLECTION, build_demo_catalog
+from tasks.sources.registry import ImagerySourceError, Patches, SensorConfig, TransientSourceError
+from tasks.sources.stac_catalog import StacCatalogSource
 
 CONFIG = SensorConfig(
     sensor="sentinel-2-l2a",

@@ -13,13 +13,13 @@ import zarr
 
 from embedders import batching
 from embedders.spec import InferenceOptions
-from tasks.chunks import Chunk
 from tasks.infer import resolve_model
 from tasks.inputs import prefetch_chunk
-from tasks.plan import Point
-from tasks.products import ProductRequest
+from tasks.plan.chunks import Chunk
+from tasks.plan.points import Point
+from tasks.products.registry import ProductRequest
 from tasks.results import ChunkResult, load_result, produce_chunk, result_complete, save_result
-from tasks.sources import Patches, SensorConfig
+from tasks.sources.registry import Patches, SensorConfig
 
 
 def test_save_result__many_writers_creating_a_new_results_store_at_once(tmp_path: Path) -> None:

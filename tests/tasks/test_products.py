@@ -10,9 +10,10 @@ from datetime import date
 import pytest
 
 from embedders.spec import InferenceOptions
-from tasks import products, tessera
-from tasks.product import Fetch, ProductError, ProductRequest, fetches_of, share
-from tasks.sources import SensorConfig
+from tasks.products import registry as products
+from tasks.products import tessera
+from tasks.products.product import Fetch, ProductError, ProductRequest, fetches_of, share
+from tasks.sources.registry import SensorConfig
 
 REQUEST = ProductRequest(
     start=date(2024, 1, 1),
@@ -64,7 +65,7 @@ def test_facts__a_precomputed_product_does_not_redeclare_its_modules_constants()
 
 def test_products__listing_them_imports_no_model_or_data_library() -> None:
     code = (
-        "import sys, tasks.products\n"
+        "import sys, tasks.products.registry\n"
         "print([m for m in ('torch', 'zarr', 'pyproj', 'geotessera') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -10,9 +10,16 @@ import pytest
 from PIL import Image
 
 from embedders.spec import Status
-from tasks.quicklook import SIZE_PX, pca_rgb, quicklook_dir, read_maps, render, write_quicklooks
-from tasks.reading import pooled
-from tasks.store import open_store
+from tasks.store.layout import open_store
+from tasks.store.quicklook import (
+    SIZE_PX,
+    pca_rgb,
+    quicklook_dir,
+    read_maps,
+    render,
+    write_quicklooks,
+)
+from tasks.store.reading import pooled
 from tests.stores import MODELS, Written, write_store, write_wide_store
 
 

@@ -11,12 +11,12 @@ import xarray as xr
 import zarr
 
 from embedders.spec import Status
-from tasks.chunks import make_chunks
-from tasks.integrity import check_done
-from tasks.plan import Point
+from tasks.plan.chunks import make_chunks
+from tasks.plan.points import Point
+from tasks.plan.shards import SHARD_BYTES, block_chunks, choose_block_chunks, split_blocks
 from tasks.results import ChunkResult, ModelOutput
-from tasks.shards import SHARD_BYTES, block_chunks, choose_block_chunks, split_blocks
-from tasks.store import StoreLayout, create_store
+from tasks.store.integrity import check_done
+from tasks.store.layout import StoreLayout, create_store
 from tasks.write import write_chunks
 
 WINDOW = (date(2024, 1, 1), date(2024, 12, 31))

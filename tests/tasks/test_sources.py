@@ -20,11 +20,11 @@ import shapely
 import shapely.ops
 from pyproj import Transformer
 
-from tasks import sensors
-from tasks.earthengine import EarthEngineSource
 from tasks.options import Options
-from tasks.plan import Point, _point_id
-from tasks.sources import (
+from tasks.plan.points import Point, _point_id
+from tasks.sources import sensors
+from tasks.sources.earthengine import EarthEngineSource
+from tasks.sources.registry import (
     SOURCES,
     EarthEngineOptions,
     Patches,
@@ -32,9 +32,9 @@ from tasks.sources import (
     StacApiOptions,
     get_source,
 )
-from tasks.stac import patch_geobox
-from tasks.stac_api import StacApiSource
-from tasks.stac_catalog import StacCatalogSource
+from tasks.sources.stac import patch_geobox
+from tasks.sources.stac_api import StacApiSource
+from tasks.sources.stac_catalog import StacCatalogSource
 from tests.ee_server import Raster, serve_earthengine, service_account_key
 from tests.stac_api_server import (
     BAND_STEP,

@@ -10,10 +10,15 @@ import numpy as np
 import pytest
 import shapely
 
-from tasks.plan import Point
-from tasks.sources import ImagerySourceError, SensorConfig, StacApiOptions, TransientSourceError
-from tasks.stac import patch_geobox
-from tasks.stac_api import KNOWN_APIS, StacApiSource, resolve_api
+from tasks.plan.points import Point
+from tasks.sources.registry import (
+    ImagerySourceError,
+    SensorConfig,
+    StacApiOptions,
+    TransientSourceError,
+)
+from tasks.sources.stac import patch_geobox
+from tasks.sources.stac_api import KNOWN_APIS, StacApiSource, resolve_api
 from tests.fakes import Fault, FaultHook, Request
 from tests.stac_api_server import (
     BANDS,

@@ -13,10 +13,10 @@ import xarray as xr
 import zarr
 
 from embedders.spec import Status
-from tasks.chunks import make_chunks
-from tasks.plan import Point
+from tasks.plan.chunks import make_chunks
+from tasks.plan.points import Point
 from tasks.results import ChunkResult, ModelOutput
-from tasks.store import (
+from tasks.store.layout import (
     REASON_BYTES,
     StoreLayout,
     StoreMismatch,
@@ -179,7 +179,7 @@ def test_read_meta__refuses_attributes_that_are_not_json(store):
 def _reseal_above_int32(path: str, *, unsigned: bool) -> None:
     """Give the store's root attributes a seal whose CRC-32 is 2**31 or more (an extra
     attribute picks it), recorded signed as swath writes it, or unsigned as it once did."""
-    from tasks.soundness import SEAL_ATTR, seal
+    from tasks.store.soundness import SEAL_ATTR, seal
 
     group = zarr.open_group(path, mode="r+")
     attrs = dict(group.attrs)
@@ -192,7 +192,7 @@ def _reseal_above_int32(path: str, *, unsigned: bool) -> None:
 
 
 def test_store__a_seal_of_2_31_or_more_saves_to_netcdf_3(store, tmp_path):
-    from tasks.soundness import read_root
+    from tasks.store.soundness import read_root
 
     _reseal_above_int32(store, unsigned=False)
     assert read_root(store).sums is not None  # sealed, not taken as changed
@@ -200,7 +200,7 @@ def test_store__a_seal_of_2_31_or_more_saves_to_netcdf_3(store, tmp_path):
 
 
 def test_store__a_seal_written_unsigned_by_an_older_swath_still_holds(store):
-    from tasks.soundness import read_root
+    from tasks.store.soundness import read_root
 
     _reseal_above_int32(store, unsigned=True)
     assert read_root(store).sums is not None

@@ -14,9 +14,9 @@ import pytest
 from pyproj import Transformer
 
 from embedders.spec import InferenceOptions, Status
-from tasks import tessera
-from tasks.plan import Point, _point_id
-from tasks.products import ProductError, ProductRequest
+from tasks.plan.points import Point, _point_id
+from tasks.products import tessera
+from tasks.products.registry import ProductError, ProductRequest
 from tests.fakes import Request, serve_directory
 from tests.tessera_data import TesseraStore, build_tessera_store, expected_patch
 

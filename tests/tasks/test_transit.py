@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.gdal_log import gdal_retries
-from tasks.sources import ImagerySourceError, TransientSourceError, classify_error
-from tasks.stac_catalog import StacCatalogSource, read_catalog
+from tasks.sources.gdal_log import gdal_retries
+from tasks.sources.registry import ImagerySourceError, TransientSourceError, classify_error
+from tasks.sources.stac_catalog import StacCatalogSource, read_catalog
 from tests.fakes import Fault, Request, serve_directory
 from tests.tasks.test_stac import DEMO_BANDS, demo, demo_config, demo_points
 

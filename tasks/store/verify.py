@@ -1,6 +1,6 @@
 """Check a whole store: every array. The coordinates, small arrays and metadata against the
-sums recorded with them (tasks/soundness.py), and every (time entry, product, chunk) marked
-done against its checksum (tasks/integrity.py).
+sums recorded with them (tasks/store/soundness.py), and every (time entry, product, chunk) marked
+done against its checksum (tasks/store/integrity.py).
 
 `python -m flows.export --verify --out STORE` prints this report. It reads the store only:
 no model library, no Prefect.
@@ -14,12 +14,12 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from tasks import soundness
-from tasks.chunks import chunk_key
-from tasks.integrity import UNMARKED, UNREADABLE, Damage, check_done, open_array
-from tasks.plan import coords_digest
-from tasks.soundness import Finding
-from tasks.store import CREATING, STORE_FORMAT, StoreMismatch, is_url, read_meta
+from tasks.plan.chunks import chunk_key
+from tasks.plan.points import coords_digest
+from tasks.store import soundness
+from tasks.store.integrity import UNMARKED, UNREADABLE, Damage, check_done, open_array
+from tasks.store.layout import CREATING, STORE_FORMAT, StoreMismatch, is_url, read_meta
+from tasks.store.soundness import Finding
 
 
 class NotAStore(ValueError):

@@ -27,7 +27,7 @@ from pystac.extensions.eo import EOExtension
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 
-from tasks.sensors import BANDS
+from tasks.sources.sensors import BANDS
 
 DEMO_CATALOG_DIR = "demo-catalog-v1"  # bump the version when the catalog's content changes
 DEMO_COLLECTION = "sentinel-2-l2a"

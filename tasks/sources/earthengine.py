@@ -3,8 +3,8 @@
 Per group of nearby points (one UTM zone, one pixel phase, patches close together) one
 `ee.data.computePixels` request answers the whole group as a NumPy array, on an explicit
 north-up grid in the points' UTM zone at the configuration's resolution, snapped so that
-every patch is exactly the N x N grid `tasks.stac.patch_geobox` gives its point. A grid whose
-response would exceed Earth Engine's limit is split into sub-grids and stitched.
+every patch is exactly the N x N grid `tasks.sources.stac.patch_geobox` gives its point. A
+grid whose response would exceed Earth Engine's limit is split into sub-grids and stitched.
 
 The expression is the composite over the window: the collection filtered by date and bounds,
 for Sentinel-2 its scenes pre-selected by cloud cover and its pixels masked with Cloud
@@ -33,11 +33,10 @@ import ee
 import ee.image_converter
 import numpy as np
 
-from tasks import sensors
-from tasks.earthengine_auth import load_credentials
-from tasks.locks import ensure_concurrency_limit
-from tasks.plan import Point
-from tasks.sources import (
+from tasks.plan.points import Point
+from tasks.sources import sensors
+from tasks.sources.earthengine_auth import load_credentials
+from tasks.sources.registry import (
     EarthEngineOptions,
     ImagerySourceError,
     Patches,
@@ -48,7 +47,8 @@ from tasks.sources import (
     plain_http_origins,
     unreachable,
 )
-from tasks.stac import pixel_phase, read_together, union_box
+from tasks.sources.stac import pixel_phase, read_together, union_box
+from tasks.store.locks import ensure_concurrency_limit
 
 # Earth Engine refuses a computePixels whose response would exceed 48 MiB ("Total request
 # size (... bytes) must be less than or equal to 50331648 bytes", the limit Xee also declares
@@ -106,9 +106,9 @@ class PixelGrid:
 
 def plan_grids(points: Sequence[Point], n: int, resolution_m: float) -> list[PixelGrid]:
     """The grids that answer the points' N x N patches. Points of one zone and pixel phase
-    join a grid while their patches are read together (tasks.stac.read_together; greedily,
+    join a grid while their patches are read together (tasks.sources.stac.read_together; greedily,
     north to south), else start their own. A patch's top-left corner is (x - N r / 2,
-    y + N r / 2), as tasks.stac.patch_geobox places it."""
+    y + N r / 2), as tasks.sources.stac.patch_geobox places it."""
     half = n * resolution_m / 2
     groups: dict[tuple[int, float, float], list[tuple[int, float, float]]] = defaultdict(list)
     for i, p in enumerate(points):
@@ -182,7 +182,7 @@ def composite(
         images = images.filter(ee.Filter.lte(cloud_property, config.max_cloud_cover))
     if config.sensor in sensors.CLOUD_SCORE_PLUS_SENSORS:
         # Cloud Score+ masks clouds and their shadows per pixel, and Google recommends it
-        # for Sentinel-2 composites over QA60 and SCL (tasks/sensors.py says more).
+        # for Sentinel-2 composites over QA60 and SCL (tasks/sources/sensors.py says more).
         band, clear = sensors.CLOUD_SCORE_PLUS_BAND, sensors.CLOUD_SCORE_PLUS_CLEAR
         images = images.linkCollection(ee.ImageCollection(sensors.CLOUD_SCORE_PLUS), [band])
         images = images.map(lambda image: image.updateMask(image.select(band).gte(clear)))

@@ -1,7 +1,7 @@
 """GDAL's own retries of HTTP requests, counted and kept off the terminal.
 
 GDAL retries a range request that got a 429 or 5xx (or a dropped connection) by itself
-(GDAL_HTTP_MAX_RETRY, tasks/stac.py), and says so as a CPL warning, "HTTP error code: 503 -
+(GDAL_HTTP_MAX_RETRY, tasks/sources/stac.py), and says so as a CPL warning, "HTTP error code: 503 -
 <url>. Retrying again in 0.2 secs", which rasterio hands to Python's logging (loggers
 `rasterio._env` and `rasterio._err`, the same retry once through each where both are in
 place). Those lines reached the terminal while the run's summary counted no retry. Here

@@ -4,7 +4,7 @@ with the reason).
 
 Every source delivers the same thing for the same point: an N x N patch on the point's UTM
 grid, north-up, centred to the pixel, bands in the requested order, float32, on the
-sensor's harmonised scale (tasks/sensors.py), NaN where masked (nodata, cloud, shadow).
+sensor's harmonised scale (tasks/sources/sensors.py), NaN where masked (nodata, cloud, shadow).
 
 Importing this module imports no source library: the registry names each source's class,
 imported when a source is first used.
@@ -29,15 +29,15 @@ import urllib3.exceptions
 from pydantic import Field
 
 from embedders.plugins import merged
-from tasks import sensors
 from tasks.options import Flag, Options
+from tasks.sources import sensors
 
 if TYPE_CHECKING:
-    from tasks.plan import Point
-    from tasks.products import ProductRequest
+    from tasks.plan.points import Point
+    from tasks.products.registry import ProductRequest
 
 SOURCE_FLAGS = "imagery source"  # the --help section of the sources' flags
-DEMO_CATALOG = "demo"  # --catalog's default: the offline Sentinel-2 sample (tasks/demo.py)
+DEMO_CATALOG = "demo"  # --catalog's default: the offline Sentinel-2 sample (tasks/sources/demo.py)
 
 
 class StacCatalogOptions(Options):
@@ -143,7 +143,7 @@ class SourceEntry:
     impl: str
     options: type[Options] = Options
     # sensor -> the collection id it is served under by this source, beside what
-    # tasks/sensors.py declares for swath's own sources
+    # tasks/sources/sensors.py declares for swath's own sources
     collections: dict[str, str] = field(default_factory=dict)
 
 
@@ -151,9 +151,9 @@ class SourceEntry:
 # line here (or an entry point `swath.sources` of another package: embedders/plugins.py)
 # and its tests.
 SOURCES: dict[str, SourceEntry] = {
-    "stac-catalog": SourceEntry("tasks.stac_catalog:StacCatalogSource", StacCatalogOptions),
-    "stac-api": SourceEntry("tasks.stac_api:StacApiSource", StacApiOptions),
-    "earthengine": SourceEntry("tasks.earthengine:EarthEngineSource", EarthEngineOptions),
+    "stac-catalog": SourceEntry("tasks.sources.stac_catalog:StacCatalogSource", StacCatalogOptions),
+    "stac-api": SourceEntry("tasks.sources.stac_api:StacApiSource", StacApiOptions),
+    "earthengine": SourceEntry("tasks.sources.earthengine:EarthEngineSource", EarthEngineOptions),
 }
 
 
@@ -181,7 +181,7 @@ class SensorConfig:
     taking its bands.
     """
 
-    sensor: str  # e.g. "sentinel-2-l2a" (tasks/sensors.py)
+    sensor: str  # e.g. "sentinel-2-l2a" (tasks/sources/sensors.py)
     catalog: str  # stac-catalog: catalog.json path or URL; stac-api: the API URL; else ""
     collection: str
     resolution_m: float
@@ -244,7 +244,7 @@ def sensor_config(
 ) -> SensorConfig:
     """The configuration a product of this run fetches `sensor` with: from the run's source
     (or `source`, for a product that lives in one place), in the collection the user named
-    for that source or else the sensor's own collection there (tasks/sensors.py).
+    for that source or else the sensor's own collection there (tasks/sources/sensors.py).
 
     Raises ValueError naming what is known when the sensor does not come from the source."""
     source = source or request.source

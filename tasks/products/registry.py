@@ -2,7 +2,7 @@
 
 The registry reads each model of embedders/registry.py, the precomputed products'
 modules (PRECOMPUTED) and the installed `swath.products` plugins. What a product is and
-the seam the export flow uses are in tasks/product.py (re-exported here). Importing this
+the seam the export flow uses are in tasks/products/product.py (re-exported here). Importing this
 module imports no model library and no data-access library: listing the products
 (`--list-models`, the Prefect UI's dropdown) stays fast.
 """
@@ -14,16 +14,16 @@ from collections.abc import Iterable
 
 from embedders import plugins, registry
 from embedders.spec import ModelSpec
-from tasks import sensors
-from tasks.product import Fetch as Fetch
-from tasks.product import Product as Product
-from tasks.product import ProductEntry as ProductEntry
-from tasks.product import ProductError as ProductError
-from tasks.product import ProductFacts as ProductFacts
-from tasks.product import ProductRequest as ProductRequest
-from tasks.product import fetches_of
-from tasks.product import identity_key as identity_key
-from tasks.product import share as share
+from tasks.products.product import Fetch as Fetch
+from tasks.products.product import Product as Product
+from tasks.products.product import ProductEntry as ProductEntry
+from tasks.products.product import ProductError as ProductError
+from tasks.products.product import ProductFacts as ProductFacts
+from tasks.products.product import ProductRequest as ProductRequest
+from tasks.products.product import fetches_of
+from tasks.products.product import identity_key as identity_key
+from tasks.products.product import share as share
+from tasks.sources import sensors
 
 
 def model_facts(spec: ModelSpec) -> ProductFacts:
@@ -49,8 +49,8 @@ def model_facts(spec: ModelSpec) -> ProductFacts:
 # The precomputed products, by name: each one's module, which declares ENTRY (its facts and
 # resolver) and imports nothing heavy. Adding one: its module, one line here, its test.
 PRECOMPUTED: dict[str, str] = {
-    "tessera": "tasks.tessera",
-    "gse": "tasks.gse",
+    "tessera": "tasks.products.tessera",
+    "gse": "tasks.products.gse",
 }
 
 
@@ -66,8 +66,8 @@ def _registry() -> dict[str, ProductEntry]:
     found = plugins.merged("swath.products", own)
     if wrong := [n for n, e in found.items() if not isinstance(e, ProductEntry)]:
         raise plugins.PluginError(
-            f"swath.products plugin(s) {', '.join(wrong)} are not tasks.product.ProductEntry "
-            "objects; fix the package that declares them"
+            f"swath.products plugin(s) {', '.join(wrong)} are not "
+            "tasks.products.product.ProductEntry objects; fix the package that declares them"
         )
     return {n: e for n, e in found.items() if isinstance(e, ProductEntry)}
 

@@ -1,9 +1,10 @@
-"""What every STAC source shares (tasks/stac_catalog.py: a static catalog; tasks/stac_api.py:
-a search API): from STAC items of Cloud-Optimized GeoTIFFs to the points' patches.
+"""What every STAC source shares (tasks/sources/stac_catalog.py: a static catalog;
+tasks/sources/stac_api.py: a search API): from STAC items of Cloud-Optimized GeoTIFFs to
+the points' patches.
 
 Items are selected by window and cloud cover, bands resolved to assets, and the pixels read
 with odc-stac on each point's own UTM grid; nodata and Sentinel-2 scene classes are masked
-on the raw values, each item's offset is removed (tasks/sensors.py), and the per-pixel
+on the raw values, each item's offset is removed (tasks/sources/sensors.py), and the per-pixel
 median is taken over the dates.
 """
 
@@ -24,14 +25,14 @@ import shapely
 from affine import Affine
 from odc.geo.geobox import GeoBox
 
-from tasks.plan import Point
-from tasks.sensors import BANDS, SCL_ASSET_KEYS, SCL_MASKED_CLASSES, SENSORS, dn_offset
-from tasks.sources import (
+from tasks.plan.points import Point
+from tasks.sources.registry import (
     ImagerySourceError,
     Patches,
     SensorConfig,
     classify_error,
 )
+from tasks.sources.sensors import BANDS, SCL_ASSET_KEYS, SCL_MASKED_CLASSES, SENSORS, dn_offset
 
 COMPOSITES = ("median",)
 
@@ -353,7 +354,7 @@ def load_composite(
     """Read a load's bands on its grid, mask, harmonise, and take the per-pixel median over
     its dates.
 
-    Items are read in groups of equal offset (tasks/sensors.py dn_offset), since odc-stac
+    Items are read in groups of equal offset (tasks/sources/sensors.py dn_offset), since odc-stac
     merges the items of a solar day: each group is masked on its raw values (SCL classes,
     declared nodata), then its offset is added, so items on both sides of Sentinel-2's
     baseline 04.00 composite on one scale. Returns band -> (height, width) float32 with NaN

@@ -35,7 +35,8 @@ from prefect.artifacts import create_markdown_artifact
 from shapely.geometry.base import BaseGeometry
 
 from embedders.spec import Status
-from tasks.reading import (
+from tasks.store.layout import is_url, open_store
+from tasks.store.reading import (
     counts,
     model_names,
     point_bounds,
@@ -45,7 +46,6 @@ from tasks.reading import (
     store_meta,
     time_entries,
 )
-from tasks.store import is_url, open_store
 
 SIZE_PX = 800  # square PNGs, 800 x 800: small enough to inline in an artifact (~100 KB)
 DPI = 100

@@ -8,7 +8,7 @@ from typing import Any
 
 import ee
 
-from tasks.sources import EarthEngineOptions, ImagerySourceError
+from tasks.sources.registry import EarthEngineOptions, ImagerySourceError
 
 NO_CREDENTIALS = (
     "no Earth Engine credentials found: run `earthengine authenticate` (or `gcloud auth "

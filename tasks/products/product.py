@@ -1,11 +1,11 @@
 """A product: what each name in `--models` is, its declared facts, and the one seam the
-export flow uses (the registry of products is tasks/products.py).
+export flow uses (the registry of products is tasks/products/registry.py).
 
 A product turns a chunk of points into a `ChunkResult` (embeddings, status, reason, valid
 fraction). Two kinds stand behind the same Protocol, and the flow knows neither:
 - model-backed (tasks/infer.py): imagery is prefetched into the inputs store, then a model
   runs on it through the tile-flattened engine;
-- precomputed (e.g. tasks/tessera.py): embeddings that already exist are read, no forward.
+- precomputed (e.g. tasks/products/tessera.py): embeddings that already exist are read, no forward.
 
 Every product declares its identity: the fields its values depend on, with a version
 number that is bumped on purpose. The store's layout fingerprint comes from it alone, so
@@ -29,12 +29,12 @@ from datetime import date
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from embedders.spec import InferenceOptions, WeightsChoice
-from tasks import sensors
 from tasks.options import Options
-from tasks.sources import SensorConfig, sensor_config
+from tasks.sources import sensors
+from tasks.sources.registry import SensorConfig, sensor_config
 
 if TYPE_CHECKING:
-    from tasks.chunks import Chunk
+    from tasks.plan.chunks import Chunk
     from tasks.results import ChunkResult, ModelOutput
 
 
@@ -53,7 +53,7 @@ class ProductRequest:
     start: date
     end: date  # inclusive
     patch_px: int
-    source: str  # a name of tasks.sources.SOURCES
+    source: str  # a name of tasks.sources.registry.SOURCES
     catalog: str  # stac-catalog: the catalog, resolved (the demo catalog is built by then);
     # stac-api: the API URL; earthengine: ""
     collection: str | None  # None: each sensor's own collection for the source
@@ -126,7 +126,7 @@ class ProductFacts:
     """
 
     kind: Literal["model", "precomputed"]
-    sensor: str  # the sensor it fetches (tasks/sensors.py); else what its values come from
+    sensor: str  # the sensor it fetches (tasks/sources/sensors.py); else what its values come from
     source_data: tuple[str, ...]  # URLs of the missions behind its values
     resolution_m: float  # ground sample distance of its input pixels
     tile_px: int | None  # the model's tile; None: no tiles (precomputed)

@@ -1,5 +1,6 @@
 """The stac-catalog source: patches from a static STAC catalog of Cloud-Optimized GeoTIFFs
-(a local path or an http(s) URL of catalog.json), through the STAC machinery of tasks/stac.py.
+(a local path or an http(s) URL of catalog.json), through the STAC machinery of
+tasks/sources/stac.py.
 """
 
 import threading
@@ -14,9 +15,9 @@ import urllib3
 from pystac.stac_io import DefaultStacIO
 from urllib3.util.retry import Retry
 
-from tasks.gdal_log import count_gdal_retries
-from tasks.plan import Point
-from tasks.sources import (
+from tasks.plan.points import Point
+from tasks.sources.gdal_log import count_gdal_retries
+from tasks.sources.registry import (
     ImagerySourceError,
     Patches,
     SensorConfig,
@@ -25,7 +26,7 @@ from tasks.sources import (
     plain_http_origins,
     unreachable,
 )
-from tasks.stac import (
+from tasks.sources.stac import (
     GDAL_HTTP_OPTIONS,
     CatalogItem,
     check_composite,
@@ -121,7 +122,7 @@ class StacCatalogSource:
 
 
 # Each request for a remote catalog's JSON is retried by urllib3 on 429/5xx and on dropped
-# connections, as GDAL retries each range request of a COG (tasks/stac.py): a catalog is
+# connections, as GDAL retries each range request of a COG (tasks/sources/stac.py): a catalog is
 # one request per item, so with request-level faults a whole read would rarely get through.
 CATALOG_RETRY = Retry(total=3, backoff_factor=0.25, status_forcelist=(429, 500, 502, 503, 504))
 
@@ -129,7 +130,7 @@ CATALOG_RETRY = Retry(total=3, backoff_factor=0.25, status_forcelist=(429, 500, 
 class RetryingStacIO(DefaultStacIO):
     """pystac's reader, with `CATALOG_RETRY` for http(s) hrefs. A status still failing
     raises urllib3's MaxRetryError; another 4xx an HTTPError with its status (both as
-    pystac's own reader would be classified, tasks/sources.py)."""
+    pystac's own reader would be classified, tasks/sources/registry.py)."""
 
     def __init__(self, timeout_s: float) -> None:
         super().__init__()

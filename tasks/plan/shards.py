@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import zarr
 
-from tasks.integrity import checksum_name
+from tasks.store.integrity import checksum_name
 
 # A shard holds at most this many plan chunks: 10M points in chunks of 256 are 2,500 shards
 # per array instead of 40,000 files.

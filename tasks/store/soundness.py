@@ -1,14 +1,14 @@
 """Every array of a store is checked, not only the products' data.
 
 The products' arrays (embeddings and their scales, reasons, valid fractions, statuses)
-are checked a chunk at a time against `<model>_checksum` (tasks/integrity.py). Everything
+are checked a chunk at a time against `<model>_checksum` (tasks/store/integrity.py). Everything
 else is recorded when the store is laid out or gets a window, in the root attribute
 `swath_sums` (JSON text), and sealed with the CRC-32 of all root attributes
 (`swath_seal`):
 - `metadata`: each array's zarr.json, as a CRC-32 of its canonical JSON; the root holds a
   second copy of each (consolidated metadata), so one damaged copy is restored from the
   other;
-- `coords`: the point coordinates (tasks/coords.py), a CRC-32 per block of the plan;
+- `coords`: the point coordinates (tasks/store/coords.py), a CRC-32 per block of the plan;
 - `values`: the small arrays (`time`, `time_end`, `time_bounds`, `crs`), by value.
 `--verify` checks all of it; a rerun restores metadata from its good copy, coordinates from
 the plan and the small arrays from their recorded values. The root's own zarr.json cannot
@@ -26,9 +26,9 @@ import numpy as np
 import zarr
 from fsspec.core import url_to_fs
 
-from tasks.coords import POINT_COORDS, block_crcs, repair_coords
-from tasks.integrity import UNREADABLE, checksum_name, data_names, open_array
-from tasks.plan import BLOCK_POINTS, PointTable
+from tasks.plan.points import BLOCK_POINTS, PointTable
+from tasks.store.coords import POINT_COORDS, block_crcs, repair_coords
+from tasks.store.integrity import UNREADABLE, checksum_name, data_names, open_array
 
 SUMS_ATTR = "swath_sums"
 SEAL_ATTR = "swath_seal"
@@ -78,7 +78,7 @@ def sealed(attrs: dict[str, Any]) -> bool:
 def record(path: str, coords: dict[str, list[int]] | None = None) -> None:
     """Record the sums of every array but the products' data in the root attributes, seal
     them and consolidate the metadata. `coords`: the coordinates' CRC-32s per block as
-    written (tasks/coords.py); else those recorded before, else read from the store."""
+    written (tasks/store/coords.py); else those recorded before, else read from the store."""
     group = zarr.open_group(path, mode="r+", use_consolidated=False)
     names = sorted(name for name, _ in group.arrays())
     fs, root = url_to_fs(path)

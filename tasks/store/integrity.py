@@ -33,7 +33,7 @@ UNREADABLE = (RuntimeError, ValueError)
 
 
 class ChunkRegion(Protocol):
-    """A chunk's place on the store's point axis (tasks.chunks.Chunk is one)."""
+    """A chunk's place on the store's point axis (tasks.plan.chunks.Chunk is one)."""
 
     @property
     def index(self) -> int: ...
@@ -68,7 +68,8 @@ def data_names(model: str) -> tuple[str, ...]:
 
 def checksum_variable(model: str, n_chunks: int) -> tuple[tuple[str, ...], np.ndarray, int]:
     """The store's `<model>_checksum` for one time entry: dims, fill values, inner Zarr chunk
-    length along `chunk` (1: one per plan chunk; shards hold a write block's, tasks/shards.py)."""
+    length along `chunk` (1: one per plan chunk; shards hold a write block's,
+    tasks/plan/shards.py)."""
     return ("time", CHECKSUM_DIM), np.full((1, n_chunks), CHECKSUM_FILL, dtype="int32"), 1
 
 

@@ -5,12 +5,12 @@ Layout (the contract with users, see README):
 - dims `time`, `point`, and per model `<model>_dim` (+ `<model>_y`, `<model>_x` for grids);
 - coords `point_id`, `lon`, `lat`, `utm_epsg` on `point`; `time` (window start), `time_end`;
 - per model: `<model>` embeddings (float32; float16, or int8 with `<model>_scale` on
-  request, see tasks/compact.py), `<model>_status` int8 (Status codes),
+  request, see tasks/store/compact.py), `<model>_status` int8 (Status codes),
   `<model>_reason` text, `<model>_valid_fraction` float32, and `<model>_checksum` int32 on
-  (time, chunk): each chunk's CRC-32, written before its status (tasks/integrity.py);
+  (time, chunk): each chunk's CRC-32, written before its status (tasks/store/integrity.py);
 - text (`point_id`, `<model>_reason`) as UTF-8 bytes in uint8 arrays (see TEXT_ENCODING);
 - every variable of a model sharded by write blocks of K plan chunks along `point` (and
-  `chunk`), one plan chunk per inner Zarr chunk (tasks/shards.py);
+  `chunk`), one plan chunk per inner Zarr chunk (tasks/plan/shards.py);
 - attrs, as JSON text: `swath` (format, fingerprint, software version, window) and `models`
   (per model, its spec, weights, sensor configuration and inference options); `read_meta`.
 """
@@ -34,13 +34,13 @@ import zarr
 from fsspec.core import url_to_fs
 
 from embedders.spec import Status
-from tasks import compact, conventions, soundness
-from tasks.coords import id_bytes, write_coords
-from tasks.integrity import CHECKSUM_ATTRS, CHECKSUM_FILL, checksum_name, checksum_variable
-from tasks.plan import BLOCK_POINTS, PointTable
+from tasks.plan.points import BLOCK_POINTS, PointTable
+from tasks.plan.shards import choose_block_chunks
 from tasks.results import ModelOutput
-from tasks.shards import choose_block_chunks
-from tasks.text import TEXT_ATTR, TEXT_ENCODING, decode_text
+from tasks.store import compact, conventions, soundness
+from tasks.store.coords import id_bytes, write_coords
+from tasks.store.integrity import CHECKSUM_ATTRS, CHECKSUM_FILL, checksum_name, checksum_variable
+from tasks.store.text import TEXT_ATTR, TEXT_ENCODING, decode_text
 
 # 2: layout fingerprints from each product's declared, versioned identity (not its spec);
 #    text as uint8 UTF-8 bytes; root attributes as JSON text.
@@ -70,7 +70,7 @@ class StoreLayout:
     points: PointTable  # a sequence of Point objects is taken as an in-memory table
     chunk_size: int
     models: tuple[ModelOutput, ...]
-    dtype: compact.Dtype = "float32"  # how embeddings are stored (tasks/compact.py)
+    dtype: compact.Dtype = "float32"  # how embeddings are stored (tasks/store/compact.py)
 
     def __post_init__(self) -> None:
         if not isinstance(self.points, PointTable):
@@ -331,7 +331,7 @@ def _quiet_consolidation() -> Iterator[None]:
 
 
 def default_block_chunks(layout: StoreLayout, *, at_most: int | None = None) -> int:
-    """The plan chunks per shard of a new store of `layout` (tasks/shards.py); at most
+    """The plan chunks per shard of a new store of `layout` (tasks/plan/shards.py); at most
     `at_most`, the chunks one flow run carries."""
     n, cs = len(layout.points), layout.chunk_size
     widest = max(

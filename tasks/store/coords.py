@@ -1,6 +1,6 @@
 """The store's point coordinates (`point_id`, `lon`, `lat`, `utm_epsg`, `utm_x`, `utm_y`): all
 computed from the plan, so written a block of the plan at a time when the store is laid
-out, checked against their recorded CRC-32s (tasks/soundness.py), and rewritten from the
+out, checked against their recorded CRC-32s (tasks/store/soundness.py), and rewritten from the
 plan by a rerun wherever they differ from it.
 """
 
@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from tasks.integrity import UNREADABLE, open_array
-from tasks.plan import BLOCK_POINTS, PointTable
-from tasks.text import TEXT_ENCODING, encode_text
+from tasks.plan.points import BLOCK_POINTS, PointTable
+from tasks.store.integrity import UNREADABLE, open_array
+from tasks.store.text import TEXT_ENCODING, encode_text
 
 # The coordinate arrays on `point`, with the plan column each one holds (point_id: the ids).
 POINT_COORDS = {
@@ -92,7 +92,7 @@ def repair_coords(
     path: str, table: PointTable, recorded: dict[str, list[int]] | None
 ) -> tuple[list[str], dict[str, list[int]]]:
     """Rewrite from the plan each block of the coordinate arrays that is not what was
-    written: with `recorded` (their CRC-32s per block, tasks/soundness.py), the blocks whose
+    written: with `recorded` (their CRC-32s per block, tasks/store/soundness.py), the blocks whose
     CRC-32 differs or that cannot be read; without (a store of an earlier swath), every
     block that differs from the plan. One line per array repaired, and the CRC-32s of what
     the arrays now hold."""

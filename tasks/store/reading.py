@@ -14,8 +14,8 @@ import xarray as xr
 from shapely.geometry.base import BaseGeometry
 
 from embedders.spec import Status
-from tasks.regions import PlanError, bbox_region, geojson_region
-from tasks.store import StoreMismatch, read_meta
+from tasks.plan.regions import PlanError, bbox_region, geojson_region
+from tasks.store.layout import StoreMismatch, read_meta
 
 
 class NotAStore(ValueError):

@@ -30,9 +30,8 @@ import numpy as np
 from pydantic import Field
 
 from embedders.spec import OutputKind, Status
-from tasks import sensors
 from tasks.options import Flag, Options
-from tasks.product import (
+from tasks.products.product import (
     Fetch,
     ProductEntry,
     ProductError,
@@ -41,13 +40,14 @@ from tasks.product import (
     identity_key,
     one_calendar_year,
 )
-from tasks.sources import classify_error
+from tasks.sources import sensors
+from tasks.sources.registry import classify_error
 
 if TYPE_CHECKING:  # zarr, pyproj and the stores are imported when Tessera is read, not listed
     from pyproj import Transformer
 
-    from tasks.chunks import Chunk
-    from tasks.plan import Point
+    from tasks.plan.chunks import Chunk
+    from tasks.plan.points import Point
     from tasks.results import ChunkResult, ModelOutput
 
 DIM = 128
@@ -91,7 +91,7 @@ class TesseraOptions(Options):
         return self.tessera_store
 
 
-ENTRY = ProductEntry(FACTS, "tasks.tessera:resolve", TesseraOptions)
+ENTRY = ProductEntry(FACTS, "tasks.products.tessera:resolve", TesseraOptions)
 
 # Per-pixel causes, from the scales array (geotessera's conventions), in the order a pixel
 # keeps them when two zones answer for it: a valid value beats water beats no data.

@@ -6,7 +6,7 @@ scale, as Tessera and Earth Engine's embedding products store theirs.
 - int8: each vector v (all dims of one point, or of one grid cell) is stored as
   q = round(v / s) in -127..127 with s = max|v| / 127 in `<model>_scale` (float32, one per
   vector); v ~ q * s. -128 marks a vector with no value (its scale is NaN). CF has no
-  per-vector scale, so `xr.open_zarr` shows q and s apart; `tasks.store.open_store` decodes
+  per-vector scale, so `xr.open_zarr` shows q and s apart; `tasks.store.layout.open_store` decodes
   them, and so can any reader from the variable's `quantization` attribute.
 
 Quantisation is per vector, so a point's direction (what cosine similarity compares) keeps

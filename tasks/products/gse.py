@@ -2,7 +2,7 @@
 precomputed, fetched through Earth Engine.
 
 GOOGLE/SATELLITE_EMBEDDING/V1/ANNUAL holds one image per year and UTM zone, 64 bands
-A00..A63, each pixel a unit-length vector (tasks/sensors.py). The product declares one fetch
+A00..A63, each pixel a unit-length vector (tasks/sources/sensors.py). The product declares one fetch
 of those bands through the Earth Engine source, as a mosaic of the images of the window's
 calendar year on each point's own UTM grid, so the prefetch stage fetches it like any imagery
 (retries, resume, request counts); `produce` pools the inputs store's patches with no model.
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from embedders.spec import OutputKind, Status
-from tasks.product import (
+from tasks.products.product import (
     Fetch,
     ProductEntry,
     ProductFacts,
@@ -25,11 +25,11 @@ from tasks.product import (
     identity_key,
     one_calendar_year,
 )
-from tasks.sensors import SATELLITE_EMBEDDING
-from tasks.sources import SensorConfig
+from tasks.sources.registry import SensorConfig
+from tasks.sources.sensors import SATELLITE_EMBEDDING
 
 if TYPE_CHECKING:  # the inputs and results stores are imported when gse runs, not listed
-    from tasks.chunks import Chunk
+    from tasks.plan.chunks import Chunk
     from tasks.results import ChunkResult, ModelOutput
 
 DIM = 64
@@ -59,7 +59,7 @@ FACTS = ProductFacts(
     composite="mosaic",
     annual=True,
 )
-ENTRY = ProductEntry(FACTS, "tasks.gse:resolve")
+ENTRY = ProductEntry(FACTS, "tasks.products.gse:resolve")
 
 
 @dataclass(frozen=True)

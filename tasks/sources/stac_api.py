@@ -2,7 +2,7 @@
 
 Each chunk is one item search (pystac-client, pages followed) over the box around all its
 patches, the window and the cloud-cover limit; the pixels are then read, masked, harmonised
-and composited by the path the static catalog source uses (tasks/stac.py). Planetary
+and composited by the path the static catalog source uses (tasks/sources/stac.py). Planetary
 Computer's assets are signed with a SAS token from its token endpoint, fetched here (no
 planetary-computer package), cached per collection, and kept out of logs and messages.
 """
@@ -23,9 +23,9 @@ from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
 from urllib3.util.retry import Retry
 
-from tasks.gdal_log import count_gdal_retries
-from tasks.plan import Point
-from tasks.sources import (
+from tasks.plan.points import Point
+from tasks.sources.gdal_log import count_gdal_retries
+from tasks.sources.registry import (
     ImagerySourceError,
     Patches,
     SensorConfig,
@@ -36,7 +36,7 @@ from tasks.sources import (
     plain_http_origins,
     unreachable,
 )
-from tasks.stac import (
+from tasks.sources.stac import (
     GDAL_HTTP_OPTIONS,
     check_composite,
     composite_patches,
@@ -213,7 +213,8 @@ class StacApiSource:
         max_items: int | None = None,
     ) -> list[pystac.Item]:
         """One item search, every page: the collection, the window, the box, the cloud cover
-        (server side where the API offers query or filter; tasks/stac.py checks it again)."""
+        (server side where the API offers query or filter; tasks/sources/stac.py checks it
+        again)."""
         where = f" in {[round(v, 5) for v in bbox]}" if bbox else ""
         what = f"searching {api.url} for {config.collection} items{where}"
         kwargs: dict[str, Any] = {}

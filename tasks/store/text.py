@@ -1,5 +1,5 @@
 """Text in the store (point ids, reasons): UTF-8 bytes, zero-padded, in uint8 arrays with a
-trailing length dim, marked with TEXT_ATTR; `tasks.store.open_store` decodes them."""
+trailing length dim, marked with TEXT_ATTR; `tasks.store.layout.open_store` decodes them."""
 
 import numpy as np
 

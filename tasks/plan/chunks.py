@@ -1,6 +1,6 @@
 """Chunks: the unit of work, retry and resume, as small keys.
 
-A chunk is consecutive points of a plan (tasks/plan.py). It is passed to a task as its
+A chunk is consecutive points of a plan (tasks/plan/points.py). It is passed to a task as its
 index, point range, a digest of its points and the plan file's path (about 150 bytes), and
 the task reads its own points from the plan file.
 """
@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tasks.plan import BLOCK_POINTS, Point, PointTable, coords_digest, read_points
-from tasks.regions import PlanError
+from tasks.plan.points import BLOCK_POINTS, Point, PointTable, coords_digest, read_points
+from tasks.plan.regions import PlanError
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import xarray as xr
 
     from tasks.results import ModelOutput
-    from tasks.store import StoreLayout
+    from tasks.store.layout import StoreLayout
 
 CF_VERSION = "CF-1.11"
 GEOEMB = {
@@ -106,7 +106,7 @@ def geoemb_fields(m: ModelOutput, dtype: str = "float32") -> dict[str, Any]:
 
 
 def _quantization(model: str, dtype: str) -> dict[str, Any]:
-    """The STAC Item's `emb:quantization` for a compact store (tasks/compact.py)."""
+    """The STAC Item's `emb:quantization` for a compact store (tasks/store/compact.py)."""
     if dtype == "int8":
         method = {"method": "linear per vector", "scale": f"{model}_scale", "missing": -128}
         return {"emb:quantization": method}

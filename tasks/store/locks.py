@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
-from tasks.store import is_url
+from tasks.store.layout import is_url
 
 
 class StoreBusy(RuntimeError):

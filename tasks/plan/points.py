@@ -1,8 +1,8 @@
-"""Plan: a region (tasks/regions.py) and a spacing become points on a regular UTM grid.
+"""Plan: a region (tasks/plan/regions.py) and a spacing become points on a regular UTM grid.
 
 A plan stays small in the flow whatever the region's size: points live in arrays (a
 `PointTable`, written to a plan file in the work directory), computed with vectorised
-geometry; tasks/chunks.py cuts them into chunks, small keys from which a task reads its
+geometry; tasks/plan/chunks.py cuts them into chunks, small keys from which a task reads its
 own points.
 """
 
@@ -26,7 +26,7 @@ from shapely.geometry import Polygon, box
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import transform
 
-from tasks.regions import UTM_LAT_RANGE, PlanError
+from tasks.plan.regions import UTM_LAT_RANGE, PlanError
 
 
 @dataclass(frozen=True)
@@ -347,7 +347,7 @@ class _Sink:
 
 
 # What reading a damaged plan file raises: a missing file or attribute, a zarr.json or
-# attribute that is not what it should be, a chunk that does not decode (tasks/integrity.py).
+# attribute that is not what it should be, a chunk that does not decode (tasks/store/integrity.py).
 _DAMAGED = (OSError, KeyError, TypeError, ValueError, RuntimeError, zarr.errors.BaseZarrError)
 
 

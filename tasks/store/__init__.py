@@ -1,0 +1,4 @@
+"""The output store: its layout, time entries and done marks (layout), how values and text
+are encoded (compact, text, coords), what keeps it sound (integrity: chunk checksums;
+soundness: every other array; verify: --verify), one writer at a time (locks), the STAC
+items and `geoemb:` attributes (conventions), and reading it back (reading, quicklook)."""

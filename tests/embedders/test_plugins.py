@@ -64,5 +64,5 @@ def test_products__a_plugin_that_is_not_a_product_entry_is_refused(site: Path) -
     from tasks.products import registry as products
 
     _install(site, "toy_plugin_f", "swath.products", {"toy": "toy_plugin_f:X"}, "X = 1\n")
-    with pytest.raises(PluginError, match=r"toy are not tasks\.product\.ProductEntry"):
+    with pytest.raises(PluginError, match=r"toy are not tasks\.products\.product\.ProductEntry"):
         products._registry()

@@ -4,15 +4,74 @@ Prefect home, and the runner's settings. Each raises UsageError with one line th
 the problem and the fix.
 """
 
+import contextlib
 import errno
 import os
+import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
+from contextvars import ContextVar
 from urllib.parse import urlsplit
 
 
 class UsageError(ValueError):
     """Input the user must fix; the CLI prints the message and exits 2."""
+
+
+# What this run made before it started writing (a journal per run, see `undone_if_refused`).
+_MADE: ContextVar[list[str] | None] = ContextVar("swath_made", default=None)
+
+
+@contextlib.contextmanager
+def undone_if_refused() -> Iterator[None]:
+    """Planning and the checks make a few things (the work folder, the plan file, the demo
+    catalog); when the run is refused or stopped before it writes, they are removed again,
+    so that exit 2 leaves the out and work folders as they were. What they make is noted
+    with `made` / `make_folder`."""
+    journal: list[str] = []
+    token = _MADE.set(journal)
+    try:
+        yield
+    except BaseException:
+        for path in reversed(journal):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+        raise
+    finally:
+        _MADE.reset(token)
+
+
+def made(path: str) -> None:
+    """Note that this run made `path` (removed again if the run is refused)."""
+    journal = _MADE.get()
+    if journal is not None:
+        journal.append(path)
+
+
+def make_folder(path: str) -> None:
+    """`os.makedirs(path)`, noting the outermost folder it made."""
+    outermost, probe = None, os.path.abspath(path)
+    while not os.path.lexists(probe):
+        outermost, probe = probe, os.path.dirname(probe)
+    os.makedirs(path, exist_ok=True)
+    if outermost:
+        made(outermost)
+
+
+def file_in_the_way(path: str) -> str | None:
+    """`path` itself or the nearest of its folders that exists but is no folder (a file where
+    a folder belongs), or None."""
+    probe = os.path.abspath(path)
+    while not os.path.lexists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return None
+        probe = parent
+    return None if os.path.isdir(probe) else probe
 
 
 # Beside a local store swath makes `<store>.creating-<8 hex>` (a store being laid out), and
@@ -43,6 +102,11 @@ def store_location(store: str) -> str:
             raise UsageError(
                 f"--out {store} is a loop of symbolic links ({e.strerror}); remove the link or "
                 "choose another --out"
+            ) from e
+        blocker = file_in_the_way(path) if e.errno == errno.ENOTDIR else None
+        if blocker:
+            raise UsageError(
+                f"--out {store}: {blocker} is a file, not a folder; choose another --out"
             ) from e
         if e.errno != errno.ENAMETOOLONG:
             raise UsageError(f"--out {store} cannot be used ({e.strerror}); choose another") from e
@@ -108,6 +172,10 @@ def check_writable(folder: str, what: str, *, must_exist: bool) -> None:
     """Refuse a folder that cannot be written, before anything is: a probe file is made in
     it (or, for a folder still to be created, in its nearest existing parent) and removed."""
     probe = folder
+    blocker = file_in_the_way(folder)
+    if blocker:
+        under = "" if blocker == os.path.abspath(folder) else f" is under {blocker}, which"
+        raise UsageError(f"{what}{under} is a file, not a folder; choose another")
     if must_exist and not os.path.isdir(folder):
         raise UsageError(f"{what}: the folder {folder} does not exist; create it or choose another")
     while not os.path.isdir(probe):

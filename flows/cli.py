@@ -58,22 +58,19 @@ def _export(params: dict[str, Any], args: argparse.Namespace) -> int:
     """Plan, check and run the export under the store's writer lock; its exit code. The flow
     runs the job resolved here: it neither plans, resolves nor locks a second time."""
     from flows.checks import UsageError
-    from flows.export import scheduled_day
-    from flows.job import plan_job, resolve_job
+    from flows.job import Plan, job_for
     from tasks.store.layout import is_url
-    from tasks.store.locks import StoreBusy, writer_lock
+    from tasks.store.locks import StoreBusy
 
-    try:
-        plan = plan_job(**params, today=scheduled_day())
+    def planned(plan: Plan) -> None:
         for note in plan.notes:
             print(f"swath: {note}")
         print(f"swath: {len(plan.points)} points in {len(plan.chunks)} chunks -> {plan.store}")
-        # One lock from the checks to the end of the flow: no second export slips in between.
-        shared = is_url(plan.store) and bool(os.environ.get("PREFECT_API_URL"))
-        with writer_lock(
-            plan.store, wait=args.wait, lock_dir=plan.locks_dir, across_machines=shared
-        ):
-            job = resolve_job(plan)
+
+    # One lock from the store's check to the end of the flow: no second export slips in.
+    shared = is_url(params["output"].store) and bool(os.environ.get("PREFECT_API_URL"))
+    try:
+        with job_for(**params, today=_today(), across_machines=shared, planned=planned) as job:
             _print_job(job)
             summary = _run(job, params, args)
     except (UsageError, StoreBusy) as e:
@@ -82,6 +79,14 @@ def _export(params: dict[str, Any], args: argparse.Namespace) -> int:
         return 1
     _print_summary(summary)
     return 0 if summary["all_ok"] else 1
+
+
+def _today() -> Any:
+    """The day the run is for (a relative window's anchor): today, as `scheduled_day` says
+    outside a scheduled flow run, without importing Prefect to ask."""
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).date()
 
 
 def _check_prefect_home() -> None:

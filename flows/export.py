@@ -31,7 +31,7 @@ from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask.task_runners import DaskTaskRunner
 
-from flows.job import ChunkTodo, Job, Todo, chunks_to_do, plan_job, resolve_job
+from flows.job import ChunkTodo, Job, Todo, chunks_to_do, job_for
 from flows.params import CHILD_CHUNKS, Imagery, Inference, Output, Region, Window
 from flows.pipeline import INFER_RESOURCE as INFER_RESOURCE
 from flows.pipeline import Listener, PartReport, Pipeline, Progress
@@ -46,7 +46,6 @@ from tasks.store.layout import (
     stored_windows,
     time_index,
 )
-from tasks.store.locks import writer_lock
 from tasks.store.quicklook import quicklook_artifacts
 
 # Threads: prefetch and write alongside one infer per device (tasks/infer.py DevicePool).
@@ -66,13 +65,17 @@ def export(
     Returns the run's summary. A run where not every point is ok ends Failed, and calling
     the flow raises ExportGaps, which carries the summary.
     """
-    plan = plan_job(region, window, imagery, inference, output, today=scheduled_day())
     # Object-store URLs: one writer across machines through the run's Prefect server.
-    across_machines = is_url(plan.store)
-    with writer_lock(
-        plan.store, wait=output.wait, lock_dir=plan.locks_dir, across_machines=across_machines
-    ):
-        return export_job(resolve_job(plan), output)
+    with job_for(
+        region,
+        window,
+        imagery,
+        inference,
+        output,
+        today=scheduled_day(),
+        across_machines=is_url(output.store),
+    ) as job:
+        return export_job(job, output)
 
 
 def export_job(

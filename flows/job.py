@@ -1,9 +1,11 @@
 """From parameters to a validated export job: every check that can fail runs here, before
 anything is written to the output store.
 
-`plan_job` is cheap (no model is loaded); `resolve_job` resolves each product once (a model
-is loaded to learn which weights it carries, and stays cached for the infer stage in this
-process). `chunks_to_do` is the one place that decides what a run does: which chunks are not
+`plan_job` is cheap (no model is loaded); `resolve_products` checks the sources, then
+resolves each product once (a model is loaded to learn which weights it carries, and stays
+cached for the infer stage in this process); `open_job` checks the store, under its writer
+lock. `job_for` does the three in that order, and a refusal at any step leaves nothing
+behind. `chunks_to_do` is the one place that decides what a run does: which chunks are not
 done for which products, and which fetches those share.
 
 Names: a `Plan` is where and what (points, chunks, window, options); a `Job` is a plan with
@@ -12,9 +14,11 @@ do (a `ChunkTodo` per chunk).
 """
 
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -29,7 +33,10 @@ from flows.checks import (
     check_name_length,
     check_store_writable,
     check_writable,
+    made,
+    make_folder,
     store_location,
+    undone_if_refused,
 )
 from flows.params import Imagery, Inference, Output, Region, Window, engine_options
 from tasks.plan.chunks import Chunk, make_chunks
@@ -177,6 +184,11 @@ def plan_job(
     if not is_url(store) and os.path.exists(store) and not os.path.isdir(store):
         raise UsageError(f"output path {store} is a file, not a swath store; choose another --out")
     options = engine_options(inference)
+    if inference.precision == "fp16" and inference.device == "cpu":
+        raise UsageError(
+            "--precision fp16 needs a CUDA device, and --device is cpu; use --precision bf16 "
+            "or fp32 on the CPU"
+        )
     work_dir = os.path.abspath(output.work_dir or platformdirs.user_cache_dir("swath"))
     if not is_url(store):
         check_writable(os.path.dirname(store), f"--out {store}", must_exist=True)
@@ -215,10 +227,14 @@ def _plan(
     if why:  # made again from the region: what a plan holds is computed, never lost
         discard_plan(path)
         notes.append(f"the plan file {path} was damaged ({why}): planned again")
+    existed = os.path.exists(path)
+    make_folder(plan_dir)
     try:
         points = plan_points(geometry, region.spacing_m, path=path)
     except PlanError as e:
         raise UsageError(str(e)) from e
+    if not existed:
+        made(path)
     if not len(points):
         raise UsageError(
             f"the region yields no points at {region.spacing_m:g} m spacing; enlarge the region "
@@ -254,7 +270,7 @@ def product_request(
 ) -> ProductRequest:
     """The settings each product of a run is resolved from; a product's fetches follow from
     them and its facts alone. Where the demo catalog lies is named (it is built by
-    `resolve_job`, once every check has passed)."""
+    `resolve_products`, before the sources are checked)."""
     own = imagery.source_options()
     catalog = own[imagery.source].where()
     if _demo(imagery):
@@ -330,19 +346,67 @@ def _read_region_file(path: Path) -> str:
         raise UsageError(f"--region {path} cannot be read ({e.strerror or e}); check it") from e
 
 
-def resolve_job(plan: Plan) -> Job:
-    """Resolve each product once (models are loaded), then check the output store.
+@contextlib.contextmanager
+def job_for(
+    region: Region,
+    window: Window,
+    imagery: Imagery,
+    inference: Inference,
+    output: Output,
+    *,
+    today: date,
+    across_machines: bool,
+    planned: Callable[[Plan], None] = lambda plan: None,
+) -> Iterator[Job]:
+    """Plan, check and resolve an export, take its store's writer lock and check the store;
+    the job, held under that lock until the block ends. Every refusal (UsageError,
+    StoreBusy) comes before anything is written, and leaves the out and work folders as they
+    were. `planned` hears of the plan before the slower checks start."""
+    from tasks.store.locks import writer_lock
 
-    Raises UsageError.
-    """
-    from tasks.infer import resolve_device  # torch: not needed to plan (or for a dry run)
+    with contextlib.ExitStack() as held:
+        with undone_if_refused():
+            plan = plan_job(region, window, imagery, inference, output, today=today)
+            planned(plan)
+            resolved = resolve_products(plan)
+            if is_url(plan.store):
+                make_folder(plan.locks_dir)
+            lock = writer_lock(
+                plan.store,
+                wait=output.wait,
+                lock_dir=plan.locks_dir,
+                across_machines=across_machines,
+            )
+            held.enter_context(lock)
+            job = open_job(plan, resolved)
+        yield job
+
+
+def resolve_job(plan: Plan) -> Job:
+    """`resolve_products`, then `open_job` (without the writer lock: for what only reads)."""
+    return open_job(plan, resolve_products(plan))
+
+
+def resolve_products(plan: Plan) -> tuple[Product, ...]:
+    """The sources can serve the plan's fetches (the demo catalog is built first: it is read
+    as any catalog), then each product is resolved once (models are loaded). Raises
+    UsageError; torch is imported only once the sources have passed."""
+    imagery = plan.imagery
+    if _demo(imagery):
+        catalog = demo_catalog_path(Path(plan.work_dir)).parent
+        existed = catalog.exists()
+        make_folder(plan.work_dir)
+        build_demo_catalog(Path(plan.work_dir))
+        if not existed:
+            made(str(catalog))
+    planned = product_request(imagery, plan.window, plan.work_dir)
+    _check_sources(planned_fetches(tuple(plan.inference.models), planned))
+    from tasks.infer import resolve_device  # torch
 
     try:
         device = resolve_device(plan.inference.device)
     except ValueError as e:
         raise UsageError(str(e)) from e
-    imagery = plan.imagery
-    demo = _demo(imagery)
     request = product_request(
         imagery,
         plan.window,
@@ -352,15 +416,17 @@ def resolve_job(plan: Plan) -> Job:
         device=device,
     )
     try:
-        resolved = tuple(products.resolve(name, request) for name in plan.inference.models)
+        return tuple(products.resolve(name, request) for name in plan.inference.models)
     except ProductError as e:
         raise UsageError(str(e)) from e
+
+
+def open_job(plan: Plan, resolved: tuple[Product, ...]) -> Job:
+    """The job of a plan and its resolved products, once its store is checked: free, or
+    this export's (then what a rerun repairs is repaired). Raises UsageError."""
     outputs = tuple(p.output() for p in resolved)
     layout = StoreLayout(plan.points, plan.chunk_size, outputs, plan.dtype)
     resume, repaired = _open_store(plan, layout)
-    if demo:  # written only once every other check has passed
-        build_demo_catalog(Path(plan.work_dir))
-    _check_sources(resolved)
     return Job(plan, resolved, layout, resume, repaired)
 
 
@@ -385,15 +451,15 @@ def _open_store(plan: Plan, layout: StoreLayout) -> tuple[bool, tuple[str, ...]]
     return resume, tuple(repaired)
 
 
-def _check_sources(resolved: tuple[Product, ...]) -> None:
+def _check_sources(fetches: tuple[Fetch, ...]) -> None:
     """Each shared fetch's source can serve it: catalog, collection, bands, one header. A
     permanent failure refuses the run; a transient one (429, 5xx, a dropped connection) does
     not: the prefetch tasks retry it with backoff."""
-    from tasks.prefetch import check_source
+    from tasks.sources.registry import get_source
 
-    for fetch in shared_fetches(resolved):
+    for fetch in fetches:
         try:
-            check_source(fetch.bands, fetch.config)
+            get_source(fetch.config.source).check(fetch.bands, fetch.config)
         except ImagerySourceError as e:
             raise UsageError(str(e)) from e
         except TransientSourceError:

@@ -24,11 +24,6 @@ PREFETCH_RETRIES = 5
 PREFETCH_BACKOFF_S = 2.0
 
 
-def check_source(bands: Sequence[str], config: SensorConfig) -> None:
-    """The source's own check that it can serve `bands` for `config` (before any write)."""
-    get_source(config.source).check(bands, config)
-
-
 def retry_if_transient(task: Task[..., Any], task_run: TaskRun | None, state: State[Any]) -> bool:
     """Prefect's retry condition: retry a failed prefetch only for a TransientSourceError."""
     return isinstance(state.result(raise_on_failure=False), TransientSourceError)

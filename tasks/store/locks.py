@@ -10,6 +10,7 @@ import posixpath
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import IO
 from urllib.parse import urlsplit, urlunsplit
 
 from tasks.store.layout import is_url
@@ -29,32 +30,51 @@ def writer_lock(
     stores have no locks: exports of one URL must then share a machine and work directory).
 
     The operating system drops the lock when its process dies, so a killed export never
-    leaves a stale lock behind. `wait=False` refuses at once when another export holds it.
-    The command line takes the lock before its checks and keeps it until the flow it runs
-    ends (the flow does not take it again), so no second export can start in between.
+    leaves a stale lock behind (and an export that ends removes its lock file). `wait=False`
+    refuses at once when another export holds it. An export takes the lock before it checks
+    the store and keeps it until its flow ends, so no second export can start in between.
     `across_machines=True` also takes the store's Prefect
     global concurrency limit (`store_limit`).
     """
     lock_path = _lock_path(path, lock_dir)
-    with open(lock_path, "a+") as f:
+    f = _locked(lock_path, path, wait=wait)
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        with store_limit(path, wait=wait) if across_machines else contextlib.nullcontext():
+            yield
+    finally:  # removed while still held: a waiter on it sees it gone and locks a new one
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(lock_path)
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def _locked(lock_path: str, path: str, *, wait: bool) -> IO[str]:
+    """The lock file, open and locked. A holder removes it as it lets go (no lock file stays
+    behind an export), so a lock taken on a file that is no longer at `lock_path` is let go
+    and taken again on the one that is."""
+    while True:
+        f = open(lock_path, "a+")  # noqa: SIM115 - held open past this function
         try:
             fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another process"
+            f.close()
             raise StoreBusy(
                 f"another export is writing {path} ({holder}); wait for it to finish, or pass "
                 "--wait to queue behind it"
             ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        f.flush()
         try:
-            with store_limit(path, wait=wait) if across_machines else contextlib.nullcontext():
-                yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            if os.stat(lock_path).st_ino == os.fstat(f.fileno()).st_ino:
+                return f
+        except FileNotFoundError:
+            pass
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 # A holder renews its slot while it lives; a killed holder's slot frees after this long.

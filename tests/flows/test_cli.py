@@ -313,12 +313,11 @@ def test_cli__the_flow_runs_the_job_the_command_line_resolved_and_reports_its_pr
     """Planned, resolved and locked once, by the command line; the flow run exports that
     job and tells the command line's progress bar of each (chunk, product) written."""
     import flows.cli
-    import flows.export
     import flows.job
 
     resolved, heard = [], []
 
-    def resolve_job(plan):
+    def resolve_products(plan):
         resolved.append(plan.store)
         return real_resolve(plan)
 
@@ -326,9 +325,8 @@ def test_cli__the_flow_runs_the_job_the_command_line_resolved_and_reports_its_pr
     def progress_bar():
         yield lambda done, total: heard.append((done, total))
 
-    real_resolve = flows.job.resolve_job
-    monkeypatch.setattr(flows.job, "resolve_job", resolve_job)
-    monkeypatch.setattr(flows.export, "resolve_job", resolve_job)
+    real_resolve = flows.job.resolve_products
+    monkeypatch.setattr(flows.job, "resolve_products", resolve_products)
     monkeypatch.setattr(flows.cli, "_progress_bar", progress_bar)
     out = tmp_path / "e.zarr"
     code = main(["--catalog", str(demo_catalog_dir / "catalog.json"), "--out", str(out),

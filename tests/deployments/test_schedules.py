@@ -6,9 +6,10 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
+
+from tests.waiting import HANG_GUARD_S, alive, stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,8 +23,32 @@ def free_port() -> int:
 def api(url: str, body: dict | None = None) -> object:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with urllib.request.urlopen(req, timeout=120) as resp:  # a busy server answers late
         return json.loads(resp.read())
+
+
+def start_server(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`prefect server start` on 127.0.0.1:`port`, its output in `log`."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+             "--port", str(port), "--no-ui"],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def wait_healthy(base: str, server: subprocess.Popen[bytes], log: Path) -> None:
+    """Until the server at `base` answers /health (it may take minutes on a loaded machine)."""
+
+    def look() -> str:
+        alive(server, "the Prefect server", log)
+        try:
+            api(f"{base}/health")
+        except OSError as e:
+            return f"{type(e).__name__}: {e}"
+        return "healthy"
+
+    wait_until(look, lambda seen: seen == "healthy", f"the Prefect server at {base}", every_s=0.5)
 
 
 def test_monthly__the_server_schedules_runs_on_the_cron(tmp_path):
@@ -36,46 +61,30 @@ def test_monthly__the_server_schedules_runs_on_the_cron(tmp_path):
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",
         "PREFECT_UI_ENABLED": "false",
     }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-         "--port", str(port), "--no-ui"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    log = tmp_path / "server.log"
+    server = start_server(port, env, log)
     try:
-        _wait_healthy(base)
+        wait_healthy(base, server, log)
         apply = (
             "from deployments.serve import MONTHLY_CRON, monthly_deployment\n"
             "print(monthly_deployment().apply())\n"
         )
         proc = subprocess.run(
             [sys.executable, "-c", apply], cwd=ROOT, env=env, capture_output=True, text=True,
-            timeout=300,
+            timeout=HANG_GUARD_S,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         deployment_id = proc.stdout.strip().splitlines()[-1]
-        runs: list = []
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not runs:
-            time.sleep(2)
-            runs = api(
-                f"{base}/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}}}
-            )  # type: ignore[assignment]
-        assert runs, "the scheduler created no run for the monthly deployment"
+
+        def look() -> list:
+            alive(server, "the Prefect server", log)
+            body = {"deployments": {"id": {"any_": [deployment_id]}}}
+            return api(f"{base}/flow_runs/filter", body)  # type: ignore[return-value]
+
+        runs = wait_until(look, bool, "the scheduler's runs of the monthly deployment", every_s=2)
         starts = sorted(r["expected_start_time"] for r in runs)
         assert all(s[8:16] == "02T03:00" for s in starts), starts  # 03:00 UTC on the 2nd
         assert all(r["state_type"] == "SCHEDULED" for r in runs)
         assert runs[0]["parameters"]["window"]["previous_month"] is True
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def _wait_healthy(base: str) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            api(f"{base}/health")
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"Prefect server at {base} did not become healthy in 120 s")
+        stop(server)

@@ -10,11 +10,12 @@ from prefect.testing.utilities import prefect_test_harness
 
 from tasks.sources.demo import build_demo_catalog
 from tests.fakes import Request, serve_directory
+from tests.waiting import HANG_GUARD_S
 
 
 @pytest.fixture(autouse=True, scope="session")
 def prefect_backend() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=int(HANG_GUARD_S)):
         yield
 
 

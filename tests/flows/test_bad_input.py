@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
+from tests.waiting import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[2]
 Completed = subprocess.CompletedProcess[str]
@@ -131,7 +132,7 @@ def _run(
     return subprocess.run(
         [sys.executable, "-m", "flows.export", *argv, "--out", str(tmp_path / "e.zarr"),
          "--work-dir", str(tmp_path / "work")],
-        cwd=ROOT, capture_output=True, text=True, timeout=180, env=env or dict(os.environ),
+        cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD_S, env=env or dict(os.environ),
     )  # fmt: skip
 
 

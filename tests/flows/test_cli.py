@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from flows.cli import main
+from tests.waiting import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -149,7 +150,7 @@ def test_cli__bad_input_in_a_real_process_prints_no_traceback(tmp_path):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
@@ -190,13 +191,13 @@ def test_cli__two_exports_started_together_the_second_is_refused_at_once(
         assert first.stdout is not None
         assert "points in" in first.stdout.readline()  # the first holds the lock from here on
         second = subprocess.run(
-            argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
+            argv, cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD_S, env=env
         )
         assert second.returncode == 2, second.stderr
         assert "another export is writing" in second.stderr and "--wait" in second.stderr
         assert "Traceback" not in second.stderr
     finally:
-        first.wait(timeout=300)
+        first.wait(timeout=HANG_GUARD_S)
     assert first.returncode == 0
 
 
@@ -266,7 +267,9 @@ def test_cli__a_signal_stops_the_export_at_once_and_a_rerun_finishes(
     assert "Traceback" not in err
     _, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, f"left running: {alive}"
-    again = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    again = subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, env=env, timeout=HANG_GUARD_S
+    )
     assert again.returncode == 0, again.stderr
 
 
@@ -297,7 +300,7 @@ def test_cli__the_local_dask_cluster_shares_one_prefect_api(tmp_path, demo_catal
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=HANG_GUARD_S,
         env={**env, "PYTHONUNBUFFERED": "1"},
     )
     out = proc.stdout + proc.stderr

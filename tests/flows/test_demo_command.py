@@ -10,6 +10,7 @@ import numpy as np
 import xarray as xr
 
 from embedders.spec import Status
+from tests.waiting import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,7 +29,7 @@ def test_demo__runs_offline_with_no_arguments(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=HANG_GUARD_S,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]

@@ -8,6 +8,7 @@ flow's start) plus a random delay, not as seconds from the start: how long a run
 start differs from machine to machine, and a kill drawn in seconds may land before any
 chunk is done on every iteration."""
 
+import os
 import random
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from flows.params import Imagery, Inference, Output, Region, Window
 from tests.flows.test_kill_resume import BBOX, command, run_until, store_values
 
 MODELS = ["ssl4eo_resnet18_rgb", "dofa_base"]  # as in test_kill_resume.command
-ITERATIONS = 3
+# One kill-damage-rerun by default (seed 0's first draw kills after the 6th write and damages
+# a done chunk), so the suite affords it; SWATH_FAULT_LOOP_ITERATIONS=20 runs the long loop.
+ITERATIONS = int(os.environ.get("SWATH_FAULT_LOOP_ITERATIONS", "1"))
 ARRAYS = ("", "_status", "_reason", "_valid_fraction", "_checksum")  # a model's, by suffix
 
 

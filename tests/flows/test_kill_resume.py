@@ -15,6 +15,7 @@ import xarray as xr
 
 from flows.export import export
 from flows.params import Imagery, Inference, Output, Region, Window
+from tests.waiting import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[2]
 BBOX = (-67.655, -47.858, -67.63, -47.850)  # 10 points at 400 m
@@ -40,13 +41,20 @@ def run_until(argv: list[str], trigger: str | None, delay_s: float = 0.0) -> tup
     )  # fmt: skip
     lines: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_pump, args=(proc, lines), daemon=True).start()
-    output = []
-    deadline = time.monotonic() + 540
-    while time.monotonic() < deadline:
+    output: list[str] = []
+    deadline = time.monotonic() + HANG_GUARD_S
+    while True:
         try:
             line = lines.get(timeout=1)
         except queue.Empty:
-            continue
+            if time.monotonic() < deadline:
+                continue
+            os.killpg(proc.pid, signal.SIGKILL)
+            awaited = f"a line with {trigger!r}" if trigger is not None else "its end"
+            raise AssertionError(
+                f"waited {HANG_GUARD_S:.0f} s for {awaited} from the export "
+                f"(a hang guard); its output:\n{''.join(output)[-3000:]}"
+            ) from None
         if line is None:
             break
         output.append(line)
@@ -54,7 +62,7 @@ def run_until(argv: list[str], trigger: str | None, delay_s: float = 0.0) -> tup
             time.sleep(delay_s)
             os.killpg(proc.pid, signal.SIGKILL)
             break
-    code = proc.wait(timeout=60)
+    code = proc.wait()  # it has closed its output, or was killed
     return code, "".join(output)
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import HANG_GUARD_S
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -50,7 +52,7 @@ def test_lock__two_exports_of_one_store_by_two_names_0_2_s_apart_one_is_refused(
     first = start(str(store))
     time.sleep(0.2)
     second = start(other)
-    outcomes = [p.communicate(timeout=600) for p in (first, second)]
+    outcomes = [p.communicate(timeout=HANG_GUARD_S) for p in (first, second)]
     codes = [first.returncode, second.returncode]
     assert sorted(codes) == [0, 2], [err[-1500:] for _, err in outcomes]
     refused = outcomes[codes.index(2)][1]

@@ -14,6 +14,7 @@ import torch
 from embedders.spec import Status
 from tasks.store.layout import open_store
 from tests.plugin_toys import TOY_MODEL, TOY_PRODUCT
+from tests.waiting import HANG_GUARD_S
 
 ROOT = Path(__file__).parents[2]
 BIAS = [1.0, 2.0, 3.0, 4.0]
@@ -55,7 +56,7 @@ def test_plugins__a_toy_model_and_product_export_end_to_end(tmp_path: Path) -> N
     proc = subprocess.run(
         [sys.executable, "-m", "flows.export", "--models", "toy_model,toy_product",
          "--spacing", "500", "--out", str(store), "--work-dir", str(tmp_path / "work")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S,
     )  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]

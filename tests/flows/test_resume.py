@@ -22,6 +22,7 @@ from flows.export import INFER_RESOURCE, export
 from flows.params import Imagery, Inference, Output, Region, Window
 from tasks.store.locks import StoreBusy, writer_lock
 from tests.fakes import Request, serve_directory
+from tests.waiting import HANG_GUARD_S
 
 INSIDE = (-67.655, -47.858, -67.63, -47.850)
 
@@ -267,7 +268,7 @@ def test_lock__two_processes_without_a_shared_work_dir_are_one_writer_of_a_url(t
     assert first.stdout.readline().strip() == "held"
     second = subprocess.run(
         [sys.executable, "-c", code, url, str(tmp_path / "work-b")],
-        cwd=root, env=env, capture_output=True, text=True, timeout=120, input="\n",
+        cwd=root, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S, input="\n",
     )  # fmt: skip
     assert second.returncode != 0
     assert "StoreBusy: another export is writing" in second.stderr
@@ -275,6 +276,6 @@ def test_lock__two_processes_without_a_shared_work_dir_are_one_writer_of_a_url(t
     first.communicate("\n", timeout=60)  # the first lets go
     third = subprocess.run(
         [sys.executable, "-c", code, url, str(tmp_path / "work-b")],
-        cwd=root, env=env, capture_output=True, text=True, timeout=120, input="\n",
+        cwd=root, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S, input="\n",
     )  # fmt: skip
     assert third.returncode == 0 and "held" in third.stdout, third.stderr

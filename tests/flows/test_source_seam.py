@@ -13,6 +13,7 @@ import xarray as xr
 import zarr
 
 from tests.plugin_site import install
+from tests.waiting import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,7 +62,7 @@ def _run(site: Path, tmp_path: Path, *flags: str) -> subprocess.CompletedProcess
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=HANG_GUARD_S,
     )
 
 

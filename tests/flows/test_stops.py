@@ -15,6 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.waiting import HANG_GUARD_S
+
 ROOT = Path(__file__).resolve().parents[2]
 STOPPED = (
     "swath: stopped by SIGTERM; the store is resumable: rerun the same command to finish "
@@ -41,7 +43,7 @@ def _start(tmp_path: Path, demo_catalog_dir: Path) -> subprocess.Popen[str]:
     )
 
 
-def _server_of(proc: subprocess.Popen[str], timeout_s: float = 180) -> psutil.Process:
+def _server_of(proc: subprocess.Popen[str], timeout_s: float = HANG_GUARD_S) -> psutil.Process:
     """The export's temporary Prefect server (uvicorn), once it runs."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
@@ -65,7 +67,7 @@ def _after_planning(proc: subprocess.Popen[str], tmp_path: Path) -> None:
 
 def _mid_run(proc: subprocess.Popen[str], tmp_path: Path) -> None:
     status = tmp_path / "e.zarr" / "ssl4eo_resnet18_rgb_status" / "c"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + HANG_GUARD_S
     while not status.exists():  # a chunk's done mark is written: tasks are running
         assert proc.poll() is None and time.monotonic() < deadline, "no chunk was written"
         time.sleep(0.05)

@@ -10,8 +10,15 @@ grid (with a mask and a date range) that stand for the composite. For each compu
 decodes the serialized expression far enough to find the collection, the date filter, the
 cloud-mask link and threshold, the reducer, the selected and renamed bands and the unmask
 value, records them, and answers the requested grid from the world at the requested pixel
-centres (a wrong grid gives wrong values) as a NPY structured array, one float32 field per
-band, like Earth Engine.
+centres (a wrong grid gives wrong values) as a NPY structured array, one field per band, like
+Earth Engine, of the type the expression gives its bands (see `pixel_type`).
+
+It refuses, as Earth Engine does, with a 400 INVALID_ARGUMENT, a request over any of the
+per-request limits its REST reference states for computePixels (and getPixels): bytes
+(pixels x bands x (bytes of a value + 1 byte of mask), the accounting swath's
+tasks/sources/earthengine.py cites), pixels along either side, bands. The refusal of the
+byte limit has Earth Engine's own wording; no recorded refusal of the other two was found, so
+their wording is the fake's.
 """
 
 from __future__ import annotations
@@ -32,8 +39,12 @@ import ee
 import numpy as np
 
 _EE_TESTS = Path(ee.__file__).parent / "tests"
-# Earth Engine's own limit on a computePixels response, and its message when exceeded.
+# Earth Engine's limits on one computePixels (its REST reference; "48MB" is 48 MiB, as its
+# refusal "Total request size (... bytes) must be less than or equal to 50331648 bytes" shows).
 LIMIT_BYTES = 50331648
+LIMIT_SIDE_PX = 32768
+LIMIT_BANDS = 1024
+MASK_BYTES = 1  # counted per value beside its own bytes
 
 
 @dataclass
@@ -82,6 +93,7 @@ class Computation:
     renamed: tuple[str, ...]
     unmask_value: float | None
     unmask_same_footprint: Any
+    dtype: str  # the response's type (numpy's name), see pixel_type
     crs: str
     affine: dict[str, float]
     width: int
@@ -99,8 +111,15 @@ class FakeEarthEngine:
     grants: list[str] = field(default_factory=list)  # grant_type of each token request
     sent_bytes: list[int] = field(default_factory=list)  # body size of each pixel response
     limit_bytes: int = LIMIT_BYTES
+    limit_side_px: int = LIMIT_SIDE_PX
+    limit_bands: int = LIMIT_BANDS
     # Asked before each computePixels: an HTTP status (429, 401, 403, 500) to answer, or None.
     fault: Callable[[Computation], int | None] | None = None
+
+    def raster_type(self) -> np.dtype:
+        """The type of the world's rasters' values."""
+        values = [b for rasters in self.world.values() for r in rasters for b in r.bands.values()]
+        return np.result_type(*values) if values else np.dtype(np.float32)
 
     def pixel_requests(self) -> int:
         return sum(1 for line in self.log if line.endswith("image:computePixels"))
@@ -176,7 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             request = json.loads(body)
-            computation = decode(request)
+            computation = decode(request, self.fake.raster_type())
         except (KeyError, ValueError, TypeError) as e:
             self._error(400, f"fake Earth Engine cannot read this request: {e!r}")
             return
@@ -185,13 +204,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None:
             self._error(fault, _FAULT_MESSAGE.get(fault, "fault"))
             return
-        size = computation.width * computation.height * 4 * len(computation.renamed)
-        if size > self.fake.limit_bytes:
-            self._error(
-                400,
-                f"Total request size ({size} bytes) must be less than or equal to "
-                f"{self.fake.limit_bytes} bytes.",
-            )
+        refusal = over_limit(self.fake, computation)
+        if refusal is not None:
+            self._error(400, refusal)
             return
         try:
             array = answer(self.fake.world, computation)
@@ -202,6 +217,31 @@ class _Handler(BaseHTTPRequestHandler):
         np.save(buffer, array)
         self.fake.sent_bytes.append(len(buffer.getvalue()))
         self._reply(200, buffer.getvalue(), "application/octet-stream")
+
+
+def request_bytes(c: Computation) -> int:
+    """What Earth Engine counts against its byte limit: every value's bytes and its mask's."""
+    return c.width * c.height * len(c.renamed) * (np.dtype(c.dtype).itemsize + MASK_BYTES)
+
+
+def over_limit(fake: FakeEarthEngine, c: Computation) -> str | None:
+    """Why the request passes one of the per-request limits, or None."""
+    if len(c.renamed) > fake.limit_bands:
+        return (
+            f"Number of bands ({len(c.renamed)}) must be less than or equal to {fake.limit_bands}."
+        )
+    if max(c.width, c.height) > fake.limit_side_px:
+        return (
+            f"Grid dimensions ({c.width} x {c.height} pixels) must be less than or equal to "
+            f"{fake.limit_side_px} pixels along each side."
+        )
+    size = request_bytes(c)
+    if size > fake.limit_bytes:
+        return (
+            f"Total request size ({size} bytes) must be less than or equal to "
+            f"{fake.limit_bytes} bytes."
+        )
+    return None
 
 
 def _resolve(node: Any, values: dict[str, Any]) -> Any:
@@ -258,6 +298,28 @@ def _constant(value: Any) -> Any:
     return value
 
 
+_CASTS = {"Image.toFloat": np.float32, "Image.toDouble": np.float64}
+
+
+def pixel_type(root: Any, base: np.dtype) -> np.dtype:
+    """The type of the bands of the image expression `root`: a cast's own type; for unmask
+    the larger of its input's and its value's (the rule Image.where documents; unmask's own is
+    not documented, so the fake takes the wider, the worst case for a byte budget); for a
+    number constant int32 if written as an integer, else float64 (a double); else its input's,
+    down to the collection's rasters, `base`."""
+    if isinstance(root, Call) and root.name in _CASTS:
+        return np.dtype(_CASTS[root.name])
+    if isinstance(root, Call) and root.name == "Image.unmask":
+        value = root.args.get("value", 0)
+        return np.promote_types(pixel_type(root.args["input"], base), pixel_type(value, base))
+    if isinstance(root, Call) and root.name == "Image.constant":
+        return pixel_type(root.args["value"], base)
+    if isinstance(root, bool | int | float):
+        return np.dtype(np.float64 if isinstance(root, float) else np.int32)
+    inner = _spine(root)[1:2]
+    return pixel_type(inner[0], base) if inner else base
+
+
 _OPS = {
     "Filter.greaterThan": ">",
     "Filter.lessThan": "<",
@@ -268,7 +330,8 @@ _OPS = {
 _NOT = {">": "<=", "<": ">=", "==": "!=", ">=": "<", "<=": ">"}
 
 
-def decode(request: dict[str, Any]) -> Computation:
+def decode(request: dict[str, Any], base: np.dtype) -> Computation:
+    """What the request asks for; `base` is the type of the collection's rasters."""
     expression = request["expression"]
     root = _resolve(expression["values"][expression["result"]], expression["values"])
     calls = list(_calls(root))
@@ -313,6 +376,7 @@ def decode(request: dict[str, Any]) -> Computation:
         renamed=tuple(renamed),
         unmask_value=_constant(unmask.args["value"]) if "value" in unmask.args else None,
         unmask_same_footprint=unmask.args.get("sameFootprint"),
+        dtype=pixel_type(root, base).name,
         crs=grid["crsCode"],
         affine={k: float(v) for k, v in grid["affineTransform"].items()},
         width=int(grid["dimensions"]["width"]),
@@ -351,8 +415,9 @@ def answer(world: dict[str, list[Raster]], c: Computation) -> np.ndarray:
                 f"Image.select: Pattern '{band}' did not match any bands. Available bands: "
                 f"[{known}]"
             )
-    fill = np.float32(c.unmask_value if c.unmask_value is not None else 0)
-    out = np.zeros((c.height, c.width), [(name, "<f4") for name in c.renamed])
+    dtype = np.dtype(c.dtype).newbyteorder("<")
+    fill = dtype.type(c.unmask_value if c.unmask_value is not None else 0)
+    out = np.zeros((c.height, c.width), [(name, dtype) for name in c.renamed])
     done = np.zeros((c.height, c.width), bool)
     for name in c.renamed:
         out[name] = fill

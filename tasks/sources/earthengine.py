@@ -4,7 +4,8 @@ Per group of nearby points (one UTM zone, one pixel phase, patches close togethe
 `ee.data.computePixels` request answers the whole group as a NumPy array, on an explicit
 north-up grid in the points' UTM zone at the configuration's resolution, snapped so that
 every patch is exactly the N x N grid `tasks.sources.stac.patch_geobox` gives its point. A
-grid whose response would exceed Earth Engine's limit is split into sub-grids and stitched.
+grid that would pass one of Earth Engine's per-request limits (bytes, pixels per side, bands)
+is split into sub-grids and groups of bands, and stitched.
 
 The expression is the composite over the window: the collection filtered by date and bounds,
 for Sentinel-2 its scenes pre-selected by cloud cover and its pixels masked with Cloud
@@ -50,10 +51,24 @@ from tasks.sources.registry import (
 from tasks.sources.stac import pixel_phase, read_together, union_box
 from tasks.store.locks import ensure_concurrency_limit
 
-# Earth Engine refuses a computePixels whose response would exceed 48 MiB ("Total request
-# size (... bytes) must be less than or equal to 50331648 bytes", the limit Xee also declares
-# in xee/ext.py as REQUEST_BYTE_LIMIT).
+# Earth Engine's limits on one computePixels, as its REST reference states them for
+# projects.image.computePixels and projects.assets.getPixels alike: at most 48 MB of
+# uncompressed data (pixels x bands x bytes per pixel of each band), at most 32K pixels along
+# either side, at most 1024 bands; a request over any of them is answered 400 (BAD_REQUEST).
+# "48MB" is 48 MiB: its refusal reads "Total request size (... bytes) must be less than or
+# equal to 50331648 bytes" (the figure Xee also declares, xee/ext.py REQUEST_BYTE_LIMIT), so
+# "32K" is read the same way, 32 x 1024.
 MAX_RESPONSE_BYTES = 50_331_648
+MAX_SIDE_PX = 32_768
+MAX_BANDS = 1024
+# What one value costs against MAX_RESPONSE_BYTES: its own bytes plus one byte of mask, as
+# Earth Engine counts (google/Xee commit 5fac43a, "Account for mask byte in chunk size
+# calculation"; leftfield-geospatial/geedim commit 60b9dc3 found 8-bit values counted as 2
+# bytes). The response's type is float32 because composite() casts last: the docs leave open
+# whether unmask() with a float constant answers float32 or float64 (Image.where, its nearest
+# documented relative, gives "the larger of the input and value types").
+RESPONSE_DTYPE = np.dtype(np.float32)
+BYTES_PER_VALUE = RESPONSE_DTYPE.itemsize + 1
 # Earth Engine's endpoint for many small automated requests, which Google recommends for
 # computePixels workloads ("High-volume endpoint" in its guide to the API).
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
@@ -135,11 +150,19 @@ def _grid(epsg: int, members: list[tuple[int, float, float]], n: int, res: float
     return PixelGrid(epsg, left, top, res, height, width, cells)
 
 
+def band_groups(n_bands: int) -> list[slice]:
+    """Consecutive groups of at most MAX_BANDS bands, as even as can be."""
+    groups = -(-n_bands // MAX_BANDS)
+    size = -(-n_bands // max(1, groups))
+    return [slice(lo, min(lo + size, n_bands)) for lo in range(0, n_bands, max(1, size))]
+
+
 def split_grid(grid: PixelGrid, n_bands: int) -> list[tuple[int, int, PixelGrid]]:
-    """(row, col, sub-grid) tiles of `grid` whose float32 responses fit MAX_RESPONSE_BYTES."""
-    budget = max(1, MAX_RESPONSE_BYTES // (4 * n_bands))  # pixels per request
-    width = min(grid.width, budget)
-    height = min(grid.height, max(1, budget // width))
+    """(row, col, sub-grid) tiles of `grid` of at most MAX_SIDE_PX along each side whose
+    responses of `n_bands` bands, at BYTES_PER_VALUE, fit MAX_RESPONSE_BYTES."""
+    budget = max(1, MAX_RESPONSE_BYTES // (BYTES_PER_VALUE * n_bands))  # pixels per request
+    width = min(grid.width, budget, MAX_SIDE_PX)
+    height = min(grid.height, max(1, budget // width), MAX_SIDE_PX)
     return [
         (r, c, grid.window(r, c, min(height, grid.height - r), min(width, grid.width - c)))
         for r in range(0, grid.height, height)
@@ -167,7 +190,11 @@ def composite(
     config: SensorConfig, ee_names: Sequence[str], bands: Sequence[str], region: ee.Geometry
 ) -> ee.Image:
     """The expression of the composite over the window, bands renamed to swath's, float32,
-    masked pixels unmasked to NODATA (also outside every image's footprint)."""
+    masked pixels unmasked to NODATA (also outside every image's footprint).
+
+    Cast to float32 twice: before unmask, so that NODATA is a value of the bands whatever
+    type unmask gives its output; after it, so that the response is float32 (RESPONSE_DTYPE,
+    what split_grid budgets) even if unmask widens to the float64 of its constant."""
 
     if config.composite not in COMPOSITES:
         raise ImagerySourceError(
@@ -188,7 +215,7 @@ def composite(
         images = images.map(lambda image: image.updateMask(image.select(band).gte(clear)))
     image = images.median() if config.composite == "median" else images.mosaic()
     image = image.select(list(ee_names)).rename(list(bands)).toFloat()
-    return image.unmask(NODATA, False)
+    return image.unmask(NODATA, False).toFloat()
 
 
 class _CountingNumPy(ee.image_converter.NumPyConverter):
@@ -234,15 +261,16 @@ class EarthEngineSource:
             region = ee.Geometry.Rectangle(
                 [grid.x0, y1, x1, grid.y0], proj=f"EPSG:{grid.epsg}", geodesic=False
             )
-            image = composite(config, names, bands, region)
+            what = f"points {points[grid.members[0][0]].id}.. of {config.collection}"
             pixels = np.full((len(bands), grid.height, grid.width), np.nan, np.float32)
-            for row, col, tile in split_grid(grid, len(bands)):
-                what = f"points {points[grid.members[0][0]].id}.. of {config.collection}"
-                values, nbytes = self._compute(
-                    image, tile, bands, own_options(config, EarthEngineOptions), what
-                )
-                pixels[:, row : row + tile.height, col : col + tile.width] = values
-                requests, bytes_read = requests + 1, bytes_read + nbytes
+            for group in band_groups(len(bands)):
+                image = composite(config, names[group], bands[group], region)
+                for row, col, tile in split_grid(grid, len(bands[group])):
+                    values, nbytes = self._compute(
+                        image, tile, bands[group], own_options(config, EarthEngineOptions), what
+                    )
+                    pixels[group, row : row + tile.height, col : col + tile.width] = values
+                    requests, bytes_read = requests + 1, bytes_read + nbytes
             for i, row, col in grid.members:
                 for k, b in enumerate(bands):
                     out[b][i] = pixels[k, row : row + n, col : col + n]
@@ -256,16 +284,20 @@ class EarthEngineSource:
         return Patches(tuple(p.id for p in points), out, notes, requests, bytes_read)
 
     def check(self, bands: Sequence[str], config: SensorConfig) -> None:
-        """One 1 x 1 px computePixels of the collection's first image with the bands: proves
-        the credentials, the project, the collection and the band names."""
+        """A 1 x 1 px computePixels of the collection's first image with the bands (one per
+        MAX_BANDS of them): proves the credentials, the project, the collection and the band
+        names."""
         names = ee_band_names(bands, config)
         listed = list(bands) if len(bands) <= 8 else f"{bands[0]}..{bands[-1]} ({len(bands)})"
         what = f"checking collection {config.collection} and bands {listed}"
         try:
             self._initialise(own_options(config, EarthEngineOptions))
-            image = ee.ImageCollection(config.collection).first().select(names).toFloat()
+            first = ee.ImageCollection(config.collection).first()
             tile = PixelGrid(4326, 0.0, 0.0, 1e-4, 1, 1)
-            self._compute(image, tile, names, own_options(config, EarthEngineOptions), what)
+            for group in band_groups(len(names)):
+                image = first.select(names[group]).toFloat()
+                access = own_options(config, EarthEngineOptions)
+                self._compute(image, tile, names[group], access, what)
         except TransientSourceError as e:  # a host that cannot be reached at all: no run
             reason = unreachable(e)
             if reason is None:

@@ -13,7 +13,7 @@ from google.auth import transport
 
 from tasks.plan.points import Point, _point_id
 from tasks.sources import earthengine, sensors
-from tasks.sources.earthengine import EarthEngineSource, plan_grids
+from tasks.sources.earthengine import EarthEngineSource, PixelGrid, plan_grids
 from tasks.sources.registry import (
     EarthEngineOptions,
     ImagerySourceError,
@@ -21,6 +21,7 @@ from tasks.sources.registry import (
     TransientSourceError,
 )
 from tasks.sources.stac import patch_geobox
+from tests import ee_server
 from tests.ee_server import (
     FakeEarthEngine,
     Raster,
@@ -144,26 +145,99 @@ def test_earthengine__nearby_points_share_one_request_far_ones_do_not(fake, key_
     assert len(plan_grids(near, N, 10.0)) == 1
 
 
-def test_earthengine__a_split_request_stitches_to_the_unsplit_patch(fake, key_file, monkeypatch):
-    points = [point(WEST + 300 + 37 * k, NORTH - 300 - 23 * k) for k in range(4)]
-    whole = EarthEngineSource().fetch(points, ["B02", "B08"], config(fake, key_file))
-    monkeypatch.setattr(earthengine, "MAX_RESPONSE_BYTES", 2 * 4 * 7 * 5)  # 35 px of 2 bands
-    before = fake.pixel_requests()
-    split = EarthEngineSource().fetch(points, ["B02", "B08"], config(fake, key_file))
-    assert fake.pixel_requests() - before == split.requests > whole.requests
+# Four points whose patches share one 20 x 17 px grid (N = 8).
+SPREAD = [point(WEST + 305 + 40 * k, NORTH - 305 - 30 * k) for k in range(4)]
+
+
+@pytest.fixture
+def limits(fake: FakeEarthEngine) -> Iterator[FakeEarthEngine]:
+    """The fake, its per-request limits put back after a test lowers them."""
+    yield fake
+    fake.limit_bytes = ee_server.LIMIT_BYTES
+    fake.limit_side_px = ee_server.LIMIT_SIDE_PX
+    fake.limit_bands = ee_server.LIMIT_BANDS
+
+
+def test_earthengine__requests_split_to_the_byte_limit_at_the_response_type(
+    limits, key_file, monkeypatch
+):
+    """640 bytes: 64 px of 2 bands at 5 bytes a value (float32 and its mask byte), so rows of
+    20 px go 3 to a request. A splitter that budgets 4 bytes a value sends 4 (800 bytes); a
+    response that comes back float64 costs 9 bytes a value."""
+    whole = EarthEngineSource().fetch(SPREAD, ["B02", "B08"], config(limits, key_file))
+    limit = 640
+    monkeypatch.setattr(earthengine, "MAX_RESPONSE_BYTES", limit)
+    limits.limit_bytes = limit
+    before = len(limits.computations)
+    split = EarthEngineSource().fetch(SPREAD, ["B02", "B08"], config(limits, key_file))
+    sent = limits.computations[before:]
+    assert len(sent) == split.requests == 6 > whole.requests == 1  # 17 rows, 3 at a time
+    assert {c.dtype for c in sent} == {"float32"}
+    assert {(c.width, c.height) for c in sent} == {(20, 3), (20, 2)}
+    assert max(ee_server.request_bytes(c) for c in sent) == 600
     for band in ("B02", "B08"):
-        np.testing.assert_array_equal(split.bands[band], whole.bands[band])
+        np.testing.assert_array_equal(split.bands[band], whole.bands[band], err_msg=band)
 
 
-def test_earthengine__a_response_over_the_limit_is_refused_by_the_server(fake, key_file):
-    fake.limit_bytes = 4 * N * N - 1
-    try:
-        with pytest.raises(ImagerySourceError, match=r"Total request size \(256 bytes\)"):
-            EarthEngineSource().fetch(
-                [point(WEST + 400, NORTH - 400)], ["B02"], config(fake, key_file)
-            )
-    finally:
-        fake.limit_bytes = earthengine.MAX_RESPONSE_BYTES
+def test_earthengine__requests_split_to_the_pixels_per_side_limit(limits, key_file, monkeypatch):
+    whole = EarthEngineSource().fetch(SPREAD, ["B02"], config(limits, key_file))
+    monkeypatch.setattr(earthengine, "MAX_SIDE_PX", 6)
+    limits.limit_side_px = 6
+    before = len(limits.computations)
+    split = EarthEngineSource().fetch(SPREAD, ["B02"], config(limits, key_file))
+    sent = limits.computations[before:]
+    assert len(sent) == split.requests == 4 * 3 > whole.requests == 1  # 20 x 17 px by 6 px
+    assert max(max(c.width, c.height) for c in sent) == 6
+    np.testing.assert_array_equal(split.bands["B02"], whole.bands["B02"])
+
+
+def test_earthengine__requests_split_to_the_bands_limit(limits, key_file, monkeypatch):
+    bands = ["B08", "B02", "B04"]
+    whole = EarthEngineSource().fetch(SPREAD, bands, config(limits, key_file))
+    monkeypatch.setattr(earthengine, "MAX_BANDS", 2)
+    limits.limit_bands = 2
+    before = len(limits.computations)
+    split = EarthEngineSource().fetch(SPREAD, bands, config(limits, key_file))
+    sent = limits.computations[before:]
+    assert len(sent) == split.requests == 2 > whole.requests == 1
+    assert [c.renamed for c in sent] == [("B08", "B02"), ("B04",)]
+    for band in bands:
+        np.testing.assert_array_equal(split.bands[band], whole.bands[band], err_msg=band)
+    before = len(limits.computations)
+    EarthEngineSource().check(bands, config(limits, key_file))  # its 1 x 1 px request, split
+    assert [c.selected for c in limits.computations[before:]] == [("B8", "B2"), ("B4",)]
+
+
+def test_earthengine__tiles_and_band_groups_keep_within_earth_engines_own_limits():
+    """At the real limits: a 40,000 px wide strip is cut under 32,768 px; 64 bands (Satellite
+    Embedding) on 5,000 x 5,000 px fit 48 MiB at 5 bytes a value; 1,025 bands go in two."""
+    strip = earthengine.split_grid(PixelGrid(EPSG, WEST, NORTH, 10.0, 3, 40_000), 1)
+    assert [(c, t.width) for _, c, t in strip] == [(0, 32_768), (32_768, 7_232)]
+    square = earthengine.split_grid(PixelGrid(EPSG, WEST, NORTH, 10.0, 5_000, 5_000), 64)
+    assert max(t.width * t.height * 64 * 5 for *_, t in square) <= 50_331_648
+    assert sum(t.width * t.height for *_, t in square) == 5_000 * 5_000
+    assert earthengine.band_groups(1_025) == [slice(0, 513), slice(513, 1_025)]
+    assert earthengine.band_groups(64) == [slice(0, 64)]
+
+
+@pytest.mark.parametrize(
+    ("limit", "value", "message"),
+    [
+        ("limit_bytes", 5 * N * N - 1, r"Total request size \(320 bytes\) must be less"),
+        ("limit_side_px", N - 1, r"Grid dimensions \(8 x 8 pixels\) must be less"),
+        ("limit_bands", 0, r"Number of bands \(1\) must be less"),
+    ],
+)
+def test_earthengine__a_request_over_a_limit_is_refused_with_earth_engines_message(
+    limits, key_file, limit, value, message
+):
+    """The fake's answer to a request over each limit (swath's own limits left as they are),
+    and swath passing Earth Engine's message on."""
+    setattr(limits, limit, value)
+    with pytest.raises(ImagerySourceError, match=message):
+        EarthEngineSource().fetch(
+            [point(WEST + 400, NORTH - 400)], ["B02"], config(limits, key_file)
+        )
 
 
 def test_earthengine__masked_pixels_are_nan_and_an_all_masked_patch_gets_a_note(fake, key_file):

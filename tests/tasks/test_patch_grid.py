@@ -9,7 +9,6 @@ same window, for odd and even sizes, for a point on a pixel corner and one off i
 """
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import pystac

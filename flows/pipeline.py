@@ -65,7 +65,13 @@ class PartReport:
     causes: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     fetched: dict[str, int] = field(
-        default_factory=lambda: {"fetches": 0, "requests": 0, "bytes": 0, "retries": 0}
+        default_factory=lambda: {
+            "fetches": 0,
+            "requests": 0,
+            "bytes": 0,
+            "retries": 0,
+            "resampled": 0,
+        }
     )
     cosines: dict[str, float] = field(default_factory=dict)
     devices: dict[str, DeviceUse] = field(default_factory=dict)
@@ -282,6 +288,7 @@ def _finished(tasks: _BlockTasks, results_path: str) -> PartReport:
             part.fetched["requests"] += fetched.requests
             part.fetched["bytes"] += fetched.bytes_read
             part.fetched["retries"] += fetched.retries
+            part.fetched["resampled"] += fetched.resampled
     return part
 
 

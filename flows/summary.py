@@ -96,6 +96,11 @@ def imagery_line(fetched: dict[str, int]) -> str:
     gdal = fetched.get("gdal_retries", 0)
     by_gdal = f" ({gdal} of a request, by GDAL)" if gdal else ""
     parts.append(f"{fetched['retries'] + gdal} retried attempt(s){by_gdal}")
+    if fetched.get("resampled"):
+        parts.append(
+            f"{fetched['resampled']} point(s) with pixels resampled from another UTM zone's "
+            "scene (none of their own zone covers them)"
+        )
     return "imagery: " + ", ".join(parts)
 
 

@@ -71,6 +71,7 @@ class PrefetchReport:
     requests: int = 0  # requests the source made (as it counts them)
     bytes_read: int = 0  # bytes of pixels it received
     retries: int = 0  # attempts of this task that failed transiently before this one
+    resampled: int = 0  # points whose patch took pixels of another UTM zone (Patches.resampled)
 
 
 def prefetch_chunk(
@@ -90,14 +91,16 @@ def prefetch_chunk(
     done = set() if refresh else set(_list_attr(group, "bands_done"))
     todo = [b for b in dict.fromkeys(bands) if b not in done]
     reused = tuple(b for b in dict.fromkeys(bands) if b in done)
-    requests = bytes_read = 0
+    requests = bytes_read = resampled = 0
     if todo:
         patches = source.fetch(chunk.points, todo, config)
-        requests, bytes_read = patches.requests, patches.bytes_read
+        requests, bytes_read, resampled = patches.requests, patches.bytes_read, patches.resampled
         _check_patches(patches, chunk, todo, config)
         fetched = replace(patches, bands={b: patches.bands[b] for b in todo})
         store_patches(inputs_path, config, chunk, fetched, group=group)
-    return PrefetchReport(chunk.key, config.key(), tuple(todo), reused, requests, bytes_read)
+    return PrefetchReport(
+        chunk.key, config.key(), tuple(todo), reused, requests, bytes_read, resampled=resampled
+    )
 
 
 def store_patches(

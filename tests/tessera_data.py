@@ -19,6 +19,8 @@ import pandas as pd
 import zarr
 from pyproj import Transformer
 
+from tasks.sources.registry import patch_corner
+
 YEAR = 2024
 
 
@@ -115,10 +117,11 @@ def expected_patch(store: TesseraStore, epsg: int, x: float, y: float, n: int) -
     the other zone where that one has a value; NaN where neither has one."""
     to_lonlat = Transformer.from_crs(epsg, 4326, always_xy=True)
     out = np.full((n, n, 128), np.nan, np.float32)
+    x0, y0 = patch_corner(x, y, n, 10.0)
     for i in range(n):
         for j in range(n):
-            px = x - n * 5.0 + (j + 0.5) * 10.0
-            py = y + n * 5.0 - (i + 0.5) * 10.0
+            px = x0 + (j + 0.5) * 10.0
+            py = y0 - (i + 0.5) * 10.0
             lon, _ = to_lonlat.transform(px, py)
             owner = zone_of(lon)
             for zone in sorted(store.zones, key=lambda z: z != owner):

@@ -41,7 +41,7 @@ from tasks.products.product import (
     one_calendar_year,
 )
 from tasks.sources import sensors
-from tasks.sources.registry import classify_error
+from tasks.sources.registry import classify_error, patch_corner
 
 if TYPE_CHECKING:  # zarr, pyproj and the stores are imported when Tessera is read, not listed
     from pyproj import Transformer
@@ -210,10 +210,11 @@ def _open(store: str) -> Any:
 
 
 def patch_centres(point: Point, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel centres (x, y) of the point's N x N patch on its UTM grid, row-major."""
-    half = n * RESOLUTION_M / 2
-    xs = point.x - half + (np.arange(n) + 0.5) * RESOLUTION_M
-    ys = point.y + half - (np.arange(n) + 0.5) * RESOLUTION_M
+    """Pixel centres (x, y) of the point's N x N patch on its UTM grid, row-major; the patch
+    lies where the imagery sources put it (tasks.sources.registry.patch_corner)."""
+    x0, y0 = patch_corner(point.x, point.y, n, RESOLUTION_M)
+    xs = x0 + (np.arange(n) + 0.5) * RESOLUTION_M
+    ys = y0 - (np.arange(n) + 0.5) * RESOLUTION_M
     gx, gy = np.meshgrid(xs, ys)
     return gx.ravel(), gy.ravel()
 

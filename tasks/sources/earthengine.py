@@ -45,6 +45,7 @@ from tasks.sources.registry import (
     TransientSourceError,
     error_chain,
     own_options,
+    patch_corner,
     plain_http_origins,
     unreachable,
 )
@@ -122,12 +123,13 @@ class PixelGrid:
 def plan_grids(points: Sequence[Point], n: int, resolution_m: float) -> list[PixelGrid]:
     """The grids that answer the points' N x N patches. Points of one zone and pixel phase
     join a grid while their patches are read together (tasks.sources.stac.read_together; greedily,
-    north to south), else start their own. A patch's top-left corner is (x - N r / 2,
-    y + N r / 2), as tasks.sources.stac.patch_geobox places it."""
-    half = n * resolution_m / 2
+    north to south), else start their own. A patch's top-left corner is where
+    tasks.sources.registry.patch_corner puts it (as tasks.sources.stac.patch_geobox does):
+    never with pixel centres on the 10 m grid's pixel edges, so Earth Engine's own
+    nearest-neighbour resampling has no tie to break."""
     groups: dict[tuple[int, float, float], list[tuple[int, float, float]]] = defaultdict(list)
     for i, p in enumerate(points):
-        x0, y0 = p.x - half, p.y + half
+        x0, y0 = patch_corner(p.x, p.y, n, resolution_m)
         groups[(p.epsg, pixel_phase(x0, resolution_m), pixel_phase(y0, resolution_m))].append(
             (i, x0, y0)
         )

@@ -273,6 +273,26 @@ def sensor_config(
     )
 
 
+def patch_corner(x: float, y: float, n: int, resolution_m: float) -> tuple[float, float]:
+    """The top-left corner (x0, y0) of the N x N patch of the point (x, y), on its UTM grid.
+
+    The patch is N x N pixels of the grid whose pixel edges lie on whole multiples of the
+    resolution (Sentinel-2's and Tessera's grids): its middle pixel (N odd) or middle corner
+    (N even) is the one nearest the point. Where four are equally near (a point on a pixel
+    corner with N odd, in a pixel's middle with N even) it is the one south-east of the
+    point, as a point on a pixel's edge belongs to the pixel east and south of it in GDAL's
+    and rasterio's convention. The corner then moves half a pixel east and south, onto the
+    grid, so no source's nearest-neighbour reading meets a pixel centre on a pixel edge.
+    """
+    half = n * resolution_m / 2
+    x0, y0 = x - half, y + half
+    if round((x0 / resolution_m) % 1.0, 6) == 0.5:
+        x0 += resolution_m / 2
+    if round((y0 / resolution_m) % 1.0, 6) == 0.5:
+        y0 -= resolution_m / 2
+    return x0, y0
+
+
 @dataclass
 class Patches:
     """One chunk's patches: band -> (n_points, patch_px, patch_px) float32, NaN where masked."""
@@ -282,6 +302,9 @@ class Patches:
     notes: dict[str, str] = field(default_factory=dict)  # point id -> why it has no data
     requests: int = 0  # requests the source made for these patches (searches, reads)
     bytes_read: int = 0  # bytes of pixels it received
+    # points whose patch took pixels from another UTM zone's scene, resampled onto its grid
+    # (where no scene of its own zone covers them)
+    resampled: int = 0
 
 
 class ImagerySourceError(RuntimeError):

@@ -3,9 +3,10 @@ tasks/sources/stac_api.py: a search API): from STAC items of Cloud-Optimized Geo
 the points' patches.
 
 Items are selected by window and cloud cover, bands resolved to assets, and the pixels read
-with odc-stac on each point's own UTM grid; nodata and Sentinel-2 scene classes are masked
-on the raw values, each item's offset is removed (tasks/sources/sensors.py), and the per-pixel
-median is taken over the dates.
+with odc-stac on each point's own UTM grid: natively from the scenes of the point's own zone,
+and from another zone's scenes (resampled) only where no own-zone scene has data; nodata and
+Sentinel-2 scene classes are masked on the raw values, each item's offset is removed
+(tasks/sources/sensors.py), and the per-pixel median is taken over the dates.
 """
 
 import re
@@ -31,6 +32,7 @@ from tasks.sources.registry import (
     Patches,
     SensorConfig,
     classify_error,
+    patch_corner,
 )
 from tasks.sources.sensors import BANDS, SCL_ASSET_KEYS, SCL_MASKED_CLASSES, SENSORS, dn_offset
 
@@ -96,17 +98,20 @@ def composite_patches(
     loads, uncovered = plan_loads(points, window, config) if window else ([], [*range(len(points))])
     out = {b: np.full((len(points), n, n), np.nan, np.float32) for b in bands}
     dates = np.zeros(len(points), int)
-    bytes_read = 0
+    bytes_read = resampled = 0
     if loads:
         read = [item for load in loads for item in load.items]
         assets = resolve_assets(bands, read, config.collection)
         scl = scl_asset(read, config.collection)
         for load in loads:
             ids = [points[i].id for i, _, _ in load.members]
-            composite, n_dates, nbytes = load_composite(load, bands, assets, scl, ids, config)
+            composite, n_dates, nbytes, foreign = load_composite(
+                load, bands, assets, scl, ids, config
+            )
             bytes_read += nbytes
             for i, row, col in load.members:
                 dates[i] = n_dates
+                resampled += bool(foreign[row : row + n, col : col + n].any())
                 for b in bands:
                     out[b][i] = composite[b][row : row + n, col : col + n]
 
@@ -127,7 +132,11 @@ def composite_patches(
                 f"cirrus) in the {dates[i]} date(s) {span}"
             )
     return Patches(
-        point_ids=tuple(p.id for p in points), bands=out, notes=notes, bytes_read=bytes_read
+        point_ids=tuple(p.id for p in points),
+        bands=out,
+        notes=notes,
+        bytes_read=bytes_read,
+        resampled=resampled,
     )
 
 
@@ -271,9 +280,10 @@ def scl_asset(items: Sequence[pystac.Item], collection: str) -> str | None:
 
 
 def patch_geobox(point: Point, patch_px: int, resolution_m: float) -> GeoBox:
-    """The N x N north-up grid centred on the point, on its UTM grid."""
-    half = patch_px * resolution_m / 2
-    affine = Affine(resolution_m, 0.0, point.x - half, 0.0, -resolution_m, point.y + half)
+    """The N x N north-up grid centred on the point, on its UTM grid (registry.patch_corner:
+    a tie between pixels goes to the one south-east of the point)."""
+    x0, y0 = patch_corner(point.x, point.y, patch_px, resolution_m)
+    affine = Affine(resolution_m, 0.0, x0, 0.0, -resolution_m, y0)
     return GeoBox((patch_px, patch_px), affine, f"EPSG:{point.epsg}")
 
 
@@ -350,29 +360,82 @@ def load_composite(
     scl: str | None,
     point_ids: Sequence[str],
     config: SensorConfig,
-) -> tuple[dict[str, np.ndarray], int, int]:
+) -> tuple[dict[str, np.ndarray], int, int, np.ndarray]:
     """Read a load's bands on its grid, mask, harmonise, and take the per-pixel median over
     its dates.
 
-    Items are read in groups of equal offset (tasks/sources/sensors.py dn_offset), since odc-stac
-    merges the items of a solar day: each group is masked on its raw values (SCL classes,
-    declared nodata), then its offset is added, so items on both sides of Sentinel-2's
-    baseline 04.00 composite on one scale. Returns band -> (height, width) float32 with NaN
-    where no date has a valid pixel, the number of dates read, and the bytes of pixels read.
+    The scenes of the grid's own UTM zone are read first, natively; scenes of another zone
+    (resampled, nearest) only where the patches have pixels that no own-zone scene has data
+    for, and only into those pixels, zone by zone in EPSG order: so each pixel's median is
+    over the scenes of one zone, whatever the order of the items. Within a zone, items are
+    read in groups of equal offset (tasks/sources/sensors.py dn_offset), since odc-stac merges
+    the items of a solar day: each group is masked on its raw values (SCL classes, declared
+    nodata), then its offset is added, so items on both sides of Sentinel-2's baseline 04.00
+    composite on one scale. Returns band -> (height, width) float32 with NaN where no date
+    has a valid pixel, the number of dates read, the bytes of pixels read, and the
+    (height, width) mask of pixels that came from another zone.
     """
-    groups: dict[tuple[float, ...], list[pystac.Item]] = defaultdict(list)
+    own = load.geobox.crs.epsg if load.geobox.crs is not None else None
+    zones: dict[int | None, list[pystac.Item]] = defaultdict(list)
     for item in load.items:
+        epsg = item_epsg(item, assets.values())
+        zones[None if epsg == own else epsg].append(item)
+    n = config.patch_px
+    needed = np.zeros(load.geobox.shape, bool)
+    for _, row, col in load.members:
+        needed[row : row + n, col : col + n] = True
+    covered = np.zeros(load.geobox.shape, bool)
+    foreign = np.zeros(load.geobox.shape, bool)
+    stacks: dict[str, list[np.ndarray]] = {b: [] for b in bands}
+    n_dates = nbytes = 0
+    for zone in sorted(zones, key=lambda z: -1 if z is None else z):
+        if zone is not None and not (needed & ~covered).any():
+            break  # the own zone has every pixel: other zones are not read
+        read = _read_zone(load, zones[zone], bands, assets, scl, point_ids, config)
+        n_dates, nbytes = n_dates + read.dates, nbytes + read.nbytes
+        fills = read.data & ~covered
+        for band in bands:
+            stacks[band] += [np.where(fills, v, np.float32(np.nan)) for v in read.stacks[band]]
+        if zone is not None:
+            foreign |= fills
+        covered |= read.data
+    composite = {b: nanmedian_over_time(np.concatenate(stacks[b])) for b in bands}
+    return composite, n_dates, nbytes, foreign
+
+
+@dataclass(frozen=True)
+class ZoneRead:
+    """The scenes of one zone on a load's grid: band -> (dates, height, width) masked and
+    harmonised, the pixels any of them has data for (before masking clouds), dates, bytes."""
+
+    stacks: dict[str, list[np.ndarray]]
+    data: np.ndarray
+    dates: int
+    nbytes: int
+
+
+def _read_zone(
+    load: PatchLoad,
+    items: Sequence[pystac.Item],
+    bands: Sequence[str],
+    assets: dict[str, str],
+    scl: str | None,
+    point_ids: Sequence[str],
+    config: SensorConfig,
+) -> ZoneRead:
+    groups: dict[tuple[float, ...], list[pystac.Item]] = defaultdict(list)
+    for item in items:
         offsets = tuple(
             dn_offset(config.sensor, item.properties, item.assets[assets[b]].extra_fields)
             for b in bands
         )
         groups[offsets].append(item)
     stacks: dict[str, list[np.ndarray]] = {b: [] for b in bands}
+    data = np.zeros(load.geobox.shape, bool)
     n_dates = nbytes = 0
-    for offsets, items in groups.items():
-        ds = _load(
-            load.geobox, items, [assets[b] for b in bands] + ([scl] if scl else []), point_ids
-        )
+    for offsets, members in groups.items():
+        keys = [assets[b] for b in bands] + ([scl] if scl else [])
+        ds = _load(load.geobox, members, keys, point_ids)
         n_dates += ds.sizes["time"]
         nbytes += sum(int(ds[key].nbytes) for key in ds.data_vars)
         valid = np.ones((ds.sizes["time"], *load.geobox.shape), bool)
@@ -381,10 +444,27 @@ def load_composite(
             valid = np.isfinite(classes) & ~np.isin(classes, SCL_MASKED_CLASSES)
         for band, offset in zip(bands, offsets, strict=True):
             values = ds[assets[band]].values.astype(np.float32, copy=False)
-            masked = ~valid | np.isin(values, _declared_nodata(items, assets[band]))
+            nodata = ~np.isfinite(values) | np.isin(values, _declared_nodata(members, assets[band]))
+            data |= (~nodata).any(axis=0)
+            masked = ~valid | nodata
             stacks[band].append(np.where(masked, np.float32(np.nan), values + np.float32(offset)))
-    composite = {b: nanmedian_over_time(np.concatenate(stacks[b])) for b in bands}
-    return composite, n_dates, nbytes
+    return ZoneRead(stacks, data, n_dates, nbytes)
+
+
+def item_epsg(item: pystac.Item, asset_keys: Iterable[str]) -> int | None:
+    """The EPSG code of an item's pixels as its metadata declares it (the projection
+    extension's proj:code or proj:epsg, on the item or on the named assets); None when it
+    declares none (such an item is read as one of the grid's own zone)."""
+    for fields in (
+        item.properties,
+        *(item.assets[k].extra_fields for k in asset_keys if k in item.assets),
+    ):
+        code, epsg = fields.get("proj:code"), fields.get("proj:epsg")
+        if isinstance(code, str) and code.upper().startswith("EPSG:") and code[5:].isdigit():
+            return int(code[5:])
+        if isinstance(epsg, int):
+            return epsg
+    return None
 
 
 def _load(

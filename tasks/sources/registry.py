@@ -282,6 +282,9 @@ class Patches:
     notes: dict[str, str] = field(default_factory=dict)  # point id -> why it has no data
     requests: int = 0  # requests the source made for these patches (searches, reads)
     bytes_read: int = 0  # bytes of pixels it received
+    # item id -> why its pixels were dropped (its values contradict its offset metadata:
+    # tasks/sources/plausibility.py)
+    flags: dict[str, str] = field(default_factory=dict)
 
 
 class ImagerySourceError(RuntimeError):

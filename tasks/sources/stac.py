@@ -26,6 +26,8 @@ from affine import Affine
 from odc.geo.geobox import GeoBox
 
 from tasks.plan.points import Point
+from tasks.sources import sensors
+from tasks.sources.plausibility import VISIBLE_BANDS, implausible
 from tasks.sources.registry import (
     ImagerySourceError,
     Patches,
@@ -97,18 +99,22 @@ def composite_patches(
     out = {b: np.full((len(points), n, n), np.nan, np.float32) for b in bands}
     dates = np.zeros(len(points), int)
     bytes_read = 0
+    flags: dict[str, str] = {}  # item id -> why its pixels were dropped
+    dropped: dict[int, list[str]] = defaultdict(list)  # point index -> items dropped under it
     if loads:
         read = [item for load in loads for item in load.items]
         assets = resolve_assets(bands, read, config.collection)
         scl = scl_asset(read, config.collection)
         for load in loads:
             ids = [points[i].id for i, _, _ in load.members]
-            composite, n_dates, nbytes = load_composite(load, bands, assets, scl, ids, config)
-            bytes_read += nbytes
+            loaded = load_composite(load, bands, assets, scl, ids, config)
+            bytes_read += loaded.nbytes
+            flags.update(loaded.flags)
             for i, row, col in load.members:
-                dates[i] = n_dates
+                dates[i] = loaded.dates
+                dropped[i] += sorted(loaded.flags)
                 for b in bands:
-                    out[b][i] = composite[b][row : row + n, col : col + n]
+                    out[b][i] = loaded.composite[b][row : row + n, col : col + n]
 
     limit = (
         f" of cloud cover {config.max_cloud_cover:g}% or less"
@@ -126,8 +132,16 @@ def composite_patches(
                 f"every pixel of its {n} px patch is masked (nodata, cloud, shadow or "
                 f"cirrus) in the {dates[i]} date(s) {span}"
             )
+            if dropped[i]:
+                notes[p.id] += "; dropped: " + "; ".join(
+                    f"item {item}, {flags[item]}" for item in dropped[i]
+                )
     return Patches(
-        point_ids=tuple(p.id for p in points), bands=out, notes=notes, bytes_read=bytes_read
+        point_ids=tuple(p.id for p in points),
+        bands=out,
+        notes=notes,
+        bytes_read=bytes_read,
+        flags=flags,
     )
 
 
@@ -343,6 +357,18 @@ def _group_loads(
     return [PatchLoad(union, items, cells)]
 
 
+@dataclass
+class Loaded:
+    """A load's composite (band -> (height, width) float32, NaN where no date has a valid
+    pixel), its dates read, the bytes of pixels read, and the items whose pixels were
+    dropped because they contradict their offset metadata (item id -> why)."""
+
+    composite: dict[str, np.ndarray]
+    dates: int
+    nbytes: int
+    flags: dict[str, str]
+
+
 def load_composite(
     load: PatchLoad,
     bands: Sequence[str],
@@ -350,15 +376,16 @@ def load_composite(
     scl: str | None,
     point_ids: Sequence[str],
     config: SensorConfig,
-) -> tuple[dict[str, np.ndarray], int, int]:
-    """Read a load's bands on its grid, mask, harmonise, and take the per-pixel median over
-    its dates.
+) -> Loaded:
+    """Read a load's bands on its grid, mask, harmonise, check, and take the per-pixel median
+    over its dates.
 
     Items are read in groups of equal offset (tasks/sources/sensors.py dn_offset), since odc-stac
     merges the items of a solar day: each group is masked on its raw values (SCL classes,
-    declared nodata), then its offset is added, so items on both sides of Sentinel-2's
-    baseline 04.00 composite on one scale. Returns band -> (height, width) float32 with NaN
-    where no date has a valid pixel, the number of dates read, and the bytes of pixels read.
+    declared nodata, the sensor's own nodata), then its offset is added, so items on both
+    sides of Sentinel-2's baseline 04.00 composite on one scale. Each date is then checked
+    against the offset removed from it (tasks/sources/plausibility.py); a date whose pixels
+    contradict it is dropped.
     """
     groups: dict[tuple[float, ...], list[pystac.Item]] = defaultdict(list)
     for item in load.items:
@@ -369,28 +396,93 @@ def load_composite(
         groups[offsets].append(item)
     stacks: dict[str, list[np.ndarray]] = {b: [] for b in bands}
     n_dates = nbytes = 0
+    flags: dict[str, str] = {}
     for offsets, items in groups.items():
+        days: dict[str, Any] = {}
         ds = _load(
-            load.geobox, items, [assets[b] for b in bands] + ([scl] if scl else []), point_ids
+            load.geobox,
+            items,
+            [assets[b] for b in bands] + ([scl] if scl else []),
+            point_ids,
+            days,
         )
         n_dates += ds.sizes["time"]
         nbytes += sum(int(ds[key].nbytes) for key in ds.data_vars)
         valid = np.ones((ds.sizes["time"], *load.geobox.shape), bool)
+        bright = np.zeros_like(valid)
         if scl:
             classes = ds[scl].values
             valid = np.isfinite(classes) & ~np.isin(classes, SCL_MASKED_CLASSES)
+            bright = classes == sensors.SCL_SNOW_CLASS
+        harmonised = {}
         for band, offset in zip(bands, offsets, strict=True):
             values = ds[assets[band]].values.astype(np.float32, copy=False)
-            masked = ~valid | np.isin(values, _declared_nodata(items, assets[band]))
-            stacks[band].append(np.where(masked, np.float32(np.nan), values + np.float32(offset)))
+            nodata = _declared_nodata(items, assets[band]) + list(sensors.nodata_dn(config.sensor))
+            masked = ~valid | np.isin(values, nodata)
+            harmonised[band] = np.where(masked, np.float32(np.nan), values + np.float32(offset))
+        if config.sensor == sensors.SENTINEL_2_L2A.name:
+            removed = dict(zip(bands, offsets, strict=True))
+            dates = _dates(items, days)
+            flags |= _drop_implausible(harmonised, bright, dates, removed, assets)
+        for band in bands:
+            stacks[band].append(harmonised[band])
     composite = {b: nanmedian_over_time(np.concatenate(stacks[b])) for b in bands}
-    return composite, n_dates, nbytes
+    return Loaded(composite, n_dates, nbytes, flags)
+
+
+def _dates(items: Sequence[pystac.Item], days: dict[str, Any]) -> list[list[pystac.Item]]:
+    """The items of each time step of a load, in order: odc-stac sorts its groups by key."""
+    by_day: dict[Any, list[pystac.Item]] = defaultdict(list)
+    for item in items:
+        by_day[days[item.id]].append(item)
+    return [by_day[day] for day in sorted(by_day)]
+
+
+def _drop_implausible(
+    harmonised: dict[str, np.ndarray],
+    bright: np.ndarray,
+    dates: list[list[pystac.Item]],
+    removed: dict[str, float],
+    assets: dict[str, str],
+) -> dict[str, str]:
+    """Mask (in place) the dates whose pixels contradict the offset removed from them
+    (`removed`: band -> DN added); the items of those dates -> what their metadata claimed
+    and what their pixels showed."""
+    visible = [b for b in VISIBLE_BANDS if b in harmonised]
+    if not visible:
+        return {}
+    removed_dn = min(removed[b] for b in visible)
+    flags = {}
+    for t, items in enumerate(dates):
+        pixels = {b: np.where(bright[t], np.float32(np.nan), harmonised[b][t]) for b in visible}
+        possible = any(sensors.s2_offset_possible(item.properties) for item in items)
+        why = implausible(pixels, removed_dn=removed_dn, offset_possible=possible)
+        if why is None:
+            continue
+        for values in harmonised.values():
+            values[t] = np.nan
+        for item in items:
+            fields = item.assets[assets[visible[0]]].extra_fields
+            _, claimed = sensors.s2_offset_decision(item.properties, fields)
+            flags[item.id] = f"its metadata says {claimed}, but {why}; its pixels were dropped"
+    return flags
 
 
 def _load(
-    geobox: GeoBox, items: Sequence[pystac.Item], keys: list[str], point_ids: Sequence[str]
+    geobox: GeoBox,
+    items: Sequence[pystac.Item],
+    keys: list[str],
+    point_ids: Sequence[str],
+    days: dict[str, Any],
 ) -> Any:
-    """odc.stac.load of `keys` of `items` on `geobox`, as float32, one time step a solar day."""
+    """odc.stac.load of `keys` of `items` on `geobox`, as float32, one time step a solar day
+    (odc-stac's own solar day, at the grid's middle longitude); `days` gets each item's."""
+    ((mid_lon, _),) = geobox.extent.centroid.to_crs("EPSG:4326").points
+
+    def solar_day(item: pystac.Item, parsed: Any, _: int) -> Any:
+        days[item.id] = day = parsed.solar_date_at(mid_lon).date()
+        return day
+
     hrefs = [str(item.assets[key].get_absolute_href()) for item in items for key in keys]
     more = f" and {len(hrefs) - 3} more" if len(hrefs) > 3 else ""
     what = (
@@ -406,7 +498,7 @@ def _load(
             dtype="float32",
             nodata=np.nan,  # output fill: source nodata and areas no item covers become NaN
             chunks=None,
-            groupby="solar_day",
+            groupby=solar_day,
             fail_on_error=True,
         )
     except (rasterio.errors.RasterioError, OSError) as e:

@@ -31,9 +31,14 @@ to 1000 DN, and the embeddings with it, where a dropped date costs one date of t
 offset instead would trust a guess over both the metadata and a rule of thumb.
 """
 
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+import pystac
+
+from tasks.sources import sensors
 
 VISIBLE_BANDS = ("B02", "B03", "B04")
 NEGATIVE_SHARE_LIMIT = 0.25
@@ -71,3 +76,41 @@ def implausible(
                 "still carry the offset"
             )
     return None
+
+
+def items_by_date(items: Sequence[pystac.Item], days: dict[str, Any]) -> list[list[pystac.Item]]:
+    """The items of each time step of a load, in order: odc-stac sorts its groups by key."""
+    by_day: dict[Any, list[pystac.Item]] = defaultdict(list)
+    for item in items:
+        by_day[days[item.id]].append(item)
+    return [by_day[day] for day in sorted(by_day)]
+
+
+def drop_implausible(
+    harmonised: dict[str, np.ndarray],
+    bright: np.ndarray,
+    dates: list[list[pystac.Item]],
+    removed: dict[str, float],
+    assets: dict[str, str],
+) -> dict[str, str]:
+    """Mask (in place) the dates whose pixels contradict the offset removed from them
+    (`removed`: band -> DN added); the items of those dates -> what their metadata claimed
+    and what their pixels showed."""
+    visible = [b for b in VISIBLE_BANDS if b in harmonised]
+    if not visible:
+        return {}
+    removed_dn = min(removed[b] for b in visible)
+    flags = {}
+    for t, items in enumerate(dates):
+        pixels = {b: np.where(bright[t], np.float32(np.nan), harmonised[b][t]) for b in visible}
+        possible = any(sensors.s2_offset_possible(item.properties) for item in items)
+        why = implausible(pixels, removed_dn=removed_dn, offset_possible=possible)
+        if why is None:
+            continue
+        for values in harmonised.values():
+            values[t] = np.nan
+        for item in items:
+            fields = item.assets[assets[visible[0]]].extra_fields
+            _, claimed = sensors.s2_offset_decision(item.properties, fields)
+            flags[item.id] = f"its metadata says {claimed}, but {why}; its pixels were dropped"
+    return flags

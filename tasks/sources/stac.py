@@ -27,7 +27,7 @@ from odc.geo.geobox import GeoBox
 
 from tasks.plan.points import Point
 from tasks.sources import sensors
-from tasks.sources.plausibility import VISIBLE_BANDS, implausible
+from tasks.sources.plausibility import drop_implausible, items_by_date
 from tasks.sources.registry import (
     ImagerySourceError,
     Patches,
@@ -422,50 +422,12 @@ def load_composite(
             harmonised[band] = np.where(masked, np.float32(np.nan), values + np.float32(offset))
         if config.sensor == sensors.SENTINEL_2_L2A.name:
             removed = dict(zip(bands, offsets, strict=True))
-            dates = _dates(items, days)
-            flags |= _drop_implausible(harmonised, bright, dates, removed, assets)
+            dates = items_by_date(items, days)
+            flags |= drop_implausible(harmonised, bright, dates, removed, assets)
         for band in bands:
             stacks[band].append(harmonised[band])
     composite = {b: nanmedian_over_time(np.concatenate(stacks[b])) for b in bands}
     return Loaded(composite, n_dates, nbytes, flags)
-
-
-def _dates(items: Sequence[pystac.Item], days: dict[str, Any]) -> list[list[pystac.Item]]:
-    """The items of each time step of a load, in order: odc-stac sorts its groups by key."""
-    by_day: dict[Any, list[pystac.Item]] = defaultdict(list)
-    for item in items:
-        by_day[days[item.id]].append(item)
-    return [by_day[day] for day in sorted(by_day)]
-
-
-def _drop_implausible(
-    harmonised: dict[str, np.ndarray],
-    bright: np.ndarray,
-    dates: list[list[pystac.Item]],
-    removed: dict[str, float],
-    assets: dict[str, str],
-) -> dict[str, str]:
-    """Mask (in place) the dates whose pixels contradict the offset removed from them
-    (`removed`: band -> DN added); the items of those dates -> what their metadata claimed
-    and what their pixels showed."""
-    visible = [b for b in VISIBLE_BANDS if b in harmonised]
-    if not visible:
-        return {}
-    removed_dn = min(removed[b] for b in visible)
-    flags = {}
-    for t, items in enumerate(dates):
-        pixels = {b: np.where(bright[t], np.float32(np.nan), harmonised[b][t]) for b in visible}
-        possible = any(sensors.s2_offset_possible(item.properties) for item in items)
-        why = implausible(pixels, removed_dn=removed_dn, offset_possible=possible)
-        if why is None:
-            continue
-        for values in harmonised.values():
-            values[t] = np.nan
-        for item in items:
-            fields = item.assets[assets[visible[0]]].extra_fields
-            _, claimed = sensors.s2_offset_decision(item.properties, fields)
-            flags[item.id] = f"its metadata says {claimed}, but {why}; its pixels were dropped"
-    return flags
 
 
 def _load(

@@ -317,9 +317,10 @@ def _print_summary(s: dict[str, Any]) -> None:
             )
         if m.get("redone_damaged"):
             print(f"  {'':24} redone, damaged in the store: {', '.join(m['redone_damaged'])}")
-    from flows.summary import imagery_line, transit_line
+    from flows.summary import flagged_lines, imagery_line, transit_line
 
     print(imagery_line(s["imagery"]))
+    print("".join(f"{line}\n" for line in flagged_lines(s.get("flagged_items", {}))), end="")
     for device, use in s.get("devices", {}).items():
         print(f"{device}: {use}")
     if line := transit_line(s.get("unprotected", [])):

@@ -75,10 +75,12 @@ class PartReport:
     )
     cosines: dict[str, float] = field(default_factory=dict)
     devices: dict[str, DeviceUse] = field(default_factory=dict)
+    flagged: dict[str, str] = field(default_factory=dict)  # item id -> why its pixels were dropped
 
     def add(self, other: "PartReport") -> None:
         self.causes += other.causes
         self.failed += other.failed
+        self.flagged.update(other.flagged)
         for name, use in other.devices.items():
             self.devices[name] = self.devices[name] + use if name in self.devices else use
         for key, n in other.fetched.items():
@@ -289,6 +291,7 @@ def _finished(tasks: _BlockTasks, results_path: str) -> PartReport:
             part.fetched["bytes"] += fetched.bytes_read
             part.fetched["retries"] += fetched.retries
             part.fetched["resampled"] += fetched.resampled
+            part.flagged.update(dict(fetched.flagged))
     return part
 
 

@@ -39,6 +39,8 @@ def run_summary(
         "models": models,
         "imagery": {**report.fetched, "gdal_retries": gdal_retried},
         "unprotected": unprotected(job),
+        # items whose pixels were dropped: their values contradict their offset metadata
+        "flagged_items": dict(sorted(report.flagged.items())),
         "seconds": round(seconds, 1),
         "all_ok": all(m["status"]["ok"] == len(job.plan.points) for m in models.values()),
         "devices": {name: use.describe() for name, use in report.devices.items()},
@@ -77,6 +79,12 @@ def transit_line(origins: list[str]) -> str | None:
         f"imagery read over plain http, unprotected in transit: {', '.join(origins)} "
         "(a byte changed on the way is not detected; use https where the server offers it)"
     )
+
+
+def flagged_lines(flagged: dict[str, str]) -> list[str]:
+    """The summary's lines for items whose pixels were dropped (tasks/sources/plausibility.py),
+    one an item: its id, what its metadata claimed and what its pixels showed."""
+    return [f"imagery item dropped, {item}: {why}" for item, why in flagged.items()]
 
 
 def counts(status: dict[str, int]) -> str:
@@ -138,6 +146,7 @@ def summary_artifact(summary: dict[str, Any]) -> None:
                 else ""
             )
             + f"\n\n{imagery_line(summary['imagery'])}\n\n"
+            + "".join(f"- {line}\n" for line in flagged_lines(summary.get("flagged_items", {})))
             + "".join(f"{d}: {use}\n\n" for d, use in summary.get("devices", {}).items())
             + (f"{line}\n\n" if (line := transit_line(summary["unprotected"])) else "")
             + f"store: `{summary['store']}`\n"

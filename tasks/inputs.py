@@ -4,7 +4,8 @@ Layout (Zarr v3), one group per sensor configuration and chunk:
 
     <inputs_path>/<config.key()>/              attrs: {"config": {...the SensorConfig...}}
     <inputs_path>/<config.key()>/<chunk.key>/  attrs: {"point_ids": [...], "notes": {id: why},
-                                                       "bands_done": [band, ...]}
+                                                       "bands_done": [band, ...],
+                                                       "flagged_items": {item id: why}}
     <inputs_path>/<config.key()>/<chunk.key>/<band>   (n_points, N, N)
 
 A band array holds the sensor's values as its encoding says (tasks/sources/sensors.py): for imagery
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
 # Points per Zarr chunk of a band array: the chunks of a band decode in parallel.
 CHUNK_POINTS = 16
 ENCODING_ATTR = "encoding"
+# A chunk group's items whose pixels the source dropped, item id -> why (Patches.flags)
+FLAGGED_ATTR = "flagged_items"
 
 _chunk_locks: dict[str, threading.Lock] = {}
 _chunk_locks_guard = threading.Lock()
@@ -72,6 +75,8 @@ class PrefetchReport:
     bytes_read: int = 0  # bytes of pixels it received
     retries: int = 0  # attempts of this task that failed transiently before this one
     resampled: int = 0  # points whose patch took pixels of another UTM zone (Patches.resampled)
+    # items whose pixels the source dropped: their values contradict their offset metadata
+    flagged: tuple[tuple[str, str], ...] = ()  # (item id, why)
 
 
 def prefetch_chunk(
@@ -92,14 +97,23 @@ def prefetch_chunk(
     todo = [b for b in dict.fromkeys(bands) if b not in done]
     reused = tuple(b for b in dict.fromkeys(bands) if b in done)
     requests = bytes_read = resampled = 0
+    flagged: tuple[tuple[str, str], ...] = ()
     if todo:
         patches = source.fetch(chunk.points, todo, config)
         requests, bytes_read, resampled = patches.requests, patches.bytes_read, patches.resampled
+        flagged = tuple(sorted(patches.flags.items()))
         _check_patches(patches, chunk, todo, config)
         fetched = replace(patches, bands={b: patches.bands[b] for b in todo})
         store_patches(inputs_path, config, chunk, fetched, group=group)
     return PrefetchReport(
-        chunk.key, config.key(), tuple(todo), reused, requests, bytes_read, resampled=resampled
+        chunk.key,
+        config.key(),
+        tuple(todo),
+        reused,
+        requests,
+        bytes_read,
+        resampled=resampled,
+        flagged=flagged,
     )
 
 
@@ -119,7 +133,10 @@ def store_patches(
     with _lock_for(f"{inputs_path}/{config.key()}/{chunk.key}"):
         notes = {**_dict_attr(group, "notes"), **patches.notes}
         done = set(_list_attr(group, "bands_done")) | set(patches.bands)
-        group.attrs.update({"notes": notes, "bands_done": sorted(done)})
+        update: dict[str, Any] = {"notes": notes, "bands_done": sorted(done)}
+        if patches.flags or FLAGGED_ATTR in group.attrs:
+            update[FLAGGED_ATTR] = {**_dict_attr(group, FLAGGED_ATTR), **patches.flags}
+        group.attrs.update(update)
 
 
 def write_band(group: zarr.Group, band: str, values: np.ndarray, encoding: Encoding) -> None:

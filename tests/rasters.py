@@ -15,7 +15,7 @@ def write_cog(
     x0: float,
     y0: float,
     res: float,
-    nodata: float = 0,
+    nodata: float | None = 0,
     blocksize: int = 64,
 ) -> None:
     """One band of `data` as a COG, north-up, its top-left corner at (x0, y0) in `epsg`."""

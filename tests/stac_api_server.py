@@ -4,12 +4,15 @@ It serves a landing page (conformsTo core, item-search, query), /collections, /c
 and /search (GET and POST: bbox, datetime, collections, query on eo:cloud_cover, limit, a
 `next` link per page), and the items' COGs with HTTP Range (tests/fakes.py's handler).
 
+Items are real items (tests/data/stac/) with each scene's id, time, footprint and hrefs.
+
 - "planetary-computer": the API under /api/stac/v1, assets B02.. and SCL, the item's
-  s2:processing_baseline; a COG request without the current token answers 403; a token
-  endpoint at /api/sas/v1/token/<collection>.
+  s2:processing_baseline, no nodata declared and none tagged in the COGs; a COG request
+  without the current token answers 403; a token endpoint at /api/sas/v1/token/<collection>.
 - "earth-search": the API under /v1, assets by common name (blue, ..., scl) each with a
   `*-jp2` duplicate (whose files do not exist: reading one fails) and a three-band `visual`,
-  raster:bands offset -0.1 and scale 0.0001 from baseline 04.00.
+  raster:bands offset -0.1 and scale 0.0001 from baseline 04.00, and the scene's
+  earthsearch:boa_offset_applied (true, false, or absent as in sentinel-2-c1-l2a).
 
 Every scene is GRID on EPSG:32633; band k of a scene holds pixel_value(row, col, k) plus the
 scene's `delta`, plus its `add_dn` (1000 for a baseline from 04.00), 0 in a nodata corner.
@@ -28,7 +31,6 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, urlencode, urlparse
 
 import numpy as np
-import pystac
 import shapely
 from odc.geo.geom import BoundingBox
 
@@ -51,6 +53,7 @@ CONFORMS = (
 PREFIX: dict[str, str] = {"planetary-computer": "/api/stac/v1", "earth-search": "/v1"}
 SAS_PREFIX = "/api/sas/v1/token/"
 GEOJSON = "application/geo+json"
+DATA = Path(__file__).parent / "data" / "stac"
 
 
 def pixel_value(row: int, col: int, band_index: int = 0) -> float:
@@ -67,6 +70,8 @@ class Scene:
     delta: float = 0.0  # added to every pixel of this scene (tells dates apart)
     cloud_cover: float | None = 5.0
     size: int = 96  # pixels a side
+    # earth-search: earthsearch:boa_offset_applied (None: absent, as in sentinel-2-c1-l2a)
+    flag: bool | None = False
 
 
 @dataclass
@@ -131,57 +136,80 @@ def _write_scene(root: Path, scene: Scene, style: Style) -> None:
     for k, band in enumerate(BANDS):
         values = rows * 37 + cols * 3 + 1 + k * BAND_STEP + scene.delta + scene.add_dn
         values[:NODATA_PX, :NODATA_PX] = 0
-        _write_cog(folder / f"{_asset_keys(style)[band]}.tif", values.astype(np.uint16))
-    _write_cog(folder / f"{_asset_keys(style)['SCL']}.tif", np.full(rows.shape, 4, np.uint8))
+        _write_cog(folder / f"{_asset_keys(style)[band]}.tif", values.astype(np.uint16), style)
+    scl = np.full(rows.shape, 4, np.uint8)
+    _write_cog(folder / f"{_asset_keys(style)['SCL']}.tif", scl, style)
 
 
-def _write_cog(path: Path, data: np.ndarray) -> None:
-    write_cog(path, data, epsg=EPSG, x0=X0, y0=Y0, res=RES, blocksize=128)
+def _write_cog(path: Path, data: np.ndarray, style: Style) -> None:
+    # Planetary Computer's items declare no nodata; its COGs are written without a nodata
+    # tag here, the case where only the sensor's own rule (DN 0) masks the nodata corner.
+    nodata = None if style == "planetary-computer" else 0
+    write_cog(path, data, epsg=EPSG, x0=X0, y0=Y0, res=RES, nodata=nodata, blocksize=128)
+
+
+# Real items, trimmed (tests/data/stac/README.md): each fake item is one of these with the
+# scene's id, time, footprint, baseline, cloud cover, Earth Search flag and asset hrefs.
+TEMPLATES: dict[Style, Path] = {
+    "planetary-computer": DATA / "planetary-computer-sentinel-2-l2a.json",
+    "earth-search": DATA / "earth-search-sentinel-2-l2a.json",
+}
 
 
 def _item(scene: Scene, style: Style, base: str) -> dict[str, Any]:
+    real = json.loads(TEMPLATES[style].read_text())
     footprint = _footprint(scene)
-    properties: dict[str, Any] = {"s2:processing_baseline": scene.baseline}
+    # The real item's own grid (proj:*) and tile would describe another place: left out.
+    properties = {
+        k: v
+        for k, v in real["properties"].items()
+        if not k.startswith(("proj:", "mgrs:", "grid:", "s2:mgrs_tile", "s2:product_uri"))
+        and k not in ("eo:cloud_cover", "earthsearch:s3_path")
+    }
+    properties["datetime"] = datetime(2021, 6, scene.day, 10, tzinfo=UTC).isoformat()
+    properties["s2:processing_baseline"] = scene.baseline
     if scene.cloud_cover is not None:
         properties["eo:cloud_cover"] = scene.cloud_cover
     if style == "earth-search":
-        properties["earthsearch:boa_offset_applied"] = False
-    item = pystac.Item(
-        id=scene.id,
-        geometry=shapely.geometry.mapping(footprint),
-        bbox=list(footprint.bounds),
-        datetime=datetime(2021, 6, scene.day, 10, tzinfo=UTC),
-        properties=properties,
-        collection=COLLECTION,
-    )
-    cog = "image/tiff; application=geotiff; profile=cloud-optimized"
+        properties.pop("earthsearch:boa_offset_applied")
+        if scene.flag is not None:
+            properties["earthsearch:boa_offset_applied"] = scene.flag
     new_baseline = scene.baseline >= "04.00"
-    for band, key in _asset_keys(style).items():
-        href = f"{base}/blobs/{scene.id}/{key}.tif"
-        extra: dict[str, Any] = {}
-        if band != "SCL":
-            common = COMMON[band]
-            extra["eo:bands"] = [{"name": band if style == "planetary-computer" else common}]
-            extra["eo:bands"][0]["common_name"] = common
-        if style == "earth-search" and band != "SCL":
-            offset = -0.1 if new_baseline else 0.0
-            extra["raster:bands"] = [{"nodata": 0, "scale": 0.0001, "offset": offset}]
-        item.add_asset(key, pystac.Asset(href, media_type=cog, extra_fields=extra))
-        if style == "earth-search":
-            jp2 = pystac.Asset(
-                f"{base}/blobs/{scene.id}/{key}.jp2", media_type="image/jp2", extra_fields=extra
-            )
-            item.add_asset(f"{key}-jp2", jp2)
+    wanted = set(_asset_keys(style).values())
+    assets = {}
+    for key, asset in real["assets"].items():
+        name = key.removesuffix("-jp2")
+        if name not in wanted:
+            continue
+        asset = {k: v for k, v in asset.items() if not k.startswith("proj:")}
+        suffix = "jp2" if key.endswith("-jp2") else "tif"
+        asset["href"] = f"{base}/blobs/{scene.id}/{name}.{suffix}"
+        for band in asset.get("raster:bands", []):
+            if "offset" in band:
+                band["offset"] = -0.1 if new_baseline else 0.0
+        assets[key] = asset
+        if (
+            style == "earth-search"
+            and not key.endswith("-jp2")
+            and f"{key}-jp2" not in real["assets"]
+        ):
+            assets[f"{key}-jp2"] = {**asset, "href": f"{base}/blobs/{scene.id}/{name}.jp2"}
+            assets[f"{key}-jp2"]["type"] = "image/jp2"
     if style == "earth-search":
         three = [{"name": c, "common_name": c} for c in ("red", "green", "blue")]
-        visual = pystac.Asset(f"{base}/blobs/{scene.id}/TCI.tif", media_type=cog)
-        visual.extra_fields["eo:bands"] = three
-        item.add_asset("visual", visual)
-    out = item.to_dict(include_self_link=False, transform_hrefs=False)
-    out["links"] = [
-        {"rel": "collection", "href": f"{base}{PREFIX[style]}/collections/{COLLECTION}"}
-    ]
-    return out
+        cog = "image/tiff; application=geotiff; profile=cloud-optimized"
+        assets["visual"] = {"href": f"{base}/blobs/{scene.id}/TCI.tif", "type": cog}
+        assets["visual"]["eo:bands"] = three
+    return {
+        **{k: v for k, v in real.items() if k not in ("links", "assets", "properties")},
+        "id": scene.id,
+        "geometry": shapely.geometry.mapping(footprint),
+        "bbox": list(footprint.bounds),
+        "properties": properties,
+        "assets": assets,
+        "collection": COLLECTION,
+        "links": [{"rel": "collection", "href": f"{base}{PREFIX[style]}/collections/{COLLECTION}"}],
+    }
 
 
 class _Handler(RangeHandler):

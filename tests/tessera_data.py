@@ -11,6 +11,7 @@ SEAM: two 0.1-degree tiles meeting at the UTM seam at 6 degrees E (zones 31 and 
 sample in Patagonia (zone 19 south), for exports together with on-the-fly models.
 """
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +66,18 @@ def zone_of(lon: float) -> int:
     return int((lon + 180) // 6) + 1
 
 
-def build_tessera_store(root: Path, layout: Layout = SEAM, *, seed: int = 0) -> TesseraStore:
+# geotessera's v1.1 `dclimate` store (what `--tessera-store v1.1` resolves to) marks its root
+# and every zone group so: NaN scales are data missing from the source, not water (from
+# geotessera's transcode.py, `root_attrs` and `zone_attrs`: github avsm/geotessera,
+# geotessera/transcode.py, commit f695b9412ea304f6b6bdd7149f4f8cca0e5b6216).
+DCLIMATE_ROOT_ATTRS = {"geotessera:mask_source": "source_nodata", "geoemb:landmask": False}
+DCLIMATE_ZONE_ATTRS = {"geotessera:mask_source": "source_nodata"}
+
+
+def build_tessera_store(
+    root: Path, layout: Layout = SEAM, *, seed: int = 0, dclimate: bool = False
+) -> TesseraStore:
+    """The store; `dclimate` marks it as geotessera's v1.1 dclimate store is marked."""
     from geotessera.registry import Registry
     from geotessera.zarr import init_store
 
@@ -85,6 +97,13 @@ def build_tessera_store(root: Path, layout: Layout = SEAM, *, seed: int = 0) -> 
     group = zarr.open_group(str(path), mode="r+")
     zones = sorted({zone_of(lon) for lon in lons})
     filled = {z: _fill_zone(group[f"utm{z:02d}"], z, layout, rng) for z in zones}
+    if dclimate:
+        group.attrs.update(DCLIMATE_ROOT_ATTRS)
+        for z in zones:
+            group[f"utm{z:02d}"].attrs.update(DCLIMATE_ZONE_ATTRS)
+        with warnings.catch_warnings():  # zarr's note that v3 has no consolidated metadata
+            warnings.simplefilter("ignore", UserWarning)
+            zarr.consolidate_metadata(str(path))  # geotessera opens zones through it
     return TesseraStore(path, filled)
 
 

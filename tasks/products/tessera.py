@@ -3,8 +3,12 @@
 Tessera (Feng et al., "TESSERA: Temporal Embeddings of Surface Spectra for Earth
 Representation and Analysis", https://arxiv.org/abs/2506.20380) publishes one embedding per
 10 m pixel and year, int8 with a float32 scale per pixel, in a Zarr store with one `utmNN`
-group per UTM zone (geotessera's `GeoTesseraZarr`). Scales mark what has no embedding:
-NaN is water, +inf is land without data.
+group per UTM zone (geotessera's `GeoTesseraZarr`). Scales mark what has no embedding: +inf
+is land without data, and NaN is water, except in a zone whose group says
+`geotessera:mask_source: source_nodata` (geotessera's v1.1 `dclimate` store, which
+`--tessera-store v1.1` resolves to): there NaN is data missing from Tessera's source, water
+and gaps alike (geotessera's store.py `_nan_is_nodata`; the attribute is written on the root
+and every zone group by geotessera's transcode.py).
 
 Per chunk of points, each zone's pixels under the chunk's patches are read once, as a few
 disjoint windows aligned to the store's 32 px chunks, through geotessera's own
@@ -94,8 +98,10 @@ class TesseraOptions(Options):
 ENTRY = ProductEntry(FACTS, "tasks.products.tessera:resolve", TesseraOptions)
 
 # Per-pixel causes, from the scales array (geotessera's conventions), in the order a pixel
-# keeps them when two zones answer for it: a valid value beats water beats no data.
-VALID, WATER, NODATA, OUTSIDE = 0, 1, 2, 3
+# keeps them when two zones answer for it: a valid value beats water beats missing source
+# data (NaN in a source_nodata store) beats no data (+inf) beats outside the store.
+VALID, WATER, MISSING, NODATA, OUTSIDE = 0, 1, 2, 3, 4
+MASK_SOURCE_ATTR = "geotessera:mask_source"  # "source_nodata": NaN scales are missing data
 
 
 @dataclass(frozen=True)
@@ -299,7 +305,7 @@ def _read_zone(
         c0, c1 = x0 * chunk_x, min(x1 * chunk_x, len(xs))
         bbox = (xs[c0], ys[r1 - 1], xs[c1 - 1], ys[r0])
         emb, scales, _ = acc.read_region_quantized(bbox, year)
-        water_is_nodata = ds.attrs.get("geotessera:mask_source") == "source_nodata"
+        nan = MISSING if ds.attrs.get(MASK_SOURCE_ATTR) == "source_nodata" else WATER
         for i, idx, rows, cols in where:
             hit = (rows >= r0) & (rows < r1) & (cols >= c0) & (cols < c1)
             if not hit.any():
@@ -308,9 +314,7 @@ def _read_zone(
             s = scales[rr, cc]
             q = emb[rr, cc, :].T[:, np.newaxis, :]  # (B, 1, k): geotessera's (B, H, W)
             deq = acc.dequantise(q, s[np.newaxis, :])[0]  # (k, B), NaN where no data
-            got = np.where(
-                np.isfinite(s), VALID, np.where(np.isnan(s) & ~water_is_nodata, WATER, NODATA)
-            )
+            got = np.where(np.isfinite(s), VALID, np.where(np.isnan(s), nan, NODATA))
             have = cause[i, idx[hit]]
             better = (got < have) | ((got == have) & (owners[i][idx[hit]] == zone))
             targets = idx[hit][better]
@@ -361,13 +365,22 @@ def summarise(values: np.ndarray, cause: np.ndarray, year: int, *, grid: bool) -
     return ChunkResult(embeddings, status, reasons, (count / cause.shape[1]).astype(np.float32))
 
 
+LABELS = (
+    (WATER, "water"),
+    (MISSING, "missing in Tessera's source data"),
+    (NODATA, "no data"),
+    (OUTSIDE, "outside the store"),
+)
+
+
 def _reason(cause: np.ndarray, year: int) -> str:
-    shares = {c: float((cause == c).mean()) for c in (WATER, NODATA, OUTSIDE)}
+    shares = {c: float((cause == c).mean()) for c, _ in LABELS}
     if shares[WATER] == 1.0:
         return f"water: Tessera has no embedding over water ({year}, every pixel of the patch)"
-    parts = [
-        f"{label} {shares[c]:.0%}"
-        for c, label in ((WATER, "water"), (NODATA, "no data"), (OUTSIDE, "outside the store"))
-        if shares[c]
-    ]
+    if shares[MISSING] == 1.0:
+        return (
+            f"missing: Tessera's source data has no embedding here ({year}, every pixel of "
+            "the patch; this store marks water and gaps in its source data alike)"
+        )
+    parts = [f"{label} {shares[c]:.0%}" for c, label in LABELS if shares[c]]
     return f"no Tessera coverage for the patch in {year} ({', '.join(parts)})"

@@ -305,6 +305,9 @@ class Patches:
     # points whose patch took pixels from another UTM zone's scene, resampled onto its grid
     # (where no scene of its own zone covers them)
     resampled: int = 0
+    # item id -> why its pixels were dropped (its values contradict its offset metadata:
+    # tasks/sources/plausibility.py)
+    flags: dict[str, str] = field(default_factory=dict)
 
 
 class ImagerySourceError(RuntimeError):

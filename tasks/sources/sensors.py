@@ -77,8 +77,20 @@ BANDS: dict[str, Band] = {
 S2_BOA_ADD_OFFSET_DN = 1000.0
 S2_OFFSET_FROM_BASELINE = (4, 0)
 S2_PROCESSING_BASELINE_PROPERTY = "s2:processing_baseline"  # the STAC sat/s2 extension
-# Earth Search's own flag: true where it has removed the offset already.
+# Earth Search's own flag: true where it has removed the offset already. Element 84 calls it
+# the truth where it and the asset's raster:bands offset disagree (github Element84/earth-search
+# issue 9); its issue trackers also report items whose flag itself is wrong (Element84/
+# earth-search issues 66 and 71, cirrus-geo/cirrus-earth-search issue 33), and its
+# sentinel-2-c1-l2a collection leaves the offset in the values (no flag, raster:bands offset
+# -0.1). tasks/sources/plausibility.py checks each item's pixels against what was decided.
 EARTH_SEARCH_OFFSET_APPLIED_PROPERTY = "earthsearch:boa_offset_applied"
+
+# No data. ESA's L2A products mark missing pixels with digital number 0 in every band, before
+# and after baseline 04.00 (the NODATA special value of the product metadata, "Sentinel-2
+# Products Specification Document", S2-PDGS-TAS-DI-PSD, Special Values: NODATA 0, SATURATED
+# 65535). Planetary Computer declares no nodata in its items or its collection, so the STAC
+# sources mask DN 0 of Sentinel-2 L2A whatever an item's metadata says.
+S2_NODATA_DN = 0.0
 
 # Sentinel-2 L2A scene classification (STAC asset "SCL"). Masked classes, from ESA's
 # "Sentinel-2 Products Specification Document" (S2-PDGS-TAS-DI-PSD), L2A Scene
@@ -90,6 +102,7 @@ SCL_ASSET = "SCL"
 # after common names ("blue", "scl"), per its sentinel-2-l2a collection's item_assets.
 SCL_ASSET_KEYS: tuple[str, ...] = (SCL_ASSET, "scl")
 SCL_MASKED_CLASSES: tuple[int, ...] = (0, 1, 3, 8, 9, 10)
+SCL_SNOW_CLASS = 11  # kept, but bright whatever the offset: left out of plausibility checks
 
 # Earth Engine masks with Cloud Score+ (Pasquarella et al., CVPR 2023 workshops), not SCL:
 # it scores each pixel's clearness against a cloud-free reference with shadows included,
@@ -179,16 +192,47 @@ def s2_offset_dn(properties: dict[str, object], asset_fields: dict[str, object])
     0.0001 from 04.00 on); the processing baseline (Planetary Computer, Copernicus). Without
     any of them the item is taken as harmonised (a user's own catalog, pre-04.00 data).
     """
+    return s2_offset_decision(properties, asset_fields)[0]
+
+
+def s2_offset_decision(
+    properties: dict[str, object], asset_fields: dict[str, object]
+) -> tuple[float, str]:
+    """s2_offset_dn's offset and the metadata that decided it, in words (for the notes of an
+    item whose pixels contradict it)."""
+    baseline = properties.get(S2_PROCESSING_BASELINE_PROPERTY)
+    on = f", {S2_PROCESSING_BASELINE_PROPERTY} {baseline}" if baseline is not None else ""
     if properties.get(EARTH_SEARCH_OFFSET_APPLIED_PROPERTY) is True:
-        return 0.0
+        return 0.0, f"{EARTH_SEARCH_OFFSET_APPLIED_PROPERTY} true{on}: offset removed already"
     bands = asset_fields.get("raster:bands") or asset_fields.get("bands") or []
     for band in bands if isinstance(bands, list) else []:
         if isinstance(band, dict) and band.get("offset") and band.get("scale"):
-            return round(float(band["offset"]) / float(band["scale"]))
+            offset = round(float(band["offset"]) / float(band["scale"]))
+            flag = properties.get(EARTH_SEARCH_OFFSET_APPLIED_PROPERTY, "absent")
+            flag = str(flag).lower() if isinstance(flag, bool) else flag
+            return offset, (
+                f"raster:bands offset {band['offset']} and scale {band['scale']} "
+                f"({EARTH_SEARCH_OFFSET_APPLIED_PROPERTY} {flag}{on}): {offset:+d} DN to remove"
+            )
+    parsed = s2_processing_baseline(baseline)
+    if parsed is not None and parsed >= S2_OFFSET_FROM_BASELINE:
+        return -S2_BOA_ADD_OFFSET_DN, f"{on[2:]}: -1000 DN to remove"
+    if parsed is not None:
+        return 0.0, f"{on[2:]}: no offset (before 04.00)"
+    return 0.0, "no offset metadata: taken as harmonised"
+
+
+def s2_offset_possible(properties: dict[str, object]) -> bool:
+    """Whether an item's processing baseline says its values were produced with ESA's offset
+    (04.00 or later)."""
     baseline = s2_processing_baseline(properties.get(S2_PROCESSING_BASELINE_PROPERTY))
-    if baseline is not None and baseline >= S2_OFFSET_FROM_BASELINE:
-        return -S2_BOA_ADD_OFFSET_DN
-    return 0.0
+    return baseline is not None and baseline >= S2_OFFSET_FROM_BASELINE
+
+
+def nodata_dn(sensor: str) -> tuple[float, ...]:
+    """Digital numbers that mean no data for every item of `sensor`, whatever its metadata
+    declares: (0,) for Sentinel-2 L2A, none for other sensors."""
+    return (S2_NODATA_DN,) if sensor == SENTINEL_2_L2A.name else ()
 
 
 def dn_offset(sensor: str, properties: dict[str, object], asset_fields: dict[str, object]) -> float:

@@ -27,6 +27,8 @@ from affine import Affine
 from odc.geo.geobox import GeoBox
 
 from tasks.plan.points import Point
+from tasks.sources import sensors
+from tasks.sources.plausibility import drop_implausible, items_by_date
 from tasks.sources.registry import (
     ImagerySourceError,
     Patches,
@@ -99,21 +101,23 @@ def composite_patches(
     out = {b: np.full((len(points), n, n), np.nan, np.float32) for b in bands}
     dates = np.zeros(len(points), int)
     bytes_read = resampled = 0
+    flags: dict[str, str] = {}  # item id -> why its pixels were dropped
+    dropped: dict[int, list[str]] = defaultdict(list)  # point index -> items dropped under it
     if loads:
         read = [item for load in loads for item in load.items]
         assets = resolve_assets(bands, read, config.collection)
         scl = scl_asset(read, config.collection)
         for load in loads:
             ids = [points[i].id for i, _, _ in load.members]
-            composite, n_dates, nbytes, foreign = load_composite(
-                load, bands, assets, scl, ids, config
-            )
-            bytes_read += nbytes
+            loaded = load_composite(load, bands, assets, scl, ids, config)
+            bytes_read += loaded.nbytes
+            flags.update(loaded.flags)
             for i, row, col in load.members:
-                dates[i] = n_dates
-                resampled += bool(foreign[row : row + n, col : col + n].any())
+                dates[i] = loaded.dates
+                dropped[i] += sorted(loaded.flags)
+                resampled += bool(loaded.foreign[row : row + n, col : col + n].any())
                 for b in bands:
-                    out[b][i] = composite[b][row : row + n, col : col + n]
+                    out[b][i] = loaded.composite[b][row : row + n, col : col + n]
 
     limit = (
         f" of cloud cover {config.max_cloud_cover:g}% or less"
@@ -131,12 +135,17 @@ def composite_patches(
                 f"every pixel of its {n} px patch is masked (nodata, cloud, shadow or "
                 f"cirrus) in the {dates[i]} date(s) {span}"
             )
+            if dropped[i]:
+                notes[p.id] += "; dropped: " + "; ".join(
+                    f"item {item}, {flags[item]}" for item in dropped[i]
+                )
     return Patches(
         point_ids=tuple(p.id for p in points),
         bands=out,
         notes=notes,
         bytes_read=bytes_read,
         resampled=resampled,
+        flags=flags,
     )
 
 
@@ -353,6 +362,20 @@ def _group_loads(
     return [PatchLoad(union, items, cells)]
 
 
+@dataclass
+class Loaded:
+    """A load's composite (band -> (height, width) float32, NaN where no date has a valid
+    pixel), its dates read, the bytes of pixels read, the items whose pixels were dropped
+    because they contradict their offset metadata (item id -> why), and which pixels were
+    resampled from another zone's scenes."""
+
+    composite: dict[str, np.ndarray]
+    dates: int
+    nbytes: int
+    flags: dict[str, str]
+    foreign: np.ndarray  # (height, width): the pixels that came from another UTM zone
+
+
 def load_composite(
     load: PatchLoad,
     bands: Sequence[str],
@@ -360,9 +383,9 @@ def load_composite(
     scl: str | None,
     point_ids: Sequence[str],
     config: SensorConfig,
-) -> tuple[dict[str, np.ndarray], int, int, np.ndarray]:
-    """Read a load's bands on its grid, mask, harmonise, and take the per-pixel median over
-    its dates.
+) -> Loaded:
+    """Read a load's bands on its grid, mask, harmonise, check, and take the per-pixel median
+    over its dates.
 
     The scenes of the grid's own UTM zone are read first, natively; scenes of another zone
     (resampled, nearest) only where the patches have pixels that no own-zone scene has data
@@ -370,10 +393,10 @@ def load_composite(
     over the scenes of one zone, whatever the order of the items. Within a zone, items are
     read in groups of equal offset (tasks/sources/sensors.py dn_offset), since odc-stac merges
     the items of a solar day: each group is masked on its raw values (SCL classes, declared
-    nodata), then its offset is added, so items on both sides of Sentinel-2's baseline 04.00
-    composite on one scale. Returns band -> (height, width) float32 with NaN where no date
-    has a valid pixel, the number of dates read, the bytes of pixels read, and the
-    (height, width) mask of pixels that came from another zone.
+    nodata, the sensor's own nodata), then its offset is added, so items on both sides of
+    Sentinel-2's baseline 04.00 composite on one scale. Each date is then checked against the
+    offset removed from it (tasks/sources/plausibility.py); a date whose pixels contradict it
+    is dropped.
     """
     own = load.geobox.crs.epsg if load.geobox.crs is not None else None
     zones: dict[int | None, list[pystac.Item]] = defaultdict(list)
@@ -388,11 +411,13 @@ def load_composite(
     foreign = np.zeros(load.geobox.shape, bool)
     stacks: dict[str, list[np.ndarray]] = {b: [] for b in bands}
     n_dates = nbytes = 0
+    flags: dict[str, str] = {}
     for zone in sorted(zones, key=lambda z: -1 if z is None else z):
         if zone is not None and not (needed & ~covered).any():
             break  # the own zone has every pixel: other zones are not read
         read = _read_zone(load, zones[zone], bands, assets, scl, point_ids, config)
         n_dates, nbytes = n_dates + read.dates, nbytes + read.nbytes
+        flags |= read.flags
         fills = read.data & ~covered
         for band in bands:
             stacks[band] += [np.where(fills, v, np.float32(np.nan)) for v in read.stacks[band]]
@@ -400,18 +425,20 @@ def load_composite(
             foreign |= fills
         covered |= read.data
     composite = {b: nanmedian_over_time(np.concatenate(stacks[b])) for b in bands}
-    return composite, n_dates, nbytes, foreign
+    return Loaded(composite, n_dates, nbytes, flags, foreign)
 
 
 @dataclass(frozen=True)
 class ZoneRead:
     """The scenes of one zone on a load's grid: band -> (dates, height, width) masked and
-    harmonised, the pixels any of them has data for (before masking clouds), dates, bytes."""
+    harmonised, the pixels any of them has data for (before masking clouds), dates, bytes,
+    and the items dropped as implausible (item id -> why)."""
 
     stacks: dict[str, list[np.ndarray]]
     data: np.ndarray
     dates: int
     nbytes: int
+    flags: dict[str, str]
 
 
 def _read_zone(
@@ -433,22 +460,36 @@ def _read_zone(
     stacks: dict[str, list[np.ndarray]] = {b: [] for b in bands}
     data = np.zeros(load.geobox.shape, bool)
     n_dates = nbytes = 0
+    flags: dict[str, str] = {}
     for offsets, members in groups.items():
+        days: dict[str, Any] = {}
         keys = [assets[b] for b in bands] + ([scl] if scl else [])
-        ds = _load(load.geobox, members, keys, point_ids)
+        ds = _load(load.geobox, members, keys, point_ids, days)
         n_dates += ds.sizes["time"]
         nbytes += sum(int(ds[key].nbytes) for key in ds.data_vars)
         valid = np.ones((ds.sizes["time"], *load.geobox.shape), bool)
+        bright = np.zeros_like(valid)
         if scl:
             classes = ds[scl].values
             valid = np.isfinite(classes) & ~np.isin(classes, SCL_MASKED_CLASSES)
+            bright = classes == sensors.SCL_SNOW_CLASS
+        harmonised = {}
         for band, offset in zip(bands, offsets, strict=True):
             values = ds[assets[band]].values.astype(np.float32, copy=False)
-            nodata = ~np.isfinite(values) | np.isin(values, _declared_nodata(members, assets[band]))
+            declared = _declared_nodata(members, assets[band]) + list(
+                sensors.nodata_dn(config.sensor)
+            )
+            nodata = ~np.isfinite(values) | np.isin(values, declared)
             data |= (~nodata).any(axis=0)
             masked = ~valid | nodata
-            stacks[band].append(np.where(masked, np.float32(np.nan), values + np.float32(offset)))
-    return ZoneRead(stacks, data, n_dates, nbytes)
+            harmonised[band] = np.where(masked, np.float32(np.nan), values + np.float32(offset))
+        if config.sensor == sensors.SENTINEL_2_L2A.name:
+            removed = dict(zip(bands, offsets, strict=True))
+            dates = items_by_date(members, days)
+            flags |= drop_implausible(harmonised, bright, dates, removed, assets)
+        for band in bands:
+            stacks[band].append(harmonised[band])
+    return ZoneRead(stacks, data, n_dates, nbytes, flags)
 
 
 def item_epsg(item: pystac.Item, asset_keys: Iterable[str]) -> int | None:
@@ -468,9 +509,20 @@ def item_epsg(item: pystac.Item, asset_keys: Iterable[str]) -> int | None:
 
 
 def _load(
-    geobox: GeoBox, items: Sequence[pystac.Item], keys: list[str], point_ids: Sequence[str]
+    geobox: GeoBox,
+    items: Sequence[pystac.Item],
+    keys: list[str],
+    point_ids: Sequence[str],
+    days: dict[str, Any],
 ) -> Any:
-    """odc.stac.load of `keys` of `items` on `geobox`, as float32, one time step a solar day."""
+    """odc.stac.load of `keys` of `items` on `geobox`, as float32, one time step a solar day
+    (odc-stac's own solar day, at the grid's middle longitude); `days` gets each item's."""
+    ((mid_lon, _),) = geobox.extent.centroid.to_crs("EPSG:4326").points
+
+    def solar_day(item: pystac.Item, parsed: Any, _: int) -> Any:
+        days[item.id] = day = parsed.solar_date_at(mid_lon).date()
+        return day
+
     hrefs = [str(item.assets[key].get_absolute_href()) for item in items for key in keys]
     more = f" and {len(hrefs) - 3} more" if len(hrefs) > 3 else ""
     what = (
@@ -486,7 +538,7 @@ def _load(
             dtype="float32",
             nodata=np.nan,  # output fill: source nodata and areas no item covers become NaN
             chunks=None,
-            groupby="solar_day",
+            groupby=solar_day,
             fail_on_error=True,
         )
     except (rasterio.errors.RasterioError, OSError) as e:

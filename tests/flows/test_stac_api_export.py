@@ -48,3 +48,30 @@ def test_export__from_a_signed_stac_api_every_point_is_ok(tmp_path: Path, capfd)
     for folder in (out, work):
         for path in folder.rglob("*"):
             assert not path.is_file() or secret not in path.read_bytes(), path
+
+
+def test_export__a_mislabelled_item_is_dropped_and_named_in_the_summary(
+    tmp_path: Path, capfd
+) -> None:
+    bad = "S2B_33TWN_20210609_0_L2A"  # Earth Search says the offset is removed; it is not
+    scenes = [
+        Scene("old", 2, size=SIZE),
+        Scene(bad, 9, baseline="05.09", flag=True, add_dn=1000, size=SIZE),
+    ]
+    centre = BoundingBox(X0 + 1200, Y0 - 1400, X0 + 1400, Y0 - 1200, crs=f"EPSG:{EPSG}").to_crs(
+        "EPSG:4326"
+    )
+    bbox = ",".join(f"{v:.6f}" for v in centre)
+    out, work = tmp_path / "e.zarr", tmp_path / "work"
+    with serve_stac_api(tmp_path / "api", scenes, style="earth-search") as api:
+        code = main([
+            "--source", "stac-api", "--stac-url", api.url, "--stac-signing", "none",
+            "--bbox", bbox, "--spacing", "200", "--patch-size", "32",
+            "--start", "2021-06-01", "--end", "2021-06-30",
+            "--models", "ssl4eo_resnet18_rgb", "--weights", "random",
+            "--work-dir", str(work), "--out", str(out),
+        ])  # fmt: skip
+    captured = capfd.readouterr()
+    assert code == 0, captured.err[-3000:]  # every point keeps the other date
+    line = next(x for x in captured.out.splitlines() if x.startswith("imagery item dropped"))
+    assert bad in line and "earthsearch:boa_offset_applied true" in line and "floor" in line

@@ -177,3 +177,43 @@ def test_windows__are_disjoint_and_cover_every_cell() -> None:
                 covered[(y, x)] += 1
     assert cells <= set(covered)
     assert max(covered.values()) == 1
+
+
+# --- the default store's meaning of NaN ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dclimate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A store marked as geotessera's v1.1 dclimate store, the default `--tessera-store v1.1`."""
+    root = tmp_path_factory.mktemp("tessera-dclimate")
+    store = build_tessera_store(root, dclimate=True)
+    log: list[Request] = []
+    with serve_directory(root, log=log) as base:
+        yield Served(store, f"{base}/tessera.zarr", log)
+
+
+def test_tessera__in_the_default_store_nan_scales_are_missing_source_data_not_water(
+    dclimate: Served,
+) -> None:
+    gt = tessera.open_store(dclimate.url)
+    values, cause = tessera.read_patches(gt, [WATER, INSIDE_31], 2024, N)
+    assert not (cause == tessera.WATER).any()
+    result = tessera.summarise(values, cause, 2024, grid=False)
+    assert list(result.status) == [Status.NODATA, Status.OK]
+    assert result.reason[0].startswith("missing: Tessera's source data has no embedding")
+    assert "water" not in result.reason[0].split(";")[0]
+    assert np.isnan(result.embeddings[0]).all() and list(result.valid_fraction) == [0.0, 1.0]
+
+
+def test_tessera__a_patch_partly_missing_in_the_default_store_names_both_causes(
+    dclimate: Served,
+) -> None:
+    # On the NaN block's edge: pixels south-west of it are missing, the others valid.
+    edge = point(5.99, 52.046)
+    gt = tessera.open_store(dclimate.url)
+    values, cause = tessera.read_patches(gt, [edge], 2024, N)
+    assert (cause == tessera.MISSING).any() and (cause == tessera.VALID).any()
+    assert not (cause == tessera.WATER).any()
+    result = tessera.summarise(values, cause, 2024, grid=False)
+    missing = float((cause == tessera.MISSING).mean())
+    assert result.status[0] == Status.OK and result.valid_fraction[0] == pytest.approx(1 - missing)

@@ -48,7 +48,7 @@ def test_redact_urls__the_rest_of_the_text_stays() -> None:
 def test_redact_logs__every_logger_and_handler_sees_records_without_the_signature(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Records of libraries' child loggers (rasterio._env, odc.loader._rio), with arguments
+    """Records of libraries' child loggers (rasterio._base, odc.loader._rio), with arguments
     and a traceback, reach a test's capture and a handler of their own redacted."""
     redact_logs()
     stream = io.StringIO()
@@ -58,7 +58,9 @@ def test_redact_logs__every_logger_and_handler_sees_records_without_the_signatur
     prefect.addHandler(own)
     try:
         with caplog.at_level(logging.DEBUG):
-            logging.getLogger("rasterio._env").warning("HTTP response code on %s: 0", URL)
+            logging.getLogger("rasterio._base").debug(
+                "Dataset <open DatasetReader name=%r mode='r'> is started.", URL
+            )
             try:
                 raise OSError(f"{URL}: HTTP response code: 403")
             except OSError:

@@ -26,8 +26,9 @@ class Request:
     """One request the server received, as the request log records it."""
 
     method: str
-    path: str
+    path: str  # the path and query, also of a request made through this server as a proxy
     range: str | None  # the Range header as sent, or None
+    host: str | None = None  # the Host header as sent
 
 
 # What a fault hook answers for a request: None serves it normally, an int answers that HTTP
@@ -52,6 +53,15 @@ class RangeHandler(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the request log replaces the stderr access log."""
 
+    def parse_request(self) -> bool:
+        """A request sent to this server as an HTTP proxy names the whole URL
+        (`GET http://host/path HTTP/1.1`): it is served as its path, from this directory."""
+        parsed = super().parse_request()
+        if parsed and self.path.lower().startswith(("http://", "https://")):
+            rest = self.path.split("://", 1)[1]
+            self.path = "/" + rest.partition("/")[2]
+        return parsed
+
     def do_GET(self) -> None:
         if self._serve_fault():
             self.serve_get()
@@ -75,7 +85,9 @@ class RangeHandler(SimpleHTTPRequestHandler):
 
     def _serve_fault(self) -> bool:
         """Record the request and apply the fault hook; True when it is to be served."""
-        request = Request(self.command, self.path, self.headers.get("Range"))
+        request = Request(
+            self.command, self.path, self.headers.get("Range"), self.headers.get("Host")
+        )
         self._log.append(request)  # list.append is atomic under the GIL
         fault = self._fault(request) if self._fault is not None else None
         alters = fault in ("short", "flip") and self.command == "GET"

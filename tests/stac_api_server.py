@@ -7,8 +7,12 @@ and /search (GET and POST: bbox, datetime, collections, query on eo:cloud_cover,
 Items are real items (tests/data/stac/) with each scene's id, time, footprint and hrefs.
 
 - "planetary-computer": the API under /api/stac/v1, assets B02.. and SCL, the item's
-  s2:processing_baseline, no nodata declared and none tagged in the COGs; a COG request
-  without the current token answers 403; a token endpoint at /api/sas/v1/token/<collection>.
+  s2:processing_baseline, no nodata declared and none tagged in the COGs; a token endpoint
+  at /api/sas/v1/token/<collection>. As on Planetary Computer, the COGs lie in Azure Blob
+  Storage, at `http://<account>.blob.core.windows.net/blobs/...` (a random account): the
+  server is that host too, as the HTTP proxy of this process (`http_proxy` is set while it
+  serves; 127.0.0.1 is in NO_PROXY, tests/conftest.py), and a request for a blob without the
+  current token answers 403. `assets=` puts them elsewhere.
 - "earth-search": the API under /v1, assets by common name (blue, ..., scl) each with a
   `*-jp2` duplicate (whose files do not exist: reading one fails) and a three-band `visual`,
   raster:bands offset -0.1 and scale 0.0001 from baseline 04.00, and the scene's
@@ -18,9 +22,12 @@ Every scene is GRID on EPSG:32633; band k of a scene holds pixel_value(row, col,
 scene's `delta`, plus its `add_dn` (1000 for a baseline from 04.00), 0 in a nodata corner.
 """
 
+import base64
 import json
+import os
 import secrets
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlencode, urlparse
+from urllib.parse import parse_qs, quote, urlencode, urlparse
 
 import numpy as np
 import shapely
@@ -82,6 +89,7 @@ class FakeApi:
     base: str  # http://127.0.0.1:<port>
     token: str  # the SAS token the COGs require (planetary-computer style)
     log: list[Request]
+    assets: str  # where the items' assets are: the blob host, or this server
     searches: list[dict[str, Any]] = field(default_factory=list)  # each /search's parameters
 
     def count(self, path: str) -> int:
@@ -96,15 +104,60 @@ def serve_stac_api(
     style: Style = "planetary-computer",
     page_size: int = 100,
     fault: FaultHook | None = None,
+    assets: str | None = None,
 ) -> Iterator[FakeApi]:
-    """Write the scenes' COGs under `root` and serve them behind a STAC API."""
+    """Write the scenes' COGs under `root` and serve them behind a STAC API. `assets`: the
+    base URL of the items' asset hrefs, or SERVER for this server's (default: the blob host
+    in the planetary-computer style, this server in the earth-search style)."""
     for scene in scenes:
         _write_scene(root, scene, style)
-    state = _State(scenes, style, page_size, f"sig={secrets.token_hex(12)}&sp=rl")
+    blob = f"http://swath{secrets.token_hex(4)}{BLOB_STORAGE}"
+    state = _State(scenes, style, page_size, sas_token(), assets)
     log: list[Request] = []
+    proxy = os.environ.get("http_proxy")
     with serve_directory(root, log=log, fault=fault, handler_class=_Handler, state=state) as base:
-        api = FakeApi(f"{base}{PREFIX[style]}", base, state.token, log, state.searches)
-        yield api
+        if state.assets is None:
+            state.assets = blob if style == "planetary-computer" else base
+        elif state.assets == SERVER:
+            state.assets = base
+        if state.assets == blob:
+            os.environ["http_proxy"] = base
+        try:
+            url = f"{base}{PREFIX[style]}"
+            yield FakeApi(url, base, state.token, log, state.assets, state.searches)
+        finally:
+            if proxy is None:
+                os.environ.pop("http_proxy", None)
+            else:
+                os.environ["http_proxy"] = proxy
+
+
+BLOB_STORAGE = ".blob.core.windows.net"
+SERVER = "server"  # serve_stac_api(assets=SERVER): the COGs on the API's own host
+
+
+def sas_token() -> str:
+    """A token in the form of Planetary Computer's: an Azure user delegation SAS (Azure
+    Storage's documented query parameters st, se, sp, sv, sr, skoid, sktid, skt, ske, sks,
+    skv and the signature sig, percent-encoded base64 of an HMAC-SHA256), its values made up."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    sig = quote(base64.b64encode(secrets.token_bytes(32)).decode(), safe="")
+    fields = {
+        "st": stamp(now - timedelta(minutes=5)), "se": stamp(now + timedelta(hours=1)),
+        "sp": "rl", "sv": "2021-06-08", "sr": "c", "skoid": str(uuid.uuid4()),
+        "sktid": str(uuid.uuid4()), "skt": stamp(now - timedelta(minutes=5)),
+        "ske": stamp(now + timedelta(days=1)), "sks": "b", "skv": "2021-06-08", "sig": sig,
+    }  # fmt: skip
+    return "&".join(f"{k}={v}" for k, v in fields.items())
+
+
+def stamp(when: datetime) -> str:
+    return quote(when.strftime("%Y-%m-%dT%H:%M:%SZ"), safe="")
+
+
+def signature(token: str) -> str:
+    """The secret part of a SAS token: its sig value, as it appears in a URL."""
+    return token.rsplit("sig=", 1)[1].split("&")[0]
 
 
 @dataclass
@@ -113,6 +166,7 @@ class _State:
     style: Style
     page_size: int
     token: str
+    assets: str | None  # the base URL of asset hrefs
     searches: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -156,7 +210,7 @@ TEMPLATES: dict[Style, Path] = {
 }
 
 
-def _item(scene: Scene, style: Style, base: str) -> dict[str, Any]:
+def _item(scene: Scene, style: Style, base: str, assets: str) -> dict[str, Any]:
     real = json.loads(TEMPLATES[style].read_text())
     footprint = _footprint(scene)
     # The real item's own grid (proj:*) and tile would describe another place: left out.
@@ -176,6 +230,7 @@ def _item(scene: Scene, style: Style, base: str) -> dict[str, Any]:
             properties["earthsearch:boa_offset_applied"] = scene.flag
     new_baseline = scene.baseline >= "04.00"
     wanted = set(_asset_keys(style).values())
+    hosted = assets
     assets = {}
     for key, asset in real["assets"].items():
         name = key.removesuffix("-jp2")
@@ -183,7 +238,7 @@ def _item(scene: Scene, style: Style, base: str) -> dict[str, Any]:
             continue
         asset = {k: v for k, v in asset.items() if not k.startswith("proj:")}
         suffix = "jp2" if key.endswith("-jp2") else "tif"
-        asset["href"] = f"{base}/blobs/{scene.id}/{name}.{suffix}"
+        asset["href"] = f"{hosted}/blobs/{scene.id}/{name}.{suffix}"
         for band in asset.get("raster:bands", []):
             if "offset" in band:
                 band["offset"] = -0.1 if new_baseline else 0.0
@@ -193,12 +248,12 @@ def _item(scene: Scene, style: Style, base: str) -> dict[str, Any]:
             and not key.endswith("-jp2")
             and f"{key}-jp2" not in real["assets"]
         ):
-            assets[f"{key}-jp2"] = {**asset, "href": f"{base}/blobs/{scene.id}/{name}.jp2"}
+            assets[f"{key}-jp2"] = {**asset, "href": f"{hosted}/blobs/{scene.id}/{name}.jp2"}
             assets[f"{key}-jp2"]["type"] = "image/jp2"
     if style == "earth-search":
         three = [{"name": c, "common_name": c} for c in ("red", "green", "blue")]
         cog = "image/tiff; application=geotiff; profile=cloud-optimized"
-        assets["visual"] = {"href": f"{base}/blobs/{scene.id}/TCI.tif", "type": cog}
+        assets["visual"] = {"href": f"{hosted}/blobs/{scene.id}/TCI.tif", "type": cog}
         assets["visual"]["eo:bands"] = three
     return {
         **{k: v for k, v in real.items() if k not in ("links", "assets", "properties")},
@@ -253,8 +308,9 @@ class _Handler(RangeHandler):
         self._search(json.loads(self.rfile.read(length) or b"{}"), "POST")
 
     def _signed(self, query: str) -> bool:
-        """COGs of the planetary-computer style need the token; else answer 403."""
-        if self._state.style != "planetary-computer":
+        """COGs in blob storage need the token (the planetary-computer style puts them
+        there); else answer 403."""
+        if not (self.headers.get("Host") or "").endswith(BLOB_STORAGE):
             return True
         if parse_qs(query) == parse_qs(self._state.token):
             return True
@@ -311,8 +367,10 @@ class _Handler(RangeHandler):
             int(params.get("page", 1)),
             min(int(params.get("limit", 10)), self._state.page_size),
         )
+        assets = self._state.assets or self._base
         features = [
-            _item(s, self._state.style, self._base) for s in found[(page - 1) * size :][:size]
+            _item(s, self._state.style, self._base, assets)
+            for s in found[(page - 1) * size :][:size]
         ]
         links = []
         if page * size < len(found):

@@ -7,17 +7,23 @@ GDAL retries a range request that got a 429 or 5xx (or a dropped connection) by 
 place). Those lines reached the terminal while the run's summary counted no retry. Here
 each process that reads imagery through GDAL drops them and counts them; the export adds
 the counts of its processes (and its Dask workers) to its summary.
+
+A request that failed for good GDAL also tells as a warning, "HTTP response code on <url>:
+403" (0 when no reply came: a host that does not resolve, a refused connection), before it
+raises the error the source classifies and reports: that warning is dropped too.
 """
 
 import logging
 import threading
 
 RETRY_TEXT = "Retrying again"
+FAILED_TEXT = "HTTP response code on "
 LOGGERS = ("rasterio._env", "rasterio._err")
 
 
 class _Retries(logging.Filter):
-    """Drops GDAL's retry warnings from one logger, counting them."""
+    """Drops GDAL's retry warnings from one logger, counting them, and its warnings of a
+    failed request (the error raised after it says so)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -25,7 +31,10 @@ class _Retries(logging.Filter):
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if RETRY_TEXT not in record.getMessage():
+        message = record.getMessage()
+        if FAILED_TEXT in message:
+            return False
+        if RETRY_TEXT not in message:
             return True
         with self._lock:
             self.count += 1
@@ -37,7 +46,8 @@ _install_lock = threading.Lock()
 
 
 def count_gdal_retries() -> None:
-    """Count and drop GDAL's retry warnings in this process from now on (once per process)."""
+    """Count and drop GDAL's retry warnings in this process from now on, and drop its
+    warnings of failed requests (once per process)."""
     with _install_lock:
         for name in LOGGERS:
             if name not in _filters:

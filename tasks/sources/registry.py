@@ -402,12 +402,27 @@ def unreachable(error: BaseException) -> str | None:
     network); during a run the same failure is retried."""
     chain = error_chain(error)
     text = " | ".join(str(e) for e in chain)
-    host = re.search(r"Failed to resolve '([^']+)'", text)
+    host = re.search(r"Failed to resolve '([^']+)'", text) or _CURL_UNRESOLVED.search(text)
     if host:
         return f"the host {host.group(1)} does not resolve: no network here, or a wrong host"
     if "Connection refused" in text:
         return "the connection was refused: nothing answers at that address"
+    connect = _CURL_CONNECT.search(text)
+    if connect and not _TIMED_OUT.search(text):
+        return (
+            f"no connection to {connect.group(1)} port {connect.group(2)}: it was refused "
+            "or has no route, nothing answers at that address"
+        )
     return None
+
+
+# What curl (GDAL's HTTP client) says of a host it cannot reach: "Could not resolve host:
+# x.invalid" (older: "Couldn't resolve host 'x'"), and "Failed to connect to h port p after
+# 0 ms: Could not connect to server" (refused, no route), which a connect timeout shares,
+# adding that it timed out: that one is transient.
+_CURL_UNRESOLVED = re.compile(r"(?:Could not|Couldn't) resolve host:? '?([^'\s:]+)")
+_CURL_CONNECT = re.compile(r"Failed to connect to (\S+) port (\d+)")
+_TIMED_OUT = re.compile(r"timed out|timeout", re.IGNORECASE)
 
 
 def classify_error(error: BaseException, what: str) -> ImagerySourceError | TransientSourceError:

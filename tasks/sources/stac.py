@@ -9,12 +9,13 @@ Sentinel-2 scene classes are masked on the raw values, each item's offset is rem
 (tasks/sources/sensors.py), and the per-pixel median is taken over the dates.
 """
 
-import re
+import functools
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import numpy as np
 import odc.stac
@@ -29,12 +30,16 @@ from odc.geo.geobox import GeoBox
 from tasks.plan.points import Point
 from tasks.sources import sensors
 from tasks.sources.plausibility import drop_implausible, items_by_date
+from tasks.sources.redact import holds_secret, redact_urls
 from tasks.sources.registry import (
     ImagerySourceError,
     Patches,
     SensorConfig,
+    TransientSourceError,
     classify_error,
+    error_chain,
     patch_corner,
+    unreachable,
 )
 from tasks.sources.sensors import BANDS, SCL_ASSET_KEYS, SCL_MASKED_CLASSES, SENSORS, dn_offset
 
@@ -167,23 +172,26 @@ def select_items(items: Sequence[CatalogItem], config: SensorConfig) -> list[Cat
 
 
 def open_header(item: pystac.Item, key: str) -> None:
-    """Open one asset and read its header: the cheapest proof that its pixels are readable."""
+    """Open one asset and read its header: the cheapest proof that its pixels are readable.
+    For the check before a run: an image host that cannot be reached at all (its name does
+    not resolve, the connection is refused) is an ImagerySourceError naming the host; a
+    timeout, a 429 or a 5xx stays a TransientSourceError (the run's retries may get through)."""
     href = item.assets[key].get_absolute_href() or item.assets[key].href
+    what = f"reading the header of asset {key!r} of item {item.id} ({href})"
     try:
         with rasterio.open(href):
-            pass
+            return
     except (rasterio.errors.RasterioError, OSError) as e:
-        raise_classified(e, f"reading the header of asset {key!r} of item {item.id} ({href})")
-
-
-# A URL's query string may hold a signature (Planetary Computer's SAS tokens): error messages
-# show every URL without it.
-_URL_QUERY = re.compile(r"(https?://[^\s?#'\"]*)\?[^\s'\"]*")
-
-
-def redact_urls(text: str) -> str:
-    """`text` with the query string of every http(s) URL in it replaced by '?<redacted>'."""
-    return _URL_QUERY.sub(r"\1?<redacted>", text)
+        reason = unreachable(e)
+        if reason is None:
+            raise_classified(e, what)
+        error = ImagerySourceError(
+            redact_urls(
+                f"{what}: the image host {urlsplit(href).netloc} cannot be reached ({reason}); "
+                "check the network (a firewall, a proxy) and the catalog's asset hrefs"
+            )
+        )
+    raise error  # out of the except block: the failure, whose text holds the URL, stays out
 
 
 def raise_classified(error: BaseException, what: str) -> NoReturn:
@@ -193,7 +201,43 @@ def raise_classified(error: BaseException, what: str) -> NoReturn:
     message = redact_urls(str(classified))
     if message == str(classified):
         raise classified from error
-    raise type(classified)(f"{message} (cause not shown: it holds a signed URL)") from None
+    raise type(classified)(f"{message} ({CAUSE_NOT_SHOWN})") from None
+
+
+CAUSE_NOT_SHOWN = "cause not shown: it holds a signed URL"
+
+
+def without_secrets(error: Exception) -> Exception | None:
+    """None when neither `error` nor what it was raised from or during names a signed URL;
+    else the error again, its text redacted and with no cause: a source's own error keeps
+    its type, any other is classified (transient or not) first."""
+    if not any(holds_secret(f"{e!s} {e!r}") for e in error_chain(error)):
+        return None
+    if isinstance(error, ImagerySourceError | TransientSourceError):
+        kind: type[Exception] = type(error)
+        message = str(error)
+    else:
+        classified = classify_error(error, "reading imagery")
+        kind, message = type(classified), str(classified)
+    note = "" if CAUSE_NOT_SHOWN in message else f" ({CAUSE_NOT_SHOWN})"
+    return kind(f"{redact_urls(message)}{note}")
+
+
+def keeps_secrets[**P, R](method: Callable[P, R]) -> Callable[P, R]:
+    """A source's method whose errors leave it without signed URLs (`without_secrets`): the
+    new error is raised outside the handler, so it carries neither cause nor context."""
+
+    @functools.wraps(method)
+    def redacting(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except Exception as e:
+            clean = without_secrets(e)
+            if clean is None:
+                raise
+        raise clean
+
+    return redacting
 
 
 def parse_item(item: pystac.Item, catalog: str) -> CatalogItem:

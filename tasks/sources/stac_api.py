@@ -3,8 +3,9 @@
 Each chunk is one item search (pystac-client, pages followed) over the box around all its
 patches, the window and the cloud-cover limit; the pixels are then read, masked, harmonised
 and composited by the path the static catalog source uses (tasks/sources/stac.py). Planetary
-Computer's assets are signed with a SAS token from its token endpoint, fetched here (no
-planetary-computer package), cached per collection, and kept out of logs and messages.
+Computer's assets in Azure Blob Storage are signed with a SAS token from its token
+endpoint, fetched here (no planetary-computer package), cached per collection, and kept out
+of errors and logs (tasks/sources/redact.py).
 """
 
 import threading
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import pystac
 import rasterio
@@ -25,6 +26,7 @@ from urllib3.util.retry import Retry
 
 from tasks.plan.points import Point
 from tasks.sources.gdal_log import count_gdal_retries
+from tasks.sources.redact import redact_logs, redact_urls
 from tasks.sources.registry import (
     ImagerySourceError,
     Patches,
@@ -40,10 +42,10 @@ from tasks.sources.stac import (
     GDAL_HTTP_OPTIONS,
     check_composite,
     composite_patches,
+    keeps_secrets,
     open_header,
     parse_item,
     patch_geobox,
-    redact_urls,
     resolve_assets,
     scl_asset,
 )
@@ -120,7 +122,9 @@ class StacApiSource:
         self._lock = threading.Lock()
         self._counts = threading.local()  # requests made by this thread's current call
         count_gdal_retries()
+        redact_logs()
 
+    @keeps_secrets
     def fetch(self, points: Sequence[Point], bands: Sequence[str], config: SensorConfig) -> Patches:
         check_composite(config)
         self._counts.n = 0
@@ -137,9 +141,11 @@ class StacApiSource:
         patches.requests = self._counts.n
         return patches
 
+    @keeps_secrets
     def check(self, bands: Sequence[str], config: SensorConfig) -> None:
         """The API answers and searches items, holds the collection, a sample item has every
-        band, and one of its assets' header reads (signed, where signing is on)."""
+        band, and one of its assets' header reads (signed, where signing is on): an image
+        host that cannot be reached at all is refused here, in seconds."""
         check_composite(config)
         api = resolve_api(config)
         client = self._client(api.url, checking=True)
@@ -306,11 +312,31 @@ def chunk_bbox(points: Sequence[Point], config: SensorConfig) -> tuple[float, fl
     return west, south, east, north
 
 
+# Planetary Computer's assets lie in Azure Blob Storage; its client signs the hrefs there
+# and leaves every other as it is (microsoft/planetary-computer-sdk-for-python,
+# planetary_computer/sas.py, sign_url: a host ending in .blob.core.windows.net, but for the
+# account of public thumbnails, and not already signed, i.e. with no st, se or sp).
+BLOB_STORAGE_DOMAIN = ".blob.core.windows.net"
+PUBLIC_ASSETS_HOST = "ai4edatasetspublicassets.blob.core.windows.net"
+SIGNED_KEYS = frozenset({"st", "se", "sp"})
+
+
+def needs_signing(href: str) -> bool:
+    """Whether Planetary Computer's token goes on `href`: a blob storage URL not yet signed."""
+    parts = urlparse(href.rstrip("/"))
+    return (
+        parts.scheme in ("http", "https")
+        and parts.netloc.endswith(BLOB_STORAGE_DOMAIN)
+        and parts.netloc != PUBLIC_ASSETS_HOST
+        and not SIGNED_KEYS & set(parse_qs(parts.query))
+    )
+
+
 def sign_item(item: pystac.Item, token: str) -> pystac.Item:
-    """A copy of `item` whose http(s) asset hrefs carry `token` as their query string."""
+    """A copy of `item` whose blob storage asset hrefs carry `token` in their query string."""
     signed = item.clone()
     for asset in signed.assets.values():
-        if urlparse(asset.href).scheme in ("http", "https"):
+        if needs_signing(asset.href):
             asset.href = f"{asset.href}{'&' if '?' in asset.href else '?'}{token}"
     return signed
 

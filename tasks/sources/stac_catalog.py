@@ -17,6 +17,7 @@ from urllib3.util.retry import Retry
 
 from tasks.plan.points import Point
 from tasks.sources.gdal_log import count_gdal_retries
+from tasks.sources.redact import redact_logs
 from tasks.sources.registry import (
     ImagerySourceError,
     Patches,
@@ -31,6 +32,7 @@ from tasks.sources.stac import (
     CatalogItem,
     check_composite,
     composite_patches,
+    keeps_secrets,
     open_header,
     parse_item,
     resolve_assets,
@@ -55,16 +57,20 @@ class StacCatalogSource:
         self._catalogs: dict[str, list[CatalogItem]] = {}
         self._lock = threading.Lock()
         count_gdal_retries()
+        redact_logs()  # hrefs may come signed (a SAS in their query string)
 
+    @keeps_secrets
     def fetch(self, points: Sequence[Point], bands: Sequence[str], config: SensorConfig) -> Patches:
         check_composite(config)
         with rasterio.Env(**self._gdal_env):
             return composite_patches(points, bands, config, self._collection(config))
 
+    @keeps_secrets
     def check(self, bands: Sequence[str], config: SensorConfig) -> None:
         """Fail now, before anything is written, when this configuration cannot work: the
         catalog opens, holds the collection, every band has an asset, and one asset's header
-        reads. Raises ImagerySourceError or TransientSourceError."""
+        reads (a host that cannot be reached at all is refused). Raises ImagerySourceError
+        or TransientSourceError."""
         items = [c.item for c in self._checked_collection(config)]
         assets = resolve_assets(bands, items, config.collection)
         scl_asset(items, config.collection)

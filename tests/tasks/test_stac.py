@@ -403,3 +403,19 @@ def test_http__retry_after_a_transient_failure_reads_afresh(demo: Path) -> None:
         failing[0] = False
         patches = source.fetch(demo_points()[:1], ["B02"], config)
     assert np.isfinite(patches.bands["B02"]).all()
+
+
+def test_check__an_asset_host_that_does_not_resolve_is_refused_naming_it(tmp_path: Path) -> None:
+    """A catalog on disk whose assets are on a host that does not resolve: refused by the
+    check before the run, with the host named, not left to minutes of retries."""
+    catalog = pystac.Catalog(id="remote", description="assets on a host that does not resolve")
+    item = pystac.Item("scene", None, None, datetime(2021, 6, 2, 10, tzinfo=UTC), {},
+                       collection="synthetic-s2")  # fmt: skip
+    item.add_asset("B02", pystac.Asset("http://cogs.nowhere.invalid/scene/B02.tif"))
+    catalog.add_item(item)
+    catalog.normalize_and_save(str(tmp_path), pystac.CatalogType.SELF_CONTAINED)
+    config = config_for(str(tmp_path / "catalog.json"), 8)
+    with pytest.raises(
+        ImagerySourceError, match=r"the image host cogs\.nowhere\.invalid cannot be reached"
+    ):
+        StacCatalogSource().check(["B02"], config)

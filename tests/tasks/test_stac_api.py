@@ -4,9 +4,11 @@ import dataclasses
 import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pystac
 import pytest
 import shapely
 
@@ -18,13 +20,14 @@ from tasks.sources.registry import (
     TransientSourceError,
 )
 from tasks.sources.stac import patch_geobox
-from tasks.sources.stac_api import KNOWN_APIS, StacApiSource, resolve_api
+from tasks.sources.stac_api import KNOWN_APIS, StacApiSource, resolve_api, sign_item
 from tests.fakes import Fault, FaultHook, Request
 from tests.stac_api_server import (
     BANDS,
     EPSG,
     NODATA_PX,
     RES,
+    SERVER,
     X0,
     Y0,
     FakeApi,
@@ -32,6 +35,7 @@ from tests.stac_api_server import (
     Style,
     pixel_value,
     serve_stac_api,
+    signature,
 )
 
 STYLES: tuple[Style, ...] = ("planetary-computer", "earth-search")
@@ -69,9 +73,10 @@ def api_of(
     *,
     page_size: int = 100,
     fault: FaultHook | None = None,
+    assets: str | None = None,
 ) -> Iterator[FakeApi]:
     with serve_stac_api(
-        tmp_path / style, scenes, style=style, page_size=page_size, fault=fault
+        tmp_path / style, scenes, style=style, page_size=page_size, fault=fault, assets=assets
     ) as api:
         yield api
 
@@ -208,7 +213,46 @@ def test_signing__the_token_never_appears_in_an_error(tmp_path: Path) -> None:
     while cause is not None:
         chain.append(str(cause))
         cause = cause.__cause__ or cause.__context__
-    assert not any(token in text or token.split("&")[0] in text for text in chain)
+    assert not any(token in text or signature(token) in text for text in chain)
+
+
+def test_signing__only_blob_storage_hrefs_take_the_token() -> None:
+    """As Planetary Computer's own client signs: hosts in Azure Blob Storage, but for its
+    public thumbnails' account and hrefs already signed."""
+    blob = "https://sentinel2l2a01.blob.core.windows.net/sentinel2-l2/T33/B02.tif"
+    hrefs = {
+        "blob": (blob, True),
+        "blob over http": (blob.replace("https:", "http:"), True),
+        "blob with a query": (f"{blob}?version=2", True),
+        "another host": ("https://data.example.org/T33/B02.tif", False),
+        "only named alike": ("https://blob.core.windows.net.example/x.tif", False),
+        "public thumbnails": (
+            "https://ai4edatasetspublicassets.blob.core.windows.net/a/t.png", False
+        ),
+        "signed already": (f"{blob}?st=2021&se=2022&sp=rl&sig=abc", False),
+        "a local file": ("/data/T33/B02.tif", False),
+        "s3": ("s3://bucket/T33/B02.tif", False),
+    }  # fmt: skip
+    item = pystac.Item("x", None, None, datetime(2021, 6, 1, tzinfo=UTC), {})
+    for key, (href, _) in hrefs.items():
+        item.add_asset(key, pystac.Asset(href))
+    signed = sign_item(item, "st=1&se=2&sp=rl&sig=SIG")
+    for key, (href, signs) in hrefs.items():
+        want = f"{href}{'&' if '?' in href else '?'}st=1&se=2&sp=rl&sig=SIG" if signs else href
+        assert signed.assets[key].href == want, key
+    assert item.assets["blob"].href == blob  # a copy is signed
+
+
+def test_signing__assets_outside_blob_storage_are_read_unsigned(tmp_path: Path) -> None:
+    """The API signs (planetary-computer), its assets are on its own host: their reads
+    carry no token, and succeed."""
+    with api_of(tmp_path, "planetary-computer", assets=SERVER) as api:
+        patches = StacApiSource().fetch(
+            [at(40, 40)], ["B02"], config_for(api, "planetary-computer")
+        )
+        reads = tif_requests(api)
+    assert reads and not any("?" in r.path or "blob" in str(r.host) for r in reads)
+    assert np.isfinite(patches.bands["B02"]).all()
 
 
 def test_resolve_api__names_and_signing() -> None:
@@ -284,6 +328,43 @@ def test_errors__an_unreachable_or_malformed_url_names_the_fix(tmp_path: Path) -
         StacApiSource().fetch([at(40, 40)], ["B02"], config)  # during a run: retried
     with pytest.raises(ImagerySourceError, match=r"neither an http\(s\) URL nor one of"):
         StacApiSource().check(["B02"], dataclasses.replace(config, catalog="earth-serch"))
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed once the block ends: nothing listens there
+
+
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [
+        ("nowhere.invalid", "the host nowhere.invalid does not resolve"),
+        (f"127.0.0.1:{closed_port()}", "no connection to 127.0.0.1 port"),
+    ],
+)
+def test_check__an_image_host_that_cannot_be_reached_is_refused_naming_it(
+    tmp_path: Path, host: str, why: str
+) -> None:
+    """The API answers, its items' COGs are on a host that does not resolve, or refuses the
+    connection: the check refuses the run (not a transient failure, left to retries)."""
+    with (
+        api_of(tmp_path, "earth-search", assets=f"http://{host}") as api,
+        pytest.raises(ImagerySourceError, match="the image host") as error,
+    ):
+        StacApiSource().check(["B02"], config_for(api, "earth-search"))
+    assert f"the image host {host} cannot be reached" in str(error.value)
+    assert why in str(error.value)
+
+
+def test_check__an_image_host_that_answers_503_is_left_to_the_retries(tmp_path: Path) -> None:
+    def unavailable(request: Request) -> Fault:
+        return 503 if ".tif" in request.path else None
+
+    with api_of(tmp_path, "earth-search", fault=unavailable) as api:
+        with pytest.raises(TransientSourceError, match=r"503.*a retry may succeed"):
+            StacApiSource().check(["B02"], config_for(api, "earth-search"))
+        assert tif_requests(api)
 
 
 def test_check__passes_for_a_working_api(tmp_path: Path) -> None:

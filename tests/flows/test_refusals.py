@@ -1,0 +1,158 @@
+"""Exit 2 as a newcomer meets it: a refusal that needs neither a model nor a server comes
+before torch and Prefect are imported (seconds, not a minute), and no refusal leaves
+anything behind in the out or work folder (no lock file, no plan, no demo catalog, no
+store). Each case runs the command line in a process of its own, which says at the end
+whether torch and Prefect were imported."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.waiting import HANG_GUARD_S
+
+ROOT = Path(__file__).resolve().parents[2]
+
+RUN = """
+import json, sys
+from flows.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "torch": "torch" in sys.modules,
+                  "prefect": "prefect" in sys.modules}))
+"""
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens there once the block ends
+
+
+def _file(path: Path) -> Path:
+    path.write_text("not a folder\n")
+    return path
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+# case -> (flags given the test's folder, the message, whether it may import torch: it
+# needs a model or a device to know)
+CASES: dict[str, tuple[Callable[[Path], list[str]], str, bool]] = {
+    "missing-catalog": (
+        lambda t: ["--catalog", str(t / "nowhere" / "catalog.json")],
+        r"reading the STAC catalog .*nowhere/catalog.json",
+        False,
+    ),
+    "missing-region-file": (
+        lambda t: ["--region", str(t / "nowhere.geojson")],
+        r"GeoJSON file .*nowhere.geojson does not exist",
+        False,
+    ),
+    "out-is-a-file": (
+        lambda t: ["--out", str(_file(t / "notes.txt"))],
+        r"notes.txt is a file, not a swath store",
+        False,
+    ),
+    "out-under-a-file": (
+        lambda t: ["--out", str(_file(t / "notes.txt") / "e.zarr")],
+        r"--out .*notes.txt/e.zarr: .*notes.txt is a file, not a folder",
+        False,
+    ),
+    "work-dir-is-a-file": (
+        lambda t: ["--work-dir", str(_file(t / "work.txt"))],
+        r"--work-dir .*work.txt is a file, not a folder",
+        False,
+    ),
+    "work-dir-under-a-file": (
+        lambda t: ["--work-dir", str(_file(t / "work.txt") / "w")],
+        r"--work-dir .*work.txt/w is under .*work.txt, which is a file, not a folder",
+        False,
+    ),
+    "stac-api-offline": (
+        lambda t: ["--source", "stac-api", "--stac-url", f"http://127.0.0.1:{_closed_port()}/v1"],
+        r"cannot connect",
+        False,
+    ),
+    "fp16-on-the-cpu": (
+        lambda t: ["--precision", "fp16", "--device", "cpu"],
+        r"--precision fp16 needs a CUDA device, and --device is cpu",
+        False,
+    ),
+    "dask-nobody-answers": (
+        lambda t: ["--runner", "dask", "--dask-address", f"tcp://127.0.0.1:{_closed_port()}"],
+        r"no Dask scheduler answers there",
+        False,
+    ),
+    # Past the sources' checks (the demo catalog is built for them): the device needs torch.
+    "cuda-without-a-gpu": (lambda t: ["--device", "cuda"], r"--device cuda", True),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_refusal__before_torch_and_prefect_and_nothing_left(tmp_path: Path, case: str) -> None:
+    if case == "cuda-without-a-gpu":
+        pytest.importorskip("torch")
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a CUDA device")
+    flags, message, needs_torch = CASES[case]
+    argv = flags(tmp_path)
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "e.zarr")]
+    if "--work-dir" not in argv:
+        argv += ["--work-dir", str(tmp_path / "work")]
+    argv += ["--models", "ssl4eo_resnet18_rgb", "--weights", "random"]
+    before = _tree(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", RUN, *argv],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["code"] == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("swath: error: "), done.stderr[-2000:]
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr[-2000:]
+    assert re.search(message, done.stderr), done.stderr
+    assert not report["prefect"], "Prefect was imported before the refusal"
+    if not needs_torch:
+        assert not report["torch"], "torch was imported before the refusal"
+    assert _tree(tmp_path) == before, "the refusal left something behind"
+
+
+def test_refusal__a_store_of_another_export_leaves_no_lock_and_no_new_plan(
+    tmp_path: Path, demo_catalog_dir: Path
+) -> None:
+    """Refused under the writer lock (the store holds another export): the lock file goes
+    with the process that took it, and the plan this run made is removed again."""
+    out, work = tmp_path / "e.zarr", tmp_path / "work"
+    common = ["--catalog", str(demo_catalog_dir / "catalog.json"), "--out", str(out),
+              "--work-dir", str(work), "--weights", "random", "--chunk-size", "16"]  # fmt: skip
+    first = subprocess.run(
+        [sys.executable, "-c", RUN, *common, "--models", "ssl4eo_resnet18_rgb"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=HANG_GUARD_S,
+    )  # fmt: skip
+    assert json.loads(first.stdout.strip().splitlines()[-1])["code"] == 0, first.stderr[-2000:]
+    assert not (tmp_path / "e.zarr.lock").exists(), "the lock file outlived its export"
+    before = _tree(tmp_path)
+    again = subprocess.run(
+        [sys.executable, "-c", RUN, *common, "--models", "ssl4eo_resnet18_rgb",
+         "--spacing", "120"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=HANG_GUARD_S,
+    )  # fmt: skip
+    assert json.loads(again.stdout.strip().splitlines()[-1])["code"] == 2, again.stderr[-2000:]
+    assert again.stderr.startswith("swath: error: "), again.stderr
+    assert _tree(tmp_path) == before, "the refusal left something behind"

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,9 +21,11 @@ from flows.stop import stop_on_signals
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()  # the run's one clock: the bar, the summary, the artifact
     args = flags.parser().parse_args(
         flags.glue_negative_values(sys.argv[1:] if argv is None else argv)
     )
+    args.started = started
     if argv is None:  # a real process: stop at once on SIGTERM or Ctrl-C
         stop_on_signals()
     if args.list_models:
@@ -43,8 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         return _usage_error(str(e))
     if argv is None and not args.verbose:  # a real process, before Prefect is imported;
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")  # a user's own setting wins
+        # Dask's scheduler and workers (processes of their own) say only what went wrong.
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
         # HTTP clients say each retry they make; the run reports what still fails.
         logging.getLogger("urllib3").setLevel(logging.ERROR)
+        # Libraries' warnings (rasterio's NotGeoreferencedWarning, ...) stay off the bar.
+        logging.captureWarnings(True)
+        logging.getLogger("py.warnings").setLevel(logging.ERROR)
     if args.dry_run:
         return _dry_run(params)
     try:
@@ -111,6 +119,8 @@ def _dry_run(params: dict[str, Any]) -> int:
         plan = plan_job(**params, today=datetime.now(UTC).date(), scratch=True)
     except UsageError as e:
         return _usage_error(str(e))
+    for note in plan.notes:
+        print(f"swath: {note}")
     print(f"swath: {len(plan.points)} points in {len(plan.chunks)} chunks -> {plan.store}")
     print(dry_run(plan, chunks_per_run=params["output"].chunks_per_run))
     return 0
@@ -132,12 +142,19 @@ def _run(job: Any, params: dict[str, Any], args: argparse.Namespace) -> dict[str
     from flows.server import ServerFailed, prefect_api
 
     try:
-        with prefect_api() as url, _progress_bar() as listener:
-            flow = export_flow_for(job, params["output"], on_progress=listener)
+        pairs = len(job.plan.chunks) * len(job.products)
+        with prefect_api() as url, _progress_bar(args.started, pairs) as listener:
+            flow = export_flow_for(
+                job, params["output"], on_progress=listener, started=args.started
+            )
             if args.runner == "dask":
                 flow = flow.with_options(task_runner=_dask_runner(args))
-            summary: dict[str, Any] = _in_thread(lambda: flow(**params), api_url=url)
-    except ExportGaps as e:  # ran to the end with gaps: the summary says where
+            try:
+                summary: dict[str, Any] = _in_thread(lambda: flow(**params), api_url=url)
+            except ExportGaps as e:  # ran to the end with gaps: the summary says where
+                summary = e.summary
+            listener.finish(summary["seconds"])
+    except ExportGaps as e:
         return e.summary
     except ServerFailed as e:
         print(f"swath: {e}", file=sys.stderr)
@@ -176,34 +193,68 @@ def _in_thread(run: Callable[[], Any], *, api_url: str | None) -> Any:
     return outcome["value"]
 
 
+class _Bar:
+    """What the export tells its progress bar: (done, total) as pairs are written, then the
+    run's duration (the summary's), shown once the bar is complete."""
+
+    def __init__(
+        self, update: Callable[[int, int], None], redraw: Callable[[], None] = lambda: None
+    ) -> None:
+        self.update, self.redraw = update, redraw
+        self.seconds: float | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        self.update(done, total)
+
+    def finish(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.redraw()
+
+
 @contextlib.contextmanager
-def _progress_bar() -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar of (chunk, product) writes: done / total, rate, time left."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+def _progress_bar(started: float, total: int) -> Iterator[_Bar]:
+    """A rich progress bar of the (chunk, model) pairs of the time entry written, those of an
+    earlier run counted: done / total, and the run's one clock (from `started`, the
+    command's start), which ends on the summary's duration."""
+    import time
+    from datetime import timedelta
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
+    from rich.text import Text
+
+    bar_state = _Bar(lambda done, total: None)
+
+    def clock(seconds: float) -> str:
+        return str(timedelta(seconds=round(seconds)))
+
+    class Clock(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            if bar_state.seconds is not None:
+                return Text(f"in {clock(bar_state.seconds)}")
+            left = task.time_remaining if not task.finished else None
+            about = f", about {clock(left)} left" if left else ""
+            return Text(f"{clock(time.monotonic() - started)}{about}")
 
     columns = (
-        TextColumn("swath: writing"),
+        TextColumn("swath: written"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("chunk-products"),
-        TimeElapsedColumn(),
-        TextColumn("left"),
-        TimeRemainingColumn(),
+        TextColumn("(chunk, model) pairs"),
+        Clock(),
     )
     with Progress(*columns, transient=False) as bar:
-        task = bar.add_task("write", total=None)
+        task = bar.add_task("write", total=total)
+        first = [True]
 
-        def listener(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+        def update(done: int, total: int) -> None:
+            if first[0]:  # what an earlier run did: not a rate of this one
+                first[0] = False
+                bar.reset(task, total=total, completed=done)
+            else:
+                bar.update(task, completed=done, total=total)
 
-        yield listener
+        bar_state.update, bar_state.redraw = update, bar.refresh
+        yield bar_state
 
 
 def _dask_runner(args: argparse.Namespace) -> Any:
@@ -219,6 +270,8 @@ def _dask_runner(args: argparse.Namespace) -> Any:
     cores = max(1, (os.cpu_count() or 1) // workers)
     return DaskTaskRunner(
         cluster_kwargs={
+            # its dashboard on a free port of this machine only, not on 8787 for all to see
+            "dashboard_address": "127.0.0.1:0",
             "n_workers": workers,
             "threads_per_worker": 1,
             "resources": {INFER_RESOURCE: 1},
@@ -287,7 +340,14 @@ def _verify(store: str) -> int:
             f"{len(c.damaged)} damaged{': ' + named + more if named else ''}"
         )
     if report.sound:
-        print("swath: sound: every array holds what swath wrote, every chunk marked done its data")
+        left = sum(c.chunks - c.marked_done for c in report.checks)
+        if left:  # sound is not finished: an interrupted export's store is sound too
+            print(
+                f"swath: sound but incomplete: every chunk marked done holds its data, and "
+                f"{left} chunk(s) of a model are not done yet; rerun the export to finish them"
+            )
+        else:
+            print("swath: sound and complete: every array holds what swath wrote")
         return 0
     damaged = sum(len(c.damaged) for c in report.checks)
     arrays = len({f.array for f in report.findings})
@@ -317,9 +377,11 @@ def _print_summary(s: dict[str, Any]) -> None:
             )
         if m.get("redone_damaged"):
             print(f"  {'':24} redone, damaged in the store: {', '.join(m['redone_damaged'])}")
-    from flows.summary import flagged_lines, imagery_line, transit_line
+    from flows.summary import flagged_lines, imagery_line, nothing_ok_line, transit_line
 
     print(imagery_line(s["imagery"]))
+    if line := nothing_ok_line(s):
+        print(f"swath: {line}")
     print("".join(f"{line}\n" for line in flagged_lines(s.get("flagged_items", {}))), end="")
     for device, use in s.get("devices", {}).items():
         print(f"{device}: {use}")

@@ -79,13 +79,20 @@ def export(
 
 
 def export_job(
-    job: Job, output: Output, *, on_progress: Listener | None = None
+    job: Job,
+    output: Output,
+    *,
+    on_progress: Listener | None = None,
+    started: float | None = None,
 ) -> dict[str, Any] | State[Any]:
     """Export a job planned, resolved and under its store's writer lock, in a flow run: the
     time entry and the chunks still to do; each write block prefetch -> produce -> write
     (in this run, or in child runs); then the summary, artifacts, STAC items and the
-    failure rule (`_finish`). `on_progress` hears of each (chunk, product) finished."""
-    started, gdal_before = time.monotonic(), gdal_retries_so_far()
+    failure rule (`_finish`). `on_progress` hears of each (chunk, product) finished.
+    `started`: when the run began (`time.monotonic()`; the command line's start, so that
+    its bar, its summary and the artifact tell one duration), else now."""
+    started = time.monotonic() if started is None else started
+    gdal_before = gdal_retries_so_far()
     _log_job(job)
     chunks_per_run = output.chunks_per_run or CHILD_CHUNKS
     t = _time_entry(job, chunks_per_run)
@@ -100,7 +107,9 @@ def export_job(
     return _finish(job, t, summary, report)
 
 
-def export_flow_for(job: Job, output: Output, *, on_progress: Listener) -> Flow[..., Any]:
+def export_flow_for(
+    job: Job, output: Output, *, on_progress: Listener, started: float | None = None
+) -> Flow[..., Any]:
     """The flow `export` for a job its caller (the command line) has planned, resolved and
     holds the writer lock of: the same name, parameters and runner, but its run exports
     `job` and tells `on_progress`, where `export` would plan, resolve and lock again.
@@ -110,7 +119,7 @@ def export_flow_for(job: Job, output: Output, *, on_progress: Listener) -> Flow[
     planned from: they are the run's, as the UI shows them.
     """
 
-    call = _InProcess(lambda: export_job(job, output, on_progress=on_progress))
+    call = _InProcess(lambda: export_job(job, output, on_progress=on_progress, started=started))
 
     @functools.wraps(export.fn)
     def run(*_: Any, **__: Any) -> dict[str, Any] | State[Any]:
@@ -200,14 +209,16 @@ def _block_chunks(job: Job) -> int:
 
 
 def _progress(job: Job, todo: Todo, listener: Listener | None) -> Progress:
-    """The run's progress: one artifact, and `listener`."""
-    total = sum(len(c.products) for c in todo.chunks)
+    """The run's progress, in (chunk, model) pairs of the time entry, those done before this
+    run counted done: one artifact, and `listener`."""
+    total = len(job.plan.chunks) * len(job.products)
+    done = total - sum(len(c.products) for c in todo.chunks)
     artifact = create_progress_artifact(
-        progress=0.0 if total else 100.0,
+        progress=100.0 * done / total if total else 100.0,
         key="swath-export-progress",
-        description=f"chunks written to {job.plan.store}",
+        description=f"(chunk, model) pairs written to {job.plan.store}",
     )
-    return Progress(artifact, total, listener)  # type: ignore[arg-type]
+    return Progress(artifact, total, listener, done=done)  # type: ignore[arg-type]
 
 
 def _run(pipeline: Pipeline, todo: list[ChunkTodo], chunks_per_run: int) -> PartReport:

@@ -38,6 +38,9 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m flows.export",
         description="Export foundation-model embeddings of every point of a region into one "
         "Zarr store. With no arguments: the offline demo over a real Sentinel-2 sample.",
+        epilog="exit codes: 0 every point of every model ok; 1 some points have no data or "
+        "failed (the summary says why; rerun to resume); 2 bad input, nothing written; "
+        "130 stopped by Ctrl-C, 143 by SIGTERM (rerun the same command to resume)",
     )
     sections: dict[str | None, Any] = {None: p}
     exclusive: dict[str, Any] = {}
@@ -50,7 +53,13 @@ def parser() -> argparse.ArgumentParser:
                 exclusive[flag.exclusive] = where.add_mutually_exclusive_group()
             where = exclusive[flag.exclusive]
         where.add_argument(flag.name, **_argument(field, flag))
-    p.add_argument("--runner", choices=["threads", "dask"], default="threads")
+    p.add_argument(
+        "--runner",
+        choices=["threads", "dask"],
+        default="threads",
+        help="threads: tasks in this process; dask: on a local Dask cluster or the one at "
+        "--dask-address (threads)",
+    )
     p.add_argument("--dask-address", metavar="ADDR", help="existing Dask scheduler (tcp://...)")
     p.add_argument(
         "--dask-workers", type=int, metavar="N", help=f"local cluster size ({DASK_WORKERS})"
@@ -157,11 +166,22 @@ def validation_message(e: ValidationError) -> str:
 
 def glue_negative_values(argv: list[str]) -> list[str]:
     """`--bbox -67.66,-47.86,...`: argparse takes a value that starts with '-' and is not a
-    plain number for an option, so such values are glued to their flag (`--bbox=-67.66,...`)."""
+    plain number for an option, so such values are glued to their flag (`--bbox=-67.66,...`).
+    A comma-separated list written with spaces after its commas (`--models a, b`) is one
+    value again."""
     out: list[str] = []
     for token in argv:
         if out and out[-1] == "--bbox" and token.startswith("-"):
             out[-1] = f"--bbox={token}"
+        elif _listing(out) and (out[-1].endswith(",") or token.startswith(",")):
+            out[-1] += token  # `--models a, b`: a list the shell split at its spaces
         else:
             out.append(token)
     return out
+
+
+def _listing(out: list[str]) -> bool:
+    """Whether the last token is (the value of) a comma-separated list: --models or --bbox."""
+    if len(out) >= 2 and out[-2] in ("--models", "--bbox"):
+        return True
+    return bool(out) and out[-1].startswith(("--models=", "--bbox="))

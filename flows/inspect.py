@@ -66,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.patch is None and (args.time or args.out):
+        given = "--time" if args.time else "--out"
+        print(
+            f"swath inspect: error: {given} is for --patch POINT_ID (which patch to draw); "
+            "add --patch, or leave it out to see what the store holds",
+            file=sys.stderr,
+        )
+        return 2
     try:
         meta = store_meta(args.store)
         with open_store(args.store) as ds:

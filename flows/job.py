@@ -41,7 +41,7 @@ from flows.checks import (
 from flows.params import Imagery, Inference, Output, Region, Window, engine_options
 from tasks.plan.chunks import Chunk, make_chunks
 from tasks.plan.points import PointTable, discard_plan, plan_damage, plan_key, plan_points
-from tasks.plan.regions import PlanError, bbox_region, geojson_region
+from tasks.plan.regions import PlanError, axis_order_hint, bbox_region, geojson_region
 from tasks.products import registry as products
 from tasks.products.registry import Fetch, Product, ProductError, ProductRequest
 from tasks.sources.demo import build_demo_catalog, demo_catalog_path
@@ -196,6 +196,10 @@ def plan_job(
         check_name_length(os.path.join(work_dir, "plans", "x" * 40), "--work-dir")
         check_writable(work_dir, f"--work-dir {work_dir}", must_exist=False)
     notes: list[str] = []
+    if region.bbox is not None and not region.geojson:
+        hint = axis_order_hint(*region.bbox)
+        if hint:
+            notes.append(hint)
     points = _plan(
         geometry, region, os.path.join(work_dir, "plans") if not scratch else None, notes
     )

@@ -349,7 +349,9 @@ class Output(BaseModel):
     )
     chunk_size: Annotated[
         Annotated[int, Field(ge=1, le=100_000)] | None,
-        Flag("--chunk-size", "N", "points per chunk"),
+        Flag(
+            "--chunk-size", "N", "points per chunk (sized by the work: at most 512 MiB of inputs)"
+        ),
     ] = Field(
         None,
         description="points per chunk: the unit of work, retry and resume; default: sized by "
@@ -358,7 +360,7 @@ class Output(BaseModel):
     )
     chunks_per_run: Annotated[
         Annotated[int, Field(ge=1)] | None,
-        Flag("--chunks-per-run", "N", "chunks per flow run, beyond: child runs"),
+        Flag("--chunks-per-run", "N", "chunks per flow run, beyond: child runs (256)"),
     ] = Field(
         None,
         description="advanced: chunks one flow run carries at most; a larger export fans out "

@@ -98,10 +98,16 @@ class Progress:
     """(chunk, product) pairs finished, across a run and its child runs (which run in its
     process): one progress artifact of the parent run, and a listener (the progress bar)."""
 
-    def __init__(self, artifact: UUID, total: int, listener: Listener | None) -> None:
+    def __init__(
+        self, artifact: UUID, total: int, listener: Listener | None, *, done: int = 0
+    ) -> None:
+        """`total`: every (chunk, product) pair of the time entry; `done`: those done before
+        this run (a resumed run starts there)."""
         self.artifact, self.total, self.listener = artifact, total, listener
-        self.done = 0
+        self.done = done
         self._lock = threading.Lock()
+        if listener is not None:
+            listener(done, total)
 
     def finished(self, model: str, written: Sequence[str], failed: int) -> None:
         with self._lock:

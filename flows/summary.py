@@ -112,6 +112,21 @@ def imagery_line(fetched: dict[str, int]) -> str:
     return "imagery: " + ", ".join(parts)
 
 
+def nothing_ok_line(summary: dict[str, Any]) -> str | None:
+    """After a run where no point of any model is ok: the likeliest causes, in one line."""
+    models = summary["models"].values()
+    if not summary["points"] or any(m["status"].get("ok", 0) for m in models):
+        return None
+    if not any(m["status"].get("nodata", 0) for m in models):
+        return None  # failures, not missing imagery: each has its own reason in the store
+    return (
+        "no point has data; the likeliest causes: no scene in the window (--start/--end), "
+        "a cloud limit too strict (--max-cloud-cover), a region the collection does not "
+        "cover, or --bbox axes swapped (it is west,south,east,north); each point's reason "
+        "is in the store's <model>_reason"
+    )
+
+
 def summary_artifact(summary: dict[str, Any]) -> None:
     """The run's summary in the UI: a narrow table (what a weights note explains is listed
     under it, not squeezed into a cell), what was fetched, where the store is."""
@@ -146,6 +161,7 @@ def summary_artifact(summary: dict[str, Any]) -> None:
                 else ""
             )
             + f"\n\n{imagery_line(summary['imagery'])}\n\n"
+            + (f"{line}\n\n" if (line := nothing_ok_line(summary)) else "")
             + "".join(f"- {line}\n" for line in flagged_lines(summary.get("flagged_items", {})))
             + "".join(f"{d}: {use}\n\n" for d, use in summary.get("devices", {}).items())
             + (f"{line}\n\n" if (line := transit_line(summary["unprotected"])) else "")

@@ -42,6 +42,28 @@ def bbox_region(west: float, south: float, east: float, north: float) -> Polygon
     return box(west, south, east, north)
 
 
+# Sentinel-2's systematic acquisitions cover land from 56 degrees south to 82.8 north (ESA's
+# mission guide); a box wholly outside that band, which read as lat,lon would lie inside it,
+# is most likely a box given in lat,lon order.
+IMAGED_LATITUDES = (-56.0, 82.8)
+
+
+def axis_order_hint(west: float, south: float, east: float, north: float) -> str | None:
+    """A warning when `--bbox` looks like lat,lon: its latitudes lie outside the imaged band
+    while its longitudes, read as latitudes, lie inside it."""
+    low, high = IMAGED_LATITUDES
+    outside = north < low or south > high
+    swapped_inside = low <= west and east <= high
+    if not (outside and swapped_inside):
+        return None
+    return (
+        f"warning: --bbox puts the region at latitude {south:g}..{north:g}, outside the "
+        f"latitudes Sentinel-2 images systematically ({low:g}..{high:g}); --bbox is "
+        f"west,south,east,north (lon,lat): if you meant lat,lon, give --bbox "
+        f"{south:g},{west:g},{north:g},{east:g}"
+    )
+
+
 def geojson_region(text: str, *, source: str = "GeoJSON") -> Polygon | MultiPolygon:
     """A polygon (holes respected) or multipolygon from GeoJSON text in EPSG:4326.
 

@@ -125,7 +125,8 @@ def _read(path: str, name: str) -> np.ndarray | None:
 
 def _swath_meta(path: str) -> dict[str, Any]:
     if not is_url(path) and not os.path.isdir(path):
-        raise NotAStore(f"{path} is not a swath store (no such folder); check --out")
+        what = "a file" if os.path.lexists(path) else "no such folder"
+        raise NotAStore(f"{path} is not a swath store ({what}); check --out")
     try:
         soundness.read_root(path)
     except soundness.RootDamaged as e:

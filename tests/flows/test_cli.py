@@ -325,8 +325,9 @@ def test_cli__the_flow_runs_the_job_the_command_line_resolved_and_reports_its_pr
         return real_resolve(plan)
 
     @contextlib.contextmanager
-    def progress_bar():
-        yield lambda done, total: heard.append((done, total))
+    def progress_bar(started, total):
+        heard.append((0, total))
+        yield flows.cli._Bar(lambda done, total: heard.append((done, total)))
 
     real_resolve = flows.job.resolve_products
     monkeypatch.setattr(flows.job, "resolve_products", resolve_products)

@@ -156,3 +156,62 @@ def test_refusal__a_store_of_another_export_leaves_no_lock_and_no_new_plan(
     assert json.loads(again.stdout.strip().splitlines()[-1])["code"] == 2, again.stderr[-2000:]
     assert again.stderr.startswith("swath: error: "), again.stderr
     assert _tree(tmp_path) == before, "the refusal left something behind"
+
+
+# What a newcomer reads and types: the help, a list with spaces, a box in lat,lon order, the
+# line after a run where nothing had data.
+
+
+def test_help__every_flag_says_what_it_is_and_the_exit_codes_are_named() -> None:
+    from flows.flags import parser
+
+    p = parser()
+    bare = [a.option_strings for a in p._actions if a.option_strings != ["-h", "--help"]]
+    missing = [o for a, o in zip(p._actions[1:], bare, strict=True) if not (a.help or "").strip()]
+    assert not missing, f"flags without help: {missing}"
+    for code in ("0 every point", "1 some points", "2 bad input", "130", "143"):
+        assert code in (p.epilog or ""), code
+
+
+def test_models__a_list_written_with_spaces_after_its_commas_is_one_list() -> None:
+    from flows import flags
+
+    for typed in (["dofa_base,", "ssl4eo_resnet18_rgb"], ["dofa_base", ",ssl4eo_resnet18_rgb"]):
+        argv = flags.glue_negative_values(["--models", *typed, "--spacing", "500"])
+        params = flags.params(flags.parser().parse_args(argv))
+        assert tuple(params["inference"].models) == ("dofa_base", "ssl4eo_resnet18_rgb")
+
+
+def test_bbox__lat_lon_order_is_warned_of_with_the_box_it_probably_meant(capsys, tmp_path):
+    from flows.cli import main
+
+    swapped = "-47.86,-67.66,-47.84,-67.64"  # the demo's box, latitude first
+    code = main(["--dry-run", "--bbox", swapped, "--spacing", "500",
+                 "--out", str(tmp_path / "e.zarr"), "--work-dir", str(tmp_path / "w")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "outside the latitudes Sentinel-2 images systematically" in out
+    assert "give --bbox -67.66,-47.86,-67.64,-47.84" in out
+    main(["--dry-run", "--bbox", "-67.66,-47.86,-67.64,-47.84", "--spacing", "500",
+          "--out", str(tmp_path / "e.zarr"), "--work-dir", str(tmp_path / "w")])  # fmt: skip
+    assert "lat,lon" not in capsys.readouterr().out, "the right order is not warned of"
+
+
+def test_summary__no_point_with_data_names_the_likeliest_causes() -> None:
+    from flows.summary import nothing_ok_line
+
+    def summary(**status: int) -> dict:
+        full = {"ok": 0, "failed": 0, "nodata": 0, "pending": 0} | status
+        return {"points": 4, "models": {"m": {"status": full}}}
+
+    line = nothing_ok_line(summary(nodata=4))
+    assert line and "--max-cloud-cover" in line and "axes swapped" in line
+    assert nothing_ok_line(summary(ok=1, nodata=3)) is None
+    assert nothing_ok_line(summary(failed=4)) is None
+
+
+def test_inspect__time_without_patch_is_refused_not_ignored(capsys, tmp_path):
+    from flows.inspect import main as inspect
+
+    assert inspect([str(tmp_path / "e.zarr"), "--time", "2020-01-01"]) == 2
+    assert "--time is for --patch POINT_ID" in capsys.readouterr().err

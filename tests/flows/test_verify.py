@@ -61,7 +61,17 @@ def test_verify__the_store_holds_every_array_named_here_and_is_sound(capsys, sto
     assert sorted(zarr.open_group(str(store), mode="r").array_keys()) == ARRAYS
     code, out = verify(capsys, store)
     assert code == 0, out
-    assert "sound: every array holds what swath wrote" in out
+    # grid_model's last chunk was never written (an interrupted export): sound, not complete
+    assert "sound but incomplete: every chunk marked done holds its data, and 1 chunk(s)" in out
+    assert "sound and complete" not in out
+
+
+def test_verify__a_file_is_named_as_a_file_not_a_missing_folder(capsys, tmp_path):
+    notes = tmp_path / "README.md"
+    notes.write_text("# not a store\n")
+    assert main(["--verify", "--out", str(notes)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a swath store (a file)" in err and "no such folder" not in err
 
 
 @pytest.mark.parametrize("name", ARRAYS)

@@ -215,3 +215,22 @@ def test_inspect__time_without_patch_is_refused_not_ignored(capsys, tmp_path):
 
     assert inspect([str(tmp_path / "e.zarr"), "--time", "2020-01-01"]) == 2
     assert "--time is for --patch POINT_ID" in capsys.readouterr().err
+
+
+def test_dask__the_local_cluster_is_quiet_without_verbose(
+    tmp_path: Path, demo_catalog_dir: Path
+) -> None:
+    """Dask's scheduler, nanny and worker log lines (about 70 INFO lines a run, "Worker
+    process ... was killed by signal 9" among them) stay off unless --verbose."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_LOGGING", "DASK_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.export", "--runner", "dask",
+         "--catalog", str(demo_catalog_dir / "catalog.json"), "--out", str(tmp_path / "e.zarr"),
+         "--work-dir", str(tmp_path / "work"), "--models", "ssl4eo_resnet18_rgb",
+         "--weights", "random"],
+        cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=HANG_GUARD_S,
+    )  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    assert "distributed." not in out, out[-3000:]

@@ -394,7 +394,8 @@ def resolve_job(plan: Plan) -> Job:
 def resolve_products(plan: Plan) -> tuple[Product, ...]:
     """The sources can serve the plan's fetches (the demo catalog is built first: it is read
     as any catalog), then each product is resolved once (models are loaded). Raises
-    UsageError; torch is imported only once the sources have passed."""
+    UsageError; torch is imported only once the sources and the precomputed products have
+    passed, and only when a model runs."""
     imagery = plan.imagery
     if _demo(imagery):
         catalog = demo_catalog_path(Path(plan.work_dir)).parent
@@ -405,24 +406,32 @@ def resolve_products(plan: Plan) -> tuple[Product, ...]:
             made(str(catalog))
     planned = product_request(imagery, plan.window, plan.work_dir)
     _check_sources(planned_fetches(tuple(plan.inference.models), planned))
-    from tasks.infer import resolve_device  # torch
+    # Precomputed products first (a store that cannot be opened is refused without torch),
+    # then the device, then the models.
+    names = plan.inference.models
+    is_model = {n: products.PRODUCTS[n].facts.kind == "model" for n in names}
+    device, resolved = "cpu", dict[str, Product]()
+    for name in sorted(names, key=lambda n: is_model[n]):
+        if is_model[name] and not any(is_model[n] for n in resolved):
+            from tasks.infer import resolve_device  # torch
 
-    try:
-        device = resolve_device(plan.inference.device)
-    except ValueError as e:
-        raise UsageError(str(e)) from e
-    request = product_request(
-        imagery,
-        plan.window,
-        plan.work_dir,
-        options=plan.options,
-        weights=plan.inference.weights,
-        device=device,
-    )
-    try:
-        return tuple(products.resolve(name, request) for name in plan.inference.models)
-    except ProductError as e:
-        raise UsageError(str(e)) from e
+            try:
+                device = resolve_device(plan.inference.device)
+            except ValueError as e:
+                raise UsageError(str(e)) from e
+        request = product_request(
+            imagery,
+            plan.window,
+            plan.work_dir,
+            options=plan.options,
+            weights=plan.inference.weights,
+            device=device,
+        )
+        try:
+            resolved[name] = products.resolve(name, request)
+        except ProductError as e:
+            raise UsageError(str(e)) from e
+    return tuple(resolved[n] for n in names)
 
 
 def open_job(plan: Plan, resolved: tuple[Product, ...]) -> Job:

@@ -81,6 +81,16 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str, bool]] = {
         r"cannot connect",
         False,
     ),
+    "tessera-store-offline": (
+        lambda t: [
+            "--models",
+            "tessera,ssl4eo_resnet18_rgb",
+            "--tessera-store",
+            f"http://127.0.0.1:{_closed_port()}/store",
+        ],
+        r"cannot open the Tessera store",
+        False,
+    ),
     "fp16-on-the-cpu": (
         lambda t: ["--precision", "fp16", "--device", "cpu"],
         r"--precision fp16 needs a CUDA device, and --device is cpu",
@@ -110,7 +120,9 @@ def test_refusal__before_torch_and_prefect_and_nothing_left(tmp_path: Path, case
         argv += ["--out", str(tmp_path / "e.zarr")]
     if "--work-dir" not in argv:
         argv += ["--work-dir", str(tmp_path / "work")]
-    argv += ["--models", "ssl4eo_resnet18_rgb", "--weights", "random"]
+    if "--models" not in argv:
+        argv += ["--models", "ssl4eo_resnet18_rgb"]
+    argv += ["--weights", "random"]
     before = _tree(tmp_path)
     done = subprocess.run(
         [sys.executable, "-c", RUN, *argv],

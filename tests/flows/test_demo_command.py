@@ -2,6 +2,7 @@
 on a machine with no network and an empty cache."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,14 @@ def test_demo__runs_offline_with_no_arguments(tmp_path):
     assert "Downloading" not in out
     assert out.count("download failed") == 2, out  # once per model
     assert "| INFO" not in out and "| WARNING" not in out
-    assert "swath: writing" in out and "4/4 chunk-products" in out
+    assert "swath: written" in out and "4/4 (chunk, model) pairs" in out
+    # One duration: the bar ends on the summary's (both from the command's start).
+    bar = re.search(r"pairs in (\d+):(\d\d):(\d\d)", out)
+    said = re.search(r"swath: 59 points, 2 chunks, ([\d.]+) s", out)
+    assert bar and said, out[-2000:]
+    h, m, s = (int(g) for g in bar.groups())
+    assert h * 3600 + m * 60 + s == round(float(said.group(1))), out[-2000:]
+    assert not (tmp_path / "swath-demo.zarr.lock").exists(), "the lock file outlived the run"
     ds = xr.open_zarr(tmp_path / "swath-demo.zarr")
     assert ds.sizes["point"] == 59
     for model in ("dofa_base", "ssl4eo_resnet18_rgb"):

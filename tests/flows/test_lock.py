@@ -60,3 +60,43 @@ def test_lock__two_exports_of_one_store_by_two_names_0_2_s_apart_one_is_refused(
     assert (store / "zarr.json").is_file(), "the store is where the path really leads"
     assert not (tmp_path / "e.zarr").exists(), "a `..` was taken lexically"
     assert not list(tmp_path.rglob("*.creating-*")), "a staging store was left behind"
+
+
+def test_lock__the_lock_file_lies_beside_the_store_while_held_and_goes_with_its_holder(
+    tmp_path: Path,
+) -> None:
+    """A file:// URL is the local store it names: locked beside it (not in the work dir). The
+    holder removes the file while still holding it, so no `<store>.lock` outlives an export;
+    a second holder afterwards makes and locks a new one."""
+    from tasks.store.locks import StoreBusy, writer_lock
+
+    store, work = tmp_path / "e.zarr", tmp_path / "work"
+    beside = tmp_path / "e.zarr.lock"
+    with writer_lock(f"file://{store}", wait=False, lock_dir=str(work / "locks")):
+        assert beside.is_file()
+        with pytest.raises(StoreBusy), writer_lock(str(store), wait=False, lock_dir=str(work)):
+            pass
+    assert not beside.exists() and not work.exists()
+    with writer_lock(str(store), wait=False, lock_dir=str(work)):
+        assert beside.is_file()
+    assert not beside.exists()
+
+
+def test_lock__a_waiter_on_a_removed_lock_file_locks_the_new_one(tmp_path: Path) -> None:
+    """The holder removes its lock file as it lets go; one that opened the old file and waited
+    must not hold a lock on a file no longer there while a third process locks a new one."""
+    import fcntl
+
+    from tasks.store.locks import _locked
+
+    path = str(tmp_path / "e.zarr.lock")
+    old = open(path, "a+")  # noqa: SIM115 - the first holder's file, removed as it lets go
+    fcntl.flock(old, fcntl.LOCK_EX)
+    os.remove(path)
+    fcntl.flock(old, fcntl.LOCK_UN)
+    held = _locked(path, "e.zarr", wait=False)  # the waiter: it must lock the file at `path`
+    try:
+        assert os.fstat(held.fileno()).st_ino == os.stat(path).st_ino
+    finally:
+        held.close()
+        old.close()

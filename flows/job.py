@@ -373,8 +373,8 @@ def job_for(
             plan = plan_job(region, window, imagery, inference, output, today=today)
             planned(plan)
             resolved = resolve_products(plan)
-            if is_url(plan.store):
-                make_folder(plan.locks_dir)
+            if is_url(plan.store) and not plan.store.startswith("file://"):
+                make_folder(plan.locks_dir)  # an object store's lock lies in the work dir
             lock = writer_lock(
                 plan.store,
                 wait=output.wait,

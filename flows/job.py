@@ -410,9 +410,10 @@ def resolve_products(plan: Plan) -> tuple[Product, ...]:
     # then the device, then the models.
     names = plan.inference.models
     is_model = {n: products.PRODUCTS[n].facts.kind == "model" for n in names}
-    device, resolved = "cpu", dict[str, Product]()
+    device: str | None = None  # resolved for the first model
+    resolved: dict[str, Product] = {}
     for name in sorted(names, key=lambda n: is_model[n]):
-        if is_model[name] and not any(is_model[n] for n in resolved):
+        if is_model[name] and device is None:
             from tasks.infer import resolve_device  # torch
 
             try:
@@ -425,7 +426,7 @@ def resolve_products(plan: Plan) -> tuple[Product, ...]:
             plan.work_dir,
             options=plan.options,
             weights=plan.inference.weights,
-            device=device,
+            device=device or "cpu",
         )
         try:
             resolved[name] = products.resolve(name, request)

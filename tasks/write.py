@@ -17,7 +17,8 @@ from tasks.plan.chunks import Chunk
 from tasks.plan.shards import contiguous_runs
 from tasks.prefetch import TRANSIENT_RETRIES
 from tasks.results import ChunkResult, load_result
-from tasks.sources.registry import TransientSourceError, classify_error
+from tasks.sources.failures import classify_error
+from tasks.sources.registry import TransientSourceError
 from tasks.store import compact
 from tasks.store.integrity import UNREADABLE, seal_chunks
 from tasks.store.layout import REASON_BYTES

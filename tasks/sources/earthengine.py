@@ -3,7 +3,7 @@
 Per group of nearby points (one UTM zone, one pixel phase, patches close together) one
 `ee.data.computePixels` request answers the whole group as a NumPy array, on an explicit
 north-up grid in the points' UTM zone at the configuration's resolution, snapped so that
-every patch is exactly the N x N grid `tasks.sources.stac.patch_geobox` gives its point. A
+every patch is exactly the N x N grid `tasks.sources.pixels.patch_geobox` gives its point. A
 grid that would pass one of Earth Engine's per-request limits (bytes, pixels per side, bands)
 is split into sub-grids and groups of bands, and stitched.
 
@@ -37,19 +37,18 @@ import numpy as np
 from tasks.plan.points import Point
 from tasks.sources import sensors
 from tasks.sources.earthengine_auth import load_credentials
+from tasks.sources.failures import error_chain, unreachable
+from tasks.sources.pixels import pixel_phase, read_together, union_box
 from tasks.sources.registry import (
     EarthEngineOptions,
     ImagerySourceError,
     Patches,
     SensorConfig,
     TransientSourceError,
-    error_chain,
     own_options,
     patch_corner,
     plain_http_origins,
-    unreachable,
 )
-from tasks.sources.stac import pixel_phase, read_together, union_box
 from tasks.store.locks import ensure_concurrency_limit
 
 # Earth Engine's limits on one computePixels, as its REST reference states them for
@@ -122,9 +121,9 @@ class PixelGrid:
 
 def plan_grids(points: Sequence[Point], n: int, resolution_m: float) -> list[PixelGrid]:
     """The grids that answer the points' N x N patches. Points of one zone and pixel phase
-    join a grid while their patches are read together (tasks.sources.stac.read_together; greedily,
+    join a grid while their patches are read together (tasks.sources.pixels.read_together; greedily,
     north to south), else start their own. A patch's top-left corner is where
-    tasks.sources.registry.patch_corner puts it (as tasks.sources.stac.patch_geobox does):
+    tasks.sources.registry.patch_corner puts it (as tasks.sources.pixels.patch_geobox does):
     never with pixel centres on the 10 m grid's pixel edges, so Earth Engine's own
     nearest-neighbour resampling has no tie to break."""
     groups: dict[tuple[int, float, float], list[tuple[int, float, float]]] = defaultdict(list)

@@ -25,7 +25,9 @@ from pystac_client.stac_api_io import StacApiIO
 from urllib3.util.retry import Retry
 
 from tasks.plan.points import Point
+from tasks.sources.failures import error_chain, keeps_secrets, unreachable
 from tasks.sources.gdal_log import count_gdal_retries
+from tasks.sources.pixels import patch_geobox
 from tasks.sources.redact import redact_logs, redact_urls
 from tasks.sources.registry import (
     ImagerySourceError,
@@ -33,19 +35,15 @@ from tasks.sources.registry import (
     SensorConfig,
     StacApiOptions,
     TransientSourceError,
-    error_chain,
     own_options,
     plain_http_origins,
-    unreachable,
 )
 from tasks.sources.stac import (
     GDAL_HTTP_OPTIONS,
     check_composite,
     composite_patches,
-    keeps_secrets,
     open_header,
     parse_item,
-    patch_geobox,
     resolve_assets,
     scl_asset,
 )

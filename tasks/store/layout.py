@@ -254,9 +254,14 @@ TEXT_BLOCK = 16_384  # rows of a text array that open_store decodes at a time
 
 
 def open_store(path: str) -> xr.Dataset:
-    """`xr.open_zarr(path)` with its text arrays (point ids, reasons) decoded to strings, and
-    float16 and int8 embeddings decoded to float32 (int8 with their per-vector scales)."""
+    """`xr.open_zarr(path)` with its text arrays (point ids, reasons) decoded to strings,
+    float16 and int8 embeddings decoded to float32 (int8 with their per-vector scales), and
+    attributes as netCDF takes them (`conventions.netcdf_attrs`): nested ones as JSON text,
+    `flag_values` of their variable's type. `open_store(path).to_netcdf(...)` saves it."""
     ds = xr.open_zarr(path)
+    ds.attrs = conventions.netcdf_attrs(ds.attrs)
+    for var in ds.variables.values():
+        var.attrs = conventions.netcdf_attrs(var.attrs, var.dtype)
     for name in [n for n, v in ds.variables.items() if v.attrs.get(TEXT_ATTR)]:
         var = ds[name]
         if var.chunks and max(var.chunks[-2]) > TEXT_BLOCK:  # decode a part without the rest
@@ -313,6 +318,8 @@ def add_window(path: str, layout: StoreLayout, window: Window) -> int:
     ds, _ = _template(layout, window)
     ds = ds.drop_vars([v for v in ds.variables if "time" not in ds[v].dims])
     ds.attrs = dict(zarr.open_group(path, mode="r").attrs)  # an append rewrites the root attrs
+    line = conventions.history_line(f"time entry added for {window[0]}..{window[1]}")
+    ds.attrs["history"] = "\n".join(filter(None, [ds.attrs.get("history"), line]))
     with _quiet_consolidation():
         ds.to_zarr(path, append_dim="time", compute=False, consolidated=True)
         soundness.record(path)  # the time arrays' values and every time array's shape
@@ -393,7 +400,7 @@ def _template(
             {TEXT_ATTR: TEXT_ENCODING, "long_name": f"why {m.name} failed or has no data"}
         )
         ds[f"{m.name}_status"].attrs.update(
-            flag_values=[int(s) for s in Status],
+            flag_values=np.array([int(s) for s in Status], dtype=np.int8),  # the variable's type
             flag_meanings=" ".join(s.name.lower() for s in Status),
             long_name=f"state of each point's {m.name} embedding",
         )

@@ -125,10 +125,9 @@ def test_store__tensorstore_reads_every_array_as_xarray_does(tmp_path):
     assert list(text.dofa_base_reason.values[0]) == NON_ASCII
 
 
-@pytest.mark.parametrize("opener", [xr.open_zarr, open_store], ids=["open_zarr", "open_store"])
-def test_store__saves_as_netcdf_with_its_values_and_parseable_attrs(store, tmp_path, opener):
+def test_store__open_store_saves_as_netcdf_with_its_values_and_parseable_attrs(store, tmp_path):
     nc = tmp_path / "e.nc"
-    ds = opener(store)
+    ds = open_store(store)
     ds.to_netcdf(nc, engine="scipy")  # netCDF-3: the engine installed with swath (scipy)
     with xr.open_dataset(nc, engine="scipy") as back:
         assert set(back.variables) == set(ds.variables)
@@ -136,6 +135,16 @@ def test_store__saves_as_netcdf_with_its_values_and_parseable_attrs(store, tmp_p
             np.testing.assert_array_equal(back[name].values, var.values, err_msg=str(name))
         assert json.loads(back.attrs["models"])["dofa_base"]["weights"]["kind"] == "random"
         assert json.loads(back.attrs["swath"])["fingerprint"] == LAYOUT.fingerprint()
+        # the geoemb: objects and lists of the Zarr store, as JSON text
+        layout = json.loads(back.dofa_base.attrs["geoemb:chip_layout"])
+        assert layout == {"layout_type": "irregular", "chip_size": [8, 8]}
+        assert json.loads(back.tiny_grid.attrs["zarr_conventions"])[0]["name"] == "geoemb:"
+
+
+def test_store__xarray_alone_cannot_save_the_nested_attributes_as_netcdf(store, tmp_path):
+    """What `open_store` is for: `xr.open_zarr` gives the geoemb: objects as they are."""
+    with pytest.raises(TypeError, match="geoemb:"):
+        xr.open_zarr(store).to_netcdf(tmp_path / "e.nc", engine="scipy")
 
 
 def test_read_meta__parses_swath_and_models(store):

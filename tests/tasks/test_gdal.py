@@ -58,6 +58,9 @@ def test_gdal__reads_every_variable_of_an_unsharded_store_as_xarray_does(tmp_pat
             got = gdal_read(w.path, name)
             assert got.dtype == want.dtype, name
             np.testing.assert_array_equal(got.reshape(want.shape), want, err_msg=name)
+        for name in ("point_id", "lon", "lat"):  # ids as UTF-8 bytes; 1-D arrays as one row
+            want = ds[name].values
+            np.testing.assert_array_equal(gdal_read(w.path, name).reshape(want.shape), want)
     for m in ("pooled_model", "grid_model"):  # what was written, not only what xarray read
         stored, _ = compact.encode(w.embeddings[m], dtype)  # NaN (int8: -128) where not ok
         np.testing.assert_array_equal(gdal_read(w.path, m).reshape(stored.shape), stored)

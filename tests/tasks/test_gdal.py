@@ -4,6 +4,7 @@ sharding codec (before 3.13) cannot read it."""
 
 import json
 import shutil
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from tasks.plan.chunks import Chunk, make_chunks
 from tasks.results import ChunkResult
 from tasks.store import compact
 from tasks.store.integrity import check_done
-from tasks.store.layout import StoreLayout, StoreMismatch, check_store
+from tasks.store.layout import StoreLayout, StoreMismatch, add_window, check_store
 from tasks.write import write_chunk
 from tests.stores import MODELS, write_store
 
@@ -141,3 +142,15 @@ def chunk_result(ds: xr.Dataset, model: str, chunk: Chunk, reasons: list[str]) -
         reasons[s],
         ds[f"{model}_valid_fraction"].values[0, s],
     )
+
+
+def test_gdal__a_window_added_to_an_unsharded_store_stays_unsharded_and_readable(tmp_path):
+    w = write_store(tmp_path / "s.zarr", shards="none")
+    t = add_window(w.path, w.layout, (date(2025, 1, 1), date(2025, 12, 31)))
+    assert t == 1
+    meta = json.loads(Path(w.path, "pooled_model_status", "zarr.json").read_text())
+    assert meta["shape"][0] == 2 and "sharding_indexed" not in json.dumps(meta["codecs"])
+    with xr.open_zarr(w.path) as ds:
+        for name in ("pooled_model", "pooled_model_status"):
+            want = ds[name].values
+            np.testing.assert_array_equal(gdal_read(w.path, name).reshape(want.shape), want)

@@ -10,7 +10,8 @@ Layout (the contract with users, see README):
   (time, chunk): each chunk's CRC-32, written before its status (tasks/store/integrity.py);
 - text (`point_id`, `<model>_reason`) as UTF-8 bytes in uint8 arrays (see TEXT_ENCODING);
 - every variable of a model sharded by write blocks of K plan chunks along `point` (and
-  `chunk`), one plan chunk per inner Zarr chunk (tasks/plan/shards.py);
+  `chunk`), one plan chunk per inner Zarr chunk (tasks/plan/shards.py); with `shards="none"`
+  one plain Zarr chunk (one file) per plan chunk instead;
 - attrs, as JSON text: `swath` (format, fingerprint, software version, window) and `models`
   (per model, its spec, weights, sensor configuration and inference options); `read_meta`.
 """
@@ -35,7 +36,7 @@ from fsspec.core import url_to_fs
 
 from embedders.spec import Status
 from tasks.plan.points import BLOCK_POINTS, PointTable
-from tasks.plan.shards import choose_block_chunks
+from tasks.plan.shards import Shards, choose_block_chunks, chunk_encoding
 from tasks.results import ModelOutput
 from tasks.store import compact, conventions, soundness
 from tasks.store.coords import id_bytes, write_coords
@@ -71,6 +72,7 @@ class StoreLayout:
     chunk_size: int
     models: tuple[ModelOutput, ...]
     dtype: compact.Dtype = "float32"  # how embeddings are stored (tasks/store/compact.py)
+    shards: Shards = "auto"  # "none": one file per plan chunk (tasks/plan/shards.py)
 
     def __post_init__(self) -> None:
         if not isinstance(self.points, PointTable):
@@ -78,10 +80,11 @@ class StoreLayout:
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
-        # A compact dtype joins the fingerprint; float32 adds nothing, so that stores written
-        # before --dtype existed keep their fingerprint.
+        # A compact dtype and an unsharded layout join the fingerprint; float32 and shards add
+        # nothing, so that stores written before --dtype and --shards keep their fingerprint.
         compact_dtype = [] if self.dtype == "float32" else [self.dtype]
-        h.update(json.dumps([STORE_FORMAT, self.chunk_size, *compact_dtype]).encode())
+        unsharded = [] if self.shards == "auto" else ["shards=none"]
+        h.update(json.dumps([STORE_FORMAT, self.chunk_size, *compact_dtype, *unsharded]).encode())
         h.update(self.points.digest.encode())
         for m in self.models:
             h.update(
@@ -95,6 +98,7 @@ class StoreLayout:
             "points": len(self.points),
             "chunk_size": self.chunk_size,
             "dtype": self.dtype,
+            "shards": self.shards,
             "models": {
                 m.name: {"dim": m.embed_dim, "grid": m.grid_shape, "identity": m.identity}
                 for m in self.models
@@ -153,9 +157,11 @@ def check_store(path: str, layout: StoreLayout) -> bool:
 def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     """The first field that differs, named by its path (e.g. models.x.identity.weights)."""
     new = json.loads(json.dumps(new))  # tuples as lists, as stored
-    for key in ("points", "chunk_size"):
-        if old.get(key) != new.get(key):
-            return f"{key}: store has {_short(old.get(key))}, this run has {_short(new.get(key))}"
+    for key, before in LAYOUT_DEFAULTS.items():
+        was = old.get(key, before)
+        if was != new.get(key):
+            fix = f", to resume give --{key} {was}" if key in CHOSEN else ""
+            return f"{key}: store has {_short(was)}, this run has {_short(new[key])}{fix}"
     old_models, new_models = old.get("models", {}), new.get("models", {})
     if list(old_models) != list(new_models):
         return f"models: store has {list(old_models)}, this run has {list(new_models)}"
@@ -164,6 +170,16 @@ def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
         if found:
             return found
     return "same sizes and models, other points: another region or spacing"
+
+
+# The layout's plain fields, each with what a store written before the field existed had.
+LAYOUT_DEFAULTS: dict[str, Any] = {
+    "points": None,
+    "chunk_size": None,
+    "dtype": "float32",
+    "shards": "auto",
+}
+CHOSEN = ("dtype", "shards")  # ... of which these are chosen by a flag of the same name
 
 
 def _first_difference(old: Any, new: Any, where: str) -> str | None:
@@ -197,8 +213,8 @@ def create_store(
     has no rename) is marked as being created until its attributes are written last.
 
     Data variables are sharded by write blocks of `block_chunks` plan chunks (default:
-    `default_block_chunks(layout)`)."""
-    k = block_chunks or default_block_chunks(layout)
+    `default_block_chunks(layout)`), unless the layout asks for no shards."""
+    k = None if layout.shards == "none" else block_chunks or default_block_chunks(layout)
     ds, encoding = _template(layout, window, block_chunks=k)
     models = {m.name: {**m.identity, **m.provenance} for m in layout.models}
     ds.attrs["models"] = json.dumps(models, sort_keys=True)
@@ -353,11 +369,12 @@ def default_block_chunks(layout: StoreLayout, *, at_most: int | None = None) -> 
 
 
 def _template(
-    layout: StoreLayout, window: Window, *, block_chunks: int = 1
+    layout: StoreLayout, window: Window, *, block_chunks: int | None = 1
 ) -> tuple[xr.Dataset, dict[str, Any]]:
     """The store's variables, lazily: the point coordinates are placeholders that
     `write_coords` fills from the plan a block at a time, and data variables stay at their
-    fill values until written (no chunk of them is stored)."""
+    fill values until written (no chunk of them is stored). Data variables are sharded by
+    `block_chunks` plan chunks; None: not sharded."""
     n, cs = len(layout.points), layout.chunk_size
     block = (min(BLOCK_POINTS, max(n, 1)),)
     coords = {
@@ -377,17 +394,13 @@ def _template(
     encoding: dict[str, dict[str, Any]] = {}
     for m in layout.models:
         for name, (dims, shape, dtype, fill) in _model_variables(m, n, layout.dtype).items():
-            chunks, shards = (1, cs, *shape[2:]), (1, cs * block_chunks, *shape[2:])
-            data_vars[name] = (dims, da.full(shape, fill, dtype=dtype, chunks=shards))
-            encoding[name] = {"fill_value": fill, "chunks": chunks, "shards": shards}
+            stored = chunk_encoding((1, cs, *shape[2:]), block_chunks)
+            data_vars[name] = (dims, da.full(shape, fill, dtype=dtype, chunks=_files(stored)))
+            encoding[name] = {"fill_value": fill, **stored}
         dims, values, along = checksum_variable(m.name, -(-n // cs))
-        shards = (1, along * block_chunks)
-        data_vars[checksum_name(m.name)] = (dims, da.from_array(values, chunks=shards))
-        encoding[checksum_name(m.name)] = {
-            "fill_value": values.dtype.type(CHECKSUM_FILL),
-            "chunks": (1, along),
-            "shards": shards,
-        }
+        stored = chunk_encoding((1, along), block_chunks)
+        data_vars[checksum_name(m.name)] = (dims, da.from_array(values, chunks=_files(stored)))
+        encoding[checksum_name(m.name)] = {"fill_value": values.dtype.type(CHECKSUM_FILL), **stored}
     ds = xr.Dataset(data_vars, coords=coords)
     ds.point_id.attrs.update({TEXT_ATTR: TEXT_ENCODING, "long_name": "point id, UTF-8 bytes"})
     for m in layout.models:
@@ -415,6 +428,11 @@ def _template(
     ds["time_bounds"] = (("time", "bnds"), conventions.time_bounds(start, end))
     conventions.annotate(ds, layout)
     return ds, encoding
+
+
+def _files(encoding: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+    """The shape of one stored file of an array: its shard, or its chunk where it has none."""
+    return encoding.get("shards", encoding["chunks"])
 
 
 def _model_variables(

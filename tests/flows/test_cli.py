@@ -369,6 +369,27 @@ def test_cli__dry_run_counts_child_runs_of_whole_write_blocks(capsys, tmp_path):
     assert "1 flow run + 4 child runs, at most 55 task runs each (17 chunks x (1 fetch + " in text
 
 
+def test_cli__dry_run_with_shards_none_writes_one_file_per_chunk(capsys, tmp_path):
+    out, work = tmp_path / "e.zarr", tmp_path / "work"
+    code = main(["--dry-run", "--out", str(out), "--work-dir", str(work), "--chunk-size", "1",
+                 "--chunks-per-run", "20", "--shards", "none"])  # fmt: skip
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "59 chunks of up to 1; no shards (one file per chunk and array)" in text
+    assert (
+        "1 flow run + 3 child runs, at most 100 task runs each (20 chunks x (1 fetch + 2 " in text
+    )
+    assert "+ 20 blocks x 2 write)" in text  # a write task per chunk: no two share a file
+
+
+def test_cli__shards_flag_reaches_the_output_settings():
+    from flows.flags import params, parser
+
+    assert params(parser().parse_args([]))["output"].shards == "auto"
+    assert params(parser().parse_args(["--shards", "none"]))["output"].shards == "none"
+    assert "--shards {auto,none}" in parser().format_help()
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

@@ -173,3 +173,28 @@ def test_export__int8_store_decodes_close_to_float32_and_reports_its_cosine(tmp_
     b = open_store(small["store"]).ssl4eo_resnet18_rgb.values[0].astype("f8")
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() == pytest.approx(cosine, abs=1e-6)
+
+
+def test_export__shards_none_writes_a_store_gdal_reads_and_a_rerun_keeps_it(tmp_path, served_demo):
+    """GDAL before 3.13 reads no Zarr shard: `shards="none"` stores plain chunks, which
+    rasterio's GDAL reads value for value; the setting is part of the store's layout."""
+    import rasterio
+
+    model = "ssl4eo_resnet18_rgb"
+    p = params(tmp_path, served_demo.url, bbox=PAST_EDGE, models=[model])
+    p["output"] = p["output"].model_copy(update={"shards": "none"})
+    with pytest.raises(ExportGaps) as gaps:  # the eastern points have no imagery
+        export(**p)
+    store = gaps.value.summary["store"]
+    with xr.open_zarr(store) as ds:
+        assert (ds[f"{model}_status"].values == Status.NODATA).any()
+        for name in (model, f"{model}_status", f"{model}_reason", f"{model}_valid_fraction"):
+            want = ds[name].values
+            with rasterio.open(f'ZARR:"{store}":/{name}') as r:
+                got = r.read()
+            np.testing.assert_array_equal(got.reshape(want.shape), want, err_msg=name)
+    before = snapshot(Path(store))
+    p["output"] = p["output"].model_copy(update={"shards": "auto"})
+    with pytest.raises(UsageError, match="to resume give --shards none"):
+        export(**p)
+    assert snapshot(Path(store)) == before

@@ -86,7 +86,8 @@ def vectors(a: np.ndarray) -> np.ndarray:
 def test_store__a_dtype_change_on_resume_is_refused_naming_it(tmp_path: Path) -> None:
     w = write_store(tmp_path / "s.zarr", dtype="int8")
     layout = StoreLayout(w.layout.points, w.layout.chunk_size, w.layout.models, "float32")
-    with pytest.raises(StoreMismatch, match="dtype"):
+    message = r'dtype: store has "int8", this run has "float32", to resume give --dtype int8'
+    with pytest.raises(StoreMismatch, match=message):
         check_store(w.path, layout)
     assert check_store(w.path, w.layout)  # the same dtype resumes
 

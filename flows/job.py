@@ -49,8 +49,9 @@ from tasks.sources.demo import build_demo_catalog, demo_catalog_path
 from tasks.sources.registry import DEMO_CATALOG, ImagerySourceError, TransientSourceError
 from tasks.store import soundness
 from tasks.store.compact import Dtype
+from tasks.store.compatibility import check_store
 from tasks.store.integrity import Damage, check_done
-from tasks.store.layout import StoreLayout, StoreMismatch, check_store, is_url, time_index
+from tasks.store.layout import StoreLayout, StoreMismatch, is_url, time_index
 
 
 @dataclass(frozen=True)

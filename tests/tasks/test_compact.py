@@ -10,8 +10,9 @@ import zarr
 from embedders.spec import Status
 from tasks.plan.chunks import make_chunks
 from tasks.store import compact
+from tasks.store.compatibility import check_store
 from tasks.store.integrity import check_done
-from tasks.store.layout import StoreLayout, StoreMismatch, check_store, open_store
+from tasks.store.layout import StoreLayout, StoreMismatch, open_store
 from tests.stores import write_store
 
 

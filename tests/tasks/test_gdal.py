@@ -17,8 +17,9 @@ from flows.params import Output
 from tasks.plan.chunks import Chunk, make_chunks
 from tasks.results import ChunkResult
 from tasks.store import compact
+from tasks.store.compatibility import check_store
 from tasks.store.integrity import check_done
-from tasks.store.layout import StoreLayout, StoreMismatch, add_window, check_store
+from tasks.store.layout import StoreLayout, StoreMismatch, add_window
 from tasks.write import write_chunk
 from tests.stores import MODELS, write_store
 

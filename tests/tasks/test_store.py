@@ -2,6 +2,7 @@
 (tensorstore), netCDF; and its attributes through `read_meta`. Stores are written by swath's
 own `create_store` + `write_chunk`."""
 
+import dataclasses
 import json
 import re
 from datetime import date
@@ -16,11 +17,11 @@ from embedders.spec import Status
 from tasks.plan.chunks import make_chunks
 from tasks.plan.points import Point
 from tasks.results import ChunkResult, ModelOutput
+from tasks.store.compatibility import check_store
 from tasks.store.layout import (
     REASON_BYTES,
     StoreLayout,
     StoreMismatch,
-    check_store,
     create_store,
     open_store,
     read_meta,
@@ -53,15 +54,17 @@ REASONS = ["", "no item covers it", "", "", LONG]
 NON_ASCII = ["", "échec: nuage à 100 %", "", "", "timeout"]
 
 
-def write_store(path: Path, reasons: list[str]) -> str:
-    """A finished store: point 1 has no data, point 4 failed, the others are ok."""
+def write_store(path: Path, reasons: list[str], *, shards: str = "auto") -> str:
+    """A finished store: point 1 has no data, point 4 failed, the others are ok; its files
+    laid out as `shards` asks."""
     store = str(path)
-    create_store(store, LAYOUT, WINDOW, attrs={"region": {"bbox": [-67.66, -47.86, -67.6, -47.84]}})
+    layout = dataclasses.replace(LAYOUT, shards=shards)
+    create_store(store, layout, WINDOW, attrs={"region": {"bbox": [-67.66, -47.86, -67.6, -47.84]}})
     rng = np.random.default_rng(0)
     status = np.array([1, 3, 1, 1, 2], dtype="int8")
     for m in MODELS:
         shape = (m.embed_dim, *(m.grid_shape or ()))
-        for c in make_chunks(list(POINTS), LAYOUT.chunk_size):
+        for c in make_chunks(list(POINTS), layout.chunk_size):
             n, s = len(c.points), slice(c.start, c.stop)
             emb = rng.standard_normal((n, *shape)).astype("float32")
             emb[status[s] != Status.OK] = np.nan
@@ -75,9 +78,11 @@ def store(tmp_path: Path) -> str:
     return write_store(tmp_path / "embeddings.zarr", REASONS)
 
 
-def test_readme__every_python_example_runs_against_a_real_store(store, monkeypatch):
+def test_readme__every_python_example_runs_against_a_real_store(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
     assert blocks, "the README has no Python example"
+    # Unsharded, as "Reading with GDAL" exports it: rasterio's GDAL reads no shards.
+    store = write_store(tmp_path / "embeddings.zarr", REASONS, shards="none")
     monkeypatch.chdir(Path(store).parent)  # the examples open "embeddings.zarr"
     for i, code in enumerate(blocks):
         exec(compile(code, f"README.md python block {i + 1}", "exec"), {"__name__": "readme"})

@@ -130,7 +130,7 @@ class Progress:
 
     def describe(self) -> str:
         """`12 of 16 (chunk, model) pairs of STORE finished: 7 written by this run, 1
-        failed (a rerun redoes it), 4 done before it`, naming only the parts there are."""
+        failed (a rerun redoes them), 4 done before it`, naming only the parts there are."""
         parts = [f"{self.written} written by this run"]
         if self.failed:
             parts.append(f"{self.failed} failed (a rerun redoes them)")

@@ -120,5 +120,8 @@ def test_task_runs__are_named_by_stage_chunk_and_what_they_make(runs):
         f"produce c00000 {MODEL}",
         f"produce c00001 {MODEL}",
         f"produce c00002 {MODEL}",
-        f"write c00000-c00002 {MODEL}",  # the chunks' write block: the first to the last
+        # a write block per chunk here (3 chunks); a block of several: `write c00004-c00007`
+        f"write c00000 {MODEL}",
+        f"write c00001 {MODEL}",
+        f"write c00002 {MODEL}",
     ]

@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 from prefect import Flow, State, flow, get_run_logger
-from prefect.artifacts import create_progress_artifact
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from prefect.states import Failed
@@ -213,12 +212,7 @@ def _progress(job: Job, todo: Todo, listener: Listener | None) -> Progress:
     run counted done: one artifact, and `listener`."""
     total = len(job.plan.chunks) * len(job.products)
     done = total - sum(len(c.products) for c in todo.chunks)
-    artifact = create_progress_artifact(
-        progress=100.0 * done / total if total else 100.0,
-        key="swath-export-progress",
-        description=f"(chunk, model) pairs written to {job.plan.store}",
-    )
-    return Progress(artifact, total, listener, done=done)  # type: ignore[arg-type]
+    return Progress(job.plan.store, total, listener, done=done)
 
 
 def _run(pipeline: Pipeline, todo: list[ChunkTodo], chunks_per_run: int) -> PartReport:

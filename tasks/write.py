@@ -43,6 +43,12 @@ class Block:
     def key(self) -> str:
         return f"block-{self.index:05d} ({self.chunks[0].key}..{self.chunks[-1].key})"
 
+    @property
+    def label(self) -> str:
+        """Its chunks' short names, first-last (`c00004-c00007`; `c00004` for one chunk)."""
+        first, last = self.chunks[0].label, self.chunks[-1].label
+        return first if first == last else f"{first}-{last}"
+
 
 @dataclass(frozen=True)
 class NotProduced:
@@ -180,7 +186,7 @@ def write_block(
 # those are retried like the source's, the whole block again with the done marks last.
 @task(
     name="write",
-    task_run_name="write {model} {block.key}",
+    task_run_name="write {block.label} {model}",
     **TRANSIENT_RETRIES,
 )
 def write_task(

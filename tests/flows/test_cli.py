@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flows.cli import main
+from flows.cli import clock_text, main
 from tests.waiting import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -340,6 +340,22 @@ def test_cli__the_flow_runs_the_job_the_command_line_resolved_and_reports_its_pr
     assert resolved == [str(out)]
     assert heard and heard[-1][0] == heard[-1][1] > 0
     assert "ssl4eo_resnet18_rgb" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "left", "took", "text"),
+    [
+        (115.2, 10.4, None, "0:01:55 elapsed, about 0:00:10 left"),
+        (115.2, None, None, "0:01:55 elapsed"),  # no rate yet (or the bar is full)
+        (115.2, 0.4, None, "0:01:55 elapsed"),  # never "about 0:00:00 left"
+        (0.0, 0.0, None, "0:00:00 elapsed"),
+        (130.0, 0.2, 125.4, "in 0:02:05"),  # ended: the summary's duration
+    ],
+)
+def test_cli__the_bar_clock_says_elapsed_and_left_only_while_something_is_left(
+    elapsed, left, took, text
+):
+    assert clock_text(elapsed, left, took) == text
 
 
 def test_cli__dry_run_says_what_an_export_would_do_and_writes_nothing(capsys, tmp_path):

@@ -139,15 +139,29 @@ def test_export__refresh_redoes_every_chunk_and_gives_the_same_store(tmp_path, s
         np.testing.assert_array_equal(after[name].values, var.values, err_msg=name)
 
 
-def test_export__leaves_a_progress_and_a_summary_artifact(tmp_path, served_demo):
-    state = export(
-        **params(tmp_path, served_demo.url, models=["ssl4eo_resnet18_rgb"]), return_state=True
-    )
-    summary = state.result()
+def artifacts_of(state) -> dict:
     run_filter = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
     with get_client(sync_client=True) as client:
-        artifacts = {a.key: a for a in client.read_artifacts(flow_run_filter=run_filter)}
-    assert artifacts["swath-export-progress"].data == 100.0
+        return {a.key: a for a in client.read_artifacts(flow_run_filter=run_filter)}
+
+
+def test_export__leaves_a_progress_and_a_summary_artifact(tmp_path, served_demo):
+    p = params(tmp_path, served_demo.url, models=["ssl4eo_resnet18_rgb"])
+    state = export(**p, return_state=True)
+    summary = state.result()
+    artifacts = artifacts_of(state)
+    progress, n = artifacts["swath-export-progress"], summary["chunks"]
+    assert progress.data == 100.0
+    # A percentage, and what it is of:
+    assert progress.description == (
+        f"{n} of {n} (chunk, model) pairs of {summary['store']} finished: {n} written by this run"
+    )
+    rerun = artifacts_of(export(**p, return_state=True))["swath-export-progress"]
+    assert rerun.data == 100.0
+    assert rerun.description == (
+        f"{n} of {n} (chunk, model) pairs of {summary['store']} finished: 0 written by this "
+        f"run, {n} done before it"
+    )
     table = str(artifacts["swath-export-summary"].data)
     assert f"| ssl4eo_resnet18_rgb | {summary['points']} | 0 | 0 | 0 |" in table
     row = next(line for line in table.splitlines() if line.startswith("| ssl4eo"))

@@ -310,7 +310,10 @@ class EarthEngineSource:
         what = f"checking collection {config.collection} and bands {listed}"
         try:
             self._initialise(own_options(config, EarthEngineOptions))
-            first = ee.ImageCollection(config.collection).first()
+            images = ee.ImageCollection(config.collection)
+            if config.sensor == sensors.SENTINEL_1_SENSOR:  # scenes differ in polarisations
+                images = radar_images(images, names, config)
+            first = images.first()
             tile = PixelGrid(4326, 0.0, 0.0, 1e-4, 1, 1)
             for group in band_groups(len(names)):
                 image = first.select(names[group]).toFloat()

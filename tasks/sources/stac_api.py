@@ -41,6 +41,7 @@ from tasks.sources.registry import (
 )
 from tasks.sources.stac import (
     GDAL_HTTP_OPTIONS,
+    band_assets,
     check_composite,
     composite_patches,
     open_header,
@@ -109,6 +110,10 @@ API_RETRY = Retry(
 )
 
 
+# Items the check before a Sentinel-1 run looks at for one that carries every band.
+RADAR_SAMPLE = 10
+
+
 @dataclass(frozen=True)
 class Api:
     """A resolved `--stac-url`: the API's root URL and, when signing, its SAS root."""
@@ -166,7 +171,11 @@ class StacApiSource:
                 "--stac-url must be a STAC API's root (a static catalog is --catalog)"
             )
         self._require_collection(client, api, config.collection)
-        sample = self._search(client, api, config, max_items=1)
+        # Sentinel-1 scenes differ in their polarisations (VV-only, HH+HV): a few are asked
+        # for, and the first that carries every band is checked.
+        radar = config.sensor == sensors.SENTINEL_1_SENSOR
+        sample = self._search(client, api, config, max_items=RADAR_SAMPLE if radar else 1)
+        sample = [i for i in sample if all(band_assets(b, i) for b in bands)] or sample
         if not sample:
             raise ImagerySourceError(
                 f"collection {config.collection!r} of {api.url} has no item between "

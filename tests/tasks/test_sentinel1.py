@@ -295,3 +295,24 @@ def test_s1__the_runs_orbit_pass_reaches_sentinel_1_alone_and_no_cloud_limit_spl
     )
     s2 = sensor_config(replace(request, max_cloud_cover=80.0), "sentinel-2-l2a", 10)
     assert s2.orbit_pass == "" and s2.key() == DEMO_KEY, "S2's inputs groups keep their names"
+
+
+def test_s1__the_check_before_a_run_looks_past_a_scene_without_vh(tmp_path: Path) -> None:
+    scenes = [Scene("s1-vv", 5, sensor="s1", polarizations=("VV",)), SCENE]
+    with serve_stac_api(tmp_path, scenes) as pc:
+        StacApiSource().check(ASKED, config("stac-api", pc.url, SIGNED))
+        assert pc.count("/blobs/s1-a/vh.tif") >= 1, "the dual-polarisation scene's header read"
+
+
+def test_s1__the_earth_engine_check_asks_for_a_scene_with_both_polarisations(
+    tmp_path: Path,
+) -> None:
+    with serve_earthengine(ee_world()) as fake, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(tmp_path / "home"))
+        mp.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+        key = tmp_path / "key.json"
+        service_account_key(key, fake)
+        access = EarthEngineOptions(ee_key_file=str(key), ee_url=fake.url, ee_project="fake")
+        EarthEngineSource().check(ASKED, config("earthengine", "", access))
+        (c,) = fake.computations
+    assert ("transmitterReceiverPolarisation", "contains", "VH") in c.property_filters

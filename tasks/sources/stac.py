@@ -116,11 +116,16 @@ def composite_patches(
         for i in uncovered
     }
     skip = set(uncovered)
+    why = (
+        "nodata or no signal"
+        if config.sensor == SENTINEL_1_SENSOR
+        else "nodata, cloud, shadow or cirrus"
+    )
     for i, p in enumerate(points):
         if i not in skip and all(np.isnan(out[b][i]).all() for b in bands):
             notes[p.id] = (
-                f"every pixel of its {n} px patch is masked (nodata, cloud, shadow or "
-                f"cirrus) in the {dates[i]} date(s) {span}"
+                f"every pixel of its {n} px patch is masked ({why}) in the {dates[i]} "
+                f"date(s) {span}"
             )
             if dropped[i]:
                 notes[p.id] += "; dropped: " + "; ".join(

@@ -316,3 +316,11 @@ def test_s1__the_earth_engine_check_asks_for_a_scene_with_both_polarisations(
         EarthEngineSource().check(ASKED, config("earthengine", "", access))
         (c,) = fake.computations
     assert ("transmitterReceiverPolarisation", "contains", "VH") in c.property_filters
+
+
+def test_s1__a_patch_with_no_signal_says_so_without_clouds(tmp_path: Path) -> None:
+    x, y = X0 + 4 * RES, Y0 - 4 * RES  # the patch is the nodata corner, 8 x 8
+    corner = Point(_point_id(EPSG, x, y), 15.0, 45.0, EPSG, x, y)
+    with serve_stac_api(tmp_path, [SCENE]) as pc:
+        got = StacApiSource().fetch([corner], ASKED, config("stac-api", pc.url, SIGNED))
+    assert "is masked (nodata or no signal) in the 1 date(s)" in got.notes[corner.id]

@@ -9,7 +9,8 @@ is split into sub-grids and groups of bands, and stitched.
 
 The expression is the composite over the window: the collection filtered by date and bounds,
 for Sentinel-2 its scenes pre-selected by cloud cover and its pixels masked with Cloud
-Score+, reduced (median; mosaic for precomputed annual products), the bands selected in the
+Score+, for Sentinel-1 its IW scenes with the asked polarisations and their pixels above the
+noise floor, reduced (median; mosaic for precomputed annual products), the bands selected in the
 requested order under swath's names, as float32, masked pixels unmasked to a sentinel that
 becomes NaN here.
 
@@ -214,9 +215,25 @@ def composite(
         band, clear = sensors.CLOUD_SCORE_PLUS_BAND, sensors.CLOUD_SCORE_PLUS_CLEAR
         images = images.linkCollection(ee.ImageCollection(sensors.CLOUD_SCORE_PLUS), [band])
         images = images.map(lambda image: image.updateMask(image.select(band).gte(clear)))
+    if config.sensor == sensors.SENTINEL_1_SENSOR:
+        images = radar_images(images, ee_names, config)
     image = images.median() if config.composite == "median" else images.mosaic()
     image = image.select(list(ee_names)).rename(list(bands)).toFloat()
     return image.unmask(NODATA, False).toFloat()
+
+
+def radar_images(images: ee.ImageCollection, ee_names: Sequence[str], config: SensorConfig) -> Any:
+    """Sentinel-1 scenes of the IW mode that carry every asked polarisation (and of the
+    configuration's orbit pass, where set), their bands (in dB) masked at or below the
+    declared floor (tasks/sources/sensors.py: border noise, no signal), as the STAC sources
+    mask them."""
+    images = images.filter(ee.Filter.eq(sensors.S1_EE_INSTRUMENT_MODE, sensors.S1_INSTRUMENT_MODE))
+    for name in ee_names:
+        images = images.filter(ee.Filter.listContains(sensors.S1_EE_POLARISATIONS, name))
+    if config.orbit_pass:
+        images = images.filter(ee.Filter.eq(sensors.S1_EE_ORBIT_PASS, config.orbit_pass.upper()))
+    names, floor = list(ee_names), sensors.S1_DB_FLOOR
+    return images.map(lambda i: i.select(names).updateMask(i.select(names).gt(floor)))
 
 
 class _CountingNumPy(ee.image_converter.NumPyConverter):
@@ -293,7 +310,10 @@ class EarthEngineSource:
         what = f"checking collection {config.collection} and bands {listed}"
         try:
             self._initialise(own_options(config, EarthEngineOptions))
-            first = ee.ImageCollection(config.collection).first()
+            images = ee.ImageCollection(config.collection)
+            if config.sensor == sensors.SENTINEL_1_SENSOR:  # scenes differ in polarisations
+                images = radar_images(images, names, config)
+            first = images.first()
             tile = PixelGrid(4326, 0.0, 0.0, 1e-4, 1, 1)
             for group in band_groups(len(names)):
                 image = first.select(names[group]).toFloat()

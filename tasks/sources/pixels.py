@@ -240,6 +240,9 @@ def _read_zone(
                 sensors.nodata_dn(config.sensor)
             )
             nodata = ~np.isfinite(values) | np.isin(values, declared)
+            if config.sensor == sensors.SENTINEL_1_SENSOR:
+                values, floor = linear_to_db(values)
+                nodata |= floor
             data |= (~nodata).any(axis=0)
             masked = ~valid | nodata
             harmonised[band] = np.where(masked, np.float32(np.nan), values + np.float32(offset))
@@ -318,6 +321,19 @@ def _declared_nodata(items: Iterable[pystac.Item], key: str) -> list[float]:
             if value is not None and not np.isnan(float(value)):
                 values.add(float(value))
     return sorted(values)
+
+
+def linear_to_db(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sentinel-1 backscatter in linear power -> dB (10 log10, float32), and where it is no
+    signal: at or below sensors.S1_DB_FLOOR, zero or negative (border noise, fill). Each date
+    is converted before the median, so the composite is the median in dB, as Earth Engine's
+    median of its dB collection is (the two differ for an even number of dates otherwise)."""
+    positive = values > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        db = (np.float32(10) * np.log10(np.where(positive, values, np.float32(1)))).astype(
+            np.float32
+        )
+    return db, ~positive | (db <= np.float32(sensors.S1_DB_FLOOR))
 
 
 def nanmedian_over_time(stack: np.ndarray) -> np.ndarray:

@@ -35,7 +35,21 @@ SOURCE_FLAGS = "imagery source"  # the --help section of the sources' flags
 DEMO_CATALOG = "demo"  # --catalog's default: the offline Sentinel-2 sample (tasks/sources/demo.py)
 
 
-class StacCatalogOptions(Options):
+class RadarOptions(Options):
+    """What every source that serves Sentinel-1 takes: which orbit pass its scenes are of.
+    Part of the values (SensorConfig.orbit_pass), unlike a source's access settings."""
+
+    orbit_pass: Annotated[
+        Literal["ascending", "descending"] | None,
+        Flag("--orbit-pass", None, "Sentinel-1: one orbit pass only", group=SOURCE_FLAGS),
+    ] = Field(
+        None,
+        description="Sentinel-1: read only scenes of this orbit pass (ascending or descending; "
+        "STAC sat:orbit_state, Earth Engine orbitProperties_pass); default: both",
+    )
+
+
+class StacCatalogOptions(RadarOptions):
     """stac-catalog's own settings."""
 
     catalog: Annotated[
@@ -58,7 +72,7 @@ class StacCatalogOptions(Options):
         return self.catalog
 
 
-class StacApiOptions(Options):
+class StacApiOptions(RadarOptions):
     """stac-api's own settings."""
 
     stac_url: Annotated[
@@ -97,10 +111,11 @@ class StacApiOptions(Options):
         return self.stac_url or ""
 
 
-class EarthEngineOptions(Options):
+class EarthEngineOptions(RadarOptions):
     """earthengine's own settings: how to reach Earth Engine (never part of what values
-    depend on). Holds no secret: a worker reads credentials itself (application default
-    credentials, or the key file named here), so nothing secret travels in task parameters."""
+    depend on), beside RadarOptions' orbit pass (which is). Holds no secret: a worker reads
+    credentials itself (application default credentials, or the key file named here), so
+    nothing secret travels in task parameters."""
 
     ee_project: Annotated[
         str | None,
@@ -186,6 +201,8 @@ class SensorConfig:
     composite: str = "median"
     source: str = "stac-catalog"  # a name of SOURCES
     max_cloud_cover: float = 100.0  # scenes cloudier than this (percent) are not read
+    # Sentinel-1: only scenes of this orbit pass ("ascending" or "descending"); "": both
+    orbit_pass: str = ""
     # The source's own settings (how to reach it): never part of what values depend on.
     options: Options | None = field(default=None, compare=False)
 
@@ -194,6 +211,8 @@ class SensorConfig:
         group records of its configuration."""
         fields = asdict(self)
         del fields["options"]
+        if not self.orbit_pass:  # absent unless set: the keys of earlier groups stay theirs
+            del fields["orbit_pass"]
         fields.update(
             resolution_m=canonical_number(self.resolution_m),
             patch_px=int(self.patch_px),
@@ -219,7 +238,7 @@ class SensorConfig:
             "patch_px": self.patch_px,
             "composite": self.composite,
             "max_cloud_cover": self.max_cloud_cover,
-        }
+        } | ({"orbit_pass": self.orbit_pass} if self.orbit_pass else {})
 
 
 def canonical_number(x: float) -> float | int:
@@ -253,6 +272,10 @@ def sensor_config(
             collection = sensors.default_collection(sensor, source)
         except KeyError as e:
             raise ValueError(f"{e.args[0]}: pick a --source that serves it") from e
+    # radar sees through clouds: a cloud-cover limit would only split its inputs groups
+    radar = sensor == sensors.SENTINEL_1_SENSOR
+    options = request.source_options.get(source)
+    orbit = options.orbit_pass if radar and isinstance(options, RadarOptions) else None
     return SensorConfig(
         sensor=sensor,
         catalog=request.catalog if mine else "",
@@ -263,8 +286,9 @@ def sensor_config(
         end=request.end.isoformat(),
         composite=composite,
         source=source,
-        max_cloud_cover=request.max_cloud_cover,
-        options=request.source_options.get(source),
+        max_cloud_cover=100.0 if radar else request.max_cloud_cover,
+        orbit_pass=orbit or "",
+        options=options,
     )
 
 

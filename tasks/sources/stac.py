@@ -12,7 +12,7 @@ Sentinel-2 scene classes are masked on the raw values, each item's offset is rem
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from urllib.parse import urlsplit
 
@@ -25,10 +25,18 @@ import shapely
 
 from tasks.plan.points import Point
 from tasks.sources.failures import raise_classified, unreachable
-from tasks.sources.pixels import load_composite, plan_loads
+from tasks.sources.pixels import PatchLoad, load_composite, plan_loads
 from tasks.sources.redact import redact_urls
 from tasks.sources.registry import ImagerySourceError, Patches, SensorConfig
-from tasks.sources.sensors import BANDS, SCL_ASSET_KEYS, SENSORS
+from tasks.sources.sensors import (
+    S1_INSTRUMENT_MODE,
+    S1_STAC_INSTRUMENT_MODE,
+    S1_STAC_ORBIT_STATE,
+    S1_STAC_POLARISATIONS,
+    SCL_ASSET_KEYS,
+    SENSORS,
+    SENTINEL_1_SENSOR,
+)
 
 COMPOSITES = ("median",)
 
@@ -81,6 +89,10 @@ def composite_patches(
     if loads:
         read = [item for load in loads for item in load.items]
         assets = resolve_assets(bands, read, config.collection)
+        if config.sensor == SENTINEL_1_SENSOR:
+            loads = [radar_load(load, bands, assets) for load in loads]
+            uncovered += [i for load in loads if not load.items for i, _, _ in load.members]
+            loads = [load for load in loads if load.items]
         scl = scl_asset(read, config.collection)
         for load in loads:
             ids = [points[i].id for i, _, _ in load.members]
@@ -104,11 +116,16 @@ def composite_patches(
         for i in uncovered
     }
     skip = set(uncovered)
+    why = (
+        "nodata or no signal"
+        if config.sensor == SENTINEL_1_SENSOR
+        else "nodata, cloud, shadow or cirrus"
+    )
     for i, p in enumerate(points):
         if i not in skip and all(np.isnan(out[b][i]).all() for b in bands):
             notes[p.id] = (
-                f"every pixel of its {n} px patch is masked (nodata, cloud, shadow or "
-                f"cirrus) in the {dates[i]} date(s) {span}"
+                f"every pixel of its {n} px patch is masked ({why}) in the {dates[i]} "
+                f"date(s) {span}"
             )
             if dropped[i]:
                 notes[p.id] += "; dropped: " + "; ".join(
@@ -126,7 +143,8 @@ def composite_patches(
 
 def select_items(items: Sequence[CatalogItem], config: SensorConfig) -> list[CatalogItem]:
     """The items of the configuration's window whose cloud cover is at most its limit (items
-    that do not state their cloud cover are kept: their pixels are still masked one by one)."""
+    that do not state their cloud cover are kept: their pixels are still masked one by one);
+    for Sentinel-1, of its IW mode and of the configuration's orbit pass, where set."""
     start, end = time_window(config)
     sensor = SENSORS.get(config.sensor)
     prop = sensor.cloud_cover_property.get(config.source) if sensor else None
@@ -134,11 +152,39 @@ def select_items(items: Sequence[CatalogItem], config: SensorConfig) -> list[Cat
     for c in items:
         if not (c.start < end and c.end >= start):
             continue
+        if config.sensor == SENTINEL_1_SENSOR and not radar_item(c.item, config):
+            continue
         cover = c.item.properties.get(prop) if prop else None
         if isinstance(cover, int | float) and cover > config.max_cloud_cover:
             continue
         selected.append(c)
     return selected
+
+
+def radar_item(item: pystac.Item, config: SensorConfig) -> bool:
+    """Whether a Sentinel-1 item is of the IW mode and the configuration's orbit pass, as far
+    as its sar: and sat: properties say (an item without them is kept)."""
+    props = item.properties
+    mode = props.get(S1_STAC_INSTRUMENT_MODE)
+    state = props.get(S1_STAC_ORBIT_STATE)
+    return (mode is None or mode == S1_INSTRUMENT_MODE) and (
+        not config.orbit_pass or state is None or str(state).lower() == config.orbit_pass
+    )
+
+
+def radar_load(load: PatchLoad, bands: Sequence[str], assets: dict[str, str]) -> PatchLoad:
+    """The load without the items that lack one of the bands (a VV-only scene among dual
+    polarisation ones): by their sar:polarizations where they state them, else their assets."""
+    kept = []
+    for item in load.items:
+        pols = item.properties.get(S1_STAC_POLARISATIONS)
+        if isinstance(pols, list):
+            has = all(b in pols for b in bands)
+        else:
+            has = all(assets[b] in item.assets for b in bands)
+        if has:
+            kept.append(item)
+    return replace(load, items=tuple(kept))
 
 
 def open_header(item: pystac.Item, key: str) -> None:
@@ -191,7 +237,7 @@ def time_window(config: SensorConfig) -> tuple[datetime, datetime]:
 def band_assets(band: str, item: pystac.Item) -> list[str]:
     """Keys of the item's assets that carry `band`: by key (B02, or its common name blue), or
     as the one band an asset's eo:bands lists, by name or common name."""
-    common = BANDS[band].common_name if band in BANDS else None
+    common = next((s.bands[band].common_name for s in SENSORS.values() if band in s.bands), None)
     found = [key for key in item.assets if key in (band, common)]
     for key, asset in item.assets.items():
         eo_bands = asset.extra_fields.get("eo:bands") or asset.extra_fields.get("bands") or []

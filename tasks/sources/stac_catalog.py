@@ -119,8 +119,10 @@ class StacCatalogSource:
         if not selected:
             found = sorted({str(c.item.collection_id) for c in items})
             raise ImagerySourceError(
-                f"catalog {config.catalog} has no item in collection {config.collection!r}; "
-                f"its collections are {found}: fix the collection in the sensor configuration"
+                f"catalog {config.catalog} has no item in collection {config.collection!r} "
+                f"({config.sensor}); its collections are {found}: give a catalog that holds "
+                f"{config.sensor} items, or choose models of the sensors it holds "
+                "(--list-models shows each model's sensor)"
             )
         return selected
 

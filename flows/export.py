@@ -35,7 +35,7 @@ from flows.job import ChunkTodo, Job, Todo, chunks_to_do, job_for
 from flows.params import CHILD_CHUNKS, Imagery, Inference, Output, Region, Window
 from flows.pipeline import INFER_RESOURCE as INFER_RESOURCE
 from flows.pipeline import Listener, PartReport, Pipeline, Progress
-from flows.stop import cancel_promptly
+from flows.stop import cancel_promptly, stop_when_cancelled
 from flows.summary import counts, gdal_retries_so_far, run_summary, summary_artifact
 from tasks.plan.shards import block_chunks, group_blocks, split_blocks
 from tasks.store.conventions import write_stac_items
@@ -127,6 +127,7 @@ def export_flow_for(
 
     @functools.wraps(export.fn)
     def run(*_: Any, **__: Any) -> dict[str, Any] | State[Any]:
+        stop_when_cancelled()  # no runner watches this run for a Cancel from the UI
         return call()
 
     return Flow(run, name=export.name, task_runner=export.task_runner)

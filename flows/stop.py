@@ -4,6 +4,7 @@ SIGINT (Ctrl-C): within a moment, whatever it is doing, with one line. Standard 
 place before anything slow is imported."""
 
 import contextlib
+import contextvars
 import logging
 import os
 import signal
@@ -20,19 +21,65 @@ def stop_on_signals() -> None:
     SIGKILL, which the kill tests exercise), so nothing is flushed: the processes this one
     started (the embedded Prefect server, Dask workers) are ended and this one exits."""
 
+    global _command_line
+    _command_line = True
+
     def stop(signum: int, _: object) -> None:
-        name = signal.Signals(signum).name
-        print(
-            f"\nswath: stopped by {name}; the store is resumable: rerun the same command to "
-            "finish (done chunks are kept)",
-            file=sys.stderr,
-            flush=True,
-        )
-        end_children()
-        os._exit(128 + signum)
+        _stop(f"stopped by {signal.Signals(signum).name}", 128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+
+
+_command_line = False  # stop_on_signals() was called: this process is the command line's
+
+
+def _stop(why: str, status: int) -> None:
+    """The command line stops: one line, its children ended, this process ended."""
+    print(
+        f"\nswath: {why}; the store is resumable: rerun the same command to finish (done "
+        "chunks are kept)",
+        file=sys.stderr,
+        flush=True,
+    )
+    end_children()
+    os._exit(status)
+
+
+def stop_when_cancelled(every_s: float = 2.0) -> None:
+    """In the command line's flow run, which no Prefect runner or worker watches: a Cancel of
+    it in the Prefect UI (its state Cancelling) stops the command line as a SIGTERM does,
+    within `every_s` seconds, with the run marked Cancelled. Elsewhere (a deployment's run,
+    a test calling the command line's `main`) it does nothing."""
+    if not _command_line:
+        return
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return
+    run_id, settings = context.flow_run.id, contextvars.copy_context()
+
+    def watch() -> None:
+        import httpx
+        from prefect.client.orchestration import get_client
+        from prefect.states import Cancelled
+
+        with get_client(sync_client=True) as client:
+            while True:
+                time.sleep(every_s)
+                try:
+                    state = client.read_flow_run(run_id).state
+                except httpx.HTTPError:  # a busy or restarting server: asked again next round
+                    continue
+                if state is not None and state.is_cancelling():
+                    message = "Cancelled: swath stopped the command line's export"
+                    client.set_flow_run_state(run_id, Cancelled(message=message), force=True)
+                    _stop("cancelled in Prefect", CANCEL_EXIT)
+
+    watcher = threading.Thread(target=settings.run, args=(watch,), name="swath-cancel-watch")
+    watcher.daemon = True
+    watcher.start()
 
 
 def end_children() -> None:

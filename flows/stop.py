@@ -139,14 +139,16 @@ def _end_cancelled(logger: logging.LoggerAdapter[logging.Logger]) -> None:
     Prefect's engine, with its logs sent to the Prefect API."""
     end_children()
     line = (
-        "swath: cancelled (SIGTERM); the run's worker processes are ended and the store is "
-        "resumable: run the same export again to finish it (done chunks are kept)"
+        "swath: stopped by SIGTERM (a cancel, or its runner or worker stopping); the run's "
+        "worker processes are ended and the store is resumable: run the same export again to "
+        "finish it (done chunks are kept)"
     )
     print(line, file=sys.stderr, flush=True)
     logger.warning("%s", line)
     time.sleep(CANCEL_GRACE_S)
-    from prefect.logging.handlers import APILogWorker
+    try:  # the logs are a courtesy; the exit happens whatever becomes of them
+        from prefect.logging.handlers import APILogWorker
 
-    with contextlib.suppress(Exception):  # the logs are a courtesy; the exit must happen
         APILogWorker.drain_all(timeout=CANCEL_GRACE_S)
-    os._exit(CANCEL_EXIT)
+    finally:
+        os._exit(CANCEL_EXIT)

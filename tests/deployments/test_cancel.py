@@ -23,7 +23,7 @@ from tests.waiting import HANG_GUARD_S, alive, stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-SWATH_LINE = "swath: cancelled (SIGTERM)"
+SWATH_LINE = "swath: stopped by SIGTERM (a cancel"
 EXITED = f"exited with status code: {CANCEL_EXIT}"
 KILLED = "exited with status code: -9"  # the runner's SIGKILL after its grace period
 MARKED = "Cancelled flow run"  # the runner's line once the process has gone, however it went

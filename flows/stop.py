@@ -74,8 +74,10 @@ def stop_when_cancelled(every_s: float = 2.0) -> None:
                     continue
                 if state is not None and state.is_cancelling():
                     message = "Cancelled: swath stopped the command line's export"
-                    client.set_flow_run_state(run_id, Cancelled(message=message), force=True)
-                    _stop("cancelled in Prefect", CANCEL_EXIT)
+                    try:  # marked Cancelled if the server answers; stopped whatever it says
+                        client.set_flow_run_state(run_id, Cancelled(message=message), force=True)
+                    finally:
+                        _stop("cancelled in Prefect", CANCEL_EXIT)
 
     watcher = threading.Thread(target=settings.run, args=(watch,), name="swath-cancel-watch")
     watcher.daemon = True

@@ -1,9 +1,10 @@
 """A run cancelled from the UI (the API call the UI's Cancel button makes) stops, under each
 way the README starts one: served (`python -m deployments.serve`), a process work pool's
-worker, and a served flow on a local Dask cluster. The process ends through swath's handling
-(`flows.stop.cancel_promptly`: its line, exit status 143), not through the SIGKILL that
-Prefect's runner sends 30 s after its SIGTERM; the run ends Cancelled; the next run of the
-same export finishes the store. One Prefect server serves the module. Every wait is on a
+worker, a served flow on a local Dask cluster, and the command line with `--runner dask`.
+A deployment's process ends through swath's handling (`flows.stop.cancel_promptly`: its line,
+exit status 143), not through the SIGKILL that Prefect's runner sends 30 s after its SIGTERM;
+the command line through `flows.stop.stop_when_cancelled`; the run ends Cancelled; the next
+run of the same export finishes the store. One Prefect server serves the module. Every wait is on a
 state, with a hang guard only: at load 8-15 on 2 cores one rerun took more than 300 s."""
 
 import os
@@ -179,7 +180,7 @@ def test_cancel__a_served_run_stops_at_once_and_the_next_run_finishes(own, tmp_p
     assert got == "COMPLETED", log.read_text(errors="replace")[-3000:]
 
 
-def test_cancel__a_work_pool_run_stops_at_once(own, tmp_path):
+def test_cancel__a_work_pool_run_stops_at_once_inside_a_child_run(own, tmp_path):
     prefect = [sys.executable, "-m", "prefect"]
     for args in (
         ["work-pool", "create", "swath-local", "--type", "process"],
@@ -192,7 +193,9 @@ def test_cancel__a_work_pool_run_stops_at_once(own, tmp_path):
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     log = tmp_path / "worker.log"
     own.start([*prefect, "worker", "start", "--pool", "swath-local"], ROOT, log, "the worker")
-    run_id = own.run("swath-export/demo", _params(tmp_path))
+    params = _params(tmp_path)
+    params["output"]["chunks_per_run"] = 2  # 6 chunks, 3 child runs: cancelled in one of them
+    run_id = own.run("swath-export/demo", params)
     own.cancel_inside(run_id, tmp_path / "ui.zarr")
     _ended_by_swath(log)
 

@@ -34,6 +34,7 @@ from flows.job import ChunkTodo, Job, Todo, chunks_to_do, job_for
 from flows.params import CHILD_CHUNKS, Imagery, Inference, Output, Region, Window
 from flows.pipeline import INFER_RESOURCE as INFER_RESOURCE
 from flows.pipeline import Listener, PartReport, Pipeline, Progress
+from flows.stop import cancel_promptly, stop_when_cancelled
 from flows.summary import counts, gdal_retries_so_far, run_summary, summary_artifact
 from tasks.plan.shards import block_chunks, group_blocks, split_blocks
 from tasks.store.conventions import write_stac_items
@@ -65,15 +66,18 @@ def export(
     the flow raises ExportGaps, which carries the summary.
     """
     # Object-store URLs: one writer across machines through the run's Prefect server.
-    with job_for(
-        region,
-        window,
-        imagery,
-        inference,
-        output,
-        today=scheduled_day(),
-        across_machines=is_url(output.store),
-    ) as job:
+    with (
+        cancel_promptly(),
+        job_for(
+            region,
+            window,
+            imagery,
+            inference,
+            output,
+            today=scheduled_day(),
+            across_machines=is_url(output.store),
+        ) as job,
+    ):
         return export_job(job, output)
 
 
@@ -122,6 +126,7 @@ def export_flow_for(
 
     @functools.wraps(export.fn)
     def run(*_: Any, **__: Any) -> dict[str, Any] | State[Any]:
+        stop_when_cancelled()  # no runner watches this run for a Cancel from the UI
         return call()
 
     return Flow(run, name=export.name, task_runner=export.task_runner)
@@ -250,7 +255,8 @@ def _part_flow(pipeline: Pipeline, blocks: Sequence[Sequence[ChunkTodo]]) -> Flo
     def export_part(part: int, chunks: str) -> PartReport:
         """A child run of an export: its `part`-th group of write blocks (plan chunks
         `chunks`)."""
-        report = call()
+        with cancel_promptly():  # Prefect's engine put its own handler back for this child run
+            report = call()
         if report.causes or report.failed:
             raise PartFailed(report)
         return report

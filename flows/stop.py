@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from types import FrameType
+from uuid import UUID
 
 
 def stop_on_signals() -> None:
@@ -148,9 +149,27 @@ def _end_cancelled(logger: logging.LoggerAdapter[logging.Logger]) -> None:
     print(line, file=sys.stderr, flush=True)
     logger.warning("%s", line)
     time.sleep(CANCEL_GRACE_S)
-    try:  # the logs are a courtesy; the exit happens whatever becomes of them
+    try:  # the state and the logs are a courtesy; the exit happens whatever becomes of them
+        _mark_cancelled(os.environ.get("PREFECT__FLOW_RUN_ID"))
         from prefect.logging.handlers import APILogWorker
 
         APILogWorker.drain_all(timeout=CANCEL_GRACE_S)
     finally:
         os._exit(CANCEL_EXIT)
+
+
+def _mark_cancelled(run_id: str | None) -> None:
+    """The run its runner or worker started (`run_id`, from the environment they give its
+    process) marked Cancelled if it is still Cancelling: Prefect's engine had no time to do it,
+    and the runner would otherwise record the exit status 143 as a crash. A SIGTERM that is
+    not a cancel (the runner or worker stopping) leaves the state to Prefect."""
+    if not run_id:
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(UUID(run_id)).state
+        if state is not None and state.is_cancelling():
+            message = "Cancelled: swath ended the run's process"
+            client.set_flow_run_state(UUID(run_id), Cancelled(message=message), force=True)

@@ -19,8 +19,10 @@ from tests.embedders import host_reference
 CPU = torch.device("cpu")
 ImageMaker = Callable[..., np.ndarray]
 # The bound of the device path against the host path on the CPU: the tiles are the same to
-# the bit, the forwards run in other batches (other blocking of the same float32 sums).
-RELATIVE_BOUND = 1e-6
+# the bit, the forwards run in other batches (other blocking of the same float32 sums, which
+# compounds through a deep model: 1.00007e-6 measured for scalemae_large's 24 layers on one
+# CI processor). A tile cut, placed or stitched wrongly is off by more than 1e-2.
+RELATIVE_BOUND = 1e-5
 
 TILE = InferenceOptions(input_prep="tile", output="grid", tile_overlap_px=24, batch_size=3)
 RESIZE = InferenceOptions(input_prep="resize", output="grid", batch_size=3)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from urllib.parse import urlsplit
 
-from flows.params import setting
+from flows.naming import setting
 
 
 class UsageError(ValueError):

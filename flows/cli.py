@@ -16,7 +16,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from flows import flags
-from flows.params import Output, named_as
+from flows.naming import named_as
+from flows.params import Output
 from flows.stop import stop_on_signals
 
 

@@ -38,7 +38,8 @@ from flows.checks import (
     store_location,
     undone_if_refused,
 )
-from flows.params import Imagery, Inference, Output, Region, Window, engine_options, setting
+from flows.naming import setting
+from flows.params import Imagery, Inference, Output, Region, Window, engine_options
 from tasks.plan.chunks import Chunk, make_chunks
 from tasks.plan.points import PointTable, discard_plan, plan_damage, plan_key, plan_points
 from tasks.plan.regions import PlanError, axis_order_hint, bbox_region, geojson_region

@@ -8,11 +8,8 @@ runs with no arguments and no network.
 """
 
 import argparse
-import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator
-from contextvars import ContextVar
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Annotated, Literal, Self
 
@@ -27,7 +24,8 @@ from pydantic import (
 )
 
 from embedders.spec import InferenceOptions
-from tasks.options import Flag, Options, flag_of, options_for
+from flows.naming import setting
+from tasks.options import Flag, Options, options_for
 from tasks.products.registry import PRODUCTS
 from tasks.products.tessera import TesseraOptions
 from tasks.sources.registry import (
@@ -450,33 +448,3 @@ def engine_options(inference: Inference) -> InferenceOptions:
     """How the engine cuts, batches and runs tiles, as `inference` asks."""
     names = {f.name for f in dataclasses.fields(InferenceOptions)}
     return InferenceOptions(**inference.model_dump(include=names))
-
-
-# Who messages about settings speak to: the command line names its flags (it sets "flags"),
-# the UI's form and the Python API the form's fields.
-NAMING: ContextVar[Literal["form", "flags"]] = ContextVar("swath_naming", default="form")
-
-
-@contextlib.contextmanager
-def named_as(naming: Literal["form", "flags"]) -> Iterator[None]:
-    """Messages about settings name them as `naming` says within this block."""
-    token = NAMING.set(naming)
-    try:
-        yield
-    finally:
-        NAMING.reset(token)
-
-
-def setting(name: str) -> str:
-    """How a message names the setting `name` (a field of one of SETTINGS) to its reader:
-    its flag on the command line (`--end`), else its section and title in the form
-    (`window › Last day`). Both come from the setting's one declaration."""
-    for model in SETTINGS:
-        field = model.model_fields.get(name)
-        if field is None:
-            continue
-        flag = flag_of(field)
-        if NAMING.get() == "flags" and flag is not None:
-            return flag.name
-        return f"{model.__name__.lower()} › {field.title or name}"
-    raise KeyError(f"{name} is not a setting of {', '.join(m.__name__ for m in SETTINGS)}")

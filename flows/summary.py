@@ -8,7 +8,7 @@ from prefect.context import FlowRunContext
 from prefect_dask.task_runners import DaskTaskRunner
 
 from flows.job import Job, Todo
-from flows.params import setting
+from flows.naming import setting
 from flows.pipeline import PartReport
 from tasks.sources.gdal_log import gdal_retries
 from tasks.sources.registry import get_source, plain_http_origins
@@ -195,8 +195,18 @@ def nothing_ok_line(summary: dict[str, Any]) -> str | None:
 
 
 def summary_artifact(summary: dict[str, Any]) -> None:
-    """The run's summary in the UI: a narrow table (what a weights note explains is listed
-    under it, not squeezed into a cell), what was fetched, where the store is."""
+    """The run's summary in the UI (`summary_markdown`)."""
+    create_markdown_artifact(
+        key="swath-export-summary",
+        description="points per status and model",
+        markdown=summary_markdown(summary),
+    )
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The run's summary as the UI shows it: a narrow table (what a weights note explains is
+    listed under it, not squeezed into a cell), why points are not ok, what was fetched,
+    where the store is."""
     rows, notes = [], []
     for name, m in summary["models"].items():
         weights, _, note = str(m["weights"]).partition(" (")
@@ -212,29 +222,25 @@ def summary_artifact(summary: dict[str, Any]) -> None:
             f"| {name} | {status['ok']} | {status['failed']} | {status['nodata']} "
             f"| {status['pending']} | {weights} | {stored} |"
         )
-    create_markdown_artifact(
-        key="swath-export-summary",
-        description="points per status and model",
-        markdown=(
-            f"## swath export\n\n{summary['points']} points, {summary['chunks']} chunks, window "
-            f"{summary['window'][0]}..{summary['window'][1]}, {summary['seconds']} s\n\n"
-            "| model | ok | failed | no data | pending | weights | stored |\n"
-            "|---|---|---|---|---|---|---|\n"
-            + "\n".join(rows)
-            + ("\n\n" + "\n".join(notes) if notes else "")
-            + (
-                "\n\ncos: the worst cosine of a stored vector to its float32 value"
-                if any("worst_cosine_to_float32" in m for m in summary["models"].values())
-                else ""
-            )
-            + _why_section(summary)
-            + f"\n\n{imagery_line(summary['imagery'])}\n\n"
-            + (f"{_code(line)}\n\n" if (line := nothing_ok_line(summary)) else "")
-            + "".join(f"- {line}\n" for line in flagged_lines(summary.get("flagged_items", {})))
-            + "".join(f"{d}: {use}\n\n" for d, use in summary.get("devices", {}).items())
-            + (f"{line}\n\n" if (line := transit_line(summary["unprotected"])) else "")
-            + f"store: `{summary['store']}`\n"
-        ),
+    return (
+        f"## swath export\n\n{summary['points']} points, {summary['chunks']} chunks, window "
+        f"{summary['window'][0]}..{summary['window'][1]}, {summary['seconds']} s\n\n"
+        "| model | ok | failed | no data | pending | weights | stored |\n"
+        "|---|---|---|---|---|---|---|\n"
+        + "\n".join(rows)
+        + ("\n\n" + "\n".join(notes) if notes else "")
+        + (
+            "\n\ncos: the worst cosine of a stored vector to its float32 value"
+            if any("worst_cosine_to_float32" in m for m in summary["models"].values())
+            else ""
+        )
+        + _why_section(summary)
+        + f"\n\n{imagery_line(summary['imagery'])}\n\n"
+        + (f"{_code(line)}\n\n" if (line := nothing_ok_line(summary)) else "")
+        + "".join(f"- {line}\n" for line in flagged_lines(summary.get("flagged_items", {})))
+        + "".join(f"{d}: {use}\n\n" for d, use in summary.get("devices", {}).items())
+        + (f"{line}\n\n" if (line := transit_line(summary["unprotected"])) else "")
+        + f"store: `{summary['store']}`\n"
     )
 
 

@@ -1,7 +1,9 @@
 """The interfaces users hold on to stay as they were before the redesign (issue 19): the
 flow's parameters as the UI's form and the Python API see them, and the command line's
 flags. Wording (titles, descriptions, help) may change; names, types, defaults, choices and
-what is required may not. The snapshot was taken from the code before the redesign."""
+what is required may not. The snapshot was taken from the code before the redesign; issue 22
+changed it on purpose in two places: batch_size's "auto" is a one-item enum, not a const (the
+UI renders a const as "cannot be changed"), and the bbox's items carry their degree limits."""
 
 import json
 from pathlib import Path

@@ -27,15 +27,16 @@ import torch
 from prefect import Flow, State, flow, get_run_logger
 from prefect.artifacts import create_progress_artifact
 from prefect.context import FlowRunContext
-from prefect.exceptions import ParameterTypeError
 from prefect.runtime import flow_run
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask.task_runners import DaskTaskRunner
+from pydantic import ValidationError
 
 from flows.checks import UsageError
 from flows.job import ChunkTodo, Job, Todo, chunks_to_do, job_for
-from flows.params import CHILD_CHUNKS, Imagery, Inference, Output, Region, Window
+from flows.naming import form_errors
+from flows.params import CHILD_CHUNKS, SETTINGS, Imagery, Inference, Output, Region, Window
 from flows.pipeline import INFER_RESOURCE as INFER_RESOURCE
 from flows.pipeline import Listener, PartReport, Pipeline, Progress
 from flows.summary import ExportGaps as ExportGaps
@@ -57,7 +58,13 @@ from tasks.store.quicklook import quicklook_artifacts
 THREADS = 4 + torch.cuda.device_count()
 
 
-@flow(name="swath-export", task_runner=ThreadPoolTaskRunner(max_workers=THREADS))  # type: ignore[arg-type]
+# Parameters are validated in the flow (`_settings`), not by Prefect's engine: a refusal then
+# reaches the run's log and its message in the form's words, with no traceback.
+@flow(
+    name="swath-export",
+    task_runner=ThreadPoolTaskRunner(max_workers=THREADS),  # type: ignore[arg-type]
+    validate_parameters=False,
+)
 def export(
     region: Region = Region(),  # noqa: B008 - pydantic models are immutable defaults
     window: Window = Window(),  # noqa: B008
@@ -72,20 +79,31 @@ def export(
     StoreBusy) end it Failed with the refusal as its message, and calling it raises them.
     """
     try:
+        settings = _settings(region, window, imagery, inference, output)
+        output = settings["output"]
         # Object-store URLs: one writer across machines through the run's Prefect server.
         with job_for(
-            region,
-            window,
-            imagery,
-            inference,
-            output,
-            today=scheduled_day(),
-            across_machines=is_url(output.store),
+            **settings, today=scheduled_day(), across_machines=is_url(output.store)
         ) as job:
             return export_job(job, output)
     except (UsageError, StoreBusy) as e:  # bad input, said in one line: no traceback
         get_run_logger().error("%s", e)
         return Failed(message=str(e), data=e)
+
+
+def _settings(*values: Any) -> dict[str, Any]:
+    """The flow's parameters as their models (the UI and the API send JSON), each checked,
+    every rule across fields too; UsageError with one line per error, in the form's words."""
+    settings, errors = {}, []
+    for model, value in zip(SETTINGS, values, strict=True):
+        section = model.__name__.lower()
+        try:
+            settings[section] = value if isinstance(value, model) else model.model_validate(value)
+        except ValidationError as e:
+            errors += form_errors(section, model, e)
+    if errors:
+        raise UsageError("; ".join(errors))
+    return settings
 
 
 def export_job(
@@ -182,11 +200,11 @@ def _log_job(job: Job) -> None:
 
 
 # Outcomes a run ends Failed with on purpose, its message saying why: bad parameters (the
-# form's, refused by pydantic or swath's checks), a store another export is writing, a run
-# with gaps. Prefect's engine re-raises a Failed run's exception at its end, and a
+# form's, refused by their models or swath's checks), a store another export is writing, a
+# run with gaps. Prefect's engine re-raises a Failed run's exception at its end, and a
 # deployment's run logs it as "Engine execution exited with unexpected exception" with a
 # traceback (prefect/engine.py, 3.8.8): that record is dropped for these.
-EXPECTED = (ParameterTypeError, UsageError, StoreBusy, ExportGaps)
+EXPECTED = (UsageError, StoreBusy, ExportGaps)
 
 
 def _not_expected(record: logging.LogRecord) -> bool:

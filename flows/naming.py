@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Literal
 
+from pydantic import BaseModel, ValidationError
+
 from tasks.options import flag_of
 
 # Who messages about settings speak to: the command line names its flags (it sets "flags"),
@@ -40,3 +42,16 @@ def setting(name: str) -> str:
             return flag.name
         return f"{model.__name__.lower()} › {field.title or name}"
     raise KeyError(f"{name} is not a setting of {', '.join(m.__name__ for m in SETTINGS)}")
+
+
+def form_errors(section: str, model: type[BaseModel], error: ValidationError) -> list[str]:
+    """A form section's validation errors, one line each, its fields named as the form shows
+    them (`region › Grid spacing (m): ...`); a rule across its fields names the section."""
+    lines = []
+    for err in error.errors():
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        name = str(err["loc"][0]) if err["loc"] else ""
+        field = model.model_fields.get(name) if name else None
+        where = f"{section} › {field.title or name}" if field is not None else section
+        lines.append(f"{where}: {msg}")
+    return lines

@@ -304,10 +304,7 @@ class Inference(BaseModel):
     def _once_each(cls, models: list[str]) -> list[str]:
         twice = sorted({m for m in models if models.count(m) > 1})
         if twice:
-            raise ValueError(
-                f"{', '.join(twice)} named more than once in {setting('models')}; name each "
-                "model once"
-            )
+            raise ValueError(f"{', '.join(twice)} named more than once; name each model once")
         return models
 
     input_prep: Annotated[Literal["resize", "tile"], Flag("--input-prep")] = Field(
@@ -324,8 +321,8 @@ class Inference(BaseModel):
     tile_overlap_px: Annotated[int, Field(ge=0, le=1024), Flag("--tile-overlap", "PX")] = Field(
         ENGINE.tile_overlap_px,
         title="Tile overlap (px)",
-        description="overlap between neighbouring tiles (input prep tile), in input pixels: 0 "
-        "to 1024",
+        description="overlap between neighbouring tiles (input preparation tile), in input "
+        "pixels: 0 to 1024",
     )
     batch_size: Annotated[
         Annotated[int, Field(ge=1, le=4096, title="tiles")] | _Auto,

@@ -19,7 +19,6 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
 )
-from prefect.exceptions import ParameterTypeError
 from prefect.flow_engine import run_flow
 
 from embedders.spec import Status
@@ -190,19 +189,34 @@ def test_export__a_run_with_gaps_ends_failed_in_the_ui_saying_why_without_a_trac
 
 
 def test_export__a_window_ending_before_it_starts_fails_naming_the_forms_fields(tmp_path):
-    """A rule across fields, refused by the flow's parameter validation: Failed, worded with
-    the form's fields, no traceback, before anything is planned."""
+    """A rule across fields, which the form's schema cannot hold: the run ends Failed before
+    anything is planned, its log and message worded with the form's fields, no traceback
+    (Prefect's own parameter validation logged it outside the run, with a traceback)."""
     p = {
         "window": {"start": "2024-12-31", "end": "2024-01-01"},
         "output": {"store": str(tmp_path / "w.zarr")},
     }
     with deployment_logs() as records:
         raised = run_as_deployment(p)
-    assert isinstance(raised, ParameterTypeError)
-    assert "give window › First day on or before window › Last day" in str(raised)
-    assert "--start" not in str(raised)
+    assert isinstance(raised, UsageError)
+    assert str(raised) == (
+        "window: end date 2024-01-01 is before start date 2024-12-31; give window › First "
+        "day on or before window › Last day"
+    )
     assert tracebacks(records) == []
+    assert any(r.levelno == logging.ERROR and r.getMessage() == str(raised) for r in records)
     assert not (tmp_path / "w.zarr").exists()
+
+
+def test_export__each_bad_field_is_named_as_the_form_shows_it(tmp_path):
+    p = {"region": {"spacing_m": 0}, "imagery": {"patch_px": 4, "max_cloud_cover": 150}}
+    state = export(**p, return_state=True)
+    assert state.is_failed()
+    assert state.message == (
+        "region › Grid spacing (m): Input should be greater than 0; "
+        "imagery › Max cloud cover (%): Input should be less than or equal to 100; "
+        "imagery › Patch size (px): Input should be greater than or equal to 8"
+    )
 
 
 def test_export__a_refused_run_ends_failed_with_the_refusal_and_no_traceback(tmp_path):

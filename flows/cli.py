@@ -184,11 +184,14 @@ def _in_thread(run: Callable[[], Any], *, api_url: str | None) -> Any:
     outcome: dict[str, Any] = {}
     context = contextvars.copy_context()  # how messages name settings, in the flow too
 
+    def call() -> Any:
+        updates = {PREFECT_API_URL: api_url} if api_url else {}
+        with temporary_settings(updates=updates):  # in the copied context: the flow sees both
+            return run()
+
     def target() -> None:
         try:
-            updates = {PREFECT_API_URL: api_url} if api_url else {}
-            with temporary_settings(updates=updates):
-                outcome["value"] = context.run(run)
+            outcome["value"] = context.run(call)
         except BaseException as e:  # handed to the main thread, raised there
             outcome["error"] = e
 

@@ -99,8 +99,9 @@ REASON_BLOCK = 65_536  # points read at a time
 
 def reason_groups(path: str, model: str, t: int, *, first: int = 3) -> list[ReasonGroup]:
     """Why the points of `model` at time entry `t` are not ok: identical (status, reason)
-    pairs grouped, the group of most points first, each with its count and its `first`
-    point ids. Statuses are read whole (int8); reasons and ids only where a point is not ok."""
+    pairs grouped, the group of most points first (then the one whose first point comes
+    first), each with its count and its `first` point ids. Statuses are read whole (int8);
+    reasons and ids a block at a time, only where a point is not ok."""
     status = np.asarray(zarr.open_array(path, path=f"{model}_status", mode="r")[t, :])
     not_ok = np.flatnonzero(status != Status.OK)
     if not not_ok.size:
@@ -109,6 +110,7 @@ def reason_groups(path: str, model: str, t: int, *, first: int = 3) -> list[Reas
     ids = zarr.open_array(path, path="point_id", mode="r")
     count: Counter[tuple[str, str]] = Counter()
     named: dict[tuple[str, str], list[str]] = {}
+    met: dict[tuple[str, str], int] = {}  # the first point of each group
     for a in range(int(not_ok[0]) // REASON_BLOCK * REASON_BLOCK, len(status), REASON_BLOCK):
         rows = not_ok[(not_ok >= a) & (not_ok < a + REASON_BLOCK)]
         if not rows.size:
@@ -123,13 +125,15 @@ def reason_groups(path: str, model: str, t: int, *, first: int = 3) -> list[Reas
             for text, k in zip(found.tolist(), n.tolist(), strict=True):
                 key = (Status(int(code)).name.lower(), str(text))
                 count[key] += k
+                same = texts[mine] == text
+                met.setdefault(key, int(rows[mine][same][0]))  # blocks go in point order
                 some = named.setdefault(key, [])
                 if len(some) < first:  # the first few of this block, in point order
-                    same = point_ids[mine][texts[mine] == text]
-                    some.extend(str(p) for p in same[: first - len(some)])
+                    some.extend(str(p) for p in point_ids[mine][same][: first - len(some)])
+    ranked = sorted(count.items(), key=lambda item: (-item[1], met[item[0]]))
     return [
         ReasonGroup(status, reason, n, tuple(named[status, reason]))
-        for (status, reason), n in count.most_common()
+        for (status, reason), n in ranked
     ]
 
 

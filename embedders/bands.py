@@ -1,5 +1,6 @@
 """Band facts the models need, declared once: Sentinel-2 band names, centre wavelengths,
-bandwidths, and the band statistics the models normalise with. Imports nothing.
+bandwidths, Sentinel-1's polarisations, and the band statistics the models normalise with.
+Imports nothing.
 
 tasks/sources/sensors.py builds its sensor tables (collections, masks, Earth Engine names) from
 these; models import them from here, so that embedders/ depends on nothing in tasks/.
@@ -65,3 +66,37 @@ def s2_means(bands: tuple[str, ...]) -> tuple[float, ...]:
 def s2_stds(bands: tuple[str, ...]) -> tuple[float, ...]:
     """The SSL4EO-S12 standard deviation of each named band."""
     return tuple(S2_MEAN_STD[b][1] for b in bands)
+
+
+# Sentinel-1 C-SAR, the two polarisations of its Interferometric Wide swath mode (IW) over
+# land: VV (vertical transmit, vertical receive) and VH (vertical transmit, horizontal
+# receive). swath delivers them in decibels (tasks/sources/sensors.py).
+S1_BANDS: tuple[str, ...] = ("VV", "VH")
+
+# DOFA's wavelengths for Sentinel-1: its v1 weights take VV and VH at 3.75 um each, a
+# placeholder that marks the radar modality, not the C band's physical wavelength (torchgeo
+# 0.10.1, torchgeo/models/dofa.py, DOFA.forward_features: "For Sentinel-1 VV/VH, the DOFA v1
+# weights use [3.75, 3.75] as modality placeholders rather than physical wavelengths").
+DOFA_S1_WAVELENGTH_UM: dict[str, float] = {"VV": 3.75, "VH": 3.75}
+
+# The SSL4EO-S12 Sentinel-1 GRD statistics torchgeo declares for its Sentinel-1 models, in
+# dB (backscatter sigma0 from Earth Engine's COPERNICUS/S1_GRD, the source of SSL4EO-S12's
+# radar): `_mean_s1` / `_std_s1` in torchgeo/models/resnet.py (torchgeo 0.10.1, after
+# zhu-xlab/DeCUR linear_BE_resnet.py); (mean, std).
+S1_MEAN_STD_DB: dict[str, tuple[float, float]] = {"VV": (-12.59, 5.26), "VH": (-20.26, 5.91)}
+
+
+def dofa_wavelengths_um(bands: tuple[str, ...]) -> tuple[float, ...]:
+    """The wavelength DOFA takes for each band: Sentinel-2's centre wavelengths, and its
+    placeholder for Sentinel-1's polarisations."""
+    return tuple(DOFA_S1_WAVELENGTH_UM.get(b) or S2_WAVELENGTH_UM[b] for b in bands)
+
+
+def s1_means(bands: tuple[str, ...]) -> tuple[float, ...]:
+    """The SSL4EO-S12 mean of each named Sentinel-1 band, in dB."""
+    return tuple(S1_MEAN_STD_DB[b][0] for b in bands)
+
+
+def s1_stds(bands: tuple[str, ...]) -> tuple[float, ...]:
+    """The SSL4EO-S12 standard deviation of each named Sentinel-1 band, in dB."""
+    return tuple(S1_MEAN_STD_DB[b][1] for b in bands)

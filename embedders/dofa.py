@@ -1,5 +1,5 @@
 """DOFA ViT-Base/16 and ViT-Large/16 (torchgeo), wavelength-aware models that take any
-set of bands.
+set of bands: Sentinel-2's, and Sentinel-1's VV and VH.
 
 Xiong et al., "Neural Plasticity-Inspired Multimodal Foundation Model for Earth
 Observation" (https://arxiv.org/abs/2403.15356); weights DOFABase16_Weights.DOFA_MAE and
@@ -60,6 +60,26 @@ LARGE_SPEC = _spec(
 )
 
 
+# DOFA on Sentinel-1: VV and VH in dB, at DOFA's placeholder wavelengths for radar
+# (embedders/bands.py), normalised with the SSL4EO-S12 Sentinel-1 statistics, in dB.
+S1_SPEC = ModelSpec(
+    name="dofa_base_s1",
+    family="dofa",
+    description="DOFA ViT-Base/16 on Sentinel-1 VV and VH backscatter in dB (torchgeo)",
+    sensor="sentinel-1",
+    bands=bands.S1_BANDS,
+    resolution_m=10,
+    tile_px=224,
+    embed_dim=768,
+    grid_stride_px=16,
+    norm_mean=bands.s1_means(bands.S1_BANDS),
+    norm_std=bands.s1_stds(bands.S1_BANDS),
+    pretrained_weights=SPEC.pretrained_weights,
+    licence=SPEC.licence,
+    weights_url=SPEC.weights_url,
+)
+
+
 @dataclass
 class DofaEmbedder:
     """DOFA's forward_features taken apart to keep the patch tokens.
@@ -105,7 +125,7 @@ def _build(
     module, info = weights.load(spec, member, architecture, choice, device)
     if not isinstance(module, DOFA):
         raise TypeError(f"{builder[0]} returned {type(module).__name__}, not DOFA")
-    return DofaEmbedder(spec, info, module, bands.wavelengths_um(spec.bands))
+    return DofaEmbedder(spec, info, module, bands.dofa_wavelengths_um(spec.bands))
 
 
 def build(spec: ModelSpec, choice: WeightsChoice, device: torch.device) -> DofaEmbedder:

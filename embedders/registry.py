@@ -24,6 +24,7 @@ _MS = "embedders.ssl4eo_ms"
 
 OWN: dict[str, ModelEntry] = {
     "dofa_base": ModelEntry(dofa.SPEC, "embedders.dofa:build"),
+    "dofa_base_s1": ModelEntry(dofa.S1_SPEC, "embedders.dofa:build"),
     "ssl4eo_resnet18_rgb": ModelEntry(ssl4eo.RESNET18_SPEC, "embedders.ssl4eo:build_resnet18"),
     "ssl4eo_resnet50_rgb": ModelEntry(ssl4eo.RESNET50_SPEC, "embedders.ssl4eo:build_resnet50"),
     "ssl4eo_resnet18_s2_moco": ModelEntry(ssl4eo_ms.RESNET18_MOCO, f"{_MS}:build_resnet"),

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -222,29 +223,35 @@ class _Bar:
         self.redraw()
 
 
+def clock_text(elapsed_s: float, left_s: float | None, took_s: float | None = None) -> str:
+    """The bar's clock: `0:01:55 elapsed, about 0:00:10 left` while the export runs (the
+    time left only while rich has a rate to tell it from, and while it is a second or more),
+    `in 0:02:05` once it has ended in `took_s` seconds."""
+
+    def clock(seconds: float) -> str:
+        return str(timedelta(seconds=round(seconds)))
+
+    if took_s is not None:
+        return f"in {clock(took_s)}"
+    shown = clock(left_s) if left_s is not None else "0:00:00"
+    about = f", about {shown} left" if shown != "0:00:00" else ""
+    return f"{clock(elapsed_s)} elapsed{about}"
+
+
 @contextlib.contextmanager
 def _progress_bar(started: float, total: int) -> Iterator[_Bar]:
     """A rich progress bar of the (chunk, model) pairs of the time entry written, those of an
     earlier run counted: done / total, and the run's one clock (from `started`, the
     command's start), which ends on the summary's duration."""
-    import time
-    from datetime import timedelta
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
     from rich.text import Text
 
     bar_state = _Bar(lambda done, total: None)
 
-    def clock(seconds: float) -> str:
-        return str(timedelta(seconds=round(seconds)))
-
     class Clock(ProgressColumn):
         def render(self, task: Any) -> Text:
-            if bar_state.seconds is not None:
-                return Text(f"in {clock(bar_state.seconds)}")
             left = task.time_remaining if not task.finished else None
-            about = f", about {clock(left)} left" if left else ""
-            return Text(f"{clock(time.monotonic() - started)}{about}")
+            return Text(clock_text(time.monotonic() - started, left, bar_state.seconds))
 
     columns = (
         TextColumn("swath: written"),

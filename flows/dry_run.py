@@ -34,6 +34,8 @@ def dry_run(plan: Any, *, chunks_per_run: int | None = None) -> str:
     chunk_size = plan.chunks[0].stop - plan.chunks[0].start
     per_run = chunks_per_run or CHILD_CHUNKS
     k = choose_block_chunks(chunks, widest * chunk_size, at_most=per_run)
+    if plan.shards == "none":
+        k = 1
     groups = group_blocks(split_blocks(plan.chunks, k, lambda c: c.index), max(k, per_run))
     biggest = max(groups, key=lambda g: sum(len(b) for b in g))
     in_run, blocks = sum(len(b) for b in biggest), len(biggest)
@@ -41,7 +43,11 @@ def dry_run(plan: Any, *, chunks_per_run: int | None = None) -> str:
     runs = "1 flow run" if len(groups) == 1 else f"1 flow run + {len(groups):,} child runs"
     lines = [
         f"dry run: {n:,} points, {chunks:,} chunks of up to {chunk_size}; "
-        f"{k} chunk(s) per shard (write block)",
+        + (
+            "no shards (one file per chunk and array)"
+            if plan.shards == "none"
+            else f"{k} chunk(s) per shard (write block)"
+        ),
         f"  window {plan.window[0]}..{plan.window[1]}; {products} product(s)",
         f"  {runs}, at most {tasks:,} task runs each ({in_run:,} chunks x "
         f"({len(fetches)} fetch + {products} produce) + {blocks:,} blocks x {products} write)",

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 from prefect import Flow, State, flow, get_run_logger
-from prefect.artifacts import create_progress_artifact
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from prefect.states import Failed
@@ -39,6 +38,7 @@ from flows.naming import form_errors
 from flows.params import CHILD_CHUNKS, SETTINGS, Imagery, Inference, Output, Region, Window
 from flows.pipeline import INFER_RESOURCE as INFER_RESOURCE
 from flows.pipeline import Listener, PartReport, Pipeline, Progress
+from flows.stop import cancel_promptly, stop_when_cancelled
 from flows.summary import ExportGaps as ExportGaps
 from flows.summary import gaps_message, gdal_retries_so_far, run_summary, summary_artifact
 from tasks.plan.shards import block_chunks, group_blocks, split_blocks
@@ -82,9 +82,10 @@ def export(
         settings = _settings(region, window, imagery, inference, output)
         output = settings["output"]
         # Object-store URLs: one writer across machines through the run's Prefect server.
-        with job_for(
-            **settings, today=scheduled_day(), across_machines=is_url(output.store)
-        ) as job:
+        with (
+            cancel_promptly(),
+            job_for(**settings, today=scheduled_day(), across_machines=is_url(output.store)) as job,
+        ):
             return export_job(job, output)
     except (UsageError, StoreBusy) as e:  # bad input, said in one line: no traceback
         get_run_logger().error("%s", e)
@@ -151,6 +152,7 @@ def export_flow_for(
 
     @functools.wraps(export.fn)
     def run(*_: Any, **__: Any) -> dict[str, Any] | State[Any]:
+        stop_when_cancelled()  # no runner watches this run for a Cancel from the UI
         return call()
 
     return Flow(run, name=export.name, task_runner=export.task_runner)
@@ -245,12 +247,7 @@ def _progress(job: Job, todo: Todo, listener: Listener | None) -> Progress:
     run counted done: one artifact, and `listener`."""
     total = len(job.plan.chunks) * len(job.products)
     done = total - sum(len(c.products) for c in todo.chunks)
-    artifact = create_progress_artifact(
-        progress=100.0 * done / total if total else 100.0,
-        key="swath-export-progress",
-        description=f"(chunk, model) pairs written to {job.plan.store}",
-    )
-    return Progress(artifact, total, listener, done=done)  # type: ignore[arg-type]
+    return Progress(job.plan.store, total, listener, done=done)
 
 
 def _run(pipeline: Pipeline, todo: list[ChunkTodo], chunks_per_run: int) -> PartReport:
@@ -288,7 +285,8 @@ def _part_flow(pipeline: Pipeline, blocks: Sequence[Sequence[ChunkTodo]]) -> Flo
     def export_part(part: int, chunks: str) -> PartReport:
         """A child run of an export: its `part`-th group of write blocks (plan chunks
         `chunks`)."""
-        report = call()
+        with cancel_promptly():  # Prefect's engine put its own handler back for this child run
+            report = call()
         if report.causes or report.failed:
             raise PartFailed(report)
         return report

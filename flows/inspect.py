@@ -3,14 +3,15 @@ source), its time entries and, per model and time entry, the points ok / failed 
 pending. `--patch POINT_ID` writes a true-colour PNG of the patch that point got, read from
 the work directory's inputs store. Imports neither torch nor Prefect, so it answers at once.
 
-Exit codes: 0 done; 1 the point or its inputs are not there; 2 bad input (not a store, no
-such time entry).
+Exit codes: 0 done; 1 the point or its inputs are not there, or its patch has no valid
+pixel (nothing is written); 2 bad input (not a store, no such time entry).
 """
 
 import argparse
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -45,7 +46,16 @@ PATCH_MIN_PX = 256  # small patches are scaled up by a whole factor (nearest) to
 
 
 class NotFound(LookupError):
-    """The point, or the inputs it got, are not there."""
+    """The point, or the inputs it got, are not there, or they hold no valid pixel."""
+
+
+@dataclass(frozen=True)
+class PatchImage:
+    """What `--patch` wrote: the PNG's size and the part of its pixels without data."""
+
+    rows: int
+    cols: int
+    nodata: float  # 0..1, transparent in the PNG
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,14 +93,18 @@ def main(argv: list[str] | None = None) -> int:
             t = find_time(ds, args.time)
             work_dir = args.work_dir or platformdirs.user_cache_dir("swath")
             out = args.out or f"{args.patch}-{time_entries(ds)[t][0]}.png"
-            shape = write_patch(ds, meta, args.patch, t, work_dir, out)
+            image = write_patch(ds, meta, args.patch, t, work_dir, out)
     except (NotAStore, LookupError) as e:
         if isinstance(e, NotFound):
             print(f"swath inspect: {e}", file=sys.stderr)
             return 1
         print(f"swath inspect: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {out}: true colour ({', '.join(TRUE_COLOUR)}), {shape[1]} x {shape[0]} px")
+    masked = f", {image.nodata:.0%} of it no data (transparent)" if image.nodata else ""
+    print(
+        f"wrote {out}: true colour ({', '.join(TRUE_COLOUR)}), {image.cols} x {image.rows} px"
+        f"{masked}"
+    )
     return 0
 
 
@@ -138,13 +152,22 @@ def _region_text(region: dict[str, Any]) -> str:
 
 def write_patch(
     ds: xr.Dataset, meta: dict[str, Any], point_id: str, t: int, work_dir: str, out: str
-) -> tuple[int, int]:
-    """Write the true-colour PNG of `point_id`'s patch at time entry `t`; its (rows, cols)."""
+) -> PatchImage:
+    """Write the true-colour PNG of `point_id`'s patch at time entry `t`. A patch without one
+    valid pixel (the point got no imagery) is not drawn: NotFound says so, with why the store
+    says the point has no data."""
     index = find_point(ds, point_id)
     start, end = time_entries(ds)[t]
     chunk = index // int(meta["swath"].get("layout", {}).get("chunk_size") or ds.sizes["point"])
     inputs = os.path.join(work_dir, "inputs.zarr")
     rgb = read_true_colour(inputs, meta, point_id, (start, end), chunk=chunk)
+    valid = float(rgb[..., 3].mean())
+    if valid == 0.0:
+        why = "; ".join(_reasons(ds, meta, t, index)) or "no reason recorded"
+        raise NotFound(
+            f"point {point_id} has no valid pixel in its patch for {start}..{end} (the store "
+            f"says: {why}); no PNG written"
+        )
     k = max(1, -(-PATCH_MIN_PX // max(rgb.shape[:2])))
     image = rgb.repeat(k, axis=0).repeat(k, axis=1)
     import matplotlib
@@ -153,7 +176,20 @@ def write_patch(
     import matplotlib.pyplot as plt
 
     plt.imsave(out, image)
-    return image.shape[0], image.shape[1]
+    return PatchImage(image.shape[0], image.shape[1], 1.0 - valid)
+
+
+def _reasons(ds: xr.Dataset, meta: dict[str, Any], t: int, index: int) -> list[str]:
+    """`model: reason` for each model of the store that reads imagery and recorded a reason
+    for the point at time entry `t`."""
+    found = []
+    for name in model_names(meta):
+        variable = f"{name}_reason"
+        if isinstance(meta["models"][name].get("sensor"), dict) and variable in ds:
+            reason = str(ds[variable][t, index].values)
+            if reason:
+                found.append(f"{name}: {reason}")
+    return found
 
 
 def find_point(ds: xr.Dataset, point_id: str) -> int:

@@ -43,14 +43,16 @@ from flows.params import Imagery, Inference, Output, Region, Window, engine_opti
 from tasks.plan.chunks import Chunk, make_chunks
 from tasks.plan.points import PointTable, discard_plan, plan_damage, plan_key, plan_points
 from tasks.plan.regions import PlanError, axis_order_hint, bbox_region, geojson_region
+from tasks.plan.shards import Shards
 from tasks.products import registry as products
 from tasks.products.registry import Fetch, Product, ProductError, ProductRequest
 from tasks.sources.demo import build_demo_catalog, demo_catalog_path
 from tasks.sources.registry import DEMO_CATALOG, ImagerySourceError, TransientSourceError
 from tasks.store import soundness
 from tasks.store.compact import Dtype
+from tasks.store.compatibility import check_store
 from tasks.store.integrity import Damage, check_done
-from tasks.store.layout import StoreLayout, StoreMismatch, check_store, is_url, time_index
+from tasks.store.layout import StoreLayout, StoreMismatch, is_url, time_index
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class Plan:
     inference: Inference
     options: InferenceOptions
     dtype: Dtype = "float32"  # how the store holds embeddings (tasks/store/compact.py)
+    shards: Shards = "auto"  # how a new store's files are laid out (tasks/plan/shards.py)
     notes: tuple[str, ...] = ()  # what planning found and did about it, one line each
 
     @property
@@ -219,6 +222,7 @@ def plan_job(
         inference,
         options,
         output.dtype,
+        output.shards,
         tuple(notes),
     )
 
@@ -447,7 +451,7 @@ def open_job(plan: Plan, resolved: tuple[Product, ...]) -> Job:
     """The job of a plan and its resolved products, once its store is checked: free, or
     this export's (then what a rerun repairs is repaired). Raises UsageError."""
     outputs = tuple(p.output() for p in resolved)
-    layout = StoreLayout(plan.points, plan.chunk_size, outputs, plan.dtype)
+    layout = StoreLayout(plan.points, plan.chunk_size, outputs, plan.dtype, plan.shards)
     resume, repaired = _open_store(plan, layout)
     return Job(plan, resolved, layout, resume, repaired)
 

@@ -415,6 +415,16 @@ class Output(BaseModel):
         description="how embeddings are stored: float32; float16 (half the size); int8 with "
         "a float32 scale per vector (about a quarter; tasks.store.layout.open_store decodes it)",
     )
+    shards: Annotated[
+        Literal["auto", "none"],
+        Flag("--shards", None, "none: one file per chunk and array, for GDAL before 3.13"),
+    ] = Field(
+        "auto",
+        title="Store file layout (shards)",
+        description="how a new store's files are laid out: auto, each array in shards of up "
+        "to 16 chunks; none, one file per chunk and array (plain Zarr v3 chunks, which GDAL "
+        "before 3.13 reads; more files)",
+    )
     chunk_size: Annotated[
         Annotated[int, Field(ge=1, le=100_000)] | None,
         Flag(

@@ -10,12 +10,12 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from dask.base import annotate
 from prefect import get_run_logger
-from prefect.artifacts import update_progress_artifact
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect_dask.task_runners import DaskTaskRunner
@@ -96,27 +96,59 @@ Listener = Callable[[int, int], None]
 
 class Progress:
     """(chunk, product) pairs finished, across a run and its child runs (which run in its
-    process): one progress artifact of the parent run, and a listener (the progress bar)."""
+    process): one progress artifact of the parent run, and a listener (the progress bar).
 
-    def __init__(
-        self, artifact: UUID, total: int, listener: Listener | None, *, done: int = 0
-    ) -> None:
+    Prefect shows a progress artifact as a percentage; its description says of what: the
+    pairs finished of the time entry's, those this run wrote, those that failed, those done
+    before it."""
+
+    KEY = "swath-export-progress"
+
+    def __init__(self, store: str, total: int, listener: Listener | None, *, done: int = 0) -> None:
         """`total`: every (chunk, product) pair of the time entry; `done`: those done before
-        this run (a resumed run starts there)."""
-        self.artifact, self.total, self.listener = artifact, total, listener
-        self.done = done
+        this run (a resumed run starts there). Creates the run's artifact."""
+        self.store, self.total, self.listener = store, total, listener
+        self.before, self.written, self.failed = done, 0, 0
         self._lock = threading.Lock()
+        # From a flow run's thread (no event loop): the call is sync, and returns the id.
+        self.artifact = cast(
+            UUID,
+            create_progress_artifact(
+                progress=self.percent(), key=self.KEY, description=self.describe()
+            ),
+        )
         if listener is not None:
             listener(done, total)
+
+    @property
+    def done(self) -> int:
+        """Pairs finished: done before this run, written by it, or failed in it."""
+        return self.before + self.written + self.failed
+
+    def percent(self) -> float:
+        return 100.0 * self.done / self.total if self.total else 100.0
+
+    def describe(self) -> str:
+        """`12 of 16 (chunk, model) pairs of STORE finished: 7 written by this run, 1
+        failed (a rerun redoes them), 4 done before it`, naming only the parts there are."""
+        parts = [f"{self.written} written by this run"]
+        if self.failed:
+            parts.append(f"{self.failed} failed (a rerun redoes them)")
+        if self.before:
+            parts.append(f"{self.before} done before it")
+        return (
+            f"{self.done} of {self.total} (chunk, model) pairs of {self.store} finished: "
+            + ", ".join(parts)
+        )
 
     def finished(self, model: str, written: Sequence[str], failed: int) -> None:
         with self._lock:
             for key in written:
-                self.done += 1
+                self.written += 1
                 get_run_logger().info("written %d/%d: %s %s", self.done, self.total, model, key)
-            self.done += failed
-            done = self.done
-        update_progress_artifact(self.artifact, progress=100.0 * done / max(1, self.total))
+            self.failed += failed
+            done, percent, description = self.done, self.percent(), self.describe()
+        update_progress_artifact(self.artifact, progress=percent, description=description)
         if self.listener is not None:
             self.listener(done, self.total)
 

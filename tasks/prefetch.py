@@ -41,7 +41,9 @@ TRANSIENT_RETRIES: dict[str, Any] = {
 
 @task(
     name="prefetch",
-    task_run_name="prefetch {chunk.key}",
+    # Short and distinct in the UI: the chunk, and which imagery (`c00012 sentinel-2-l2a 32px 10m`).
+    task_run_name="prefetch {chunk.label} {config.sensor} {config.patch_px}px "
+    "{config.resolution_m:g}m",
     **TRANSIENT_RETRIES,
     cache_policy=while_present(bands_present),
 )

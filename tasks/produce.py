@@ -29,11 +29,11 @@ def _product_key(_: TaskRunContext, parameters: dict[str, Any]) -> str:
 
 @task(
     name="produce",
-    task_run_name="produce {product.name} {chunk.key}",
+    task_run_name="produce {chunk.label} {product.name}",
     **TRANSIENT_RETRIES,
-    cache_policy=TASK_SOURCE
-    + CacheKeyFnPolicy(cache_key_fn=_product_key)
-    + while_present(_results_present, inputs=False),
+    cache_policy=while_present(
+        _results_present, policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_product_key)
+    ),
 )
 def produce_task(
     product: Product, chunk: Chunk, inputs_path: str, results_path: str, *, refresh: bool = False

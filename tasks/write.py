@@ -17,7 +17,8 @@ from tasks.plan.chunks import Chunk
 from tasks.plan.shards import contiguous_runs
 from tasks.prefetch import TRANSIENT_RETRIES
 from tasks.results import ChunkResult, load_result
-from tasks.sources.registry import TransientSourceError, classify_error
+from tasks.sources.failures import classify_error
+from tasks.sources.registry import TransientSourceError
 from tasks.store import compact
 from tasks.store.integrity import UNREADABLE, seal_chunks
 from tasks.store.layout import REASON_BYTES
@@ -41,6 +42,12 @@ class Block:
     @property
     def key(self) -> str:
         return f"block-{self.index:05d} ({self.chunks[0].key}..{self.chunks[-1].key})"
+
+    @property
+    def label(self) -> str:
+        """Its chunks' short names, first-last (`c00004-c00007`; `c00004` for one chunk)."""
+        first, last = self.chunks[0].label, self.chunks[-1].label
+        return first if first == last else f"{first}-{last}"
 
 
 @dataclass(frozen=True)
@@ -179,7 +186,7 @@ def write_block(
 # those are retried like the source's, the whole block again with the done marks last.
 @task(
     name="write",
-    task_run_name="write {model} {block.key}",
+    task_run_name="write {block.label} {model}",
     **TRANSIENT_RETRIES,
 )
 def write_task(

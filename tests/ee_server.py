@@ -86,7 +86,8 @@ class Computation:
     linked: tuple[str, ...]  # collections linked in (Cloud Score+)
     linked_bands: tuple[str, ...]
     dates: tuple[str, str] | None  # [start, end) of the date filter
-    property_filters: tuple[tuple[str, str, Any], ...]  # (property, "<=", value), ...
+    # (property, "<=", value), ...; ("transmitterReceiverPolarisation", "contains", "VV")
+    property_filters: tuple[tuple[str, str, Any], ...]
     thresholds: tuple[float, ...]  # constants of Image.gte
     reducer: str  # "reduce.median", "ImageCollection.mosaic", ...
     selected: tuple[str, ...]
@@ -98,6 +99,7 @@ class Computation:
     affine: dict[str, float]
     width: int
     height: int
+    above: tuple[float, ...] = ()  # constants of Image.gt (Sentinel-1's noise floor)
 
 
 @dataclass
@@ -326,8 +328,11 @@ _OPS = {
     "Filter.equals": "==",
     "Filter.greaterThanOrEquals": ">=",
     "Filter.lessThanOrEquals": "<=",
+    "Filter.listContains": "contains",
 }
-_NOT = {">": "<=", "<": ">=", "==": "!=", ">=": "<", "<=": ">"}
+_NOT = {
+    ">": "<=", "<": ">=", "==": "!=", ">=": "<", "<=": ">", "contains": "does not contain"
+}  # fmt: skip
 
 
 def decode(request: dict[str, Any], base: np.dtype) -> Computation:
@@ -381,6 +386,7 @@ def decode(request: dict[str, Any], base: np.dtype) -> Computation:
         affine={k: float(v) for k, v in grid["affineTransform"].items()},
         width=int(grid["dimensions"]["width"]),
         height=int(grid["dimensions"]["height"]),
+        above=tuple(float(_constant(c.args["image2"])) for c in calls if c.name == "Image.gt"),
     )
 
 

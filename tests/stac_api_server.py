@@ -20,6 +20,11 @@ Items are real items (tests/data/stac/) with each scene's id, time, footprint an
 
 Every scene is GRID on EPSG:32633; band k of a scene holds pixel_value(row, col, k) plus the
 scene's `delta`, plus its `add_dn` (1000 for a baseline from 04.00), 0 in a nodata corner.
+
+A Sentinel-1 scene (`Scene(sensor="s1")`, planetary-computer style only) is an item of
+`sentinel-1-rtc` in the shape of Planetary Computer's (tests/data/stac/): float32 COGs `vv`
+and `vh` of linear power 10^(s1_db(row, col, k) / 10), -32768 (its declared nodata) in the
+nodata corner and 0 (border noise) in column S1_NOISE_COL.
 """
 
 import base64
@@ -61,6 +66,16 @@ PREFIX: dict[str, str] = {"planetary-computer": "/api/stac/v1", "earth-search": 
 SAS_PREFIX = "/api/sas/v1/token/"
 GEOJSON = "application/geo+json"
 DATA = Path(__file__).parent / "data" / "stac"
+S1_COLLECTION = "sentinel-1-rtc"
+S1_BANDS = ("VV", "VH")
+S1_NODATA = -32768.0  # Planetary Computer's raster:bands nodata of its RTC assets
+S1_NOISE_COL = 90  # a column of zeros: GRD border noise
+
+
+def s1_db(row: Any, col: Any, band_index: int = 0) -> Any:
+    """The backscatter (dB) of polarisation `band_index` at (row, col) of an S1 scene with
+    delta 0: -5 to -45 dB over a 96 px scene, above the noise floor swath masks."""
+    return -5.0 - 0.2 * row - 0.1 * col - 6.0 * band_index
 
 
 def pixel_value(row: int, col: int, band_index: int = 0) -> float:
@@ -79,6 +94,14 @@ class Scene:
     size: int = 96  # pixels a side
     # earth-search: earthsearch:boa_offset_applied (None: absent, as in sentinel-2-c1-l2a)
     flag: bool | None = False
+    sensor: Literal["s2", "s1"] = "s2"
+    polarizations: tuple[str, ...] = S1_BANDS  # s1: the polarisations it carries
+    orbit_state: str = "descending"  # s1: sat:orbit_state
+    mode: str = "IW"  # s1: sar:instrument_mode
+
+    @property
+    def collection(self) -> str:
+        return S1_COLLECTION if self.sensor == "s1" else COLLECTION
 
 
 @dataclass
@@ -170,6 +193,10 @@ class _State:
     searches: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def collections(self) -> list[str]:
+        """The collections of the scenes served (Sentinel-2 L2A when there are none)."""
+        return sorted({s.collection for s in self.scenes}) or [COLLECTION]
+
 
 def _footprint(scene: Scene) -> shapely.Geometry:
     box = BoundingBox(X0, Y0 - scene.size * RES, X0 + scene.size * RES, Y0, crs=f"EPSG:{EPSG}")
@@ -183,10 +210,27 @@ def _asset_keys(style: Style) -> dict[str, str]:
     return {**COMMON, "SCL": "scl"}
 
 
+def s1_linear(db: np.ndarray) -> np.ndarray:
+    """Linear power as the COGs hold it (float32) for backscatter `db` (dB)."""
+    return np.power(10.0, np.asarray(db, np.float64) / 10.0).astype(np.float32)
+
+
 def _write_scene(root: Path, scene: Scene, style: Style) -> None:
     folder = root / "blobs" / scene.id
     folder.mkdir(parents=True, exist_ok=True)
     rows, cols = np.mgrid[0 : scene.size, 0 : scene.size]
+    if scene.sensor == "s1":
+        for k, band in enumerate(S1_BANDS):
+            if band not in scene.polarizations:
+                continue
+            power = s1_linear(s1_db(rows, cols, k) + scene.delta)
+            power[:NODATA_PX, :NODATA_PX] = S1_NODATA
+            power[:, S1_NOISE_COL] = 0.0
+            write_cog(
+                folder / f"{band.lower()}.tif", power, epsg=EPSG, x0=X0, y0=Y0, res=RES,
+                nodata=S1_NODATA, blocksize=128,
+            )  # fmt: skip
+        return
     for k, band in enumerate(BANDS):
         values = rows * 37 + cols * 3 + 1 + k * BAND_STEP + scene.delta + scene.add_dn
         values[:NODATA_PX, :NODATA_PX] = 0
@@ -208,9 +252,46 @@ TEMPLATES: dict[Style, Path] = {
     "planetary-computer": DATA / "planetary-computer-sentinel-2-l2a.json",
     "earth-search": DATA / "earth-search-sentinel-2-l2a.json",
 }
+S1_TEMPLATE = DATA / "planetary-computer-sentinel-1-rtc.json"
+
+
+def s1_item(scene: Scene, base: str, hosted: str) -> dict[str, Any]:
+    """The real Planetary Computer S1 RTC item with the scene's id, time, footprint,
+    polarisations, orbit state and hrefs."""
+    real = json.loads(S1_TEMPLATE.read_text())
+    footprint = _footprint(scene)
+    when = datetime(2021, 6, scene.day, 10, tzinfo=UTC)
+    properties = {
+        k: v for k, v in real["properties"].items() if not k.startswith(("proj:", "s1:shape"))
+    }
+    properties.update(
+        datetime=when.isoformat(),
+        start_datetime=(when - timedelta(seconds=6)).isoformat(),
+        end_datetime=(when + timedelta(seconds=6)).isoformat(),
+    )
+    properties["sar:polarizations"] = list(scene.polarizations)
+    properties["sar:instrument_mode"] = scene.mode
+    properties["sat:orbit_state"] = scene.orbit_state
+    assets = {
+        key: {**asset, "href": f"{hosted}/blobs/{scene.id}/{key}.tif"}
+        for key, asset in real["assets"].items()
+        if key.upper() in scene.polarizations
+    }
+    return {
+        **{k: v for k, v in real.items() if k not in ("links", "assets", "properties")},
+        "id": scene.id,
+        "geometry": shapely.geometry.mapping(footprint),
+        "bbox": list(footprint.bounds),
+        "properties": properties,
+        "assets": assets,
+        "collection": S1_COLLECTION,
+        "links": [{"rel": "collection", "href": f"{base}/api/stac/v1/collections/{S1_COLLECTION}"}],
+    }
 
 
 def _item(scene: Scene, style: Style, base: str, assets: str) -> dict[str, Any]:
+    if scene.sensor == "s1":
+        return s1_item(scene, base, assets)
     real = json.loads(TEMPLATES[style].read_text())
     footprint = _footprint(scene)
     # The real item's own grid (proj:*) and tile would describe another place: left out.
@@ -284,10 +365,11 @@ class _Handler(RangeHandler):
         elif url.path.rstrip("/") == prefix:
             self._json(self._landing())
         elif url.path == f"{prefix}/collections":
-            self._json({"collections": [self._collection()], "links": []})
+            served = [self._collection(c) for c in self._state.collections()]
+            self._json({"collections": served, "links": []})
         elif url.path.startswith(f"{prefix}/collections/"):
-            if url.path.rsplit("/", 1)[1] == COLLECTION:
-                self._json(self._collection())
+            if url.path.rsplit("/", 1)[1] in self._state.collections():
+                self._json(self._collection(url.path.rsplit("/", 1)[1]))
             else:
                 self._json({"code": "NotFound", "description": "no such collection"}, 404)
         elif url.path == f"{prefix}/search":
@@ -318,7 +400,7 @@ class _Handler(RangeHandler):
         return False
 
     def _token(self, collection: str) -> None:
-        if collection != COLLECTION:
+        if collection not in self._state.collections():
             self._json({"detail": f"unknown collection {collection}"}, 404)
             return
         expiry = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -341,20 +423,20 @@ class _Handler(RangeHandler):
             ],
         }
 
-    def _collection(self) -> dict[str, Any]:
+    def _collection(self, collection: str) -> dict[str, Any]:
         root = f"{self._base}{PREFIX[self._state.style]}"
         return {
             "type": "Collection",
             "stac_version": "1.0.0",
-            "id": COLLECTION,
-            "description": "fake Sentinel-2 L2A",
+            "id": collection,
+            "description": f"fake {collection}",
             "license": "proprietary",
             "extent": {
                 "spatial": {"bbox": [[-180, -90, 180, 90]]},
                 "temporal": {"interval": [["2015-06-27T00:00:00Z", None]]},
             },
             "links": [
-                {"rel": "self", "href": f"{root}/collections/{COLLECTION}"},
+                {"rel": "self", "href": f"{root}/collections/{collection}"},
                 {"rel": "root", "href": root},
             ],
         }
@@ -421,7 +503,7 @@ _OPS = {
 
 
 def _matches(scene: Scene, params: dict[str, Any]) -> bool:
-    if "collections" in params and COLLECTION not in params["collections"]:
+    if "collections" in params and scene.collection not in params["collections"]:
         return False
     if "bbox" in params:
         west, south, east, north = params["bbox"]

@@ -14,6 +14,7 @@ from embedders.spec import Status
 from tasks.plan.chunks import make_chunks
 from tasks.plan.points import Point, plan_points
 from tasks.plan.regions import bbox_region
+from tasks.plan.shards import Shards
 from tasks.products import tessera
 from tasks.products.product import ProductFacts
 from tasks.results import ChunkResult, ModelOutput
@@ -107,11 +108,14 @@ def statuses(n: int) -> dict[str, np.ndarray]:
     }
 
 
-def write_store(path: Path, *, chunk_size: int = 8, dtype: Dtype = "float32") -> Written:
+def write_store(
+    path: Path, *, chunk_size: int = 8, dtype: Dtype = "float32", shards: Shards = "auto"
+) -> Written:
     """A store over BBOX at SPACING_M with the three MODELS, one time entry, embeddings stored
-    as `dtype`. The last chunk of `grid_model` is not written, so its points stay pending."""
+    as `dtype`, its files laid out as `shards` asks. The last chunk of `grid_model` is not
+    written, so its points stay pending."""
     points = plan_points(bbox_region(*BBOX), SPACING_M)
-    layout = StoreLayout(points, chunk_size, MODELS, dtype)
+    layout = StoreLayout(points, chunk_size, MODELS, dtype, shards)
     region = {"bbox": list(BBOX), "geojson": None, "spacing_m": SPACING_M}
     create_store(str(path), layout, WINDOW, attrs={"region": region})
     rng = np.random.default_rng(0)

@@ -43,6 +43,11 @@ class Chunk:
         return chunk_key(self.index, self.digest)
 
     @property
+    def label(self) -> str:
+        """Its short name in a run, where indices are unique (`c00001`): task run names."""
+        return f"c{self.index:05d}"
+
+    @property
     def size(self) -> int:
         return self.stop - self.start
 

@@ -7,9 +7,14 @@ back, so a shard must only ever be written by one task at a time: the export wri
 (block, product) in one task. The block length K is recorded in the store as its arrays'
 shard shape (`<model>_checksum` holds K chunks per shard); a run on an existing store reads
 it there, never recomputes it.
+
+A store made with `--shards none` has no shards: every array keeps one file per plan chunk
+(plain Zarr v3 chunks, which GDAL before 3.13 and other readers without the sharding codec
+read); its K is 1.
 """
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import zarr
 
@@ -25,6 +30,10 @@ SHARD_BYTES = 256 * 2**20
 # chunk per shard, so their writes run in parallel and a damaged file costs one chunk.
 MIN_BLOCKS = 4
 
+# How a new store's arrays are laid out: "auto", in shards of K plan chunks; "none", one file
+# per plan chunk (`--shards`, recorded in the store's layout).
+Shards = Literal["auto", "none"]
+
 
 def choose_block_chunks(n_chunks: int, chunk_bytes: int, *, at_most: int | None = None) -> int:
     """K, the plan chunks per shard of a new store of `n_chunks` chunks whose largest array
@@ -32,6 +41,14 @@ def choose_block_chunks(n_chunks: int, chunk_bytes: int, *, at_most: int | None 
     by_bytes = SHARD_BYTES // max(1, chunk_bytes)
     k = min(SHARD_CHUNKS, n_chunks // MIN_BLOCKS, by_bytes, at_most or SHARD_CHUNKS)
     return max(1, k)
+
+
+def chunk_encoding(chunks: tuple[int, ...], k: int | None) -> dict[str, tuple[int, ...]]:
+    """Zarr's `chunks` (and `shards`) encoding of an array whose plan chunk is `chunks` (the
+    plan chunk along axis 1): shards of `k` plan chunks, or with `k` None none at all."""
+    if k is None:
+        return {"chunks": chunks}
+    return {"chunks": chunks, "shards": (*chunks[:1], chunks[1] * k, *chunks[2:])}
 
 
 def block_chunks(path: str, models: Sequence[str]) -> int:

@@ -45,7 +45,8 @@ from tasks.products.product import (
     one_calendar_year,
 )
 from tasks.sources import sensors
-from tasks.sources.registry import classify_error, patch_corner
+from tasks.sources.failures import classify_error
+from tasks.sources.registry import patch_corner
 
 if TYPE_CHECKING:  # zarr, pyproj and the stores are imported when Tessera is read, not listed
     from pyproj import Transformer

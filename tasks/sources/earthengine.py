@@ -3,13 +3,14 @@
 Per group of nearby points (one UTM zone, one pixel phase, patches close together) one
 `ee.data.computePixels` request answers the whole group as a NumPy array, on an explicit
 north-up grid in the points' UTM zone at the configuration's resolution, snapped so that
-every patch is exactly the N x N grid `tasks.sources.stac.patch_geobox` gives its point. A
+every patch is exactly the N x N grid `tasks.sources.pixels.patch_geobox` gives its point. A
 grid that would pass one of Earth Engine's per-request limits (bytes, pixels per side, bands)
 is split into sub-grids and groups of bands, and stitched.
 
 The expression is the composite over the window: the collection filtered by date and bounds,
 for Sentinel-2 its scenes pre-selected by cloud cover and its pixels masked with Cloud
-Score+, reduced (median; mosaic for precomputed annual products), the bands selected in the
+Score+, for Sentinel-1 its IW scenes with the asked polarisations and their pixels above the
+noise floor, reduced (median; mosaic for precomputed annual products), the bands selected in the
 requested order under swath's names, as float32, masked pixels unmasked to a sentinel that
 becomes NaN here.
 
@@ -37,19 +38,18 @@ import numpy as np
 from tasks.plan.points import Point
 from tasks.sources import sensors
 from tasks.sources.earthengine_auth import load_credentials
+from tasks.sources.failures import error_chain, unreachable
+from tasks.sources.pixels import pixel_phase, read_together, union_box
 from tasks.sources.registry import (
     EarthEngineOptions,
     ImagerySourceError,
     Patches,
     SensorConfig,
     TransientSourceError,
-    error_chain,
     own_options,
     patch_corner,
     plain_http_origins,
-    unreachable,
 )
-from tasks.sources.stac import pixel_phase, read_together, union_box
 from tasks.store.locks import ensure_concurrency_limit
 
 # Earth Engine's limits on one computePixels, as its REST reference states them for
@@ -122,9 +122,9 @@ class PixelGrid:
 
 def plan_grids(points: Sequence[Point], n: int, resolution_m: float) -> list[PixelGrid]:
     """The grids that answer the points' N x N patches. Points of one zone and pixel phase
-    join a grid while their patches are read together (tasks.sources.stac.read_together; greedily,
+    join a grid while their patches are read together (tasks.sources.pixels.read_together; greedily,
     north to south), else start their own. A patch's top-left corner is where
-    tasks.sources.registry.patch_corner puts it (as tasks.sources.stac.patch_geobox does):
+    tasks.sources.registry.patch_corner puts it (as tasks.sources.pixels.patch_geobox does):
     never with pixel centres on the 10 m grid's pixel edges, so Earth Engine's own
     nearest-neighbour resampling has no tie to break."""
     groups: dict[tuple[int, float, float], list[tuple[int, float, float]]] = defaultdict(list)
@@ -215,9 +215,25 @@ def composite(
         band, clear = sensors.CLOUD_SCORE_PLUS_BAND, sensors.CLOUD_SCORE_PLUS_CLEAR
         images = images.linkCollection(ee.ImageCollection(sensors.CLOUD_SCORE_PLUS), [band])
         images = images.map(lambda image: image.updateMask(image.select(band).gte(clear)))
+    if config.sensor == sensors.SENTINEL_1_SENSOR:
+        images = radar_images(images, ee_names, config)
     image = images.median() if config.composite == "median" else images.mosaic()
     image = image.select(list(ee_names)).rename(list(bands)).toFloat()
     return image.unmask(NODATA, False).toFloat()
+
+
+def radar_images(images: ee.ImageCollection, ee_names: Sequence[str], config: SensorConfig) -> Any:
+    """Sentinel-1 scenes of the IW mode that carry every asked polarisation (and of the
+    configuration's orbit pass, where set), their bands (in dB) masked at or below the
+    declared floor (tasks/sources/sensors.py: border noise, no signal), as the STAC sources
+    mask them."""
+    images = images.filter(ee.Filter.eq(sensors.S1_EE_INSTRUMENT_MODE, sensors.S1_INSTRUMENT_MODE))
+    for name in ee_names:
+        images = images.filter(ee.Filter.listContains(sensors.S1_EE_POLARISATIONS, name))
+    if config.orbit_pass:
+        images = images.filter(ee.Filter.eq(sensors.S1_EE_ORBIT_PASS, config.orbit_pass.upper()))
+    names, floor = list(ee_names), sensors.S1_DB_FLOOR
+    return images.map(lambda i: i.select(names).updateMask(i.select(names).gt(floor)))
 
 
 class _CountingNumPy(ee.image_converter.NumPyConverter):
@@ -294,7 +310,10 @@ class EarthEngineSource:
         what = f"checking collection {config.collection} and bands {listed}"
         try:
             self._initialise(own_options(config, EarthEngineOptions))
-            first = ee.ImageCollection(config.collection).first()
+            images = ee.ImageCollection(config.collection)
+            if config.sensor == sensors.SENTINEL_1_SENSOR:  # scenes differ in polarisations
+                images = radar_images(images, names, config)
+            first = images.first()
             tile = PixelGrid(4326, 0.0, 0.0, 1e-4, 1, 1)
             for group in band_groups(len(names)):
                 image = first.select(names[group]).toFloat()

@@ -14,18 +14,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import http.client
 import importlib
 import json
-import re
-import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Annotated, Literal, Protocol
-from urllib.error import HTTPError
 
 import numpy as np
-import urllib3.exceptions
 from pydantic import Field
 
 from embedders.plugins import merged
@@ -40,7 +35,22 @@ SOURCE_FLAGS = "imagery source"  # the --help section of the sources' flags
 DEMO_CATALOG = "demo"  # --catalog's default: the offline Sentinel-2 sample (tasks/sources/demo.py)
 
 
-class StacCatalogOptions(Options):
+class RadarOptions(Options):
+    """What every source that serves Sentinel-1 takes: which orbit pass its scenes are of.
+    Part of the values (SensorConfig.orbit_pass), unlike a source's access settings."""
+
+    orbit_pass: Annotated[
+        Literal["ascending", "descending"] | None,
+        Flag("--orbit-pass", None, "Sentinel-1: one orbit pass only", group=SOURCE_FLAGS),
+    ] = Field(
+        None,
+        title="Orbit pass (Sentinel-1)",
+        description="Sentinel-1: read only scenes of this orbit pass (ascending or descending; "
+        "STAC sat:orbit_state, Earth Engine orbitProperties_pass); default: both",
+    )
+
+
+class StacCatalogOptions(RadarOptions):
     """stac-catalog's own settings."""
 
     catalog: Annotated[
@@ -64,7 +74,7 @@ class StacCatalogOptions(Options):
         return self.catalog
 
 
-class StacApiOptions(Options):
+class StacApiOptions(RadarOptions):
     """stac-api's own settings."""
 
     stac_url: Annotated[
@@ -106,10 +116,11 @@ class StacApiOptions(Options):
         return self.stac_url or ""
 
 
-class EarthEngineOptions(Options):
+class EarthEngineOptions(RadarOptions):
     """earthengine's own settings: how to reach Earth Engine (never part of what values
-    depend on). Holds no secret: a worker reads credentials itself (application default
-    credentials, or the key file named here), so nothing secret travels in task parameters."""
+    depend on), beside RadarOptions' orbit pass (which is). Holds no secret: a worker reads
+    credentials itself (application default credentials, or the key file named here), so
+    nothing secret travels in task parameters."""
 
     ee_project: Annotated[
         str | None,
@@ -205,6 +216,8 @@ class SensorConfig:
     composite: str = "median"
     source: str = "stac-catalog"  # a name of SOURCES
     max_cloud_cover: float = 100.0  # scenes cloudier than this (percent) are not read
+    # Sentinel-1: only scenes of this orbit pass ("ascending" or "descending"); "": both
+    orbit_pass: str = ""
     # The source's own settings (how to reach it): never part of what values depend on.
     options: Options | None = field(default=None, compare=False)
 
@@ -213,6 +226,8 @@ class SensorConfig:
         group records of its configuration."""
         fields = asdict(self)
         del fields["options"]
+        if not self.orbit_pass:  # absent unless set: the keys of earlier groups stay theirs
+            del fields["orbit_pass"]
         fields.update(
             resolution_m=canonical_number(self.resolution_m),
             patch_px=int(self.patch_px),
@@ -238,7 +253,7 @@ class SensorConfig:
             "patch_px": self.patch_px,
             "composite": self.composite,
             "max_cloud_cover": self.max_cloud_cover,
-        }
+        } | ({"orbit_pass": self.orbit_pass} if self.orbit_pass else {})
 
 
 def canonical_number(x: float) -> float | int:
@@ -272,6 +287,10 @@ def sensor_config(
             collection = sensors.default_collection(sensor, source)
         except KeyError as e:
             raise ValueError(f"{e.args[0]}: pick a --source that serves it") from e
+    # radar sees through clouds: a cloud-cover limit would only split its inputs groups
+    radar = sensor == sensors.SENTINEL_1_SENSOR
+    options = request.source_options.get(source)
+    orbit = options.orbit_pass if radar and isinstance(options, RadarOptions) else None
     return SensorConfig(
         sensor=sensor,
         catalog=request.catalog if mine else "",
@@ -282,8 +301,9 @@ def sensor_config(
         end=request.end.isoformat(),
         composite=composite,
         source=source,
-        max_cloud_cover=request.max_cloud_cover,
-        options=request.source_options.get(source),
+        max_cloud_cover=100.0 if radar else request.max_cloud_cover,
+        orbit_pass=orbit or "",
+        options=options,
     )
 
 
@@ -376,115 +396,3 @@ def get_source(name: str) -> ImagerySource:
     module, _, cls = known[name].impl.partition(":")
     source: ImagerySource = getattr(importlib.import_module(module), cls)()
     return source
-
-
-# What GDAL and curl say when a retry may help (GDAL puts the HTTP status in the message).
-_GDAL_HTTP_STATUS = re.compile(r"HTTP (?:response )?code:? (\d{3})", re.IGNORECASE)
-_REMOTE = re.compile(r"/vsicurl/|https?://")
-_TRANSIENT_TEXT = re.compile(
-    r"timed out|timeout was reached|connection reset|connection refused|empty reply"
-    r"|recv failure|send failure|couldn't connect|failed to connect|connection was reset",
-    re.IGNORECASE,
-)
-
-
-# What a body cut short or changed on its way says when it is decoded: JSON that ends early,
-# a compressed block that does not decode (GDAL's TIFF codecs, zlib), a read that got fewer
-# bytes than asked. From a remote source a retry may get it whole; from a local file not.
-_DECODE_TYPES = (json.JSONDecodeError, EOFError, zlib.error, http.client.IncompleteRead)
-_DECODE_TEXT = re.compile(
-    r"decoding error|decode error|unexpected end of data|incompleteread|premature end"
-    r"|truncated|short read|read error|tiffread|ireadblock failed|transfer closed"
-    r"|partial file",
-    re.IGNORECASE,
-)
-
-
-def error_chain(error: BaseException) -> list[BaseException]:
-    """The error and what it was raised from or during, outermost first, each once."""
-    chain: list[BaseException] = []
-    cause: BaseException | None = error
-    while cause is not None and cause not in chain:
-        chain.append(cause)
-        cause = cause.__cause__ or cause.__context__
-    return chain
-
-
-def unreachable(error: BaseException) -> str | None:
-    """Why a host cannot be reached at all (its name does not resolve, nothing answers), in
-    a few words, or None. A check before the run takes that as permanent (a wrong URL, no
-    network); during a run the same failure is retried."""
-    chain = error_chain(error)
-    text = " | ".join(str(e) for e in chain)
-    host = re.search(r"Failed to resolve '([^']+)'", text) or _CURL_UNRESOLVED.search(text)
-    if host:
-        return f"the host {host.group(1)} does not resolve: no network here, or a wrong host"
-    if "Connection refused" in text:
-        return "the connection was refused: nothing answers at that address"
-    connect = _CURL_CONNECT.search(text)
-    if connect and not _TIMED_OUT.search(text):
-        return (
-            f"no connection to {connect.group(1)} port {connect.group(2)}: it was refused "
-            "or has no route, nothing answers at that address"
-        )
-    return None
-
-
-# What curl (GDAL's HTTP client) says of a host it cannot reach: "Could not resolve host:
-# x.invalid" (older: "Couldn't resolve host 'x'"), and "Failed to connect to h port p after
-# 0 ms: Could not connect to server" (refused, no route), which a connect timeout shares,
-# adding that it timed out: that one is transient.
-_CURL_UNRESOLVED = re.compile(r"(?:Could not|Couldn't) resolve host:? '?([^'\s:]+)")
-_CURL_CONNECT = re.compile(r"Failed to connect to (\S+) port (\d+)")
-_TIMED_OUT = re.compile(r"timed out|timeout", re.IGNORECASE)
-
-
-def classify_error(error: BaseException, what: str) -> ImagerySourceError | TransientSourceError:
-    """A source failure as TransientSourceError (retry may help) or ImagerySourceError."""
-    chain = error_chain(error)
-    from rasterio.errors import RasterioIOError  # imported here: rasterio is a heavy import
-
-    text = " | ".join(f"{type(e).__name__}: {e}" for e in chain)
-    status = None
-    for e in chain:
-        if isinstance(e, HTTPError):
-            status = e.code
-    match = _GDAL_HTTP_STATUS.search(text)
-    if status is None and match:
-        status = int(match.group(1))
-    transient_types = (
-        TimeoutError,
-        ConnectionError,
-        urllib3.exceptions.MaxRetryError,
-        urllib3.exceptions.ProtocolError,
-        urllib3.exceptions.TimeoutError,
-    )
-    if status is not None:
-        transient = status == 429 or status >= 500
-    else:
-        remote = _REMOTE.search(f"{what} {text}") is not None
-        transient = (
-            any(isinstance(e, transient_types) for e in chain)
-            or bool(_TRANSIENT_TEXT.search(text))
-            # GDAL over HTTP reports a request that failed after its own retries as a failed
-            # read or open, with no status; a 4xx would have shown its status above.
-            or (remote and any(isinstance(e, RasterioIOError) for e in chain))
-            # A body cut short or changed in transit: decoding it fails (short reads too).
-            or (
-                remote
-                and (
-                    any(isinstance(e, _DECODE_TYPES) for e in chain)
-                    or bool(_DECODE_TEXT.search(text))
-                )
-            )
-        )
-    if transient:
-        return TransientSourceError(f"{what}: {text}; a retry may succeed")
-    if status in (401, 403):
-        return ImagerySourceError(
-            f"{what}: {text}; the server refused access: the asset URLs need signing or "
-            "credentials (Planetary Computer's: --stac-signing planetary-computer)"
-        )
-    return ImagerySourceError(
-        f"{what}: {text}; check that the catalog and its asset hrefs exist and are readable"
-    )

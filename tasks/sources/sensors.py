@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 
 from embedders.bands import ALL_BANDS as ALL_BANDS
 from embedders.bands import L2A_BANDS as L2A_BANDS
+from embedders.bands import S1_BANDS, S2_WAVELENGTH_UM
 from embedders.bands import S2_BANDWIDTH_NM as S2_BANDWIDTH_NM
-from embedders.bands import S2_WAVELENGTH_UM
 from embedders.bands import bandwidths_nm as bandwidths_nm
 from embedders.bands import wavelengths_um as wavelengths_um
-from embedders.encoding import FLOAT32, INT16, Encoding
+from embedders.encoding import FLOAT32, INT16, INT16_FILL, Encoding
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,69 @@ SATELLITE_EMBEDDING = Sensor(
     source_data=(SENTINEL_1_MISSION, SENTINEL_2_MISSION, "https://landsat.gsfc.nasa.gov/"),
 )
 
-SENSORS: dict[str, Sensor] = {s.name: s for s in (SENTINEL_2_L2A, SATELLITE_EMBEDDING)}
+# Sentinel-1 C-SAR backscatter, VV and VH of the Interferometric Wide swath mode (IW), in
+# decibels (10 log10 of the backscatter coefficient), on every source's 10 m pixel spacing.
+#
+# Per source, what the collection holds and how swath brings it to dB:
+# - Planetary Computer `sentinel-1-rtc` (and a static catalog in its shape): assets `vv` and
+#   `vh`, float32 COGs of terrain-corrected gamma naught in linear power, raster:bands nodata
+#   -32768, on a UTM grid (proj:epsg) at 10 m; items carry sar:instrument_mode,
+#   sar:polarizations and sat:orbit_state (the STAC sar and sat extensions). From the
+#   collection's item_assets in microsoft/planetary-computer-tasks,
+#   datasets/sentinel-1-rtc/collection/template.json, and a recorded item
+#   (tests/data/stac/README.md). swath takes 10 log10 of each date's values before the median.
+# - Earth Engine `COPERNICUS/S1_GRD`: bands VV, VH (and HH, HV, angle) of sigma naught in dB
+#   already ("log scaling", 10*log10(x), per its catalog page), ortho-corrected with the
+#   Sentinel-1 Toolbox (thermal noise removal, radiometric calibration, terrain correction);
+#   images filtered on instrumentMode, transmitterReceiverPolarisation (a list) and
+#   orbitProperties_pass.
+# - Earth Search: its only Sentinel-1 collection, `sentinel-1-grd`, indexes ESA's GRD
+#   products in the requester-pays bucket sentinel-s1-l1c, in radar geometry (ground control
+#   points, no map grid): swath refuses it (tasks/sources/stac_api.py says how).
+# Gamma naught (RTC, terrain-flattened) and sigma naught (GRD, ellipsoid-normalised) differ on
+# slopes: a model's statistics hold for either only as far as the two agree (flat ground).
+SENTINEL_1_SENSOR = "sentinel-1"
+S1_CENTER_FREQUENCY_GHZ = 5.405  # sar:center_frequency of the items; the catalog page's 5.405GHz
+S1_RESOLUTION_M = 10  # sar:pixel_spacing_range and _azimuth of IW GRD high resolution
+# Planetary Computer's nodata for its RTC assets (raster:bands nodata of item_assets), masked
+# whatever an item declares (a static catalog may declare none).
+S1_NODATA = -32768.0
+# Backscatter at or below this (dB) is masked as no signal: GRD border noise and the zeros
+# around a scene's valid footprint (10 log10 of 0 is -inf), far below the noise-equivalent
+# sigma naught of IW mode (-22 dB at worst, ESA "Sentinel-1 User Handbook", 2013, Table 2).
+S1_DB_FLOOR = -50.0
+# Earth Engine's properties of COPERNICUS/S1_GRD images (its catalog page, Image Properties).
+S1_EE_INSTRUMENT_MODE = "instrumentMode"
+S1_EE_POLARISATIONS = "transmitterReceiverPolarisation"
+S1_EE_ORBIT_PASS = "orbitProperties_pass"  # "ASCENDING" or "DESCENDING"
+S1_INSTRUMENT_MODE = "IW"
+# The same facts in the STAC sar and sat extensions (sar v1.0.0, sat v1.0.0).
+S1_STAC_INSTRUMENT_MODE = "sar:instrument_mode"
+S1_STAC_POLARISATIONS = "sar:polarizations"
+S1_STAC_ORBIT_STATE = "sat:orbit_state"  # "ascending" or "descending"
+# Stored as int16 hundredths of a dB: -327.67 to +327.67 dB, rounded to the nearest 0.01 dB
+# (an error of at most 0.005 dB, 0.12 % in linear power), NaN as int16's lowest value.
+S1_DB_ENCODING = Encoding(fill=INT16_FILL, scale=0.01)
+
+S1_WAVELENGTH_UM = round(299_792_458 / (S1_CENTER_FREQUENCY_GHZ * 1e9) * 1e6, 1)  # C band
+
+SENTINEL_1 = Sensor(
+    name=SENTINEL_1_SENSOR,
+    bands={b: Band(b, b.lower(), S1_WAVELENGTH_UM, S1_RESOLUTION_M, b) for b in S1_BANDS},
+    resolution_m=float(S1_RESOLUTION_M),
+    collections={
+        "stac-catalog": "sentinel-1-rtc",
+        "stac-api": "sentinel-1-rtc",  # Planetary Computer's id
+        "earthengine": "COPERNICUS/S1_GRD",
+    },
+    provenance="ESA Sentinel-1 C-SAR IW, VV and VH backscatter in dB (10 log10): gamma0 RTC "
+    "from STAC (Planetary Computer sentinel-1-rtc, linear power converted), sigma0 GRD from "
+    "Earth Engine COPERNICUS/S1_GRD",
+    source_data=(SENTINEL_1_MISSION,),
+    encoding=S1_DB_ENCODING,
+)
+
+SENSORS: dict[str, Sensor] = {s.name: s for s in (SENTINEL_2_L2A, SENTINEL_1, SATELLITE_EMBEDDING)}
 
 
 def encoding_of(sensor: str) -> Encoding:
@@ -230,9 +292,11 @@ def s2_offset_possible(properties: dict[str, object]) -> bool:
 
 
 def nodata_dn(sensor: str) -> tuple[float, ...]:
-    """Digital numbers that mean no data for every item of `sensor`, whatever its metadata
-    declares: (0,) for Sentinel-2 L2A, none for other sensors."""
-    return (S2_NODATA_DN,) if sensor == SENTINEL_2_L2A.name else ()
+    """Values that mean no data for every item of `sensor`, whatever its metadata declares:
+    (0,) for Sentinel-2 L2A, Planetary Computer's -32768 for Sentinel-1, none for others."""
+    if sensor == SENTINEL_2_L2A.name:
+        return (S2_NODATA_DN,)
+    return (S1_NODATA,) if sensor == SENTINEL_1_SENSOR else ()
 
 
 def dn_offset(sensor: str, properties: dict[str, object], asset_fields: dict[str, object]) -> float:

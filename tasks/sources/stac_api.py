@@ -10,7 +10,7 @@ of errors and logs (tasks/sources/redact.py).
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -25,7 +25,10 @@ from pystac_client.stac_api_io import StacApiIO
 from urllib3.util.retry import Retry
 
 from tasks.plan.points import Point
+from tasks.sources import sensors
+from tasks.sources.failures import error_chain, keeps_secrets, unreachable
 from tasks.sources.gdal_log import count_gdal_retries
+from tasks.sources.pixels import patch_geobox
 from tasks.sources.redact import redact_logs, redact_urls
 from tasks.sources.registry import (
     ImagerySourceError,
@@ -33,19 +36,16 @@ from tasks.sources.registry import (
     SensorConfig,
     StacApiOptions,
     TransientSourceError,
-    error_chain,
     own_options,
     plain_http_origins,
-    unreachable,
 )
 from tasks.sources.stac import (
     GDAL_HTTP_OPTIONS,
+    band_assets,
     check_composite,
     composite_patches,
-    keeps_secrets,
     open_header,
     parse_item,
-    patch_geobox,
     resolve_assets,
     scl_asset,
 )
@@ -56,6 +56,8 @@ class KnownApi:
     url: str
     signing: str  # planetary-computer | none
     provenance: str
+    # sensor -> why swath does not read it from this API (and where to read it instead)
+    refuses: dict[str, str] = field(default_factory=dict)
 
 
 # The public STAC APIs `--stac-url` knows by name.
@@ -75,6 +77,16 @@ KNOWN_APIS: dict[str, KnownApi] = {
         # named by common name (blue, red, nir08, scl, ...) plus *-jp2 duplicates of the
         # L2A JPEG 2000 files; raster:bands offset -0.1, scale 0.0001 from baseline 04.00.
         "Element 84 Earth Search v1; assets by common name, public S3 COGs",
+        # Its one Sentinel-1 collection, sentinel-1-grd, indexes ESA's GRD products in the
+        # requester-pays bucket sentinel-s1-l1c (AWS Registry of Open Data, "Sentinel-1";
+        # allenai/rslearn's aws_sentinel1 data source), as GeoTIFFs in radar geometry with
+        # ground control points: neither readable anonymously nor on a map grid.
+        refuses={
+            sensors.SENTINEL_1_SENSOR: "Earth Search's only Sentinel-1 collection, "
+            "sentinel-1-grd, lies in a requester-pays bucket (sentinel-s1-l1c) in radar "
+            "geometry, not as map-projected COGs; read Sentinel-1 from --stac-url "
+            "planetary-computer (sentinel-1-rtc) or --source earthengine (COPERNICUS/S1_GRD)"
+        },
     ),
 }
 PLANETARY_COMPUTER_HOST = "planetarycomputer.microsoft.com"
@@ -96,6 +108,10 @@ API_RETRY = Retry(
     allowed_methods=None,  # searches are POSTs, and idempotent
     raise_on_status=False,
 )
+
+
+# Items the check before a Sentinel-1 run looks at for one that carries every band.
+RADAR_SAMPLE = 10
 
 
 @dataclass(frozen=True)
@@ -155,7 +171,11 @@ class StacApiSource:
                 "--stac-url must be a STAC API's root (a static catalog is --catalog)"
             )
         self._require_collection(client, api, config.collection)
-        sample = self._search(client, api, config, max_items=1)
+        # Sentinel-1 scenes differ in their polarisations (VV-only, HH+HV): a few are asked
+        # for, and the first that carries every band is checked.
+        radar = config.sensor == sensors.SENTINEL_1_SENSOR
+        sample = self._search(client, api, config, max_items=RADAR_SAMPLE if radar else 1)
+        sample = [i for i in sample if all(band_assets(b, i) for b in bands)] or sample
         if not sample:
             raise ImagerySourceError(
                 f"collection {config.collection!r} of {api.url} has no item between "
@@ -224,7 +244,9 @@ class StacApiSource:
         where = f" in {[round(v, 5) for v in bbox]}" if bbox else ""
         what = f"searching {api.url} for {config.collection} items{where}"
         kwargs: dict[str, Any] = {}
-        if config.max_cloud_cover < 100:
+        facts = sensors.SENSORS.get(config.sensor)
+        clouds = facts is not None and "stac-api" in facts.cloud_cover_property
+        if config.max_cloud_cover < 100 and clouds:  # radar has no cloud cover to filter on
             kwargs.update(cloud_cover_filter(client, config.max_cloud_cover))
         try:
             search = client.search(
@@ -269,6 +291,9 @@ def resolve_api(config: SensorConfig) -> Api:
     given = config.catalog.strip()
     known = KNOWN_APIS.get(given)
     url = (known.url if known else given).rstrip("/")
+    refusing = known or next((k for k in KNOWN_APIS.values() if k.url == url), None)
+    if refusing is not None and config.sensor in refusing.refuses:
+        raise ImagerySourceError(f"{config.sensor} from {url}: {refusing.refuses[config.sensor]}")
     parts = urlparse(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ImagerySourceError(

@@ -16,6 +16,7 @@ from pystac.stac_io import DefaultStacIO
 from urllib3.util.retry import Retry
 
 from tasks.plan.points import Point
+from tasks.sources.failures import classify_error, keeps_secrets, unreachable
 from tasks.sources.gdal_log import count_gdal_retries
 from tasks.sources.redact import redact_logs
 from tasks.sources.registry import (
@@ -23,16 +24,13 @@ from tasks.sources.registry import (
     Patches,
     SensorConfig,
     TransientSourceError,
-    classify_error,
     plain_http_origins,
-    unreachable,
 )
 from tasks.sources.stac import (
     GDAL_HTTP_OPTIONS,
     CatalogItem,
     check_composite,
     composite_patches,
-    keeps_secrets,
     open_header,
     parse_item,
     resolve_assets,
@@ -121,8 +119,10 @@ class StacCatalogSource:
         if not selected:
             found = sorted({str(c.item.collection_id) for c in items})
             raise ImagerySourceError(
-                f"catalog {config.catalog} has no item in collection {config.collection!r}; "
-                f"its collections are {found}: fix the collection in the sensor configuration"
+                f"catalog {config.catalog} has no item in collection {config.collection!r} "
+                f"({config.sensor}); its collections are {found}: give a catalog that holds "
+                f"{config.sensor} items, or choose models of the sensors it holds "
+                "(--list-models shows each model's sensor)"
             )
         return selected
 

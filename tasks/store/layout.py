@@ -10,7 +10,8 @@ Layout (the contract with users, see README):
   (time, chunk): each chunk's CRC-32, written before its status (tasks/store/integrity.py);
 - text (`point_id`, `<model>_reason`) as UTF-8 bytes in uint8 arrays (see TEXT_ENCODING);
 - every variable of a model sharded by write blocks of K plan chunks along `point` (and
-  `chunk`), one plan chunk per inner Zarr chunk (tasks/plan/shards.py);
+  `chunk`), one plan chunk per inner Zarr chunk (tasks/plan/shards.py); with `shards="none"`
+  one plain Zarr chunk (one file) per plan chunk instead;
 - attrs, as JSON text: `swath` (format, fingerprint, software version, window) and `models`
   (per model, its spec, weights, sensor configuration and inference options); `read_meta`.
 """
@@ -31,11 +32,10 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
-from fsspec.core import url_to_fs
 
 from embedders.spec import Status
 from tasks.plan.points import BLOCK_POINTS, PointTable
-from tasks.plan.shards import choose_block_chunks
+from tasks.plan.shards import Shards, choose_block_chunks, chunk_encoding
 from tasks.results import ModelOutput
 from tasks.store import compact, conventions, soundness
 from tasks.store.coords import id_bytes, write_coords
@@ -71,6 +71,7 @@ class StoreLayout:
     chunk_size: int
     models: tuple[ModelOutput, ...]
     dtype: compact.Dtype = "float32"  # how embeddings are stored (tasks/store/compact.py)
+    shards: Shards = "auto"  # "none": one file per plan chunk (tasks/plan/shards.py)
 
     def __post_init__(self) -> None:
         if not isinstance(self.points, PointTable):
@@ -78,10 +79,11 @@ class StoreLayout:
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
-        # A compact dtype joins the fingerprint; float32 adds nothing, so that stores written
-        # before --dtype existed keep their fingerprint.
+        # A compact dtype and an unsharded layout join the fingerprint; float32 and shards add
+        # nothing, so that stores written before --dtype and --shards keep their fingerprint.
         compact_dtype = [] if self.dtype == "float32" else [self.dtype]
-        h.update(json.dumps([STORE_FORMAT, self.chunk_size, *compact_dtype]).encode())
+        unsharded = [] if self.shards == "auto" else ["shards=none"]
+        h.update(json.dumps([STORE_FORMAT, self.chunk_size, *compact_dtype, *unsharded]).encode())
         h.update(self.points.digest.encode())
         for m in self.models:
             h.update(
@@ -95,92 +97,12 @@ class StoreLayout:
             "points": len(self.points),
             "chunk_size": self.chunk_size,
             "dtype": self.dtype,
+            "shards": self.shards,
             "models": {
                 m.name: {"dim": m.embed_dim, "grid": m.grid_shape, "identity": m.identity}
                 for m in self.models
             },
         }
-
-
-def check_store(path: str, layout: StoreLayout) -> bool:
-    """True when `path` already holds this export's store (resume), False when it is free.
-
-    Raises StoreMismatch when the path holds anything else; nothing is written.
-    """
-    fs, root = url_to_fs(path)
-    if not fs.exists(root) or (fs.isdir(root) and not fs.ls(root)):
-        return False
-    try:
-        soundness.read_root(path)
-    except soundness.RootDamaged as e:
-        if soundness.looks_like_a_store(path):
-            raise StoreMismatch(
-                f"output store {path} is damaged: {e}, and it records which export wrote "
-                f"the store, so a rerun cannot repair it: restore {path}/zarr.json from a "
-                "backup, or export into another --out"
-            ) from e
-    try:
-        meta = read_meta(path).get("swath")
-    except (FileNotFoundError, ValueError, KeyError, zarr.errors.BaseZarrError) as e:
-        raise StoreMismatch(
-            f"output path {path} exists and is not a swath store (it holds no Zarr group); "
-            "choose another --out or remove it"
-        ) from e
-    if isinstance(meta, dict) and meta.get("state") == CREATING:
-        return False  # an object-store layout that a crash interrupted: lay it out again
-    if not isinstance(meta, dict) or "fingerprint" not in meta:
-        raise StoreMismatch(
-            f"output path {path} exists and is not a swath store (a Zarr group without swath's "
-            "attributes); choose another --out or remove it"
-        )
-    if meta.get("format") != STORE_FORMAT:
-        raise StoreMismatch(
-            f"output store {path} was written by an older swath (store format "
-            f"{meta.get('format')}, this one writes {STORE_FORMAT}: points named by their UTM "
-            "coordinates, utm_x and utm_y stored); it stays readable, but "
-            "cannot be resumed or appended to: export into another --out, or remove it to "
-            "start over"
-        )
-    if meta["fingerprint"] != layout.fingerprint():
-        diff = _difference(meta.get("layout", {}), layout.summary())
-        raise StoreMismatch(
-            f"output store {path} holds a different export ({diff}); "
-            "use another --out, or remove the store to start over"
-        )
-    return True
-
-
-def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
-    """The first field that differs, named by its path (e.g. models.x.identity.weights)."""
-    new = json.loads(json.dumps(new))  # tuples as lists, as stored
-    for key in ("points", "chunk_size"):
-        if old.get(key) != new.get(key):
-            return f"{key}: store has {_short(old.get(key))}, this run has {_short(new.get(key))}"
-    old_models, new_models = old.get("models", {}), new.get("models", {})
-    if list(old_models) != list(new_models):
-        return f"models: store has {list(old_models)}, this run has {list(new_models)}"
-    for name in new_models:
-        found = _first_difference(old_models[name], new_models[name], f"models.{name}")
-        if found:
-            return found
-    return "same sizes and models, other points: another region or spacing"
-
-
-def _first_difference(old: Any, new: Any, where: str) -> str | None:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new)):
-            found = _first_difference(old.get(key), new.get(key), f"{where}.{key}")
-            if found:
-                return found
-        return None
-    if old != new:
-        return f"{where}: store has {_short(old)}, this run has {_short(new)}"
-    return None
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def create_store(
@@ -197,8 +119,8 @@ def create_store(
     has no rename) is marked as being created until its attributes are written last.
 
     Data variables are sharded by write blocks of `block_chunks` plan chunks (default:
-    `default_block_chunks(layout)`)."""
-    k = block_chunks or default_block_chunks(layout)
+    `default_block_chunks(layout)`), unless the layout asks for no shards."""
+    k = None if layout.shards == "none" else block_chunks or default_block_chunks(layout)
     ds, encoding = _template(layout, window, block_chunks=k)
     models = {m.name: {**m.identity, **m.provenance} for m in layout.models}
     ds.attrs["models"] = json.dumps(models, sort_keys=True)
@@ -254,9 +176,14 @@ TEXT_BLOCK = 16_384  # rows of a text array that open_store decodes at a time
 
 
 def open_store(path: str) -> xr.Dataset:
-    """`xr.open_zarr(path)` with its text arrays (point ids, reasons) decoded to strings, and
-    float16 and int8 embeddings decoded to float32 (int8 with their per-vector scales)."""
+    """`xr.open_zarr(path)` with its text arrays (point ids, reasons) decoded to strings,
+    float16 and int8 embeddings decoded to float32 (int8 with their per-vector scales), and
+    attributes as netCDF takes them (`conventions.netcdf_attrs`): nested ones as JSON text,
+    `flag_values` of their variable's type. `open_store(path).to_netcdf(...)` saves it."""
     ds = xr.open_zarr(path)
+    ds.attrs = conventions.netcdf_attrs(ds.attrs)
+    for var in ds.variables.values():
+        var.attrs = conventions.netcdf_attrs(var.attrs, var.dtype)
     for name in [n for n, v in ds.variables.items() if v.attrs.get(TEXT_ATTR)]:
         var = ds[name]
         if var.chunks and max(var.chunks[-2]) > TEXT_BLOCK:  # decode a part without the rest
@@ -313,6 +240,8 @@ def add_window(path: str, layout: StoreLayout, window: Window) -> int:
     ds, _ = _template(layout, window)
     ds = ds.drop_vars([v for v in ds.variables if "time" not in ds[v].dims])
     ds.attrs = dict(zarr.open_group(path, mode="r").attrs)  # an append rewrites the root attrs
+    line = conventions.history_line(f"time entry added for {window[0]}..{window[1]}")
+    ds.attrs["history"] = "\n".join(filter(None, [ds.attrs.get("history"), line]))
     with _quiet_consolidation():
         ds.to_zarr(path, append_dim="time", compute=False, consolidated=True)
         soundness.record(path)  # the time arrays' values and every time array's shape
@@ -346,11 +275,12 @@ def default_block_chunks(layout: StoreLayout, *, at_most: int | None = None) -> 
 
 
 def _template(
-    layout: StoreLayout, window: Window, *, block_chunks: int = 1
+    layout: StoreLayout, window: Window, *, block_chunks: int | None = 1
 ) -> tuple[xr.Dataset, dict[str, Any]]:
     """The store's variables, lazily: the point coordinates are placeholders that
     `write_coords` fills from the plan a block at a time, and data variables stay at their
-    fill values until written (no chunk of them is stored)."""
+    fill values until written (no chunk of them is stored). Data variables are sharded by
+    `block_chunks` plan chunks; None: not sharded."""
     n, cs = len(layout.points), layout.chunk_size
     block = (min(BLOCK_POINTS, max(n, 1)),)
     coords = {
@@ -370,17 +300,13 @@ def _template(
     encoding: dict[str, dict[str, Any]] = {}
     for m in layout.models:
         for name, (dims, shape, dtype, fill) in _model_variables(m, n, layout.dtype).items():
-            chunks, shards = (1, cs, *shape[2:]), (1, cs * block_chunks, *shape[2:])
-            data_vars[name] = (dims, da.full(shape, fill, dtype=dtype, chunks=shards))
-            encoding[name] = {"fill_value": fill, "chunks": chunks, "shards": shards}
+            stored = chunk_encoding((1, cs, *shape[2:]), block_chunks)
+            data_vars[name] = (dims, da.full(shape, fill, dtype=dtype, chunks=_files(stored)))
+            encoding[name] = {"fill_value": fill, **stored}
         dims, values, along = checksum_variable(m.name, -(-n // cs))
-        shards = (1, along * block_chunks)
-        data_vars[checksum_name(m.name)] = (dims, da.from_array(values, chunks=shards))
-        encoding[checksum_name(m.name)] = {
-            "fill_value": values.dtype.type(CHECKSUM_FILL),
-            "chunks": (1, along),
-            "shards": shards,
-        }
+        stored = chunk_encoding((1, along), block_chunks)
+        data_vars[checksum_name(m.name)] = (dims, da.from_array(values, chunks=_files(stored)))
+        encoding[checksum_name(m.name)] = {"fill_value": values.dtype.type(CHECKSUM_FILL), **stored}
     ds = xr.Dataset(data_vars, coords=coords)
     ds.point_id.attrs.update({TEXT_ATTR: TEXT_ENCODING, "long_name": "point id, UTF-8 bytes"})
     for m in layout.models:
@@ -393,7 +319,7 @@ def _template(
             {TEXT_ATTR: TEXT_ENCODING, "long_name": f"why {m.name} failed or has no data"}
         )
         ds[f"{m.name}_status"].attrs.update(
-            flag_values=[int(s) for s in Status],
+            flag_values=np.array([int(s) for s in Status], dtype=np.int8),  # the variable's type
             flag_meanings=" ".join(s.name.lower() for s in Status),
             long_name=f"state of each point's {m.name} embedding",
         )
@@ -408,6 +334,11 @@ def _template(
     ds["time_bounds"] = (("time", "bnds"), conventions.time_bounds(start, end))
     conventions.annotate(ds, layout)
     return ds, encoding
+
+
+def _files(encoding: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+    """The shape of one stored file of an array: its shard, or its chunk where it has none."""
+    return encoding.get("shards", encoding["chunks"])
 
 
 def _model_variables(

@@ -5,6 +5,7 @@ library behind it adds its reference here; a model with none is checked by its o
 import torch
 from torchgeo.models.resnet import _mean_s2
 
+from embedders.bands import dofa_wavelengths_um
 from embedders.copernicusfm import CopernicusFMEmbedder
 from embedders.croma import CromaEmbedder
 from embedders.dofa import DofaEmbedder
@@ -30,7 +31,7 @@ def _reference(embedder: Embedder, tiles: torch.Tensor) -> torch.Tensor:
     if isinstance(embedder, FilledResNetEmbedder | VitEmbedder):
         return m(_b10_inserted(tiles))
     if isinstance(embedder, DofaEmbedder):
-        return m.forward_features(tiles, list(sensors.wavelengths_um(embedder.spec.bands)))
+        return m.forward_features(tiles, list(dofa_wavelengths_um(embedder.spec.bands)))
     if isinstance(embedder, CromaEmbedder):
         # CROMA's README: (x - (mean - 2 std)) / (4 std), clipped to [0, 1].
         return m(x_optical=((tiles * 1.0 + 2.0) / 4.0).clamp(0, 1))["optical_GAP"]

@@ -78,3 +78,17 @@ def test_dofa__pretrained_reads_the_checkpoint_in_the_hub_cache(
     assert torch.equal(loaded.module.cls_token, state["cls_token"])
     assert loaded.weights.identity == "DOFABase16_Weights.DOFA_MAE"
     assert loaded.weights.kind == "pretrained" and loaded.weights.file == str(path)
+
+
+def test_dofa_s1__takes_vv_and_vh_at_dofas_radar_wavelengths_in_db() -> None:
+    """DOFA's v1 weights take Sentinel-1 at 3.75 um (torchgeo's DOFA docstring), and the
+    spec normalises with torchgeo's SSL4EO-S12 Sentinel-1 statistics, in dB."""
+    from torchgeo.models.resnet import _mean_s1, _std_s1
+
+    spec = dofa.S1_SPEC
+    assert spec.sensor == sensors.SENTINEL_1.name and spec.bands == ("VV", "VH")
+    assert bands.dofa_wavelengths_um(spec.bands) == (3.75, 3.75)
+    assert list(spec.norm_mean) == _mean_s1 and list(spec.norm_std) == _std_s1
+    assert spec.identity() != dofa.SPEC.identity()
+    assert registry.get_spec("dofa_base_s1") == spec
+    assert spec.checkpoint == dofa.SPEC.checkpoint  # one set of DOFA weights for every sensor

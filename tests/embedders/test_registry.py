@@ -14,10 +14,10 @@ def test_registry__names_are_the_specs_names() -> None:
 
 
 @pytest.mark.parametrize("name", list(registry.MODELS))
-def test_registry__specs_use_sentinel2_bands_and_fit_their_grid(name: str) -> None:
+def test_registry__specs_use_their_sensors_bands_and_fit_their_grid(name: str) -> None:
     spec = registry.get_spec(name)
-    assert spec.sensor == "sentinel-2-l2a"
-    assert all(b in sensors.BANDS for b in spec.bands)
+    assert spec.sensor in ("sentinel-2-l2a", "sentinel-1")
+    assert all(b in sensors.SENSORS[spec.sensor].bands for b in spec.bands)
     assert spec.tile_px % spec.grid_stride_px == 0 and spec.embed_dim > 0
     assert all(s > 0 for s in spec.norm_std)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flows.cli import main
+from flows.cli import clock_text, main
 from tests.waiting import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -343,6 +343,22 @@ def test_cli__the_flow_runs_the_job_the_command_line_resolved_and_reports_its_pr
     assert "ssl4eo_resnet18_rgb" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("elapsed", "left", "took", "text"),
+    [
+        (115.2, 10.4, None, "0:01:55 elapsed, about 0:00:10 left"),
+        (115.2, None, None, "0:01:55 elapsed"),  # no rate yet (or the bar is full)
+        (115.2, 0.4, None, "0:01:55 elapsed"),  # never "about 0:00:00 left"
+        (0.0, 0.0, None, "0:00:00 elapsed"),
+        (130.0, 0.2, 125.4, "in 0:02:05"),  # ended: the summary's duration
+    ],
+)
+def test_cli__the_bar_clock_says_elapsed_and_left_only_while_something_is_left(
+    elapsed, left, took, text
+):
+    assert clock_text(elapsed, left, took) == text
+
+
 def test_cli__dry_run_says_what_an_export_would_do_and_writes_nothing(capsys, tmp_path):
     out, work = tmp_path / "e.zarr", tmp_path / "work"
     code = main(["--dry-run", "--out", str(out), "--work-dir", str(work), "--output", "grid"])
@@ -368,6 +384,27 @@ def test_cli__dry_run_counts_child_runs_of_whole_write_blocks(capsys, tmp_path):
     # 59 chunks in blocks of 14 (a quarter of them): 14, 14, 14, 14 + 3 chunks per child run
     assert "59 chunks of up to 1; 14 chunk(s) per shard (write block)" in text
     assert "1 flow run + 4 child runs, at most 55 task runs each (17 chunks x (1 fetch + " in text
+
+
+def test_cli__dry_run_with_shards_none_writes_one_file_per_chunk(capsys, tmp_path):
+    out, work = tmp_path / "e.zarr", tmp_path / "work"
+    code = main(["--dry-run", "--out", str(out), "--work-dir", str(work), "--chunk-size", "1",
+                 "--chunks-per-run", "20", "--shards", "none"])  # fmt: skip
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "59 chunks of up to 1; no shards (one file per chunk and array)" in text
+    assert (
+        "1 flow run + 3 child runs, at most 100 task runs each (20 chunks x (1 fetch + 2 " in text
+    )
+    assert "+ 20 blocks x 2 write)" in text  # a write task per chunk: no two share a file
+
+
+def test_cli__shards_flag_reaches_the_output_settings():
+    from flows.flags import params, parser
+
+    assert params(parser().parse_args([]))["output"].shards == "auto"
+    assert params(parser().parse_args(["--shards", "none"]))["output"].shards == "none"
+    assert "--shards {auto,none}" in parser().format_help()
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,7 @@ def test_demo__runs_offline_with_no_arguments(tmp_path):
     assert out.count("download failed") == 2, out  # once per model
     assert "| INFO" not in out and "| WARNING" not in out
     assert "swath: written" in out and "4/4 (chunk, model) pairs" in out
+    assert " left" not in out, "a finished bar has no time left to tell"
     # One duration: the bar ends on the summary's (both from the command's start).
     bar = re.search(r"pairs in (\d+):(\d\d):(\d\d)", out)
     said = re.search(r"swath: 59 points, 2 chunks, ([\d.]+) s", out)

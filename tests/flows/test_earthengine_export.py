@@ -16,8 +16,8 @@ from tasks.plan.points import Point, _point_id
 from tasks.prefetch import prefetch_task
 from tasks.products import gse
 from tasks.sources import earthengine, sensors
+from tasks.sources.pixels import patch_geobox
 from tasks.sources.registry import EarthEngineOptions, SensorConfig
-from tasks.sources.stac import patch_geobox
 from tasks.store.layout import open_store
 from tests.ee_server import (
     FakeEarthEngine,

@@ -254,15 +254,29 @@ def test_export__refresh_redoes_every_chunk_and_gives_the_same_store(tmp_path, s
         np.testing.assert_array_equal(after[name].values, var.values, err_msg=name)
 
 
-def test_export__leaves_a_progress_and_a_summary_artifact(tmp_path, served_demo):
-    state = export(
-        **params(tmp_path, served_demo.url, models=["ssl4eo_resnet18_rgb"]), return_state=True
-    )
-    summary = state.result()
+def artifacts_of(state) -> dict:
     run_filter = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
     with get_client(sync_client=True) as client:
-        artifacts = {a.key: a for a in client.read_artifacts(flow_run_filter=run_filter)}
-    assert artifacts["swath-export-progress"].data == 100.0
+        return {a.key: a for a in client.read_artifacts(flow_run_filter=run_filter)}
+
+
+def test_export__leaves_a_progress_and_a_summary_artifact(tmp_path, served_demo):
+    p = params(tmp_path, served_demo.url, models=["ssl4eo_resnet18_rgb"])
+    state = export(**p, return_state=True)
+    summary = state.result()
+    artifacts = artifacts_of(state)
+    progress, n = artifacts["swath-export-progress"], summary["chunks"]
+    assert progress.data == 100.0
+    # A percentage, and what it is of:
+    assert progress.description == (
+        f"{n} of {n} (chunk, model) pairs of {summary['store']} finished: {n} written by this run"
+    )
+    rerun = artifacts_of(export(**p, return_state=True))["swath-export-progress"]
+    assert rerun.data == 100.0
+    assert rerun.description == (
+        f"{n} of {n} (chunk, model) pairs of {summary['store']} finished: 0 written by this "
+        f"run, {n} done before it"
+    )
     table = str(artifacts["swath-export-summary"].data)
     assert f"| ssl4eo_resnet18_rgb | {summary['points']} | 0 | 0 | 0 |" in table
     row = next(line for line in table.splitlines() if line.startswith("| ssl4eo"))
@@ -288,3 +302,28 @@ def test_export__int8_store_decodes_close_to_float32_and_reports_its_cosine(tmp_
     b = open_store(small["store"]).ssl4eo_resnet18_rgb.values[0].astype("f8")
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() == pytest.approx(cosine, abs=1e-6)
+
+
+def test_export__shards_none_writes_a_store_gdal_reads_and_a_rerun_keeps_it(tmp_path, served_demo):
+    """GDAL before 3.13 reads no Zarr shard: `shards="none"` stores plain chunks, which
+    rasterio's GDAL reads value for value; the setting is part of the store's layout."""
+    import rasterio
+
+    model = "ssl4eo_resnet18_rgb"
+    p = params(tmp_path, served_demo.url, bbox=PAST_EDGE, models=[model])
+    p["output"] = p["output"].model_copy(update={"shards": "none"})
+    with pytest.raises(ExportGaps) as gaps:  # the eastern points have no imagery
+        export(**p)
+    store = gaps.value.summary["store"]
+    with xr.open_zarr(store) as ds:
+        assert (ds[f"{model}_status"].values == Status.NODATA).any()
+        for name in (model, f"{model}_status", f"{model}_reason", f"{model}_valid_fraction"):
+            want = ds[name].values
+            with rasterio.open(f'ZARR:"{store}":/{name}') as r:
+                got = r.read()
+            np.testing.assert_array_equal(got.reshape(want.shape), want, err_msg=name)
+    before = snapshot(Path(store))
+    p["output"] = p["output"].model_copy(update={"shards": "auto"})
+    with pytest.raises(UsageError, match="to resume give --shards none"):
+        export(**p)
+    assert snapshot(Path(store)) == before

@@ -24,7 +24,7 @@ ROOT = Path(__file__).parents[2]
 
 class FlatSource:
     """An ImagerySource whose patches are one colour per band; the first point's top row is
-    NaN (masked)."""
+    NaN (masked), the second point's patch all NaN (no imagery)."""
 
     VALUES: ClassVar[dict[str, float]] = {"B04": 3000.0, "B03": 1500.0, "B02": 0.0}
 
@@ -34,6 +34,7 @@ class FlatSource:
         for band in bands:
             data[band] = np.full((len(points), n, n), self.VALUES[band], dtype=np.float32)
             data[band][0, 0, :] = np.nan
+            data[band][1:2] = np.nan
         return Patches(point_ids=tuple(p.id for p in points), bands=data)
 
 
@@ -81,13 +82,32 @@ def test_inspect__patch_writes_the_true_colour_png(written, work_dir, tmp_path, 
         main([written.path, "--patch", point, "--work-dir", str(work_dir), "--out", str(out)]) == 0
     )
     scale = PATCH_MIN_PX // SENSOR.patch_px
-    assert f"{SENSOR.patch_px * scale} x {SENSOR.patch_px * scale} px" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"{SENSOR.patch_px * scale} x {SENSOR.patch_px * scale} px" in said
+    assert said.endswith(", 12% of it no data (transparent)\n"), said  # its top row of 8
     rgba = np.asarray(Image.open(out))
     assert rgba.shape == (SENSOR.patch_px * scale, SENSOR.patch_px * scale, 4)
     np.testing.assert_array_equal(
         rgba[-1, -1], [255, 127, 0, 255]
     )  # B04 / 3000 = 1, B03 / 3000 = 0.5
     assert (rgba[:scale, :, 3] == 0).all(), "the masked top row is transparent"
+
+
+def test_inspect__patch_without_a_valid_pixel_is_not_drawn_and_says_why(
+    written, work_dir, tmp_path, capsys
+):
+    out = tmp_path / "nodata.png"
+    point = written.points[1].id  # no data in every model that reads imagery
+    assert (
+        main([written.path, "--patch", point, "--work-dir", str(work_dir), "--out", str(out)]) == 1
+    )
+    said = capsys.readouterr()
+    assert said.out == "" and "true colour" not in said.err
+    assert said.err == (
+        f"swath inspect: point {point} has no valid pixel in its patch for 2024-01-01..2024-12-31 "
+        "(the store says: pooled_model: no item covers it); no PNG written\n"
+    )
+    assert not out.exists()
 
 
 def test_inspect__patch_of_a_point_not_in_the_store_exits_1(written, work_dir, capsys):

@@ -71,6 +71,6 @@ def test_plugins__a_toy_model_and_product_export_end_to_end(tmp_path: Path) -> N
         lonlat = np.stack([ds.lon.values, ds.lat.values, np.ones(n)], axis=1)
         np.testing.assert_allclose(ds["toy_product"].values[0], lonlat, rtol=1e-6)
         assert ds["toy_product"].attrs["geoemb:model"] == "https://example.org/toy/dataset"
-    item = json.loads((tmp_path / "e.zarr.stac" / "toy_model.json").read_text())
+    item = json.loads((tmp_path / "e.zarr.stac" / "toy_model" / "item.json").read_text())
     links = {link["rel"]: link["href"] for link in item["links"]}
     assert links["emb:model"] == "https://example.org/toy/toy_model-v1.pt"

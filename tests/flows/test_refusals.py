@@ -91,6 +91,12 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str, bool]] = {
         r"cannot open the Tessera store",
         False,
     ),
+    "sensor-not-in-the-catalog": (
+        lambda t: ["--models", "dofa_base_s1"],  # the demo catalog holds Sentinel-2 only
+        r"no item in collection 'sentinel-1-rtc' \(sentinel-1\); its collections are "
+        r"\['sentinel-2-l2a'\]: give a catalog that holds sentinel-1 items, or choose models",
+        False,
+    ),
     "fp16-on-the-cpu": (
         lambda t: ["--precision", "fp16", "--device", "cpu"],
         r"--precision fp16 needs a CUDA device, and --device is cpu",

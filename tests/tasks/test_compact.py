@@ -10,8 +10,9 @@ import zarr
 from embedders.spec import Status
 from tasks.plan.chunks import make_chunks
 from tasks.store import compact
+from tasks.store.compatibility import check_store
 from tasks.store.integrity import check_done
-from tasks.store.layout import StoreLayout, StoreMismatch, check_store, open_store
+from tasks.store.layout import StoreLayout, StoreMismatch, open_store
 from tests.stores import write_store
 
 
@@ -86,7 +87,8 @@ def vectors(a: np.ndarray) -> np.ndarray:
 def test_store__a_dtype_change_on_resume_is_refused_naming_it(tmp_path: Path) -> None:
     w = write_store(tmp_path / "s.zarr", dtype="int8")
     layout = StoreLayout(w.layout.points, w.layout.chunk_size, w.layout.models, "float32")
-    with pytest.raises(StoreMismatch, match="dtype"):
+    message = r'dtype: store has "int8", this run has "float32", to resume give --dtype int8'
+    with pytest.raises(StoreMismatch, match=message):
         check_store(w.path, layout)
     assert check_store(w.path, w.layout)  # the same dtype resumes
 

@@ -14,13 +14,13 @@ from google.auth import transport
 from tasks.plan.points import Point, _point_id
 from tasks.sources import earthengine, sensors
 from tasks.sources.earthengine import EarthEngineSource, PixelGrid, plan_grids
+from tasks.sources.pixels import patch_geobox
 from tasks.sources.registry import (
     EarthEngineOptions,
     ImagerySourceError,
     SensorConfig,
     TransientSourceError,
 )
-from tasks.sources.stac import patch_geobox
 from tests import ee_server
 from tests.ee_server import (
     FakeEarthEngine,

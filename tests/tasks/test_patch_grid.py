@@ -18,8 +18,8 @@ from pyproj import Transformer
 from tasks.plan.points import Point, _point_id
 from tasks.products import tessera
 from tasks.sources.earthengine import plan_grids
+from tasks.sources.pixels import patch_geobox
 from tasks.sources.registry import SensorConfig
-from tasks.sources.stac import patch_geobox
 from tasks.sources.stac_catalog import StacCatalogSource
 from tests import rasters
 from tests.tessera_data import TesseraStore, Zone, build_tessera_store

@@ -7,9 +7,9 @@ from urllib.parse import quote
 
 import pytest
 
+from tasks.sources.failures import error_chain, keeps_secrets
 from tasks.sources.redact import redact_logs, redact_urls
-from tasks.sources.registry import ImagerySourceError, TransientSourceError, error_chain
-from tasks.sources.stac import keeps_secrets
+from tasks.sources.registry import ImagerySourceError, TransientSourceError
 from tests.stac_api_server import sas_token, signature
 
 TOKEN = sas_token()

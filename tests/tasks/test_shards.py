@@ -17,7 +17,7 @@ from tasks.plan.shards import SHARD_BYTES, block_chunks, choose_block_chunks, sp
 from tasks.results import ChunkResult, ModelOutput
 from tasks.store.integrity import check_done
 from tasks.store.layout import StoreLayout, create_store
-from tasks.write import write_chunks
+from tasks.write import Block, write_chunks
 
 WINDOW = (date(2024, 1, 1), date(2024, 12, 31))
 POINTS = tuple(
@@ -126,3 +126,9 @@ def test_choose_block_chunks__16_at_most_a_quarter_of_the_chunks_and_bounded_in_
     assert choose_block_chunks(10_000, SHARD_BYTES // 3) == 3
     assert choose_block_chunks(10_000, 2 * SHARD_BYTES) == 1
     assert choose_block_chunks(10_000, 100_000, at_most=5) == 5
+
+
+def test_block__label_names_its_chunks_first_to_last_for_task_run_names():
+    assert Block(1, CHUNKS[4:8]).label == "c00004-c00007"
+    assert Block(1, (CHUNKS[4], CHUNKS[6])).label == "c00004-c00006"  # the chunks it redoes
+    assert Block(12, CHUNKS[49:]).label == "c00049"

@@ -24,6 +24,7 @@ from tasks.options import Options
 from tasks.plan.points import Point, _point_id
 from tasks.sources import sensors
 from tasks.sources.earthengine import EarthEngineSource
+from tasks.sources.pixels import patch_geobox
 from tasks.sources.registry import (
     SOURCES,
     EarthEngineOptions,
@@ -32,7 +33,6 @@ from tasks.sources.registry import (
     StacApiOptions,
     get_source,
 )
-from tasks.sources.stac import patch_geobox
 from tasks.sources.stac_api import StacApiSource
 from tasks.sources.stac_catalog import StacCatalogSource
 from tests.ee_server import Raster, serve_earthengine, service_account_key

@@ -12,8 +12,8 @@ from odc.geo.geom import BoundingBox
 
 from tasks.plan.points import Point
 from tasks.sources.demo import DEMO_COLLECTION, build_demo_catalog
+from tasks.sources.pixels import nanmedian_over_time, plan_loads
 from tasks.sources.registry import ImagerySourceError, SensorConfig, TransientSourceError
-from tasks.sources.stac import nanmedian_over_time, plan_loads
 from tasks.sources.stac_catalog import StacCatalogSource, read_catalog
 from tests import rasters
 from tests.fakes import Fault, Request, serve_directory
@@ -289,7 +289,7 @@ def test_loads__union_load_equals_per_point_loads(
     config = config_for(synthetic, 16)
     assert len(plan_loads(points, read_catalog(synthetic), config)[0]) == 2
     together = StacCatalogSource().fetch(points, ["B02", "B04"], config)
-    monkeypatch.setattr("tasks.sources.stac.UNION_MAX_AREA_RATIO", 0.0)
+    monkeypatch.setattr("tasks.sources.pixels.UNION_MAX_AREA_RATIO", 0.0)
     assert len(plan_loads(points, read_catalog(synthetic), config)[0]) == len(points)
     alone = StacCatalogSource().fetch(points, ["B02", "B04"], config)
     for band in ("B02", "B04"):

@@ -13,13 +13,13 @@ import pytest
 import shapely
 
 from tasks.plan.points import Point
+from tasks.sources.pixels import patch_geobox
 from tasks.sources.registry import (
     ImagerySourceError,
     SensorConfig,
     StacApiOptions,
     TransientSourceError,
 )
-from tasks.sources.stac import patch_geobox
 from tasks.sources.stac_api import KNOWN_APIS, StacApiSource, resolve_api, sign_item
 from tests.fakes import Fault, FaultHook, Request
 from tests.stac_api_server import (

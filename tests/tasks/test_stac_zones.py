@@ -23,8 +23,8 @@ from flows.summary import imagery_line
 from tasks.inputs import prefetch_chunk
 from tasks.plan.chunks import Chunk
 from tasks.plan.points import Point, _point_id
+from tasks.sources.pixels import patch_geobox
 from tasks.sources.registry import Patches, SensorConfig
-from tasks.sources.stac import patch_geobox
 from tasks.sources.stac_catalog import StacCatalogSource
 from tests import rasters
 

@@ -2,6 +2,7 @@
 (tensorstore), netCDF; and its attributes through `read_meta`. Stores are written by swath's
 own `create_store` + `write_chunk`."""
 
+import dataclasses
 import json
 import re
 from datetime import date
@@ -16,11 +17,11 @@ from embedders.spec import Status
 from tasks.plan.chunks import make_chunks
 from tasks.plan.points import Point
 from tasks.results import ChunkResult, ModelOutput
+from tasks.store.compatibility import check_store
 from tasks.store.layout import (
     REASON_BYTES,
     StoreLayout,
     StoreMismatch,
-    check_store,
     create_store,
     open_store,
     read_meta,
@@ -53,15 +54,17 @@ REASONS = ["", "no item covers it", "", "", LONG]
 NON_ASCII = ["", "échec: nuage à 100 %", "", "", "timeout"]
 
 
-def write_store(path: Path, reasons: list[str]) -> str:
-    """A finished store: point 1 has no data, point 4 failed, the others are ok."""
+def write_store(path: Path, reasons: list[str], *, shards: str = "auto") -> str:
+    """A finished store: point 1 has no data, point 4 failed, the others are ok; its files
+    laid out as `shards` asks."""
     store = str(path)
-    create_store(store, LAYOUT, WINDOW, attrs={"region": {"bbox": [-67.66, -47.86, -67.6, -47.84]}})
+    layout = dataclasses.replace(LAYOUT, shards=shards)
+    create_store(store, layout, WINDOW, attrs={"region": {"bbox": [-67.66, -47.86, -67.6, -47.84]}})
     rng = np.random.default_rng(0)
     status = np.array([1, 3, 1, 1, 2], dtype="int8")
     for m in MODELS:
         shape = (m.embed_dim, *(m.grid_shape or ()))
-        for c in make_chunks(list(POINTS), LAYOUT.chunk_size):
+        for c in make_chunks(list(POINTS), layout.chunk_size):
             n, s = len(c.points), slice(c.start, c.stop)
             emb = rng.standard_normal((n, *shape)).astype("float32")
             emb[status[s] != Status.OK] = np.nan
@@ -75,9 +78,11 @@ def store(tmp_path: Path) -> str:
     return write_store(tmp_path / "embeddings.zarr", REASONS)
 
 
-def test_readme__every_python_example_runs_against_a_real_store(store, monkeypatch):
+def test_readme__every_python_example_runs_against_a_real_store(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
     assert blocks, "the README has no Python example"
+    # Unsharded, as "Reading with GDAL" exports it: rasterio's GDAL reads no shards.
+    store = write_store(tmp_path / "embeddings.zarr", REASONS, shards="none")
     monkeypatch.chdir(Path(store).parent)  # the examples open "embeddings.zarr"
     for i, code in enumerate(blocks):
         exec(compile(code, f"README.md python block {i + 1}", "exec"), {"__name__": "readme"})
@@ -125,10 +130,9 @@ def test_store__tensorstore_reads_every_array_as_xarray_does(tmp_path):
     assert list(text.dofa_base_reason.values[0]) == NON_ASCII
 
 
-@pytest.mark.parametrize("opener", [xr.open_zarr, open_store], ids=["open_zarr", "open_store"])
-def test_store__saves_as_netcdf_with_its_values_and_parseable_attrs(store, tmp_path, opener):
+def test_store__open_store_saves_as_netcdf_with_its_values_and_parseable_attrs(store, tmp_path):
     nc = tmp_path / "e.nc"
-    ds = opener(store)
+    ds = open_store(store)
     ds.to_netcdf(nc, engine="scipy")  # netCDF-3: the engine installed with swath (scipy)
     with xr.open_dataset(nc, engine="scipy") as back:
         assert set(back.variables) == set(ds.variables)
@@ -136,6 +140,16 @@ def test_store__saves_as_netcdf_with_its_values_and_parseable_attrs(store, tmp_p
             np.testing.assert_array_equal(back[name].values, var.values, err_msg=str(name))
         assert json.loads(back.attrs["models"])["dofa_base"]["weights"]["kind"] == "random"
         assert json.loads(back.attrs["swath"])["fingerprint"] == LAYOUT.fingerprint()
+        # the geoemb: objects and lists of the Zarr store, as JSON text
+        layout = json.loads(back.dofa_base.attrs["geoemb:chip_layout"])
+        assert layout == {"layout_type": "irregular", "chip_size": [8, 8]}
+        assert json.loads(back.tiny_grid.attrs["zarr_conventions"])[0]["name"] == "geoemb:"
+
+
+def test_store__xarray_alone_cannot_save_the_nested_attributes_as_netcdf(store, tmp_path):
+    """What `open_store` is for: `xr.open_zarr` gives the geoemb: objects as they are."""
+    with pytest.raises(TypeError, match="geoemb:"):
+        xr.open_zarr(store).to_netcdf(tmp_path / "e.nc", engine="scipy")
 
 
 def test_read_meta__parses_swath_and_models(store):

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tasks.sources.failures import classify_error
 from tasks.sources.gdal_log import gdal_retries
-from tasks.sources.registry import ImagerySourceError, TransientSourceError, classify_error
+from tasks.sources.registry import ImagerySourceError, TransientSourceError
 from tasks.sources.stac_catalog import StacCatalogSource, read_catalog
 from tests.fakes import Fault, Request, serve_directory
 from tests.tasks.test_stac import DEMO_BANDS, demo, demo_config, demo_points

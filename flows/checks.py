@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from urllib.parse import urlsplit
 
+from flows.naming import setting
+
 
 class UsageError(ValueError):
     """Input the user must fix; the CLI prints the message and exits 2."""
@@ -90,8 +92,9 @@ def store_location(store: str) -> str:
     if is_url(store):
         from tasks.store.locks import normalise_url
 
-        check_protocol(store, "--out")
+        check_protocol(store, setting("store"))
         return normalise_url(store)
+    out = setting("store")  # how the reader names the setting: --out, or the form's field
     path = os.path.join(os.getcwd(), store)  # not abspath: `link/..` is not taken lexically
     try:
         os.stat(path)
@@ -100,18 +103,18 @@ def store_location(store: str) -> str:
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise UsageError(
-                f"--out {store} is a loop of symbolic links ({e.strerror}); remove the link or "
-                "choose another --out"
+                f"{out} {store} is a loop of symbolic links ({e.strerror}); remove the link or "
+                f"choose another {out}"
             ) from e
         blocker = file_in_the_way(path) if e.errno == errno.ENOTDIR else None
         if blocker:
             raise UsageError(
-                f"--out {store}: {blocker} is a file, not a folder; choose another --out"
+                f"{out} {store}: {blocker} is a file, not a folder; choose another {out}"
             ) from e
         if e.errno != errno.ENAMETOOLONG:
-            raise UsageError(f"--out {store} cannot be used ({e.strerror}); choose another") from e
+            raise UsageError(f"{out} {store} cannot be used ({e.strerror}); choose another") from e
     real = os.path.realpath(path)
-    check_name_length(real, "--out", suffix_bytes=STORE_SUFFIX_BYTES)
+    check_name_length(real, out, suffix_bytes=STORE_SUFFIX_BYTES)
     return real
 
 
@@ -199,7 +202,7 @@ def check_store_writable(store: str) -> None:
                 raise UsageError(
                     f"output store {store} cannot be written ({path} is read-only); make the "
                     "store writable (its permissions, attributes or mount), then run the same "
-                    "command, or export into another --out"
+                    f"command, or export into another {setting('store')}"
                 )
 
 

@@ -17,11 +17,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from flows import flags
+from flows.naming import named_as
 from flows.params import Output
 from flows.stop import stop_on_signals
 
 
 def main(argv: list[str] | None = None) -> int:
+    with named_as("flags"):  # messages about settings name the flags given here
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     started = time.monotonic()  # the run's one clock: the bar, the summary, the artifact
     args = flags.parser().parse_args(
         flags.glue_negative_values(sys.argv[1:] if argv is None else argv)
@@ -171,17 +177,22 @@ def _in_thread(run: Callable[[], Any], *, api_url: str | None) -> Any:
     stays free for the signal handlers (a SIGTERM is honoured at once, whatever the flow is
     doing), and Prefect, which installs its own SIGTERM handler only from the main thread,
     leaves swath's in place. `api_url`: a temporary server's, for the flow's settings."""
+    import contextvars
     import threading
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     outcome: dict[str, Any] = {}
+    context = contextvars.copy_context()  # how messages name settings, in the flow too
+
+    def call() -> Any:
+        updates = {PREFECT_API_URL: api_url} if api_url else {}
+        with temporary_settings(updates=updates):  # in the copied context: the flow sees both
+            return run()
 
     def target() -> None:
         try:
-            updates = {PREFECT_API_URL: api_url} if api_url else {}
-            with temporary_settings(updates=updates):
-                outcome["value"] = run()
+            outcome["value"] = context.run(call)
         except BaseException as e:  # handed to the main thread, raised there
             outcome["error"] = e
 
@@ -384,8 +395,16 @@ def _print_summary(s: dict[str, Any]) -> None:
             )
         if m.get("redone_damaged"):
             print(f"  {'':24} redone, damaged in the store: {', '.join(m['redone_damaged'])}")
-    from flows.summary import flagged_lines, imagery_line, nothing_ok_line, transit_line
+    from flows.summary import (
+        flagged_lines,
+        imagery_line,
+        nothing_ok_line,
+        reason_lines,
+        transit_line,
+    )
 
+    for why in reason_lines(s):
+        print(f"swath: {why}")
     print(imagery_line(s["imagery"]))
     if line := nothing_ok_line(s):
         print(f"swath: {line}")

@@ -17,6 +17,7 @@ if __name__ == "__main__":  # the command line: check arguments before importing
     raise SystemExit(main())
 
 import functools
+import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
@@ -29,13 +30,17 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask.task_runners import DaskTaskRunner
+from pydantic import ValidationError
 
+from flows.checks import UsageError
 from flows.job import ChunkTodo, Job, Todo, chunks_to_do, job_for
-from flows.params import CHILD_CHUNKS, Imagery, Inference, Output, Region, Window
+from flows.naming import form_errors
+from flows.params import CHILD_CHUNKS, SETTINGS, Imagery, Inference, Output, Region, Window
 from flows.pipeline import INFER_RESOURCE as INFER_RESOURCE
 from flows.pipeline import Listener, PartReport, Pipeline, Progress
 from flows.stop import cancel_promptly, stop_when_cancelled
-from flows.summary import counts, gdal_retries_so_far, run_summary, summary_artifact
+from flows.summary import ExportGaps as ExportGaps
+from flows.summary import gaps_message, gdal_retries_so_far, run_summary, summary_artifact
 from tasks.plan.shards import block_chunks, group_blocks, split_blocks
 from tasks.store.conventions import write_stac_items
 from tasks.store.layout import (
@@ -46,13 +51,20 @@ from tasks.store.layout import (
     stored_windows,
     time_index,
 )
+from tasks.store.locks import StoreBusy
 from tasks.store.quicklook import quicklook_artifacts
 
 # Threads: prefetch and write alongside one infer per device (tasks/infer.py DevicePool).
 THREADS = 4 + torch.cuda.device_count()
 
 
-@flow(name="swath-export", task_runner=ThreadPoolTaskRunner(max_workers=THREADS))  # type: ignore[arg-type]
+# Parameters are validated in the flow (`_settings`), not by Prefect's engine: a refusal then
+# reaches the run's log and its message in the form's words, with no traceback.
+@flow(
+    name="swath-export",
+    task_runner=ThreadPoolTaskRunner(max_workers=THREADS),  # type: ignore[arg-type]
+    validate_parameters=False,
+)
 def export(
     region: Region = Region(),  # noqa: B008 - pydantic models are immutable defaults
     window: Window = Window(),  # noqa: B008
@@ -63,22 +75,36 @@ def export(
     """Export embeddings of every point of a region into one Zarr store.
 
     Returns the run's summary. A run where not every point is ok ends Failed, and calling
-    the flow raises ExportGaps, which carries the summary.
+    the flow raises ExportGaps, which carries the summary. Parameters it refuses (UsageError,
+    StoreBusy) end it Failed with the refusal as its message, and calling it raises them.
     """
-    # Object-store URLs: one writer across machines through the run's Prefect server.
-    with (
-        cancel_promptly(),
-        job_for(
-            region,
-            window,
-            imagery,
-            inference,
-            output,
-            today=scheduled_day(),
-            across_machines=is_url(output.store),
-        ) as job,
-    ):
-        return export_job(job, output)
+    try:
+        settings = _settings(region, window, imagery, inference, output)
+        output = settings["output"]
+        # Object-store URLs: one writer across machines through the run's Prefect server.
+        with (
+            cancel_promptly(),
+            job_for(**settings, today=scheduled_day(), across_machines=is_url(output.store)) as job,
+        ):
+            return export_job(job, output)
+    except (UsageError, StoreBusy) as e:  # bad input, said in one line: no traceback
+        get_run_logger().error("%s", e)
+        return Failed(message=str(e), data=e)
+
+
+def _settings(*values: Any) -> dict[str, Any]:
+    """The flow's parameters as their models (the UI and the API send JSON), each checked,
+    every rule across fields too; UsageError with one line per error, in the form's words."""
+    settings, errors = {}, []
+    for model, value in zip(SETTINGS, values, strict=True):
+        section = model.__name__.lower()
+        try:
+            settings[section] = value if isinstance(value, model) else model.model_validate(value)
+        except ValidationError as e:
+            errors += form_errors(section, model, e)
+    if errors:
+        raise UsageError("; ".join(errors))
+    return settings
 
 
 def export_job(
@@ -175,16 +201,20 @@ def _log_job(job: Job) -> None:
             logger.info("%s: %s", product.name, product.describe())
 
 
-class ExportGaps(RuntimeError):
-    """The export ran to the end, but not every point of every product is ok; the store
-    holds what was written and why the others were not. `summary` is the run's summary."""
+# Outcomes a run ends Failed with on purpose, its message saying why: bad parameters (the
+# form's, refused by their models or swath's checks), a store another export is writing, a
+# run with gaps. Prefect's engine re-raises a Failed run's exception at its end, and a
+# deployment's run logs it as "Engine execution exited with unexpected exception" with a
+# traceback (prefect/engine.py, 3.8.8): that record is dropped for these.
+EXPECTED = (UsageError, StoreBusy, ExportGaps)
 
-    def __init__(self, message: str, summary: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.summary = summary
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (str(self), self.summary))
+def _not_expected(record: logging.LogRecord) -> bool:
+    """A log filter: False for a record that carries the traceback of an expected outcome."""
+    return not (record.exc_info and isinstance(record.exc_info[1], EXPECTED))
+
+
+logging.getLogger("prefect.flow_runs").addFilter(_not_expected)
 
 
 def scheduled_day() -> date:
@@ -299,8 +329,7 @@ def _finish(job: Job, t: int, summary: dict[str, Any], report: PartReport) -> An
             "to redo only the chunks not done"
         )
     if not summary["all_ok"]:
-        gaps = "; ".join(f"{m}: {counts(s['status'])}" for m, s in summary["models"].items())
-        message = f"not every point is ok ({gaps}); the store's <model>_reason says why"
+        message = gaps_message(summary)
         get_run_logger().warning("%s", message)
         # A run with gaps ends Failed, as the command line exits 1: a UI user cannot miss it.
         return Failed(message=message, data=ExportGaps(message, summary))

@@ -38,6 +38,7 @@ from flows.checks import (
     store_location,
     undone_if_refused,
 )
+from flows.naming import setting
 from flows.params import Imagery, Inference, Output, Region, Window, engine_options
 from tasks.plan.chunks import Chunk, make_chunks
 from tasks.plan.points import PointTable, discard_plan, plan_damage, plan_key, plan_points
@@ -185,19 +186,21 @@ def plan_job(
             raise UsageError(unknown_model(name, products.PRODUCTS))
     store = store_location(output.store)  # symbolic links and `..` resolved: one lock per store
     if not is_url(store) and os.path.exists(store) and not os.path.isdir(store):
-        raise UsageError(f"output path {store} is a file, not a swath store; choose another --out")
+        raise UsageError(
+            f"output path {store} is a file, not a swath store; choose another {setting('store')}"
+        )
     options = engine_options(inference)
     if inference.precision == "fp16" and inference.device == "cpu":
         raise UsageError(
-            "--precision fp16 needs a CUDA device, and --device is cpu; use --precision bf16 "
-            "or fp32 on the CPU"
+            f"{setting('precision')} fp16 needs a CUDA device, and {setting('device')} is cpu; "
+            f"use {setting('precision')} bf16 or fp32 on the CPU"
         )
     work_dir = os.path.abspath(output.work_dir or platformdirs.user_cache_dir("swath"))
     if not is_url(store):
-        check_writable(os.path.dirname(store), f"--out {store}", must_exist=True)
+        check_writable(os.path.dirname(store), f"{setting('store')} {store}", must_exist=True)
     if not is_url(work_dir):
-        check_name_length(os.path.join(work_dir, "plans", "x" * 40), "--work-dir")
-        check_writable(work_dir, f"--work-dir {work_dir}", must_exist=False)
+        check_name_length(os.path.join(work_dir, "plans", "x" * 40), setting("work_dir"))
+        check_writable(work_dir, f"{setting('work_dir')} {work_dir}", must_exist=False)
     notes: list[str] = []
     if region.bbox is not None and not region.geojson:
         hint = axis_order_hint(*region.bbox)
@@ -246,7 +249,7 @@ def _plan(
     if not len(points):
         raise UsageError(
             f"the region yields no points at {region.spacing_m:g} m spacing; enlarge the region "
-            "or reduce --spacing"
+            f"or reduce {setting('spacing_m')}"
         )
     return points
 
@@ -333,25 +336,30 @@ def _geometry(region: Region) -> BaseGeometry:
         return geojson_region(text, source=source)
     if region.bbox is None:
         raise UsageError(
-            "no region given; pass --bbox west,south,east,north or --region file.geojson"
+            f"no region given; give {setting('bbox')} (west,south,east,north) or "
+            f"{setting('geojson')}"
         )
     return bbox_region(*region.bbox)
 
 
 def _read_region_file(path: Path) -> str:
     if path.is_dir():
-        raise UsageError(f"--region {path} is a folder, not a GeoJSON file; give the file's path")
+        raise UsageError(
+            f"{setting('geojson')} {path} is a folder, not a GeoJSON file; give the file's path"
+        )
     if not path.is_file():
-        raise UsageError(f"GeoJSON file {path} does not exist; check the --region path")
+        raise UsageError(f"GeoJSON file {path} does not exist; check the {setting('geojson')} path")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise UsageError(
-            f"--region {path} is not a GeoJSON file: it is not UTF-8 text (byte {e.start} is "
-            f"{e.object[e.start : e.start + 1]!r}); give a GeoJSON file"
+            f"{setting('geojson')} {path} is not a GeoJSON file: it is not UTF-8 text (byte "
+            f"{e.start} is {e.object[e.start : e.start + 1]!r}); give a GeoJSON file"
         ) from e
     except OSError as e:
-        raise UsageError(f"--region {path} cannot be read ({e.strerror or e}); check it") from e
+        raise UsageError(
+            f"{setting('geojson')} {path} cannot be read ({e.strerror or e}); check it"
+        ) from e
 
 
 @contextlib.contextmanager
@@ -462,7 +470,7 @@ def _open_store(plan: Plan, layout: StoreLayout) -> tuple[bool, tuple[str, ...]]
     except soundness.RootDamaged as e:
         raise UsageError(
             f"output store {plan.store} is damaged and a rerun cannot repair it: {e}; "
-            "export into another --out"
+            f"export into another {setting('store')}"
         ) from e
     except StoreMismatch as e:
         raise UsageError(str(e)) from e

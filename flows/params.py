@@ -13,9 +13,18 @@ import math
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from embedders.spec import InferenceOptions
+from flows.naming import setting
 from tasks.options import Flag, Options, options_for
 from tasks.products.registry import PRODUCTS
 from tasks.products.tessera import TesseraOptions
@@ -66,34 +75,51 @@ def _batch_size(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number or 'auto'") from None
 
 
+# Longitude and latitude limits in the form's schema, so that the UI marks a value out of
+# range; the values are checked with swath's own messages when planning (tasks/plan/regions.py).
+_Lon = Annotated[float, Field(json_schema_extra={"minimum": -180, "maximum": 180})]
+_Lat = Annotated[float, Field(json_schema_extra={"minimum": -90, "maximum": 90})]
+
+
 class Region(BaseModel):
     """Where to embed: a lon/lat box or a GeoJSON polygon (EPSG:4326), sampled on a grid."""
 
     model_config = ConfigDict(frozen=True)
 
     bbox: Annotated[
-        tuple[float, float, float, float] | None,
+        tuple[_Lon, _Lat, _Lon, _Lat] | None,
         Flag("--bbox", None, "west,south,east,north in degrees", _bbox, exclusive="region"),
     ] = Field(
-        DEMO_BBOX, description="west, south, east, north in degrees (ignored when geojson is set)"
+        DEMO_BBOX,
+        title="Bounding box (degrees)",
+        description="west, south, east, north in degrees: longitudes -180 to 180, latitudes "
+        "-90 to 90, west less than east and south less than north; ignored when a GeoJSON "
+        "region is given",
     )
     geojson: Annotated[
         str | None,
         Flag("--region", "FILE", "GeoJSON polygon file (holes respected)", exclusive="region"),
     ] = Field(
         None,
-        description="GeoJSON text of a Polygon or MultiPolygon (a Feature or FeatureCollection "
-        "of them works too); holes are respected",
+        title="GeoJSON region",
+        description="GeoJSON text of a Polygon or MultiPolygon in lon/lat (a Feature or "
+        "FeatureCollection of them works too), or the path of such a file where the export "
+        "runs; holes are respected; replaces the bounding box",
     )
     spacing_m: Annotated[
         float, Field(gt=0, le=1_000_000), Flag("--spacing", "M", "grid spacing in metres")
-    ] = Field(250.0, description="grid spacing in metres on each point's UTM grid")
+    ] = Field(
+        250.0,
+        title="Grid spacing (m)",
+        description="distance between neighbouring points, in metres on each point's UTM "
+        "grid: more than 0, at most 1,000,000",
+    )
 
     @field_validator("spacing_m", mode="before")
     @classmethod
     def _finite(cls, value: object) -> object:
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError("not a finite number of metres; give e.g. --spacing 250")
+            raise ValueError(f"not a finite number of metres; give e.g. {setting('spacing_m')} 250")
         return value
 
 
@@ -109,17 +135,24 @@ class Window(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     start: Annotated[date, Flag("--start", None, "first day, YYYY-MM-DD")] = Field(
-        date(2024, 1, 1), description="first day, inclusive"
+        date(2024, 1, 1),
+        title="First day",
+        description=f"first day of the window, inclusive: {FIRST_DAY} to {LAST_DAY}, on or "
+        "before the last day",
     )
     end: Annotated[date, Flag("--end", None, "last day, YYYY-MM-DD")] = Field(
-        date(2024, 12, 31), description="last day, inclusive"
+        date(2024, 12, 31),
+        title="Last day",
+        description=f"last day of the window, inclusive: {FIRST_DAY} to {LAST_DAY}, on or "
+        "after the first day",
     )
     previous_month: Annotated[
         bool, Flag("--previous-month", None, "export last calendar month")
     ] = Field(
         False,
-        description="ignore start/end and export the calendar month before the run's scheduled "
-        "time: for recurring exports, each run adds that month to the store",
+        title="Previous calendar month",
+        description="ignore the first and last day and export the calendar month before the "
+        "run's scheduled time: for recurring exports, each run adds that month to the store",
     )
 
     @field_validator("start", "end")
@@ -129,7 +162,7 @@ class Window(BaseModel):
             raise ValueError(
                 f"{day} is outside the days the store's time axis holds ({FIRST_DAY} to "
                 f"{LAST_DAY}, nanoseconds since 1970); give a window of the imagery's years, "
-                "e.g. --start 2024-01-01 --end 2024-12-31"
+                f"e.g. {setting('start')} 2024-01-01 {setting('end')} 2024-12-31"
             )
         return day
 
@@ -137,7 +170,8 @@ class Window(BaseModel):
     def _ordered(self) -> Self:
         if self.end < self.start:
             raise ValueError(
-                f"end date {self.end} is before start date {self.start}; give --start before --end"
+                f"end date {self.end} is before start date {self.start}; give "
+                f"{setting('start')} on or before {setting('end')}"
             )
         return self
 
@@ -160,6 +194,7 @@ class ImagerySettings(BaseModel):
         SourceName, Flag("--source", None, "where imagery comes from", group=SOURCE_FLAGS)
     ] = Field(
         "stac-catalog",
+        title="Imagery source",
         description="stac-catalog: a static STAC catalog of COGs; stac-api: a STAC search API "
         "(Planetary Computer, Earth Search, ...); earthengine: Google Earth Engine",
     )
@@ -173,6 +208,7 @@ class ImagerySettings(BaseModel):
         ),
     ] = Field(
         None,
+        title="Collection",
         description="the collection id; default: the sensor's own collection for the source "
         "(sentinel-2-l2a on STAC, COPERNICUS/S2_SR_HARMONIZED on Earth Engine)",
     )
@@ -182,13 +218,17 @@ class ImagerySettings(BaseModel):
         Flag("--max-cloud-cover", "PCT", "skip cloudier scenes", group=SOURCE_FLAGS),
     ] = Field(
         80.0,
-        description="scenes whose cloud cover (percent, from their metadata) is above this are "
-        "not read; cloud and shadow pixels of the others are masked per pixel",
+        title="Max cloud cover (%)",
+        description="scenes whose cloud cover (percent, from their metadata; 0 to 100) is "
+        "above this are not read; cloud and shadow pixels of the others are masked per pixel",
     )
     patch_px: Annotated[
         int, Field(ge=8, le=4096), Flag("--patch-size", "PX", "patch side in pixels")
     ] = Field(
-        64, description="patch side in pixels, centred on each point, at the model's resolution"
+        64,
+        title="Patch size (px)",
+        description="side of the square patch centred on each point, in pixels at the model's "
+        "resolution: 8 to 4096",
     )
 
     @model_validator(mode="after")
@@ -237,6 +277,13 @@ else:
 ENGINE = InferenceOptions()
 
 
+# "auto" as a one-item choice: the UI renders a `const` as "... is a const and cannot be
+# changed", an enum as a dropdown.
+_Auto = Annotated[
+    Literal["auto"], WithJsonSchema({"type": "string", "enum": ["auto"], "title": "auto"})
+]
+
+
 class Inference(BaseModel):
     """Which models run, and how: tiling, output, batching, device, precision and weights."""
 
@@ -247,8 +294,9 @@ class Inference(BaseModel):
     ] = Field(
         default_factory=lambda: list(DEFAULT_MODELS),
         min_length=1,
-        description="models (and precomputed products such as tessera) to run; each gets its "
-        "own variable in the store",
+        title="Models",
+        description="models (and precomputed products such as tessera) to run, at least one, "
+        "each once; each gets its own variable in the store",
     )
 
     @field_validator("models")
@@ -261,22 +309,29 @@ class Inference(BaseModel):
 
     input_prep: Annotated[Literal["resize", "tile"], Flag("--input-prep")] = Field(
         ENGINE.input_prep,
+        title="Input preparation",
         description="resize: each patch becomes one tile of the model's size; tile: cut the "
         "patch into native-size tiles (padded when smaller)",
     )
     output: Annotated[Literal["pooled", "grid"], Flag("--output")] = Field(
-        ENGINE.output, description="pooled: one vector per point; grid: one map per point"
+        ENGINE.output,
+        title="Output per point",
+        description="pooled: one vector per point; grid: one map per point",
     )
     tile_overlap_px: Annotated[int, Field(ge=0, le=1024), Flag("--tile-overlap", "PX")] = Field(
-        ENGINE.tile_overlap_px, description="overlap between neighbouring tiles, in input pixels"
+        ENGINE.tile_overlap_px,
+        title="Tile overlap (px)",
+        description="overlap between neighbouring tiles (input preparation tile), in input "
+        "pixels: 0 to 1024",
     )
     batch_size: Annotated[
-        Annotated[int, Field(ge=1, le=4096)] | Literal["auto"],
+        Annotated[int, Field(ge=1, le=4096, title="tiles")] | _Auto,
         Flag("--batch-size", "N|auto", "tiles per forward", _batch_size),
     ] = Field(
         ENGINE.batch_size,
-        description="tiles per forward pass; auto: the largest batch that fits the device's "
-        "free memory, measured by a probe; results do not depend on it",
+        title="Batch size (tiles)",
+        description="tiles per forward pass, 1 to 4096; auto: the largest batch that fits the "
+        "device's free memory, measured by a probe; results do not depend on it",
     )
     compile: Annotated[
         bool,
@@ -285,6 +340,7 @@ class Inference(BaseModel):
         ),
     ] = Field(
         ENGINE.compile,
+        title="Compile models (torch.compile)",
         description="compile each model's forward with torch.compile, once per model and "
         "process (tens of seconds; pays on long GPU runs); results stay within the "
         "precision guard's bound of the eager forward",
@@ -294,17 +350,21 @@ class Inference(BaseModel):
         Flag("--channels-last", None, "convolutional models in channels-last memory order"),
     ] = Field(
         ENGINE.channels_last,
+        title="Channels-last memory order",
         description="convolutional models in channels-last memory order, which cuDNN's "
         "fastest kernels use; auto: on CUDA",
     )
     device: Annotated[Literal["auto", "cpu", "cuda"], Flag("--device")] = Field(
-        "auto", description="auto: cuda if present"
+        "auto", title="Device", description="auto: cuda if present"
     )
     precision: Annotated[Literal["fp32", "bf16", "fp16"], Flag("--precision")] = Field(
-        ENGINE.precision, description="bf16/fp16 autocast; fp16 on CUDA only"
+        ENGINE.precision,
+        title="Precision",
+        description="bf16/fp16 autocast; fp16 on CUDA only (not with device cpu)",
     )
     weights: Annotated[Literal["auto", "pretrained", "random"], Flag("--weights")] = Field(
         "auto",
+        title="Weights",
         description="pretrained: the library's published weights (cached or downloaded), "
         "error if unavailable; random: seeded random weights; auto: pretrained when "
         "available, else random, said loudly and recorded",
@@ -323,27 +383,35 @@ class Output(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     store: Annotated[str, Flag("--out", "PATH", "output Zarr store")] = Field(
-        "swath-demo.zarr", description="path of the output Zarr store"
+        "swath-demo.zarr",
+        title="Output store",
+        description="path or URL (s3://, gs://) of the output Zarr store; a relative path is "
+        "taken from the folder the export runs in",
     )
     work_dir: Annotated[
         str | None,
         Flag("--work-dir", "DIR", "inputs, results, demo catalog (~/.cache/swath)"),
     ] = Field(
         None,
+        title="Work directory",
         description="prefetched inputs, intermediate results and the demo catalog; "
         "default: the user cache directory (~/.cache/swath)",
     )
     refresh: Annotated[bool, Flag("--refresh", None, "redo every chunk of this window")] = Field(
-        False, description="redo every chunk of this window on purpose: refetch, rerun, rewrite"
+        False,
+        title="Redo every chunk",
+        description="redo every chunk of this window on purpose: refetch, rerun, rewrite",
     )
     wait: Annotated[bool, Flag("--wait", None, "wait for another export of the store")] = Field(
         False,
+        title="Wait for another export",
         description="when another export is writing the store, wait for it instead of refusing",
     )
     dtype: Annotated[
         Literal["float32", "float16", "int8"], Flag("--dtype", None, "stored embeddings")
     ] = Field(
         "float32",
+        title="Stored number type",
         description="how embeddings are stored: float32; float16 (half the size); int8 with "
         "a float32 scale per vector (about a quarter; tasks.store.layout.open_store decodes it)",
     )
@@ -352,6 +420,7 @@ class Output(BaseModel):
         Flag("--shards", None, "none: one file per chunk and array, for GDAL before 3.13"),
     ] = Field(
         "auto",
+        title="Store file layout (shards)",
         description="how a new store's files are laid out: auto, each array in shards of up "
         "to 16 chunks; none, one file per chunk and array (plain Zarr v3 chunks, which GDAL "
         "before 3.13 reads; more files)",
@@ -363,16 +432,18 @@ class Output(BaseModel):
         ),
     ] = Field(
         None,
-        description="points per chunk: the unit of work, retry and resume; default: sized by "
-        "the work a task carries (at most 512 MiB of input patches and 2048 points), "
-        "whatever the region's size",
+        title="Points per chunk",
+        description="points per chunk, 1 to 100,000: the unit of work, retry and resume; "
+        "default: sized by the work a task carries (at most 512 MiB of input patches and "
+        "2048 points), whatever the region's size",
     )
     chunks_per_run: Annotated[
         Annotated[int, Field(ge=1)] | None,
         Flag("--chunks-per-run", "N", "chunks per flow run, beyond: child runs (256)"),
     ] = Field(
         None,
-        description="advanced: chunks one flow run carries at most; a larger export fans out "
+        title="Chunks per flow run (advanced)",
+        description="chunks one flow run carries at most, 1 or more; a larger export fans out "
         "into child flow runs of whole write blocks; default: 256",
     )
 

@@ -8,10 +8,16 @@ from prefect.context import FlowRunContext
 from prefect_dask.task_runners import DaskTaskRunner
 
 from flows.job import Job, Todo
+from flows.naming import setting
 from flows.pipeline import PartReport
 from tasks.sources.gdal_log import gdal_retries
 from tasks.sources.registry import get_source, plain_http_origins
 from tasks.store.layout import status_counts
+from tasks.store.reading import reason_groups
+
+# Why points are not ok, in the summary: the groups of most points, each with its first ids.
+REASON_GROUPS = 10
+FIRST_POINTS = 3
 
 
 def run_summary(
@@ -23,6 +29,7 @@ def run_summary(
     for product in job.products:
         models[product.name] = {
             "status": status_counts(job.plan.store, product.name, t),
+            "reasons": reasons(job.plan.store, product.name, t),
             "redone_damaged": [d.key for d in todo.damaged.get(product.name, [])],
             "weights": product.describe(),
             "dtype": job.layout.dtype,
@@ -45,6 +52,65 @@ def run_summary(
         "all_ok": all(m["status"]["ok"] == len(job.plan.points) for m in models.values()),
         "devices": {name: use.describe() for name, use in report.devices.items()},
     }
+
+
+def reasons(store: str, model: str, t: int) -> list[dict[str, Any]]:
+    """Why the points of `model` are not ok: identical reasons grouped, the groups of most
+    points first (at most REASON_GROUPS, then one of the rest), each with its status, count
+    and first point ids."""
+    groups = reason_groups(store, model, t, first=FIRST_POINTS)
+    out: list[dict[str, Any]] = [
+        {"status": g.status, "reason": g.reason, "points": g.points, "first": list(g.first)}
+        for g in groups[:REASON_GROUPS]
+    ]
+    rest = groups[REASON_GROUPS:]
+    if rest:
+        out.append(
+            {
+                "status": "other",
+                "reason": f"{len(rest)} other reasons",
+                "points": sum(g.points for g in rest),
+                "first": list(rest[0].first),
+            }
+        )
+    return out
+
+
+def reason_text(group: dict[str, Any]) -> str:
+    """One group of reasons in words: '59 points no data: <reason>'."""
+    why = group["reason"] or "not written yet (their chunk did not finish)"
+    status = {"nodata": "no data", "failed": "failed", "pending": "pending"}.get(
+        group["status"], group["status"]
+    )
+    points = "1 point" if group["points"] == 1 else f"{group['points']} points"
+    return f"{points} {status}: {why}"
+
+
+def reason_lines(summary: dict[str, Any]) -> list[str]:
+    """Why points are not ok, per model: a line per group of identical reasons, with its
+    count and first point ids (the summary artifact, the command line)."""
+    lines = []
+    for name, m in summary["models"].items():
+        for group in m.get("reasons", []):
+            first = ", ".join(group["first"])
+            more = ", ..." if group["points"] > len(group["first"]) else ""
+            lines.append(f"{name}: {reason_text(group)} (first: {first}{more})")
+    return lines
+
+
+def gaps_message(summary: dict[str, Any]) -> str:
+    """The failed run's message (the UI's state, ExportGaps): the counts per model, then the
+    commonest reason of each model that has points not ok."""
+    gaps = "; ".join(f"{m}: {counts(s['status'])}" for m, s in summary["models"].items())
+    why = [
+        f"{name}: {reason_text(m['reasons'][0])}"
+        + (f" (and {len(m['reasons']) - 1} other reason(s))" if len(m["reasons"]) > 1 else "")
+        for name, m in summary["models"].items()
+        if m.get("reasons")
+    ]
+    return f"not every point is ok ({gaps}); " + (
+        "; ".join(why) if why else "the store's <model>_reason says why"
+    )
 
 
 def gdal_retries_so_far() -> int:
@@ -120,21 +186,32 @@ def nothing_ok_line(summary: dict[str, Any]) -> str | None:
     if not any(m["status"].get("nodata", 0) for m in models):
         return None  # failures, not missing imagery: each has its own reason in the store
     return (
-        "no point has data; the likeliest causes: no scene in the window (--start/--end), "
-        "a cloud limit too strict (--max-cloud-cover), a region the collection does not "
-        "cover, or --bbox axes swapped (it is west,south,east,north); each point's reason "
+        f"no point has data; the likeliest causes: no scene in the window "
+        f"({setting('start')}, {setting('end')}), a cloud limit too strict "
+        f"({setting('max_cloud_cover')}), a region the collection does not cover, or "
+        f"{setting('bbox')} axes swapped (it is west,south,east,north); each point's reason "
         "is in the store's <model>_reason"
     )
 
 
 def summary_artifact(summary: dict[str, Any]) -> None:
-    """The run's summary in the UI: a narrow table (what a weights note explains is listed
-    under it, not squeezed into a cell), what was fetched, where the store is."""
+    """The run's summary in the UI (`summary_markdown`)."""
+    create_markdown_artifact(
+        key="swath-export-summary",
+        description="points per status and model",
+        markdown=summary_markdown(summary),
+    )
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The run's summary as the UI shows it: a narrow table (what a weights note explains is
+    listed under it, not squeezed into a cell), why points are not ok, what was fetched,
+    where the store is."""
     rows, notes = [], []
     for name, m in summary["models"].items():
         weights, _, note = str(m["weights"]).partition(" (")
         if note:
-            notes.append(f"- {name}: ({note}")
+            notes.append(f"- {name}: {note.removesuffix(')')}")
         stored = m["dtype"]
         if m.get("worst_cosine_to_float32") is not None:
             stored += f", cos ≥ {m['worst_cosine_to_float32']:.5f}"
@@ -145,26 +222,59 @@ def summary_artifact(summary: dict[str, Any]) -> None:
             f"| {name} | {status['ok']} | {status['failed']} | {status['nodata']} "
             f"| {status['pending']} | {weights} | {stored} |"
         )
-    create_markdown_artifact(
-        key="swath-export-summary",
-        description="points per status and model",
-        markdown=(
-            f"## swath export\n\n{summary['points']} points, {summary['chunks']} chunks, window "
-            f"{summary['window'][0]}..{summary['window'][1]}, {summary['seconds']} s\n\n"
-            "| model | ok | failed | no data | pending | weights | stored |\n"
-            "|---|---|---|---|---|---|---|\n"
-            + "\n".join(rows)
-            + ("\n\n" + "\n".join(notes) if notes else "")
-            + (
-                "\n\ncos: the worst cosine of a stored vector to its float32 value"
-                if any("worst_cosine_to_float32" in m for m in summary["models"].values())
-                else ""
-            )
-            + f"\n\n{imagery_line(summary['imagery'])}\n\n"
-            + (f"{line}\n\n" if (line := nothing_ok_line(summary)) else "")
-            + "".join(f"- {line}\n" for line in flagged_lines(summary.get("flagged_items", {})))
-            + "".join(f"{d}: {use}\n\n" for d, use in summary.get("devices", {}).items())
-            + (f"{line}\n\n" if (line := transit_line(summary["unprotected"])) else "")
-            + f"store: `{summary['store']}`\n"
-        ),
+    return (
+        f"## swath export\n\n{summary['points']} points, {summary['chunks']} chunks, window "
+        f"{summary['window'][0]}..{summary['window'][1]}, {summary['seconds']} s\n\n"
+        "| model | ok | failed | no data | pending | weights | stored |\n"
+        "|---|---|---|---|---|---|---|\n"
+        + "\n".join(rows)
+        + ("\n\n" + "\n".join(notes) if notes else "")
+        + (
+            "\n\ncos: the worst cosine of a stored vector to its float32 value"
+            if any("worst_cosine_to_float32" in m for m in summary["models"].values())
+            else ""
+        )
+        + _why_section(summary)
+        + f"\n\n{imagery_line(summary['imagery'])}\n\n"
+        + (f"{_code(line)}\n\n" if (line := nothing_ok_line(summary)) else "")
+        + "".join(f"- {line}\n" for line in flagged_lines(summary.get("flagged_items", {})))
+        + "".join(f"{d}: {use}\n\n" for d, use in summary.get("devices", {}).items())
+        + (f"{line}\n\n" if (line := transit_line(summary["unprotected"])) else "")
+        + f"store: `{summary['store']}`\n"
     )
+
+
+def _code(line: str) -> str:
+    """A line for markdown: `<model>_reason` as code (as text, it would read as a tag)."""
+    return line.replace("<model>_reason", "`<model>_reason`")
+
+
+def _why_section(summary: dict[str, Any]) -> str:
+    """The artifact's section on why points are not ok: per model, a bullet per group of
+    identical reasons, with its count and its first point ids; "" when every point is ok."""
+    parts = []
+    for name, m in summary["models"].items():
+        bullets = []
+        for group in m.get("reasons", []):
+            first = ", ".join(f"`{p}`" for p in group["first"])
+            more = ", ..." if group["points"] > len(group["first"]) else ""
+            bullets.append(f"- {reason_text(group)}; first: {first}{more}")
+        if bullets:
+            parts.append(f"**{name}**\n\n" + "\n".join(bullets))
+    if not parts:
+        return ""
+    return "\n\n### Why points are not ok\n\n" + "\n\n".join(parts)
+
+
+class ExportGaps(RuntimeError):
+    """The export ran to the end, but not every point of every product is ok; the store
+    holds what was written and why the others were not. `summary` is the run's summary.
+    (Raised by calling `flows.export.export`; defined here, in a module a deployment's run
+    imports by name, so that the exception is one class however the flow was loaded.)"""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.summary))

@@ -88,6 +88,7 @@ class TesseraOptions(Options):
         ),
     ] = Field(
         "v1.1",
+        title="Tessera store (tessera)",
         description="where the tessera product reads: a dataset version of geotessera's public "
         "Zarr store (v1.1, v2) or the URL or path of a Tessera Zarr store",
     )

@@ -44,6 +44,7 @@ class RadarOptions(Options):
         Flag("--orbit-pass", None, "Sentinel-1: one orbit pass only", group=SOURCE_FLAGS),
     ] = Field(
         None,
+        title="Orbit pass (Sentinel-1)",
         description="Sentinel-1: read only scenes of this orbit pass (ascending or descending; "
         "STAC sat:orbit_state, Earth Engine orbitProperties_pass); default: both",
     )
@@ -56,6 +57,7 @@ class StacCatalogOptions(RadarOptions):
         str, Flag("--catalog", None, "stac-catalog: catalog.json path or URL", group=SOURCE_FLAGS)
     ] = Field(
         DEMO_CATALOG,
+        title="STAC catalog (stac-catalog)",
         description="stac-catalog: path or URL of a static STAC catalog.json; 'demo' builds the "
         "offline Sentinel-2 sample catalog in the work directory",
     )
@@ -84,12 +86,15 @@ class StacApiOptions(RadarOptions):
             group=SOURCE_FLAGS,
         ),
     ] = Field(
-        None, description="stac-api: the API's root URL, or planetary-computer or earth-search"
+        None,
+        title="STAC API URL (stac-api)",
+        description="stac-api: the API's root URL, or planetary-computer or earth-search",
     )
     stac_signing: Annotated[
         Literal["auto", "planetary-computer", "none"], Flag("--stac-signing", group=SOURCE_FLAGS)
     ] = Field(
         "auto",
+        title="Asset URL signing (stac-api)",
         description="stac-api: how asset URLs are signed; auto: Planetary Computer's tokens "
         "for its API, none elsewhere",
     )
@@ -122,6 +127,7 @@ class EarthEngineOptions(RadarOptions):
         Flag("--ee-project", "ID", "earthengine: Google Cloud project", group=SOURCE_FLAGS),
     ] = Field(
         None,
+        title="Google Cloud project (earthengine)",
         description="earthengine: the Google Cloud project registered for Earth Engine "
         "(default: the credentials' own project)",
     )
@@ -130,6 +136,7 @@ class EarthEngineOptions(RadarOptions):
         Flag("--ee-key-file", "KEY.json", "earthengine: service account key", group=SOURCE_FLAGS),
     ] = Field(
         None,
+        title="Service account key file (earthengine)",
         description="earthengine: a service account's JSON key file; default: application "
         "default credentials (earthengine authenticate, or gcloud auth application-default "
         "login)",
@@ -137,12 +144,20 @@ class EarthEngineOptions(RadarOptions):
     ee_url: Annotated[
         str | None,
         Flag("--ee-url", "URL", "earthengine: API endpoint (high-volume)", group=SOURCE_FLAGS),
-    ] = Field(None, description="earthengine: the API endpoint; default: the high-volume endpoint")
+    ] = Field(
+        None,
+        title="Earth Engine API URL (earthengine)",
+        description="earthengine: the API endpoint; default: the high-volume endpoint",
+    )
     ee_concurrency: Annotated[
         int,
         Field(ge=1, le=100),
         Flag("--ee-concurrency", "N", "earthengine: requests in flight", group=SOURCE_FLAGS),
-    ] = Field(8, description="earthengine: requests in flight at once across the whole run")
+    ] = Field(
+        8,
+        title="Requests in flight (earthengine)",
+        description="earthengine: requests in flight at once across the whole run, 1 to 100",
+    )
 
 
 @dataclass(frozen=True)

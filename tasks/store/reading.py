@@ -5,17 +5,21 @@ it imports neither torch nor Prefect."""
 import json
 import math
 import warnings
+from collections import Counter
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
+import zarr
 from shapely.geometry.base import BaseGeometry
 
 from embedders.spec import Status
 from tasks.plan.regions import PlanError, bbox_region, geojson_region
 from tasks.store.layout import StoreMismatch, read_meta
+from tasks.store.text import decode_text
 
 
 class NotAStore(ValueError):
@@ -78,6 +82,59 @@ def pooled(ds: xr.Dataset, model: str, t: int, points: slice = slice(None)) -> n
 
 def statuses(ds: xr.Dataset, model: str, t: int, points: slice = slice(None)) -> np.ndarray:
     return np.asarray(ds[f"{model}_status"].isel(time=t, point=points).values, dtype=np.int8)
+
+
+@dataclass(frozen=True)
+class ReasonGroup:
+    """Points of one model and time entry that are not ok for one same reason."""
+
+    status: str  # "failed", "nodata" or "pending"
+    reason: str  # as the store holds it; "" for pending points (not written yet)
+    points: int
+    first: tuple[str, ...]  # the first point ids, in point order
+
+
+REASON_BLOCK = 65_536  # points read at a time
+
+
+def reason_groups(path: str, model: str, t: int, *, first: int = 3) -> list[ReasonGroup]:
+    """Why the points of `model` at time entry `t` are not ok: identical (status, reason)
+    pairs grouped, the group of most points first (then the one whose first point comes
+    first), each with its count and its `first` point ids. Statuses are read whole (int8);
+    reasons and ids a block at a time, only where a point is not ok."""
+    status = np.asarray(zarr.open_array(path, path=f"{model}_status", mode="r")[t, :])
+    not_ok = np.flatnonzero(status != Status.OK)
+    if not not_ok.size:
+        return []
+    reasons = zarr.open_array(path, path=f"{model}_reason", mode="r")
+    ids = zarr.open_array(path, path="point_id", mode="r")
+    count: Counter[tuple[str, str]] = Counter()
+    named: dict[tuple[str, str], list[str]] = {}
+    met: dict[tuple[str, str], int] = {}  # the first point of each group
+    for a in range(int(not_ok[0]) // REASON_BLOCK * REASON_BLOCK, len(status), REASON_BLOCK):
+        rows = not_ok[(not_ok >= a) & (not_ok < a + REASON_BLOCK)]
+        if not rows.size:
+            continue
+        b = int(rows[-1]) + 1
+        texts = decode_text(np.asarray(reasons[t, a:b]))[rows - a]
+        point_ids = decode_text(np.asarray(ids[a:b]))[rows - a]
+        codes = status[rows]
+        for code in np.unique(codes):
+            mine = codes == code
+            found, n = np.unique(texts[mine], return_counts=True)
+            for text, k in zip(found.tolist(), n.tolist(), strict=True):
+                key = (Status(int(code)).name.lower(), str(text))
+                count[key] += k
+                same = texts[mine] == text
+                met.setdefault(key, int(rows[mine][same][0]))  # blocks go in point order
+                some = named.setdefault(key, [])
+                if len(some) < first:  # the first few of this block, in point order
+                    some.extend(str(p) for p in point_ids[mine][same][: first - len(some)])
+    ranked = sorted(count.items(), key=lambda item: (-item[1], met[item[0]]))
+    return [
+        ReasonGroup(status, reason, n, tuple(named[status, reason]))
+        for (status, reason), n in ranked
+    ]
 
 
 def point_bounds(ds: xr.Dataset) -> tuple[float, float, float, float]:

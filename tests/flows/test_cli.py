@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -445,3 +446,37 @@ def test_cli__dry_run_imports_neither_torch_nor_prefect(tmp_path):
     assert "dry run: 59 points" in out.stdout and "EXIT 0" in out.stdout, out.stdout + out.stderr
     assert "LOADED []" in out.stdout, out.stdout
     assert not (tmp_path / "e.zarr").exists()
+
+
+def test_cli__a_run_without_imagery_says_why_and_names_the_flags(
+    tmp_path: Path, served_demo, capsys
+) -> None:
+    """Issue 22: the reasons, grouped with their counts; the likeliest causes in flags (the
+    flow runs in a thread of its own: it names settings as the command line does)."""
+    code = main([
+        "--catalog", served_demo.url, "--start", "2026-11-01", "--end", "2026-11-30",
+        "--bbox", "-67.655,-47.858,-67.63,-47.850", "--spacing", "400", "--patch-size", "32",
+        "--models", "ssl4eo_resnet18_rgb", "--weights", "random",
+        "--out", str(tmp_path / "e.zarr"), "--work-dir", str(tmp_path / "work"),
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert re.search(
+        r"swath: ssl4eo_resnet18_rgb: \d+ points no data: no sentinel-2-l2a item of cloud cover "
+        r"80% or less between 2026-11-01 and 2026-11-30 covers its 32 px patch \(first: ",
+        out,
+    ), out
+    assert "(--start, --end)" in out and "(--max-cloud-cover)" in out, out
+    markdown = read_summary_artifact_markdown()
+    assert "(--start, --end)" in markdown and "### Why points are not ok" in markdown
+
+
+def read_summary_artifact_markdown() -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["swath-export-summary"]))
+        )
+    return str(max(found, key=lambda a: a.created).data)

@@ -1,15 +1,25 @@
 """The export flow end to end: the demo catalog served over loopback HTTP, real models with
 seeded random weights, a real Zarr store, under the session's Prefect test server."""
 
+import contextlib
 import hashlib
+import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import xarray as xr
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+from prefect.flow_engine import run_flow
 
 from embedders.spec import Status
 from flows.export import ExportGaps, export
@@ -104,18 +114,123 @@ def test_export__points_without_imagery_are_recorded_as_nodata(tmp_path, served_
     assert summary["all_ok"] is False
 
 
-def test_export__a_run_with_gaps_ends_failed_in_the_ui_with_the_counts(tmp_path, served_demo):
-    state = export(
-        **params(tmp_path, served_demo.url, bbox=PAST_EDGE, models=["ssl4eo_resnet18_rgb"]),
-        return_state=True,
-    )
+class _Records(logging.Handler):
+    """What a logger lets through (after its filters), kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def deployment_logs() -> Iterator[list[logging.LogRecord]]:
+    """The records of the logger a deployment's run logs to (`prefect.flow_runs`), as its
+    engine process logs them (prefect/engine.py passes it as `error_logger`)."""
+    logger, handler = logging.getLogger("prefect.flow_runs"), _Records()
+    logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+
+
+def run_as_deployment(parameters: dict) -> BaseException:
+    """Run the flow as a deployment's engine process does; what it raises at the end."""
+    with pytest.raises(Exception) as raised:
+        run_flow(export, parameters=parameters, error_logger=logging.getLogger("prefect.flow_runs"))
+    return raised.value
+
+
+def tracebacks(records: list[logging.LogRecord]) -> list[str]:
+    return [r.getMessage() for r in records if r.exc_info]
+
+
+def latest_summary_artifact() -> Any:
     with get_client(sync_client=True) as client:
-        run = client.read_flow_run(state.state_details.flow_run_id)
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["swath-export-summary"]))
+        )
+    return max(found, key=lambda a: a.created)
+
+
+def test_export__a_run_with_gaps_ends_failed_in_the_ui_saying_why_without_a_traceback(
+    tmp_path, served_demo
+):
+    """Issue 22: the UI said Failed but not why, and logged ExportGaps' traceback."""
+    p = params(tmp_path, served_demo.url, bbox=PAST_EDGE, models=["ssl4eo_resnet18_rgb"])
+    with deployment_logs() as records:
+        raised = run_as_deployment(p)
+    assert isinstance(raised, ExportGaps)  # a Python caller still learns of it
+    assert tracebacks(records) == []
+    artifact = latest_summary_artifact()
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(artifact.flow_run_id)
     assert run.state is not None and run.state.is_failed()
-    assert re.search(
-        r"not every point is ok \(ssl4eo_resnet18_rgb: ok \d+, nodata \d+\)",
-        run.state.message or "",
+    message = run.state.message or ""
+    assert re.search(r"not every point is ok \(ssl4eo_resnet18_rgb: ok \d+, nodata \d+\)", message)
+    why = re.search(r"ssl4eo_resnet18_rgb: (\d+) points no data: (.+)$", message)
+    assert why, message
+    nodata = raised.summary["models"]["ssl4eo_resnet18_rgb"]["status"]["nodata"]
+    assert int(why[1]) == nodata
+    ds = open_store(raised.summary["store"])
+    reasons = {str(r) for r in ds["ssl4eo_resnet18_rgb_reason"].values[0] if r}
+    assert reasons == {why[2]}, "the message carries the store's reason"
+    has_reason = np.array([bool(r) for r in ds["ssl4eo_resnet18_rgb_reason"].values[0]])
+    first = [str(i) for i in ds.point_id.values[has_reason][:3]]
+    table = str(artifact.data)
+    assert "### Why points are not ok" in table
+    assert (
+        f"- {nodata} points no data: {why[2]}; first: " + ", ".join(f"`{i}`" for i in first)
+        in table
     )
+
+
+def test_export__a_window_ending_before_it_starts_fails_naming_the_forms_fields(tmp_path):
+    """A rule across fields, which the form's schema cannot hold: the run ends Failed before
+    anything is planned, its log and message worded with the form's fields, no traceback
+    (Prefect's own parameter validation logged it outside the run, with a traceback)."""
+    p = {
+        "window": {"start": "2024-12-31", "end": "2024-01-01"},
+        "output": {"store": str(tmp_path / "w.zarr")},
+    }
+    with deployment_logs() as records:
+        raised = run_as_deployment(p)
+    assert isinstance(raised, UsageError)
+    assert str(raised) == (
+        "window: end date 2024-01-01 is before start date 2024-12-31; give window › First "
+        "day on or before window › Last day"
+    )
+    assert tracebacks(records) == []
+    assert any(r.levelno == logging.ERROR and r.getMessage() == str(raised) for r in records)
+    assert not (tmp_path / "w.zarr").exists()
+
+
+def test_export__each_bad_field_is_named_as_the_form_shows_it(tmp_path):
+    p = {"region": {"spacing_m": 0}, "imagery": {"patch_px": 4, "max_cloud_cover": 150}}
+    state = export(**p, return_state=True)
+    assert state.is_failed()
+    assert state.message == (
+        "region › Grid spacing (m): Input should be greater than 0; "
+        "imagery › Max cloud cover (%): Input should be less than or equal to 100; "
+        "imagery › Patch size (px): Input should be greater than or equal to 8"
+    )
+
+
+def test_export__a_refused_run_ends_failed_with_the_refusal_and_no_traceback(tmp_path):
+    (tmp_path / "file").write_text("not a folder\n")
+    store = str(tmp_path / "file" / "e.zarr")
+    p = {"output": {"store": store, "work_dir": str(tmp_path / "work")}}
+    with deployment_logs() as records:
+        raised = run_as_deployment(p)
+    assert isinstance(raised, UsageError)
+    assert "output › Output store" in str(raised) and "--out" not in str(raised)
+    assert tracebacks(records) == []
+    assert any(r.levelno == logging.ERROR and str(raised) in r.getMessage() for r in records)
+    state = export(**p, return_state=True)
+    assert state.is_failed() and state.message == str(raised)
 
 
 def test_export__a_store_of_another_layout_is_refused_and_left_alone(tmp_path, served_demo):

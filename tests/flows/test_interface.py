@@ -2,7 +2,10 @@
 flow's parameters as the UI's form and the Python API see them, and the command line's
 flags. Wording (titles, descriptions, help) may change; names, types, defaults, choices and
 what is required may not. The snapshot was taken from the code before the redesign; settings
-added since are listed in ADDED, each with its default and flag, and come on top of it."""
+added since are listed in ADDED, each with its default and flag, and come on top of it. Issue
+22 changed the snapshot on purpose in two places: batch_size's "auto" is a one-item enum, not
+a const (the UI renders a const as "cannot be changed"), and the bbox's items carry their
+degree limits."""
 
 import json
 from pathlib import Path

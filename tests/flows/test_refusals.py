@@ -216,16 +216,71 @@ def test_bbox__lat_lon_order_is_warned_of_with_the_box_it_probably_meant(capsys,
 
 
 def test_summary__no_point_with_data_names_the_likeliest_causes() -> None:
+    from flows.naming import named_as
     from flows.summary import nothing_ok_line
 
     def summary(**status: int) -> dict:
         full = {"ok": 0, "failed": 0, "nodata": 0, "pending": 0} | status
         return {"points": 4, "models": {"m": {"status": full}}}
 
-    line = nothing_ok_line(summary(nodata=4))
-    assert line and "--max-cloud-cover" in line and "axes swapped" in line
+    line = nothing_ok_line(summary(nodata=4))  # the UI's run: the form's fields
+    assert line and "imagery › Max cloud cover (%)" in line and "axes swapped" in line
+    assert "--" not in line
+    with named_as("flags"):  # the command line's: its flags
+        line = nothing_ok_line(summary(nodata=4))
+    assert line and "--max-cloud-cover" in line and "--start" in line
     assert nothing_ok_line(summary(ok=1, nodata=3)) is None
     assert nothing_ok_line(summary(failed=4)) is None
+
+
+def _gappy_summary() -> dict:
+    """A run's summary: 7 points of m not ok, for two reasons; n all ok."""
+    none = {"ok": 0, "failed": 0, "nodata": 0, "pending": 0}
+    far = "no sentinel-2-l2a item of cloud cover 80% or less between 2026-11-01 and 2026-11-30"
+    return {
+        "store": "/data/e.zarr", "window": ["2026-11-01", "2026-11-30"], "points": 9,
+        "chunks": 2, "seconds": 1.5, "unprotected": [],
+        "imagery": {"fetches": 2, "requests": 0, "bytes": 0, "retries": 0},
+        "models": {
+            "m": {
+                "status": none | {"ok": 2, "nodata": 5, "failed": 2},
+                "reasons": [
+                    {"status": "nodata", "reason": far, "points": 5,
+                     "first": ["32719-1-1", "32719-1-2", "32719-1-3"]},
+                    {"status": "failed", "reason": "ValueError: boom", "points": 2,
+                     "first": ["32719-2-1", "32719-2-2"]},
+                ],
+                "weights": "pretrained w1 (cached in /cache)", "dtype": "float32",
+                "warning": None,
+            },
+            "n": {"status": none | {"ok": 9}, "reasons": [], "weights": "random seed=0",
+                  "dtype": "float32", "warning": "random"},
+        },
+    }  # fmt: skip
+
+
+def test_summary__a_failed_runs_message_says_why_with_the_counts() -> None:
+    from flows.summary import gaps_message
+
+    message = gaps_message(_gappy_summary())
+    assert message.startswith("not every point is ok (m: ok 2, failed 2, nodata 5; n: ok 9); ")
+    assert "m: 5 points no data: no sentinel-2-l2a item of cloud cover 80% or less" in message
+    assert "(and 1 other reason(s))" in message
+
+
+def test_summary__the_artifact_lists_the_reasons_grouped_with_their_first_points() -> None:
+    from flows.summary import summary_markdown
+
+    text = summary_markdown(_gappy_summary())
+    assert "### Why points are not ok" in text
+    assert (
+        "- 5 points no data: no sentinel-2-l2a item of cloud cover 80% or less between "
+        "2026-11-01 and 2026-11-30; first: `32719-1-1`, `32719-1-2`, `32719-1-3`, ..."
+    ) in text
+    assert "- 2 points failed: ValueError: boom; first: `32719-2-1`, `32719-2-2`\n" in text
+    assert "- m: cached in /cache\n" in text  # the weights note, not "- m: (cached ..."
+    bullets = [line for line in text.splitlines() if line.startswith("- ")]
+    assert bullets and not any(": (" in b or b.startswith("- (") for b in bullets), bullets
 
 
 def test_inspect__time_without_patch_is_refused_not_ignored(capsys, tmp_path):

@@ -255,3 +255,19 @@ def test_series__a_fetch_of_t_steps_carries_t_times_the_bytes() -> None:
     twelve = dataclasses.replace(single.config, steps=TimeSteps("monthly", 12))
     assert single.point_bytes() == 3 * 64 * 64 * 4
     assert dataclasses.replace(single, config=twelve).point_bytes() == 12 * single.point_bytes()
+
+
+def test_series__a_model_with_steps_is_refused_by_the_engine_before_anything_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from embedders import registry
+    from tasks.infer import resolve_model
+
+    entry = registry.MODELS["ssl4eo_resnet18_rgb"]
+    stepped = dataclasses.replace(entry, spec=dataclasses.replace(entry.spec, steps=MONTHLY))
+    monkeypatch.setitem(registry.MODELS, "stepper", stepped)
+    request = dataclasses.replace(REQUEST, start=date(2024, 1, 1), end=date(2024, 3, 31))
+    (fetch,) = fetches_of("stepper", products.model_facts(stepped.spec), request)
+    assert fetch.config.steps == MONTHLY  # the spec's steps reach its fetch
+    with pytest.raises(products.ProductError, match=r"^stepper takes a time series \(3 monthly"):
+        resolve_model("stepper", request)

@@ -10,6 +10,8 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Literal, Protocol
 from urllib.parse import urlparse
 
+from embedders.steps import TimeSteps
+
 if TYPE_CHECKING:  # torch is imported only where a model is built: listing models stays fast
     import torch
 
@@ -47,7 +49,8 @@ class ModelSpec:
     are published (the URL of the weights enum member, for torchgeo's), so whether they are
     in the local cache can be told without importing a model library. `convolutional` says the
     model is a CNN, which runs faster on CUDA with its tensors in channels-last memory order
-    (embedders.execution); it is not identity.
+    (embedders.execution); it is not identity. `steps` says the model reads a time series
+    (embedders/steps.py): how the window becomes steps; None, one composite of the window.
     """
 
     name: str
@@ -69,6 +72,7 @@ class ModelSpec:
     weights_url: str = ""
     checkpoint: str = ""
     convolutional: bool = False
+    steps: TimeSteps | None = None
 
     def __post_init__(self) -> None:
         if not self.checkpoint and self.weights_url:  # the URL's file name, as torch hub keeps it
@@ -100,7 +104,7 @@ class ModelSpec:
             "norm_mean": list(self.norm_mean),
             "norm_std": list(self.norm_std),
             "pad_mode": self.pad_mode,
-        }
+        } | ({"steps": asdict(self.steps)} if self.steps else {})
 
 
 @dataclass(frozen=True)

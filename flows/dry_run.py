@@ -29,7 +29,7 @@ def dry_run(plan: Any, *, chunks_per_run: int | None = None) -> str:
         scales = 4 * cells if plan.dtype == "int8" else 0  # one float32 scale per vector
         out_bytes += n * (card.dim * cells * width + scales) + n * 6  # + status, valid fraction
         widest = max(widest, card.dim * cells * width, REASON_BYTES)
-    in_bytes = sum(n * len(f.bands) * patch * patch * 4 for f in fetches)
+    in_bytes = sum(n * f.point_bytes() for f in fetches)  # each step of a time series
     products = len(plan.inference.models)
     chunk_size = plan.chunks[0].stop - plan.chunks[0].start
     per_run = chunks_per_run or CHILD_CHUNKS
@@ -52,12 +52,22 @@ def dry_run(plan: Any, *, chunks_per_run: int | None = None) -> str:
         f"  {runs}, at most {tasks:,} task runs each ({in_run:,} chunks x "
         f"({len(fetches)} fetch + {products} produce) + {blocks:,} blocks x {products} write)",
         f"  inputs fetched: {_size(in_bytes)} ({len(fetches)} sensor configuration(s): "
-        + ", ".join(f"{f.config.source} {f.config.sensor}" for f in fetches)
+        + ", ".join(_fetch_words(f) for f in fetches)
         + ")",
         f"  store per window: {_size(out_bytes)} (embeddings as {plan.dtype})",
         "  nothing was written",
     ]
     return "\n".join(lines)
+
+
+def _fetch_words(fetch: Any) -> str:
+    """`stac-catalog sentinel-2-l2a`; a time series adds its steps, each one composite a
+    chunk: `stac-catalog sentinel-2-l2a x 12 steps (monthly steps, a composite each)`."""
+    words = f"{fetch.config.source} {fetch.config.sensor}"
+    if fetch.config.steps is None:
+        return words
+    t = len(fetch.config.spans())
+    return f"{words} x {t} steps ({fetch.config.steps.describe()}, a composite each)"
 
 
 def _size(n: float) -> str:

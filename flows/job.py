@@ -209,7 +209,9 @@ def plan_job(
     points = _plan(
         geometry, region, os.path.join(work_dir, "plans") if not scratch else None, notes
     )
-    size = output.chunk_size or chunk_size_for(len(points), point_bytes(imagery, inference))
+    resolved = window.resolve(today)
+    per_point = point_bytes(imagery, inference, resolved)
+    size = output.chunk_size or chunk_size_for(len(points), per_point)
     chunks = make_chunks(points, size)
     return Plan(
         store,
@@ -217,7 +219,7 @@ def plan_job(
         points,
         tuple(chunks),
         region,
-        window.resolve(today),
+        resolved,
         imagery,
         inference,
         options,
@@ -317,14 +319,13 @@ def planned_fetches(models: tuple[str, ...], request: ProductRequest) -> tuple[F
         raise UsageError(str(e)) from e
 
 
-def point_bytes(imagery: Imagery, inference: Inference) -> int:
-    """Bytes of input patches one point carries through a chunk's tasks (float32). Which
-    fetches are shared does not depend on the window nor on where the catalog lies."""
-    today = date.today()
-    request = product_request(imagery, (today, today), "")
+def point_bytes(imagery: Imagery, inference: Inference, window: tuple[date, date]) -> int:
+    """Bytes of input patches one point carries through a chunk's tasks (float32): each band
+    of each step of every shared fetch (Fetch.point_bytes). Where the catalog lies does not
+    change them; the window does only for time series (how many steps it holds)."""
+    request = product_request(imagery, window, "")
     fetches = planned_fetches(tuple(inference.models), request)
-    bands = sum(len(f.bands) for f in fetches)
-    return max(bands, 1) * imagery.patch_px**2 * 4
+    return max(sum(f.point_bytes() for f in fetches), imagery.patch_px**2 * 4)
 
 
 def _geometry(region: Region) -> BaseGeometry:

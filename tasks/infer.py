@@ -192,6 +192,12 @@ def resolve_model(name: str, request: ProductRequest) -> ModelProduct:
             f"--tile-overlap {request.options.tile_overlap_px} is not smaller than {name}'s "
             f"tile ({spec.tile_px} px); use a smaller overlap"
         )
+    if spec.steps is not None:
+        raise ProductError(
+            f"{name} takes a time series ({spec.steps.describe()}), and swath's engine runs "
+            "models of one composite a point only: its inputs can be prefetched "
+            "(tasks/series.py), but no run produces it yet; leave it out of --models"
+        )
     (fetch,) = fetches_of(name, model_facts(spec), request)
     device = devices_of(request.device)[0]
     try:

@@ -77,6 +77,7 @@ class PrefetchReport:
     resampled: int = 0  # points whose patch took pixels of another UTM zone (Patches.resampled)
     # items whose pixels the source dropped: their values contradict their offset metadata
     flagged: tuple[tuple[str, str], ...] = ()  # (item id, why)
+    steps: int = 0  # a time series (tasks/series.py): the steps this call fetched
 
 
 def prefetch_chunk(
@@ -90,10 +91,15 @@ def prefetch_chunk(
 ) -> PrefetchReport:
     """Fetch the chunk's bands not yet in the inputs store, in one source call, and store them.
 
-    `refresh` fetches every band again.
+    `refresh` fetches every band again. A time series (`config.steps`) is fetched step by
+    step (tasks/series.py).
     """
-    group = _chunk_group(inputs_path, config, chunk)
-    done = set() if refresh else set(_list_attr(group, "bands_done"))
+    if config.steps is not None:
+        from tasks.series import prefetch_series  # it builds on this module
+
+        return prefetch_series(source, chunk, bands, config, inputs_path, refresh=refresh)
+    group = chunk_group(inputs_path, config, chunk)
+    done = set() if refresh else set(list_attr(group, "bands_done"))
     todo = [b for b in dict.fromkeys(bands) if b not in done]
     reused = tuple(b for b in dict.fromkeys(bands) if b in done)
     requests = bytes_read = resampled = 0
@@ -102,7 +108,7 @@ def prefetch_chunk(
         patches = source.fetch(chunk.points, todo, config)
         requests, bytes_read, resampled = patches.requests, patches.bytes_read, patches.resampled
         flagged = tuple(sorted(patches.flags.items()))
-        _check_patches(patches, chunk, todo, config)
+        check_patches(patches, chunk, todo, config)
         fetched = replace(patches, bands={b: patches.bands[b] for b in todo})
         store_patches(inputs_path, config, chunk, fetched, group=group)
     return PrefetchReport(
@@ -126,16 +132,16 @@ def store_patches(
     group: zarr.Group | None = None,
 ) -> None:
     """Write a chunk's bands, as the sensor's encoding stores them, then mark them done."""
-    group = group or _chunk_group(inputs_path, config, chunk)
+    group = group or chunk_group(inputs_path, config, chunk)
     encoding = encoding_of(config.sensor)
     for band, values in patches.bands.items():
         write_band(group, band, values, encoding)
-    with _lock_for(f"{inputs_path}/{config.key()}/{chunk.key}"):
-        notes = {**_dict_attr(group, "notes"), **patches.notes}
-        done = set(_list_attr(group, "bands_done")) | set(patches.bands)
+    with lock_for(f"{inputs_path}/{config.key()}/{chunk.key}"):
+        notes = {**dict_attr(group, "notes"), **patches.notes}
+        done = set(list_attr(group, "bands_done")) | set(patches.bands)
         update: dict[str, Any] = {"notes": notes, "bands_done": sorted(done)}
         if patches.flags or FLAGGED_ATTR in group.attrs:
-            update[FLAGGED_ATTR] = {**_dict_attr(group, FLAGGED_ATTR), **patches.flags}
+            update[FLAGGED_ATTR] = {**dict_attr(group, FLAGGED_ATTR), **patches.flags}
         group.attrs.update(update)
 
 
@@ -191,9 +197,9 @@ def read_patches(
     them up to the store's rounding."""
     group, where = _open_chunk(inputs_path, config, chunk, bands)
     return Patches(
-        point_ids=tuple(_list_attr(group, "point_ids")),
+        point_ids=tuple(list_attr(group, "point_ids")),
         bands={b: read_band(_array(group, b, where), where) for b in bands},
-        notes={k: str(v) for k, v in _dict_attr(group, "notes").items()},
+        notes={k: str(v) for k, v in dict_attr(group, "notes").items()},
     )
 
 
@@ -215,7 +221,7 @@ def read_stack(
     else:
         encoding = FLOAT32
         values = [read_band(a, where) for a in arrays]
-    notes = {k: str(v) for k, v in _dict_attr(group, "notes").items()}
+    notes = {k: str(v) for k, v in dict_attr(group, "notes").items()}
     return stack_bands(values, encoding, pin=pin), notes
 
 
@@ -223,11 +229,16 @@ def _open_chunk(
     inputs_path: str, config: SensorConfig, chunk: Chunk, bands: Sequence[str]
 ) -> tuple[zarr.Group, str]:
     where = f"chunk {chunk.key} of sensor configuration {config.key()} in {inputs_path}"
+    if config.steps is not None:
+        raise ValueError(
+            f"{where} is a time series ({config.steps.describe()}); read it with "
+            "tasks.series.read_series"
+        )
     try:
         group = zarr.open_group(inputs_path, path=f"{config.key()}/{chunk.key}", mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
         raise MissingInputsError(f"{where} has no inputs; run prefetch for it first") from e
-    done = _list_attr(group, "bands_done")
+    done = list_attr(group, "bands_done")
     missing = [b for b in bands if b not in done]
     if missing:
         raise MissingInputsError(
@@ -272,12 +283,12 @@ def _forget(array: zarr.Array[Any] | zarr.Group, band: str = "") -> None:
         return
     group_path = array.path if band else array.path.rpartition("/")[0]
     band = band or array.path.rpartition("/")[2]
-    with _lock_for(f"{root}/{group_path}"):
+    with lock_for(f"{root}/{group_path}"):
         group = zarr.open_group(str(root), path=group_path, mode="r+")
-        group.attrs["bands_done"] = [b for b in _list_attr(group, "bands_done") if b != band]
+        group.attrs["bands_done"] = [b for b in list_attr(group, "bands_done") if b != band]
 
 
-def _chunk_group(inputs_path: str, config: SensorConfig, chunk: Chunk) -> zarr.Group:
+def chunk_group(inputs_path: str, config: SensorConfig, chunk: Chunk) -> zarr.Group:
     """Open the chunk's group, creating it and its configuration's group if needed."""
     require_group(inputs_path, config.key(), {"config": config.record()})
     point_ids = [p.id for p in chunk.points]
@@ -285,7 +296,7 @@ def _chunk_group(inputs_path: str, config: SensorConfig, chunk: Chunk) -> zarr.G
     group = require_group(
         inputs_path, path, {"point_ids": point_ids, "notes": {}, "bands_done": []}
     )
-    if _list_attr(group, "point_ids") != point_ids:
+    if list_attr(group, "point_ids") != point_ids:
         raise ValueError(
             f"inputs group {path} in {inputs_path} holds other points than chunk {chunk.key}; "
             "remove that group and rerun prefetch"
@@ -304,7 +315,7 @@ def require_group(
         return zarr.open_group(store_path, path=path, mode="r+")
 
 
-def _check_patches(
+def check_patches(
     patches: Patches, chunk: Chunk, bands: Sequence[str], config: SensorConfig
 ) -> None:
     n = config.patch_px
@@ -320,17 +331,17 @@ def _check_patches(
             )
 
 
-def _lock_for(name: str) -> threading.Lock:
+def lock_for(name: str) -> threading.Lock:
     with _chunk_locks_guard:
         return _chunk_locks.setdefault(name, threading.Lock())
 
 
-def _list_attr(group: zarr.Group, name: str) -> list[Any]:
+def list_attr(group: zarr.Group, name: str) -> list[Any]:
     value = group.attrs.get(name)
     return list(value) if isinstance(value, list) else []
 
 
-def _dict_attr(group: zarr.Group, name: str) -> dict[str, Any]:
+def dict_attr(group: zarr.Group, name: str) -> dict[str, Any]:
     value = group.attrs.get(name)
     return dict(value) if isinstance(value, dict) else {}
 
@@ -344,4 +355,4 @@ def bands_present(parameters: dict[str, Any]) -> bool:
         )
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         return False
-    return set(p["bands"]) <= set(_list_attr(group, "bands_done"))
+    return set(p["bands"]) <= set(list_attr(group, "bands_done"))

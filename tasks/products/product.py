@@ -29,6 +29,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from embedders.spec import InferenceOptions, WeightsChoice
+from embedders.steps import TimeSteps
 from tasks.options import Options
 from tasks.sources import sensors
 from tasks.sources.registry import SensorConfig, sensor_config
@@ -44,6 +45,11 @@ class Fetch:
 
     config: SensorConfig
     bands: tuple[str, ...]
+
+    def point_bytes(self) -> int:
+        """Bytes of float32 patches one point carries through this fetch: each band of each
+        step (a time series of T steps carries T times a composite's bytes)."""
+        return len(self.config.spans()) * len(self.bands) * self.config.patch_px**2 * 4
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,7 @@ class ProductFacts:
     composite: str = "median"  # how a fetch reduces the window's scenes to one patch
     annual: bool = False  # fetches the whole calendar year of the window, cloud filter off
     checkpoint: str = ""  # the weights' file name in the torch hub cache; "" for none
+    steps: TimeSteps | None = None  # a time series: how the window becomes steps (None: one)
 
     def check(self) -> list[str]:
         """Each fact that is unset or malformed, in words; [] when every fact is sound."""
@@ -219,6 +226,12 @@ def fetches_of(name: str, facts: ProductFacts, request: ProductRequest) -> tuple
         config = dataclasses.replace(
             config, start=f"{year}-01-01", end=f"{year}-12-31", max_cloud_cover=100.0
         )
+    if facts.steps is not None:
+        config = dataclasses.replace(config, steps=facts.steps)
+        try:
+            config.spans()
+        except ValueError as e:
+            raise ProductError(f"{name}: {e}") from e
     return (Fetch(config, facts.bands),)
 
 

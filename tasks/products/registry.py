@@ -43,6 +43,7 @@ def model_facts(spec: ModelSpec) -> ProductFacts:
         description=spec.description,
         bands=spec.bands,
         checkpoint=spec.checkpoint,
+        steps=spec.steps,
     )
 
 

@@ -17,13 +17,15 @@ import hashlib
 import importlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date
 from typing import TYPE_CHECKING, Annotated, Literal, Protocol
 
 import numpy as np
 from pydantic import Field
 
 from embedders.plugins import merged
+from embedders.steps import TimeSteps
 from tasks.options import Flag, Options
 from tasks.sources import sensors
 
@@ -218,6 +220,9 @@ class SensorConfig:
     max_cloud_cover: float = 100.0  # scenes cloudier than this (percent) are not read
     # Sentinel-1: only scenes of this orbit pass ("ascending" or "descending"); "": both
     orbit_pass: str = ""
+    # A time series (embedders/steps.py): the window split into steps, one composite each;
+    # None: one composite of the whole window
+    steps: TimeSteps | None = None
     # The source's own settings (how to reach it): never part of what values depend on.
     options: Options | None = field(default=None, compare=False)
 
@@ -228,6 +233,8 @@ class SensorConfig:
         del fields["options"]
         if not self.orbit_pass:  # absent unless set: the keys of earlier groups stay theirs
             del fields["orbit_pass"]
+        if self.steps is None:  # absent unless set, as the orbit pass
+            del fields["steps"]
         fields.update(
             resolution_m=canonical_number(self.resolution_m),
             patch_px=int(self.patch_px),
@@ -245,15 +252,31 @@ class SensorConfig:
         """What a store's values depend on across its time entries: neither the window (each
         is its own entry) nor where the catalog lies (a moved or monthly catalog is the same
         sensor configuration)."""
-        return {
-            "sensor": self.sensor,
-            "source": self.source,
-            "collection": self.collection,
-            "resolution_m": self.resolution_m,
-            "patch_px": self.patch_px,
-            "composite": self.composite,
-            "max_cloud_cover": self.max_cloud_cover,
-        } | ({"orbit_pass": self.orbit_pass} if self.orbit_pass else {})
+        return (
+            {
+                "sensor": self.sensor,
+                "source": self.source,
+                "collection": self.collection,
+                "resolution_m": self.resolution_m,
+                "patch_px": self.patch_px,
+                "composite": self.composite,
+                "max_cloud_cover": self.max_cloud_cover,
+            }
+            | ({"orbit_pass": self.orbit_pass} if self.orbit_pass else {})
+            | ({"steps": asdict(self.steps)} if self.steps else {})
+        )
+
+    def spans(self) -> tuple[tuple[date, date], ...]:
+        """Each step's first and last day: the window itself when it has no steps. Raises
+        ValueError when the window does not hold the steps (TimeSteps.spans)."""
+        start, end = date.fromisoformat(self.start), date.fromisoformat(self.end)
+        return self.steps.spans(start, end) if self.steps else ((start, end),)
+
+    def step(self, index: int) -> SensorConfig:
+        """The configuration of one step: the same fetch, over the step's days only, with no
+        steps of its own; every source fetches it as it fetches any window."""
+        first, last = self.spans()[index]
+        return replace(self, start=first.isoformat(), end=last.isoformat(), steps=None)
 
 
 def canonical_number(x: float) -> float | int:

@@ -9,8 +9,18 @@ from typing import Any
 
 import pytest
 
-from flows.dry_run import dry_run
-from flows.job import Plan, plan_job, planned_fetches, product_request, resolve_job, shared_fetches
+from embedders.steps import TimeSteps
+from flows.dry_run import _size, dry_run
+from flows.job import (
+    Plan,
+    UsageError,
+    plan_job,
+    planned_fetches,
+    point_bytes,
+    product_request,
+    resolve_job,
+    shared_fetches,
+)
 from flows.params import Imagery, Inference, Output, Region, Window
 from tasks.products import registry as products
 from tasks.products.product import Fetch, ProductEntry, ProductRequest, fetches_of, identity_key
@@ -76,3 +86,39 @@ def test_dry_run__fetches_what_the_run_fetches_10_and_10_0_in_one(plan: Plan) ->
     text = dry_run(plan)
     assert "(1 fetch + 2 produce)" in text
     assert "(1 sensor configuration(s): stac-catalog sentinel-2-l2a)" in text
+
+
+def _tenths_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, facts: Any) -> Plan:
+    monkeypatch.setitem(products.PRODUCTS, "tenths", ProductEntry(facts, "unused:resolve"))
+    return plan_job(
+        Region(spacing_m=1000),
+        Window(start=date(2025, 1, 1), end=date(2025, 3, 31)),
+        Imagery(),
+        Inference.model_construct(**{**Inference().model_dump(), "models": ["tenths"]}),
+        Output(store=str(tmp_path / "e.zarr"), work_dir=str(tmp_path / "work")),
+        today=date(2025, 6, 1),
+    )
+
+
+def test_dry_run__a_time_series_of_t_steps_fetches_t_times_the_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    single = _tenths_plan(tmp_path, monkeypatch, TENTHS)
+    n, patch = len(single.points), single.imagery.patch_px
+    assert f"inputs fetched: {_size(n * patch * patch * 4)} " in dry_run(single)
+    one = point_bytes(single.imagery, single.inference, single.window)
+    stepped = dataclasses.replace(TENTHS, steps=TimeSteps("monthly", 3))
+    series = _tenths_plan(tmp_path, monkeypatch, stepped)
+    text = dry_run(series)
+    assert f"inputs fetched: {_size(3 * n * patch * patch * 4)} " in text
+    assert "stac-catalog sentinel-2-l2a x 3 steps (3 monthly steps, a composite each)" in text
+    # chunks are sized by the work a task carries: each step's patches
+    assert point_bytes(series.imagery, series.inference, series.window) == 3 * one
+
+
+def test_dry_run__a_window_that_does_not_hold_a_models_steps_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stepped = dataclasses.replace(TENTHS, steps=TimeSteps("monthly", 12))
+    with pytest.raises(UsageError, match=r"tenths: 12 monthly steps need a window of 12"):
+        _tenths_plan(tmp_path, monkeypatch, stepped)

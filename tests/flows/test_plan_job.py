@@ -31,7 +31,7 @@ def test_chunks__a_region_ten_times_larger_has_more_chunks_of_the_same_size(tmp_
 def test_chunks__hold_a_bounded_amount_of_input_patches(tmp_path):
     """Larger patches make smaller chunks: a task's patches stay under the budget."""
     big = plan(tmp_path, (10.0, 45.0, 10.3, 45.2), patch_px=448)
-    per_point = point_bytes(big.imagery, big.inference)
+    per_point = point_bytes(big.imagery, big.inference, big.window)
     assert per_point == 6 * 448 * 448 * 4  # the union of both models' bands: one fetch
     assert big.chunk_size * per_point <= TASK_INPUT_BYTES < (big.chunk_size + 1) * per_point
 

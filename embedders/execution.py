@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from embedders import batching, precision
+from embedders.naming import setting
 from embedders.spec import Embedder, InferenceOptions, ModelSpec, WeightsInfo
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def _compile(
         raise CompileMismatch(
             f"model {runner.spec.name} compiled on {device} in {options.precision}: pooled "
             f"vectors of probe tiles reach a minimum cosine of {cosine:.5f} to the eager "
-            f"forward, below {precision.COSINE_THRESHOLD}; run it without --compile"
+            f"forward, below {precision.COSINE_THRESHOLD}; run it without {setting('compile')}"
         )
     return done
 

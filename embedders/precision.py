@@ -32,6 +32,7 @@ from torch import nn
 
 from embedders import layer_precision
 from embedders.batching import device_of, precision_context
+from embedders.naming import given
 from embedders.spec import Embedder, Precision
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class _Probe:
             f"pooled embeddings of {len(self.tiles)} seeded probe tiles reach a minimum cosine "
             f"of {report.cosine_before:.5f} to fp32, below the threshold {report.threshold}; "
             f"{why}. Its {report.precision} embeddings would be wrong: run it with "
-            "--precision fp32 (InferenceOptions precision='fp32')",
+            f"{given(precision='fp32')} (InferenceOptions precision='fp32')",
             report,
         )
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Literal
 
+from embedders.naming import given
+
 StepKind = Literal["monthly", "spans"]
 STEP_KINDS: tuple[StepKind, ...] = ("monthly", "spans")
 
@@ -60,7 +62,7 @@ class TimeSteps:
             raise ValueError(
                 f"{self.describe()} need a window of {self.count} calendar months, and "
                 f"{start}..{end} touches {len(months)}; give a window of {self.count} months, "
-                f"e.g. --start {start.replace(day=1)} --end {_month_end(start, self.count)}"
+                f"e.g. {given(start=start.replace(day=1), end=_month_end(start, self.count))}"
             )
         return months
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torchvision.models._api import WeightsEnum
 
+from embedders.naming import given
 from embedders.spec import ModelSpec, WeightsChoice, WeightsInfo
 
 # The builder of a model's architecture: the library's function taking `weights=`.
@@ -107,8 +108,8 @@ def build_pretrained(
             fix = f"download {member.url} and place it at {path}"
         raise WeightsUnavailable(
             f"model {spec.name}: pretrained weights {identity(member)} unavailable: {problem}"
-            f"{fix}, or pass --weights random to build the architecture with seeded random "
-            f"weights (seed={spec.seed})",
+            f"{fix}, or give {given(weights='random')} to build the architecture with seeded "
+            f"random weights (seed={spec.seed})",
             file_present=present,
         ) from e
     if said.getvalue():  # it did download: say so once
@@ -200,8 +201,9 @@ def load_local(
         else:
             problem = f"is not there: download {spec.weights_url} and place it there"
         raise WeightsUnavailable(
-            f"model {spec.name}: the checkpoint {path} {problem}, or pass --weights random to "
-            f"build the architecture with seeded random weights (seed={spec.seed})",
+            f"model {spec.name}: the checkpoint {path} {problem}, or give "
+            f"{given(weights='random')} to build the architecture with seeded random weights "
+            f"(seed={spec.seed})",
             file_present=present,
         ) from e
     info = WeightsInfo(kind="pretrained", identity=spec.pretrained_weights, file=str(path))

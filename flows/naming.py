@@ -1,47 +1,32 @@
 """How messages name a setting to their reader: the command line's flag (`--end`), or the
 form's section and field title (`window › Last day`) in the UI and the Python API. Both come
-from the setting's one declaration (flows/params.py); the command line says which it wants
-(`named_as("flags")`)."""
+from the setting's one declaration (flows/params.py), which hands them to embedders/naming.py:
+messages of every layer name settings from there. The command line says which naming it
+wants (`named_as("flags")`)."""
 
-import contextlib
-from collections.abc import Iterator
-from contextvars import ContextVar
-from typing import Literal
+from collections.abc import Sequence
 
 from pydantic import BaseModel, ValidationError
 
+from embedders.naming import NAMING as NAMING
+from embedders.naming import Names
+from embedders.naming import declare as declare
+from embedders.naming import given as given
+from embedders.naming import named_as as named_as
+from embedders.naming import setting as setting
 from tasks.options import flag_of
 
-# Who messages about settings speak to: the command line names its flags (it sets "flags"),
-# the UI's form and the Python API the form's fields.
-NAMING: ContextVar[Literal["form", "flags"]] = ContextVar("swath_naming", default="form")
 
-
-@contextlib.contextmanager
-def named_as(naming: Literal["form", "flags"]) -> Iterator[None]:
-    """Messages about settings name them as `naming` says within this block."""
-    token = NAMING.set(naming)
-    try:
-        yield
-    finally:
-        NAMING.reset(token)
-
-
-def setting(name: str) -> str:
-    """How a message names the setting `name` (a field of one of SETTINGS) to its reader:
-    its flag on the command line (`--end`), else its section and title in the form
-    (`window › Last day`). Both come from the setting's one declaration."""
-    from flows.params import SETTINGS  # the settings name themselves in their messages
-
-    for model in SETTINGS:
-        field = model.model_fields.get(name)
-        if field is None:
-            continue
-        flag = flag_of(field)
-        if NAMING.get() == "flags" and flag is not None:
-            return flag.name
-        return f"{model.__name__.lower()} › {field.title or name}"
-    raise KeyError(f"{name} is not a setting of {', '.join(m.__name__ for m in SETTINGS)}")
+def names_of(models: Sequence[type[BaseModel]]) -> dict[str, Names]:
+    """Each setting's flag and place in the form (`window › Last day`), by its name, from
+    its declaration in one of `models` (the form's sections, in order; the first wins)."""
+    names: dict[str, Names] = {}
+    for model in models:
+        for name, field in model.model_fields.items():
+            flag = flag_of(field)
+            where = f"{model.__name__.lower()} › {field.title or name}"
+            names.setdefault(name, Names(flag.name if flag else None, where))
+    return names
 
 
 def form_errors(section: str, model: type[BaseModel], error: ValidationError) -> list[str]:

@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from embedders.spec import InferenceOptions
-from flows.naming import setting
+from flows.naming import declare, names_of, setting
 from tasks.options import Flag, Options, options_for
 from tasks.products.registry import PRODUCTS
 from tasks.products.tessera import TesseraOptions
@@ -449,6 +449,7 @@ class Output(BaseModel):
 
 
 SETTINGS: tuple[type[BaseModel], ...] = (Region, Window, Imagery, Inference, Output)
+declare(names_of(SETTINGS))  # messages of every layer name these settings as their reader does
 
 
 def engine_options(inference: Inference) -> InferenceOptions:

@@ -23,6 +23,7 @@ import torch
 
 from embedders import registry
 from embedders.engine import embed_patches
+from embedders.naming import given, setting
 from embedders.precision import PrecisionError, check_precision
 from embedders.spec import (
     Embedder,
@@ -189,14 +190,15 @@ def resolve_model(name: str, request: ProductRequest) -> ModelProduct:
     spec = registry.get_spec(name)
     if request.options.tile_overlap_px >= spec.tile_px:
         raise ProductError(
-            f"--tile-overlap {request.options.tile_overlap_px} is not smaller than {name}'s "
+            f"{given(tile_overlap_px=request.options.tile_overlap_px)} is not smaller than "
+            f"{name}'s "
             f"tile ({spec.tile_px} px); use a smaller overlap"
         )
     if spec.steps is not None:
         raise ProductError(
             f"{name} takes a time series ({spec.steps.describe()}), and swath's engine runs "
             "models of one composite a point only: its inputs can be prefetched "
-            "(tasks/series.py), but no run produces it yet; leave it out of --models"
+            f"(tasks/series.py), but no run produces it yet; leave it out of {setting('models')}"
         )
     (fetch,) = fetches_of(name, model_facts(spec), request)
     device = devices_of(request.device)[0]
@@ -278,6 +280,7 @@ def resolve_device(choice: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda" and not torch.cuda.is_available():
         raise ValueError(
-            "--device cuda was asked for but torch sees no CUDA device; use --device cpu"
+            f"{given(device='cuda')} was asked for but torch sees no CUDA device; use "
+            f"{given(device='cpu')}"
         )
     return choice

@@ -26,6 +26,7 @@ from shapely.geometry import Polygon, box
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import transform
 
+from embedders.naming import given, setting
 from tasks.plan.regions import UTM_LAT_RANGE, PlanError
 
 
@@ -67,7 +68,8 @@ def plan_points(region: BaseGeometry, spacing_m: float, *, path: str | None = No
     """
     if not spacing_m > 0 or not math.isfinite(spacing_m):
         raise PlanError(
-            f"spacing must be a positive number of metres, got {spacing_m}; e.g. --spacing 250"
+            f"spacing must be a positive number of metres, got {spacing_m}; e.g. "
+            f"{given(spacing_m=250)}"
         )
     west, south, east, north = region.bounds
     lo, hi = UTM_LAT_RANGE
@@ -400,5 +402,5 @@ def _check_size(region: BaseGeometry, spacing_m: float) -> None:
     if estimate > MAX_POINTS:
         raise PlanError(
             f"region at {spacing_m:g} m spacing would give about {estimate:,.0f} points "
-            f"(limit {MAX_POINTS:,}); raise --spacing or split the region"
+            f"(limit {MAX_POINTS:,}); raise {setting('spacing_m')} or split the region"
         )

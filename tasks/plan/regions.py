@@ -10,6 +10,8 @@ from typing import Any
 from shapely.geometry import MultiPolygon, Polygon, box, shape
 from shapely.ops import unary_union
 
+from embedders.naming import given, setting
+
 
 class PlanError(ValueError):
     """Bad region or plan input; the message names the problem and the fix."""
@@ -57,10 +59,10 @@ def axis_order_hint(west: float, south: float, east: float, north: float) -> str
     if not (outside and swapped_inside):
         return None
     return (
-        f"warning: --bbox puts the region at latitude {south:g}..{north:g}, outside the "
-        f"latitudes Sentinel-2 images systematically ({low:g}..{high:g}); --bbox is "
-        f"west,south,east,north (lon,lat): if you meant lat,lon, give --bbox "
-        f"{south:g},{west:g},{north:g},{east:g}"
+        f"warning: {setting('bbox')} puts the region at latitude {south:g}..{north:g}, outside "
+        f"the latitudes Sentinel-2 images systematically ({low:g}..{high:g}); "
+        f"{setting('bbox')} is west,south,east,north (lon,lat): if you meant lat,lon, give "
+        f"{given(bbox=f'{south:g},{west:g},{north:g},{east:g}')}"
     )
 
 

@@ -18,6 +18,7 @@ from typing import Literal
 
 import zarr
 
+from embedders.naming import setting
 from tasks.store.integrity import checksum_name
 
 # A shard holds at most this many plan chunks: 10M points in chunks of 256 are 2,500 shards
@@ -61,7 +62,7 @@ def block_chunks(path: str, models: Sequence[str]) -> int:
     if len(set(found.values())) > 1:
         raise ValueError(
             f"store {path}: its products are sharded by different chunk counts ({found}); "
-            "swath did not write it so: export into another --out"
+            f"swath did not write it so: export into another {setting('store')}"
         )
     return next(iter(found.values()), 1)
 

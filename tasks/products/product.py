@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from embedders.naming import given
 from embedders.spec import InferenceOptions, WeightsChoice
 from embedders.steps import TimeSteps
 from tasks.options import Options
@@ -199,7 +200,7 @@ def one_calendar_year(name: str, request: ProductRequest) -> int:
         raise ProductError(
             f"{name} is annual, and the window {request.start}..{request.end} spans "
             f"{request.end.year - request.start.year + 1} years; export one calendar year per "
-            f"run, e.g. --start {request.end.year}-01-01 --end {request.end.year}-12-31"
+            f"run, e.g. {given(start=f'{request.end.year}-01-01', end=f'{request.end.year}-12-31')}"
         )
     return request.start.year
 

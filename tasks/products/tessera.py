@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 from pydantic import Field
 
+from embedders.naming import setting
 from embedders.spec import OutputKind, Status
 from tasks.options import Flag, Options
 from tasks.products.product import (
@@ -211,7 +212,8 @@ def _open(store: str) -> Any:
     except (ValueError, OSError, ObjectStoreError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ProductError(
-            f"cannot open the Tessera store {store} ({first_line}); check --tessera-store (a "
+            f"cannot open the Tessera store {store} ({first_line}); check "
+            f"{setting('tessera_store')} (a "
             "dataset version such as v1.1, or the URL or path of a Tessera Zarr store) and "
             "that it can be reached from here"
         ) from e

@@ -35,6 +35,7 @@ import ee
 import ee.image_converter
 import numpy as np
 
+from embedders.naming import setting
 from tasks.plan.points import Point
 from tasks.sources import sensors
 from tasks.sources.earthengine_auth import load_credentials
@@ -80,10 +81,14 @@ NODATA = float(np.finfo(np.float32).min)
 CONCURRENCY_LIMIT = "swath-earthengine"
 COMPOSITES = ("median", "mosaic")
 
-AUTH_FIX = (
-    "check that the project (--ee-project) is registered for Earth Engine and that the "
-    "account (or the service account of --ee-key-file) has access to it and to the collection"
-)
+
+def auth_fix() -> str:
+    """What to check when Earth Engine refuses access, naming the settings as the reader does."""
+    return (
+        f"check that the project ({setting('ee_project')}) is registered for Earth Engine and "
+        f"that the account (or the service account of {setting('ee_key_file')}) has access to "
+        "it and to the collection"
+    )
 
 
 @dataclass(frozen=True)
@@ -325,7 +330,7 @@ class EarthEngineSource:
                 raise
             raise ImagerySourceError(
                 f"{what}: cannot reach Earth Engine or Google's sign-in ({reason}); check the "
-                "network and --ee-url"
+                f"network and {setting('ee_url')}"
             ) from e
 
     def _compute(
@@ -412,13 +417,13 @@ def classify_ee_error(error: BaseException, what: str) -> ImagerySourceError | T
     ):
         return TransientSourceError(f"{what}: Earth Engine said: {message}; a retry may succeed")
     if status in (401, 403) or isinstance(error, google.auth.exceptions.RefreshError):
-        return ImagerySourceError(f"{what}: Earth Engine refused access: {message}; {AUTH_FIX}")
+        return ImagerySourceError(f"{what}: Earth Engine refused access: {message}; {auth_fix()}")
     if "project" in message.lower() and "ee.Initialize" in message:  # ee's "no project" text
         return ImagerySourceError(
-            f"{what}: {message}; pass --ee-project ID, a Google Cloud project registered for "
-            "Earth Engine"
+            f"{what}: {message}; give {setting('ee_project')}, a Google Cloud project "
+            "registered for Earth Engine"
         )
     return ImagerySourceError(
-        f"{what}: Earth Engine said: {message}; check the collection (--collection), the "
-        "bands and the window"
+        f"{what}: Earth Engine said: {message}; check the collection "
+        f"({setting('collection')}), the bands and the window"
     )

@@ -8,13 +8,18 @@ from typing import Any
 
 import ee
 
+from embedders.naming import setting
 from tasks.sources.registry import EarthEngineOptions, ImagerySourceError
 
-NO_CREDENTIALS = (
-    "no Earth Engine credentials found: run `earthengine authenticate` (or `gcloud auth "
-    "application-default login`), or pass --ee-key-file KEY.json with a service account's "
-    "key; and pass --ee-project with a Google Cloud project registered for Earth Engine"
-)
+
+def no_credentials() -> str:
+    """What to do when no credentials are found, naming the settings as the reader does."""
+    return (
+        "no Earth Engine credentials found: run `earthengine authenticate` (or `gcloud auth "
+        f"application-default login`), or give {setting('ee_key_file')} with a service "
+        f"account's JSON key file; and give {setting('ee_project')}, a Google Cloud project "
+        "registered for Earth Engine"
+    )
 
 
 def load_credentials(access: EarthEngineOptions) -> tuple[Any, str | None]:
@@ -36,8 +41,8 @@ def load_credentials(access: EarthEngineOptions) -> tuple[Any, str | None]:
         except (OSError, ValueError, KeyError) as e:
             raise ImagerySourceError(
                 f"cannot read the service account key {access.ee_key_file} "
-                f"({type(e).__name__}); pass --ee-key-file the JSON key file Google Cloud "
-                "created for the service account"
+                f"({type(e).__name__}); give {setting('ee_key_file')} the JSON key file Google "
+                "Cloud created for the service account"
             ) from None  # the parser's message may quote the file
         return sa, access.ee_project or sa.project_id
     stored = _stored_earthengine_credentials()
@@ -48,7 +53,7 @@ def load_credentials(access: EarthEngineOptions) -> tuple[Any, str | None]:
     try:
         credentials, project = google.auth.default(scopes=ee.oauth.SCOPES)
     except google.auth.exceptions.DefaultCredentialsError as e:
-        raise ImagerySourceError(NO_CREDENTIALS) from e
+        raise ImagerySourceError(no_credentials()) from e
     project = access.ee_project or project or getattr(credentials, "quota_project_id", None)
     return credentials, project
 

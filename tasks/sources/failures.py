@@ -17,6 +17,7 @@ from urllib.error import HTTPError
 
 import urllib3.exceptions
 
+from embedders.naming import given
 from tasks.sources.redact import holds_secret, redact_urls
 from tasks.sources.registry import ImagerySourceError, TransientSourceError
 
@@ -125,7 +126,7 @@ def classify_error(error: BaseException, what: str) -> ImagerySourceError | Tran
     if status in (401, 403):
         return ImagerySourceError(
             f"{what}: {text}; the server refused access: the asset URLs need signing or "
-            "credentials (Planetary Computer's: --stac-signing planetary-computer)"
+            f"credentials (Planetary Computer's: {given(stac_signing='planetary-computer')})"
         )
     return ImagerySourceError(
         f"{what}: {text}; check that the catalog and its asset hrefs exist and are readable"

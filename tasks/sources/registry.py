@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Literal, Protocol
 import numpy as np
 from pydantic import Field
 
+from embedders.naming import given, setting
 from embedders.plugins import merged
 from embedders.steps import TimeSteps
 from tasks.options import Flag, Options
@@ -67,8 +68,8 @@ class StacCatalogOptions(RadarOptions):
     def contradiction(self, owner: str, source: str) -> str | None:
         if source != owner and self.catalog != DEMO_CATALOG:
             return (
-                f"--catalog is for --source {owner}, and the source is {source}; "
-                "leave --catalog out"
+                f"{setting('catalog')} is for {given(source=owner)}, and the source is "
+                f"{source}; leave {setting('catalog')} out"
             )
         return None
 
@@ -104,13 +105,13 @@ class StacApiOptions(RadarOptions):
     def contradiction(self, owner: str, source: str) -> str | None:
         if source == owner and not self.stac_url:
             return (
-                f"--source {owner} needs --stac-url: the API's root URL, or "
+                f"{given(source=owner)} needs {setting('stac_url')}: the API's root URL, or "
                 "planetary-computer or earth-search"
             )
         if source != owner and self.stac_url:
             return (
-                f"--stac-url is for --source {owner}, and the source is {source}; "
-                f"give --source {owner} or leave --stac-url out"
+                f"{setting('stac_url')} is for {given(source=owner)}, and the source is "
+                f"{source}; give {given(source=owner)} or leave {setting('stac_url')} out"
             )
         return None
 
@@ -309,7 +310,9 @@ def sensor_config(
         try:
             collection = sensors.default_collection(sensor, source)
         except KeyError as e:
-            raise ValueError(f"{e.args[0]}: pick a --source that serves it") from e
+            raise ValueError(
+                f"{e.args[0]}: pick a source ({setting('source')}) that serves it"
+            ) from e
     # radar sees through clouds: a cloud-cover limit would only split its inputs groups
     radar = sensor == sensors.SENTINEL_1_SENSOR
     options = request.source_options.get(source)

@@ -24,6 +24,7 @@ from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
 from urllib3.util.retry import Retry
 
+from embedders import naming
 from tasks.plan.points import Point
 from tasks.sources import sensors
 from tasks.sources.failures import error_chain, keeps_secrets, unreachable
@@ -56,7 +57,8 @@ class KnownApi:
     url: str
     signing: str  # planetary-computer | none
     provenance: str
-    # sensor -> why swath does not read it from this API (and where to read it instead)
+    # sensor -> why swath does not read it from this API (and where to read it instead:
+    # {planetary_computer} and {earthengine} name those sources as the reader gives them)
     refuses: dict[str, str] = field(default_factory=dict)
 
 
@@ -84,8 +86,8 @@ KNOWN_APIS: dict[str, KnownApi] = {
         refuses={
             sensors.SENTINEL_1_SENSOR: "Earth Search's only Sentinel-1 collection, "
             "sentinel-1-grd, lies in a requester-pays bucket (sentinel-s1-l1c) in radar "
-            "geometry, not as map-projected COGs; read Sentinel-1 from --stac-url "
-            "planetary-computer (sentinel-1-rtc) or --source earthengine (COPERNICUS/S1_GRD)"
+            "geometry, not as map-projected COGs; read Sentinel-1 from {planetary_computer} "
+            "(sentinel-1-rtc) or {earthengine} (COPERNICUS/S1_GRD)"
         },
     ),
 }
@@ -168,7 +170,8 @@ class StacApiSource:
         if not client.conforms_to(ConformanceClasses.ITEM_SEARCH):
             raise ImagerySourceError(
                 f"{api.url} does not declare STAC item search in its conformsTo; "
-                "--stac-url must be a STAC API's root (a static catalog is --catalog)"
+                f"{naming.setting('stac_url')} must be a STAC API's root (a static catalog is "
+                f"{naming.setting('catalog')})"
             )
         self._require_collection(client, api, config.collection)
         # Sentinel-1 scenes differ in their polarisations (VV-only, HH+HV): a few are asked
@@ -180,7 +183,7 @@ class StacApiSource:
             raise ImagerySourceError(
                 f"collection {config.collection!r} of {api.url} has no item between "
                 f"{config.start} and {config.end} with cloud cover {config.max_cloud_cover:g}% "
-                "or less: widen the window or raise --max-cloud-cover"
+                f"or less: widen the window or raise {naming.setting('max_cloud_cover')}"
             )
         item = sample[0]
         assets = resolve_assets(bands, [item], config.collection)
@@ -226,7 +229,7 @@ class StacApiSource:
             raise api_error(e, f"listing the collections of {api.url}", checking=True) from e
         raise ImagerySourceError(
             f"{api.url} has no collection {collection!r}; its collections are {known}: "
-            "give one of them as --collection"
+            f"give one of them as {naming.setting('collection')}"
         )
 
     def _search(
@@ -293,12 +296,17 @@ def resolve_api(config: SensorConfig) -> Api:
     url = (known.url if known else given).rstrip("/")
     refusing = known or next((k for k in KNOWN_APIS.values() if k.url == url), None)
     if refusing is not None and config.sensor in refusing.refuses:
-        raise ImagerySourceError(f"{config.sensor} from {url}: {refusing.refuses[config.sensor]}")
+        instead = {
+            "planetary_computer": naming.given(stac_url="planetary-computer"),
+            "earthengine": naming.given(source="earthengine"),
+        }
+        why = refusing.refuses[config.sensor].format(**instead)
+        raise ImagerySourceError(f"{config.sensor} from {url}: {why}")
     parts = urlparse(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ImagerySourceError(
-            f"--stac-url {given!r} is neither an http(s) URL nor one of {', '.join(KNOWN_APIS)}: "
-            "give the STAC API's root URL"
+            f"{naming.setting('stac_url')} {given!r} is neither an http(s) URL nor one of "
+            f"{', '.join(KNOWN_APIS)}: give the STAC API's root URL"
         )
     signing = own_options(config, StacApiOptions).stac_signing
     if signing == "auto":
@@ -308,9 +316,9 @@ def resolve_api(config: SensorConfig) -> Api:
         return Api(url, None)
     if not parts.path.endswith(STAC_PATH):
         raise ImagerySourceError(
-            f"--stac-signing planetary-computer: cannot derive the token endpoint from {url}; "
-            f"Planetary Computer's STAC API ends in {STAC_PATH} (its tokens are under "
-            f"{SAS_PATH}); give that URL, or --stac-signing none"
+            f"{naming.given(stac_signing='planetary-computer')}: cannot derive the token endpoint "
+            f"from {url}; Planetary Computer's STAC API ends in {STAC_PATH} (its tokens are "
+            f"under {SAS_PATH}); give that URL, or {naming.given(stac_signing='none')}"
         )
     return Api(url, url[: -len(STAC_PATH)] + SAS_PATH)
 
@@ -383,17 +391,20 @@ def api_error(
         transient = not checking
         if checking:
             return ImagerySourceError(
-                f"{what}: cannot connect ({unreachable(error) or text}); check --stac-url: the "
-                f"API's root URL, or one of {', '.join(KNOWN_APIS)}"
+                f"{what}: cannot connect ({unreachable(error) or text}); check "
+                f"{naming.setting('stac_url')}: the API's root URL, or one of "
+                f"{', '.join(KNOWN_APIS)}"
             )
     else:
         transient = False
     if transient:
         return TransientSourceError(f"{what}: {text}; a retry may succeed")
     fix = (
-        "check --stac-url (a STAC API's root URL), --collection and --stac-signing"
+        f"check {naming.setting('stac_url')} (a STAC API's root URL), "
+        f"{naming.setting('collection')} and {naming.setting('stac_signing')}"
         if status is None or status != 403
-        else "the API refused access: check --stac-signing (planetary-computer signs assets)"
+        else f"the API refused access: check {naming.setting('stac_signing')} (planetary-computer "
+        "signs assets)"
     )
     return ImagerySourceError(f"{what}: {text}; {fix}")
 

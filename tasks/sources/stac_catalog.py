@@ -15,6 +15,7 @@ import urllib3
 from pystac.stac_io import DefaultStacIO
 from urllib3.util.retry import Retry
 
+from embedders.naming import setting
 from tasks.plan.points import Point
 from tasks.sources.failures import classify_error, keeps_secrets, unreachable
 from tasks.sources.gdal_log import count_gdal_retries
@@ -87,8 +88,8 @@ class StacCatalogSource:
                 reason = unreachable(e)
                 if reason:
                     raise ImagerySourceError(
-                        f"reading the STAC catalog {config.catalog}: {reason}; check --catalog "
-                        "(and the network)"
+                        f"reading the STAC catalog {config.catalog}: {reason}; check "
+                        f"{setting('catalog')} (and the network)"
                     ) from e
                 if pause is None:
                     raise ImagerySourceError(

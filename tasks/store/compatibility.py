@@ -10,6 +10,7 @@ from typing import Any
 import zarr
 from fsspec.core import url_to_fs
 
+from embedders.naming import setting
 from tasks.store import soundness
 from tasks.store.layout import CREATING, STORE_FORMAT, StoreLayout, StoreMismatch, read_meta
 
@@ -29,35 +30,35 @@ def check_store(path: str, layout: StoreLayout) -> bool:
             raise StoreMismatch(
                 f"output store {path} is damaged: {e}, and it records which export wrote "
                 f"the store, so a rerun cannot repair it: restore {path}/zarr.json from a "
-                "backup, or export into another --out"
+                f"backup, or export into another {setting('store')}"
             ) from e
     try:
         meta = read_meta(path).get("swath")
     except (FileNotFoundError, ValueError, KeyError, zarr.errors.BaseZarrError) as e:
         raise StoreMismatch(
             f"output path {path} exists and is not a swath store (it holds no Zarr group); "
-            "choose another --out or remove it"
+            f"choose another {setting('store')} or remove it"
         ) from e
     if isinstance(meta, dict) and meta.get("state") == CREATING:
         return False  # an object-store layout that a crash interrupted: lay it out again
     if not isinstance(meta, dict) or "fingerprint" not in meta:
         raise StoreMismatch(
             f"output path {path} exists and is not a swath store (a Zarr group without swath's "
-            "attributes); choose another --out or remove it"
+            f"attributes); choose another {setting('store')} or remove it"
         )
     if meta.get("format") != STORE_FORMAT:
         raise StoreMismatch(
             f"output store {path} was written by an older swath (store format "
             f"{meta.get('format')}, this one writes {STORE_FORMAT}: points named by their UTM "
             "coordinates, utm_x and utm_y stored); it stays readable, but "
-            "cannot be resumed or appended to: export into another --out, or remove it to "
-            "start over"
+            f"cannot be resumed or appended to: export into another {setting('store')}, or "
+            "remove it to start over"
         )
     if meta["fingerprint"] != layout.fingerprint():
         diff = _difference(meta.get("layout", {}), layout.summary())
         raise StoreMismatch(
             f"output store {path} holds a different export ({diff}); "
-            "use another --out, or remove the store to start over"
+            f"use another {setting('store')}, or remove the store to start over"
         )
     return True
 

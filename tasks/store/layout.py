@@ -33,6 +33,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from embedders.naming import setting
 from embedders.spec import Status
 from tasks.plan.points import BLOCK_POINTS, PointTable
 from tasks.plan.shards import Shards, choose_block_chunks, chunk_encoding
@@ -167,7 +168,7 @@ def read_meta(path: str) -> dict[str, Any]:
             except json.JSONDecodeError as e:
                 raise StoreMismatch(
                     f"store {path}: root attribute {key!r} is not JSON ({e}); swath did not "
-                    "write it: choose another --out or remove it"
+                    f"write it: choose another {setting('store')} or remove it"
                 ) from e
     return attrs
 
@@ -221,7 +222,8 @@ def time_index(path: str, window: Window) -> int | None:
             if e != np.datetime64(window[1]):
                 raise StoreMismatch(
                     f"store {path} holds a window {s}..{e}, this run asks for "
-                    f"{window[0]}..{window[1]}: one entry per start day; use another --out"
+                    f"{window[0]}..{window[1]}: one entry per start day; use another "
+                    f"{setting('store')}"
                 )
             return i
     return None

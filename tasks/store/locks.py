@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import IO
 from urllib.parse import urlsplit, urlunsplit
 
+from embedders.naming import setting
 from tasks.store.layout import is_url
 
 
@@ -65,8 +66,8 @@ def _locked(lock_path: str, path: str, *, wait: bool) -> IO[str]:
             holder = f.read().strip() or "another process"
             f.close()
             raise StoreBusy(
-                f"another export is writing {path} ({holder}); wait for it to finish, or pass "
-                "--wait to queue behind it"
+                f"another export is writing {path} ({holder}); wait for it to finish, or give "
+                f"{setting('wait')} to queue behind it"
             ) from None
         try:
             if os.stat(lock_path).st_ino == os.fstat(f.fileno()).st_ino:
@@ -100,7 +101,7 @@ def store_limit(path: str, *, wait: bool) -> Iterator[None]:
     except TimeoutError:
         raise StoreBusy(
             f"another export is writing {path} (Prefect concurrency limit {name} is held); "
-            "wait for it to finish, or pass --wait to queue behind it"
+            f"wait for it to finish, or give {setting('wait')} to queue behind it"
         ) from None
     with held:
         yield

@@ -26,6 +26,7 @@ import numpy as np
 import zarr
 from fsspec.core import url_to_fs
 
+from embedders.naming import setting
 from tasks.plan.points import BLOCK_POINTS, PointTable
 from tasks.store.coords import POINT_COORDS, block_crcs, repair_coords
 from tasks.store.integrity import UNREADABLE, checksum_name, data_names, open_array
@@ -50,7 +51,10 @@ class Finding:
 
 
 RERUN = "a rerun of the export repairs it"
-NO_FIX = "a rerun cannot repair it: export into another --out"
+
+
+def no_fix() -> str:
+    return f"a rerun cannot repair it: export into another {setting('store')}"
 
 
 def _crc(text: str) -> int:
@@ -179,7 +183,7 @@ def _state(meta: dict[str, Any], recorded: int | None, other: dict[str, Any] | N
 def metadata_findings(states: dict[str, tuple[str, str]]) -> list[Finding]:
     findings = []
     for name, (own, copy) in states.items():
-        fix = RERUN if "ok" in (own, copy) else NO_FIX
+        fix = RERUN if "ok" in (own, copy) else no_fix()
         if own != "ok":
             findings.append(Finding(name, f"its zarr.json is {own}", fix))
         if copy != "ok":

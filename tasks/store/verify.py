@@ -14,6 +14,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from embedders.naming import setting
 from tasks.plan.chunks import chunk_key
 from tasks.plan.points import coords_digest
 from tasks.store import soundness
@@ -75,7 +76,7 @@ def verify_store(path: str) -> Report:
     try:
         findings, recorded = soundness.inspect(path, layout["models"])
     except soundness.RootDamaged as e:  # _swath_meta read it: only the seal can fail here
-        return Report([Finding("zarr.json", str(e), soundness.NO_FIX)], True, [])
+        return Report([Finding("zarr.json", str(e), soundness.no_fix())], True, [])
     chunks = stored_chunks(path, int(layout["chunk_size"]))
     checks = []
     for t, window in enumerate(_windows(path)):
@@ -126,7 +127,7 @@ def _read(path: str, name: str) -> np.ndarray | None:
 def _swath_meta(path: str) -> dict[str, Any]:
     if not is_url(path) and not os.path.isdir(path):
         what = "a file" if os.path.lexists(path) else "no such folder"
-        raise NotAStore(f"{path} is not a swath store ({what}); check --out")
+        raise NotAStore(f"{path} is not a swath store ({what}); check {setting('store')}")
     try:
         soundness.read_root(path)
     except soundness.RootDamaged as e:
@@ -135,7 +136,9 @@ def _swath_meta(path: str) -> dict[str, Any]:
     try:
         meta = read_meta(path).get("swath")
     except (FileNotFoundError, ValueError, KeyError, StoreMismatch, zarr.errors.BaseZarrError) as e:
-        raise NotAStore(f"{path} is not a swath store (it holds no Zarr group); check --out") from e
+        raise NotAStore(
+            f"{path} is not a swath store (it holds no Zarr group); check {setting('store')}"
+        ) from e
     if isinstance(meta, dict) and meta.get("state") == CREATING:
         raise NotAStore(
             f"{path} is a swath store still being laid out (an export stopped while creating "
@@ -143,7 +146,8 @@ def _swath_meta(path: str) -> dict[str, Any]:
         )
     if not isinstance(meta, dict) or "fingerprint" not in meta:
         raise NotAStore(
-            f"{path} is not a swath store (a Zarr group without swath's attributes); check --out"
+            f"{path} is not a swath store (a Zarr group without swath's attributes); check "
+            f"{setting('store')}"
         )
     if meta.get("format") != STORE_FORMAT:
         raise NotAStore(

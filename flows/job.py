@@ -38,7 +38,7 @@ from flows.checks import (
     store_location,
     undone_if_refused,
 )
-from flows.naming import setting
+from flows.naming import given, setting
 from flows.params import Imagery, Inference, Output, Region, Window, engine_options
 from tasks.plan.chunks import Chunk, make_chunks
 from tasks.plan.points import PointTable, discard_plan, plan_damage, plan_key, plan_points
@@ -48,6 +48,7 @@ from tasks.products import registry as products
 from tasks.products.registry import Fetch, Product, ProductError, ProductRequest
 from tasks.sources.demo import build_demo_catalog, demo_catalog_path
 from tasks.sources.registry import DEMO_CATALOG, ImagerySourceError, TransientSourceError
+from tasks.sources.sensors import SENTINEL_1_SENSOR
 from tasks.store import soundness
 from tasks.store.compact import Dtype
 from tasks.store.compatibility import check_store
@@ -184,6 +185,7 @@ def plan_job(
     for name in inference.models:
         if name not in products.PRODUCTS:
             raise UsageError(unknown_model(name, products.PRODUCTS))
+    _check_orbit_pass(imagery, inference.models)
     store = store_location(output.store)  # symbolic links and `..` resolved: one lock per store
     if not is_url(store) and os.path.exists(store) and not os.path.isdir(store):
         raise UsageError(
@@ -227,6 +229,24 @@ def plan_job(
         output.shards,
         tuple(notes),
     )
+
+
+def _check_orbit_pass(imagery: Imagery, models: list[str]) -> None:
+    """An orbit pass is read by Sentinel-1 fetches alone: given for a run of which no model
+    reads Sentinel-1, it is refused, not ignored."""
+    if imagery.orbit_pass is None:
+        return
+    radar = [
+        name
+        for name, entry in products.PRODUCTS.items()
+        if entry.facts.sensor == SENTINEL_1_SENSOR and entry.facts.bands
+    ]
+    if not any(name in radar for name in models):
+        raise UsageError(
+            f"{given(orbit_pass=imagery.orbit_pass)} is for Sentinel-1, and no model of this "
+            f"run reads Sentinel-1 ({', '.join(models)}); leave {setting('orbit_pass')} out, "
+            f"or add a model that reads it to {setting('models')}: {', '.join(radar)}"
+        )
 
 
 def _plan(

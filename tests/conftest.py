@@ -21,6 +21,11 @@ for name, value in {
 }.items():
     os.environ[name] = value
 
+# The settings declare how messages name them (embedders/naming.py), as they do wherever the
+# flow or the command line runs: messages of tasks/ and embedders/ name the form's fields
+# (or, under named_as("flags"), the flags) whatever the tests' order.
+import flows.params  # noqa: E402, F401
+
 
 def pytest_unconfigure() -> None:
     """After the session's fixtures (the Prefect test server among them) are torn down."""

@@ -93,7 +93,7 @@ def test_compile__a_compiled_forward_that_differs_from_eager_is_refused(
     monkeypatch.setattr(torch, "compile", miscompile)
     model: Embedder = _tiny()
     with pytest.raises(
-        CompileMismatch, match=r"tiny_cnn compiled on cpu in fp32.*without --compile"
+        CompileMismatch, match=r"tiny_cnn compiled on cpu in fp32.*without inference › Compile"
     ):
         execution.prepare(model, InferenceOptions(compile=True), CPU, 4)
 

@@ -68,7 +68,7 @@ def test_pretrained__without_checkpoint_says_where_to_put_it(hub: Path) -> None:
     message = str(info.value)
     assert f"the checkpoint is not at {path}" in message
     assert "ResNet18_Weights.SENTINEL2_RGB_MOCO" in message and NAME in message
-    assert "--weights random" in message
+    assert "inference › Weights: random" in message
     assert isinstance(info.value.__cause__, URLError)
 
 

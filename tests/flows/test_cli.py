@@ -480,3 +480,40 @@ def read_summary_artifact_markdown() -> str:
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["swath-export-summary"]))
         )
     return str(max(found, key=lambda a: a.created).data)
+
+
+def test_cli__a_reason_a_task_words_names_the_flags_and_the_forms_run_the_fields(
+    tmp_path: Path, demo_catalog_dir: Path, capsys
+) -> None:
+    """Issue 22: a message built inside a task (a thread of Prefect's task runner, which runs
+    in a copy of the flow's context) names settings as the run's reader does: the flags on
+    the command line, the form's fields for a run of the UI or the Python API. The server
+    refuses one band's reads (403) after the source's check has passed."""
+    from flows.export import ExportGaps, export
+    from tests.fakes import serve_directory
+
+    def refused(request) -> int | None:
+        return 403 if request.path.endswith("/B03.tif") else None  # the check reads B04
+
+    common = ["--spacing", "400", "--patch-size", "32", "--models", "ssl4eo_resnet18_rgb",
+              "--weights", "random"]  # fmt: skip
+    with serve_directory(demo_catalog_dir, fault=refused) as base:
+        catalog = f"{base}/catalog.json"
+        code = main([*common, "--catalog", catalog, "--out", str(tmp_path / "cli.zarr"),
+                     "--work-dir", str(tmp_path / "w1")])  # fmt: skip
+        out = capsys.readouterr().out
+        with pytest.raises(ExportGaps) as gaps:
+            export(
+                region={"spacing_m": 400},
+                imagery={"catalog": catalog, "patch_px": 32},
+                inference={"models": ["ssl4eo_resnet18_rgb"], "weights": "random"},
+                output={"store": str(tmp_path / "api.zarr"), "work_dir": str(tmp_path / "w2")},
+            )
+    assert code == 1, out
+    assert "403" in out and "(Planetary Computer's: --stac-signing planetary-computer)" in out
+    assert "›" not in out, out
+    message = str(gaps.value)
+    assert "(Planetary Computer's: imagery › Asset URL signing (stac-api): planetary-computer)" in (
+        message
+    ), message
+    assert not re.search(r"(?<![\w-])--[a-z]", message), message

@@ -78,7 +78,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str, bool]] = {
     ),
     "stac-api-offline": (
         lambda t: ["--source", "stac-api", "--stac-url", f"http://127.0.0.1:{_closed_port()}/v1"],
-        r"cannot connect",
+        r"cannot connect .*check --stac-url",
         False,
     ),
     "tessera-store-offline": (
@@ -95,6 +95,13 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str, bool]] = {
         lambda t: ["--models", "dofa_base_s1"],  # the demo catalog holds Sentinel-2 only
         r"no item in collection 'sentinel-1-rtc' \(sentinel-1\); its collections are "
         r"\['sentinel-2-l2a'\]: give a catalog that holds sentinel-1 items, or choose models",
+        False,
+    ),
+    "orbit-pass-without-sentinel-1": (  # it was ignored: the run read both passes' scenes
+        lambda t: ["--orbit-pass", "ascending"],
+        r"--orbit-pass ascending is for Sentinel-1, and no model of this run reads Sentinel-1 "
+        r"\(ssl4eo_resnet18_rgb\); leave --orbit-pass out, or add a model that reads it to "
+        r"--models: (\w+, )*dofa_base_s1",
         False,
     ),
     "fp16-on-the-cpu": (
@@ -173,6 +180,48 @@ def test_refusal__a_store_of_another_export_leaves_no_lock_and_no_new_plan(
     )  # fmt: skip
     assert json.loads(again.stdout.strip().splitlines()[-1])["code"] == 2, again.stderr[-2000:]
     assert again.stderr.startswith("swath: error: "), again.stderr
+    assert _tree(tmp_path) == before, "the refusal left something behind"
+
+
+# case -> (the flow's parameters as the UI's form or the Python API gives them, the form's
+# words the Failed message says): tasks/-level refusals, and the orbit pass no model reads
+FORM_CASES: dict[str, tuple[Callable[[], dict], str]] = {
+    "stac-api-offline": (
+        lambda: {"source": "stac-api", "stac_url": f"http://127.0.0.1:{_closed_port()}/v1"},
+        "check imagery › STAC API URL (stac-api): the API's root URL",
+    ),
+    "stac-api-without-url": (
+        lambda: {"source": "stac-api"},
+        "imagery › Imagery source: stac-api needs imagery › STAC API URL (stac-api)",
+    ),
+    "orbit-pass-without-sentinel-1": (
+        lambda: {"orbit_pass": "descending"},
+        "imagery › Orbit pass (Sentinel-1): descending is for Sentinel-1, and no model of this "
+        "run reads Sentinel-1 (ssl4eo_resnet18_rgb); leave imagery › Orbit pass (Sentinel-1) "
+        "out, or add a model that reads it to inference › Models: ",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(FORM_CASES))
+def test_refusal__a_run_from_the_form_ends_failed_naming_the_forms_fields(
+    tmp_path: Path, case: str
+) -> None:
+    """Issue 22: the UI's run (the Python API's too) is refused in the form's words, not the
+    command line's flags, also where tasks/ words the refusal; nothing is left behind."""
+    from flows.export import export
+
+    imagery, words = FORM_CASES[case]
+    before = _tree(tmp_path)
+    state = export(
+        imagery=imagery(),
+        inference={"models": ["ssl4eo_resnet18_rgb"], "weights": "random"},
+        output={"store": str(tmp_path / "e.zarr"), "work_dir": str(tmp_path / "work")},
+        return_state=True,
+    )
+    assert state.is_failed()
+    assert words in (state.message or ""), state.message
+    assert not re.search(r"(?<![\w-])--[a-z]", state.message or ""), state.message
     assert _tree(tmp_path) == before, "the refusal left something behind"
 
 

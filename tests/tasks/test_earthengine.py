@@ -285,7 +285,7 @@ def test_earthengine__errors_are_transient_or_permanent_with_the_fix(
 
 def test_earthengine__no_credentials_says_how_to_authenticate(fake):
     with pytest.raises(
-        ImagerySourceError, match=r"earthengine authenticate.*--ee-key-file.*--ee-project"
+        ImagerySourceError, match=r"earthengine authenticate.*› Service account key file.*› Google"
     ):
         EarthEngineSource().check(["B02"], config(fake, None))
 
@@ -335,7 +335,7 @@ def test_earthengine__check_refuses_an_unknown_band_naming_the_known_ones(fake, 
 
 
 def test_earthengine__check_passes_on_earth_engines_message_for_a_bad_collection(fake, key_file):
-    with pytest.raises(ImagerySourceError, match=r"asset 'NOPE/NOTHING' not found.*--collection"):
+    with pytest.raises(ImagerySourceError, match=r"'NOPE/NOTHING' not found.*imagery › Collection"):
         EarthEngineSource().check(["B02"], config(fake, key_file, collection="NOPE/NOTHING"))
 
 

@@ -126,7 +126,7 @@ def test_gse__the_year_of_the_window_is_fetched_over_the_whole_year(fake, key):
 
 
 def test_gse__a_window_over_two_years_is_refused_with_how_to_pick_one(fake, key):
-    with pytest.raises(ProductError, match=r"gse is annual.*spans 2 years.*--start 2024-01-01"):
+    with pytest.raises(ProductError, match=r"gse is annual.*spans 2 years.*First day: 2024-01-01"):
         gse.resolve("gse", request(fake, key, date(2023, 6, 1), date(2024, 5, 31)))
 
 

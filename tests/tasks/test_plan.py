@@ -128,7 +128,7 @@ def test_plan__polar_regions_are_refused_with_the_utm_limit():
 
 
 def test_plan__huge_plans_are_refused_before_they_are_built():
-    with pytest.raises(PlanError, match="raise --spacing"):
+    with pytest.raises(PlanError, match=r"raise region › Grid spacing \(m\)"):
         plan_points(bbox_region(-10, 0, 10, 40), 10)
 
 

@@ -322,7 +322,7 @@ def test_errors__an_unreachable_or_malformed_url_names_the_fix(tmp_path: Path) -
         "sentinel-2-l2a", unreachable, "sentinel-2-l2a", RES, 6, "2021-06-01", "2021-06-30",
         source="stac-api", options=StacApiOptions(stac_signing="none"),
     )  # fmt: skip
-    with pytest.raises(ImagerySourceError, match=r"cannot connect .*check --stac-url"):
+    with pytest.raises(ImagerySourceError, match=r"cannot connect .*check imagery › STAC API URL"):
         StacApiSource().check(["B02"], config)
     with pytest.raises(TransientSourceError, match="opening the STAC API"):
         StacApiSource().fetch([at(40, 40)], ["B02"], config)  # during a run: retried

@@ -152,7 +152,9 @@ def test_tessera__resolve_takes_the_year_of_the_window_and_records_the_dataset(
 
 
 def test_tessera__a_window_over_two_years_is_refused_with_how_to_pick_one(served: Served) -> None:
-    with pytest.raises(ProductError, match=r"annual.*spans 2 years.*--start 2024-01-01 --end"):
+    with pytest.raises(
+        ProductError, match=r"annual.*2 years.*First day: 2024-01-01, window › Last day"
+    ):
         tessera.resolve("tessera", request(served.url, date(2023, 6, 1), date(2024, 5, 31)))
 
 

@@ -84,7 +84,9 @@ def test_check__a_catalog_url_nobody_answers_is_refused_at_once() -> None:
         port = s.getsockname()[1]  # closed once the block ends: nothing listens there
     config = demo_config(f"http://127.0.0.1:{port}/catalog.json")
     started = time.monotonic()
-    with pytest.raises(ImagerySourceError, match=r"the connection was refused.*check --catalog"):
+    with pytest.raises(
+        ImagerySourceError, match=r"connection was refused.*check imagery › STAC catalog"
+    ):
         StacCatalogSource().check(["B02"], config)
     assert time.monotonic() - started < 60  # a hang guard: refused, not retried for minutes
 

@@ -489,7 +489,7 @@ def test_cli__a_reason_a_task_words_names_the_flags_and_the_forms_run_the_fields
     in a copy of the flow's context) names settings as the run's reader does: the flags on
     the command line, the form's fields for a run of the UI or the Python API. The server
     refuses one band's reads (403) after the source's check has passed."""
-    from flows.export import ExportGaps, export
+    from flows.export import export
     from tests.fakes import serve_directory
 
     def refused(request) -> int | None:
@@ -501,18 +501,20 @@ def test_cli__a_reason_a_task_words_names_the_flags_and_the_forms_run_the_fields
         catalog = f"{base}/catalog.json"
         code = main([*common, "--catalog", catalog, "--out", str(tmp_path / "cli.zarr"),
                      "--work-dir", str(tmp_path / "w1")])  # fmt: skip
-        out = capsys.readouterr().out
-        with pytest.raises(ExportGaps) as gaps:
-            export(
-                region={"spacing_m": 400},
-                imagery={"catalog": catalog, "patch_px": 32},
-                inference={"models": ["ssl4eo_resnet18_rgb"], "weights": "random"},
-                output={"store": str(tmp_path / "api.zarr"), "work_dir": str(tmp_path / "w2")},
-            )
+        said = capsys.readouterr()
+        out = said.out + said.err
+        state = export(
+            region={"spacing_m": 400},
+            imagery={"catalog": catalog, "patch_px": 32},
+            inference={"models": ["ssl4eo_resnet18_rgb"], "weights": "random"},
+            output={"store": str(tmp_path / "api.zarr"), "work_dir": str(tmp_path / "w2")},
+            return_state=True,
+        )
     assert code == 1, out
     assert "403" in out and "(Planetary Computer's: --stac-signing planetary-computer)" in out
     assert "›" not in out, out
-    message = str(gaps.value)
+    assert state.is_failed()
+    message = state.message or ""
     assert "(Planetary Computer's: imagery › Asset URL signing (stac-api): planetary-computer)" in (
         message
     ), message

@@ -54,9 +54,9 @@ class TimeSteps:
 
     def describe(self) -> str:
         """In words: `12 monthly steps`, `monthly steps`, `4 equal spans`, `40 acquisitions
-        (seed 0)`."""
+        drawn with seed 0`."""
         if self.kind == "acquisitions":
-            return f"{self.count} acquisitions (seed {self.seed})"
+            return f"{self.count} acquisitions drawn with seed {self.seed}"
         if self.kind == "spans":
             return f"{self.count} equal spans"
         return f"{self.count} monthly steps" if self.count else "monthly steps"

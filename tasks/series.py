@@ -15,7 +15,9 @@ per step), chunked by CHUNK_POINTS points and one step, so each step is written,
 and refetched on its own. A step counts as present once it is in `steps_done` (written after
 its pixels); `bands_done` lists the bands whose every step is present, so the presence of a
 chunk's inputs reads the same for a time series as for a composite. Each step is fetched as
-any window is (`SensorConfig.step`): one composite of the step's days, by any source.
+any window is (`SensorConfig.step`): one composite of the step's days, by any source. Steps
+of kind acquisitions (one acquisition a step per point, drawn and recorded in the group) are
+fetched by tasks/acquisitions.py into the same arrays.
 """
 
 from __future__ import annotations

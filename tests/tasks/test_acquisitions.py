@@ -20,7 +20,7 @@ from tasks.plan.chunks import Chunk
 from tasks.plan.points import Point
 from tasks.products import registry as products
 from tasks.products.product import fetches_of
-from tasks.series import read_series
+from tasks.series import Series, read_series
 from tasks.sources.acquisitions import Acquisition, Listing
 from tasks.sources.registry import (
     ImagerySourceError,
@@ -411,3 +411,20 @@ def test_sentinel1__acquisitions_of_one_orbit_pass_in_db_each_its_own(tmp_path: 
                 want = s1.expected(p, band, delta)  # nodata and border noise masked
                 np.testing.assert_allclose(series.values[i, step, k], want, atol=1e-3)
         assert "(descending passes)" in series.step_notes[2][p.id]
+
+
+def test_series__monthly_steps_give_their_middle_day_and_valid_where_a_pixel_is_not_masked() -> (
+    None
+):
+    values = np.ones((1, 2, 1, 2, 2), np.float32)
+    values[0, 1] = np.nan
+    series = Series(
+        point_ids=("p",),
+        bands=("B02",),
+        values=values,
+        spans=(("2021-01-01", "2021-01-31"), ("2021-02-01", "2021-02-28")),
+        step_notes={1: {"p": "every pixel masked"}},
+    )
+    assert series.day_of_year.tolist() == [[16, 45]]  # 16 January, 14 February
+    assert series.valid.tolist() == [[True, False]]
+    assert series.acquisitions is None and series.notes() == {}

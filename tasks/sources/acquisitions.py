@@ -86,7 +86,7 @@ class AcquisitionSource(Protocol):
 
 
 # The sources that serve time steps of kind acquisitions (for the error that names them).
-SERVING = ("stac-catalog", "stac-api")
+SERVING = ("stac-catalog", "stac-api", "earthengine")
 
 
 def acquisition_source(source: ImagerySource, config: SensorConfig) -> AcquisitionSource:

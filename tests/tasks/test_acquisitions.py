@@ -21,8 +21,11 @@ from tasks.plan.points import Point
 from tasks.products import registry as products
 from tasks.products.product import fetches_of
 from tasks.series import Series, read_series
+from tasks.sources import sensors
 from tasks.sources.acquisitions import Acquisition, Listing
+from tasks.sources.earthengine import EarthEngineSource
 from tasks.sources.registry import (
+    EarthEngineOptions,
     ImagerySourceError,
     Patches,
     SensorConfig,
@@ -32,6 +35,7 @@ from tasks.sources.registry import (
 from tasks.sources.stac_api import StacApiSource
 from tasks.sources.stac_catalog import StacCatalogSource
 from tests import rasters
+from tests.ee_server import serve_earthengine, service_account_key
 from tests.stac_api_server import S1_BANDS, Scene, pixel_value, serve_stac_api
 from tests.stac_api_server import X0 as API_X0
 from tests.stac_api_server import Y0 as API_Y0
@@ -428,3 +432,57 @@ def test_series__monthly_steps_give_their_middle_day_and_valid_where_a_pixel_is_
     assert series.day_of_year.tolist() == [[16, 45]]  # 16 January, 14 February
     assert series.valid.tolist() == [[True, False]]
     assert series.acquisitions is None and series.notes() == {}
+
+
+def test_earth_engine__one_listing_then_each_acquisition_as_the_composite_of_its_day(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collection = sensors.SENTINEL_1.collections["earthengine"]
+    scenes = [  # id, day of June 2021, pass, dB added
+        ("S1A_0609", 9, "DESCENDING", 0.0),
+        ("S1A_0615", 15, "ASCENDING", -6.0),
+        ("S1A_0621", 21, "DESCENDING", -2.0),
+    ]
+    world = [
+        dataclasses.replace(
+            s1.ee_world(delta)[collection][0],
+            id=name,
+            start=f"2021-06-{day:02d}",
+            end=f"2021-06-{day + 1:02d}",
+            properties={
+                "instrumentMode": "IW",
+                "transmitterReceiverPolarisation": ["VV", "VH"],
+                "orbitProperties_pass": orbit,
+            },
+        )
+        for name, day, orbit, delta in scenes
+    ]
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    c, inputs = Chunk.of(0, 0, s1.points()), str(tmp_path / "inputs")
+    with serve_earthengine({collection: world}) as fake:
+        service_account_key(tmp_path / "key.json", fake)
+        access = EarthEngineOptions(
+            ee_key_file=str(tmp_path / "key.json"), ee_url=fake.url, ee_project="fake"
+        )
+        cfg = dataclasses.replace(
+            s1.config("earthengine", "", access, orbit_pass="descending"),
+            steps=TimeSteps("acquisitions", 3, seed=0),
+        )
+        prefetch_chunk(EarthEngineSource(), c, s1.ASKED, cfg, inputs)
+        (listing,) = fake.listings
+        computed = [cp.dates for cp in fake.computations]
+        prefetch_chunk(EarthEngineSource(), c, s1.ASKED, cfg, inputs)  # complete: nothing
+        assert len(fake.listings) == 1 and len(fake.computations) == len(computed)
+    assert ("orbitProperties_pass", "==", "DESCENDING") in listing.property_filters
+    assert set(computed) == {("2021-06-09", "2021-06-10"), ("2021-06-21", "2021-06-22")}
+    series = read_series(inputs, cfg, c, list(S1_BANDS))
+    assert series.acquisitions is not None
+    for i, p in enumerate(s1.points()):
+        got = [(a.ids, a.orbit) if a else None for a in series.acquisitions[i]]
+        assert got == [(("S1A_0609",), "descending"), (("S1A_0621",), "descending"), None]
+        assert series.day_of_year[i].tolist() == [160, 172, 0]
+        for k, band in enumerate(S1_BANDS):
+            for step, delta in enumerate((0.0, -2.0)):
+                want = s1.expected(p, band, delta)
+                np.testing.assert_allclose(series.values[i, step, k], want, atol=1e-3)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import json
+import operator
 import secrets
 import threading
 import urllib.parse
@@ -459,24 +460,18 @@ def list_scenes(world: dict[str, list[Raster]], listing: Listing) -> list[list[A
 
 
 def _passes(raster: Raster, filters: tuple[tuple[str, str, Any], ...]) -> bool:
-    for name, op, value in filters:
-        have = raster.properties.get(name)
-        if have is None:
-            return False
-        if op == "contains":
-            if value not in have:
-                return False
-        elif op == "==":
-            if have != value:
-                return False
-        elif not {
-            "<=": have <= value,
-            ">=": have >= value,
-            "<": have < value,
-            ">": have > value,
-        }.get(op, True):
-            return False
-    return True
+    compare: dict[str, Callable[[Any, Any], bool]] = {
+        "contains": lambda have, value: value in have,
+        "==": operator.eq,
+        "<=": operator.le,
+        ">=": operator.ge,
+        "<": operator.lt,
+        ">": operator.gt,
+    }
+    return all(
+        raster.properties.get(name) is not None and compare[op](raster.properties[name], value)
+        for name, op, value in filters
+    )
 
 
 def _column(raster: Raster, name: str) -> Any:

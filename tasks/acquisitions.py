@@ -168,7 +168,8 @@ def padding_reason(found: int, config: SensorConfig) -> str:
     return (
         f"{found} acquisition(s){orbit} of {config.collection}{limit} between {config.start} "
         f"and {config.end} cover its {config.patch_px} px patch, fewer than "
-        f"{config.steps.count}: its steps from {found + 1} on are padded (masked)"
+        f"{config.steps.count}: its last {config.steps.count - found} step(s) are padded "
+        "(masked)"
     )
 
 

@@ -282,7 +282,7 @@ def test_acquisitions__a_point_with_fewer_than_k_is_padded_with_the_reason(
     ]  # cloud, pad
     assert series.step_notes[3]["p1"] == (
         "3 acquisition(s) of acq of cloud cover 50% or less between 2021-01-01 and "
-        "2021-03-31 cover its 4 px patch, fewer than 4: its steps from 4 on are padded (masked)"
+        "2021-03-31 cover its 4 px patch, fewer than 4: its last 1 step(s) are padded (masked)"
     )
     assert "p1" not in series.step_notes.get(2, {})
 

@@ -104,7 +104,7 @@ class ModelSpec:
             "norm_mean": list(self.norm_mean),
             "norm_std": list(self.norm_std),
             "pad_mode": self.pad_mode,
-        } | ({"steps": asdict(self.steps)} if self.steps else {})
+        } | ({"steps": self.steps.record()} if self.steps else {})
 
 
 @dataclass(frozen=True)

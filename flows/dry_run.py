@@ -61,13 +61,15 @@ def dry_run(plan: Any, *, chunks_per_run: int | None = None) -> str:
 
 
 def _fetch_words(fetch: Any) -> str:
-    """`stac-catalog sentinel-2-l2a`; a time series adds its steps, each one composite a
-    chunk: `stac-catalog sentinel-2-l2a x 12 steps (monthly steps, a composite each)`."""
+    """`stac-catalog sentinel-2-l2a`; a time series adds its steps, each one composite (or
+    one acquisition) a chunk: `stac-catalog sentinel-2-l2a x 12 steps (monthly steps, a
+    composite each)`."""
     words = f"{fetch.config.source} {fetch.config.sensor}"
     if fetch.config.steps is None:
         return words
     t = len(fetch.config.spans())
-    return f"{words} x {t} steps ({fetch.config.steps.describe()}, a composite each)"
+    each = "one read each" if fetch.config.steps.kind == "acquisitions" else "a composite each"
+    return f"{words} x {t} steps ({fetch.config.steps.describe()}, {each})"
 
 
 def _size(n: float) -> str:

@@ -502,11 +502,15 @@ def _check_sources(fetches: tuple[Fetch, ...]) -> None:
     """Each shared fetch's source can serve it: catalog, collection, bands, one header. A
     permanent failure refuses the run; a transient one (429, 5xx, a dropped connection) does
     not: the prefetch tasks retry it with backoff."""
+    from tasks.sources.acquisitions import acquisition_source
     from tasks.sources.registry import get_source
 
     for fetch in fetches:
         try:
-            get_source(fetch.config.source).check(fetch.bands, fetch.config)
+            source = get_source(fetch.config.source)
+            if fetch.config.steps is not None and fetch.config.steps.kind == "acquisitions":
+                acquisition_source(source, fetch.config)  # refused unless it lists them
+            source.check(fetch.bands, fetch.config)
         except ImagerySourceError as e:
             raise UsageError(str(e)) from e
         except TransientSourceError:

@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 from uuid import UUID
 
@@ -95,39 +95,63 @@ def end_children() -> None:
     psutil.wait_procs(children, timeout=1)  # killed: they go at once, unless stuck in I/O
 
 
-# How long a cancelled flow run's process is given to end by itself (Prefect's engine
-# unwinding the run) before swath ends it: threads running a task (torch, a read) cannot
-# be interrupted, and Prefect's engine waits for them, so it would run on until the
-# runner's grace period (30 s) ends it with SIGKILL.
+# How long a flow run's process stopped by a SIGTERM that is not a cancel (its runner or
+# worker stopping) is given to end by itself (Prefect's engine recording a crash) before
+# swath ends it: threads running a task (torch, a read) cannot be interrupted, and Prefect's
+# engine waits for them, so it would run on until the runner's grace period (30 s) ends it.
 CANCEL_GRACE_S = 2.0
 CANCEL_EXIT = 128 + signal.SIGTERM  # the exit status of a cancelled run's process, as the CLI's
+LINE = (
+    "swath: stopped by SIGTERM (a cancel, or its runner or worker stopping); the run's worker "
+    "processes are ended and the store is resumable: run the same export again to finish it "
+    "(done chunks are kept)"
+)
 
 
 @contextlib.contextmanager
 def cancel_promptly() -> Iterator[None]:
     """Within it, a SIGTERM (a Prefect runner or worker cancelling a deployment's run, which
-    runs in the main thread of a process of its own) ends the process within seconds.
+    runs in the main thread of a process of its own) ends the process within seconds, the
+    run marked Cancelled.
 
-    Prefect's own SIGTERM handling still runs: its engine unwinds the flow (the store's writer
-    lock is let go) and records the cancellation. A thread beside it then ends the processes
-    this one started (a local Dask cluster's workers), logs one line, and, if the process has
-    not ended `CANCEL_GRACE_S` later, sends the logs and ends it with `CANCEL_EXIT`. The store
-    stays resumable, as after any stop (done marks are written last). Outside the main thread
-    (the command line runs its flow in a thread, and handles SIGTERM itself) it does nothing."""
+    A thread looks at the run's state. Cancelling (a Cancel from the UI or the API): swath
+    marks the run (and the child run it is in) Cancelled, ends the processes this one started
+    (a local Dask cluster's workers), logs one line, sends the logs and exits with
+    `CANCEL_EXIT`. Prefect's engine is not asked: it records a cancel only when the runner's
+    control channel got its acknowledgement within 1 s, and forces Crashed otherwise, which
+    a busy process (a Dask client, torch) missed. Any other SIGTERM goes to Prefect's own
+    handling as before, and the process ends `CANCEL_GRACE_S` later if still alive. The store
+    stays resumable, as after any stop (done marks are written last; the writer lock is the
+    operating system's). Outside the main thread (the command line runs its flow in a thread,
+    and handles SIGTERM itself) it does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    from prefect.context import FlowRunContext
     from prefect.logging import get_run_logger
 
     logger = get_run_logger()
+    context = FlowRunContext.get()
+    here = str(context.flow_run.id) if context and context.flow_run else None
+    runs = [r for r in dict.fromkeys([os.environ.get("PREFECT__FLOW_RUN_ID"), here]) if r]
     previous = signal.getsignal(signal.SIGTERM)
+    passed_on = threading.Event()  # not a cancel: the next SIGTERM is Prefect's to handle
+    seen = threading.Event()
+
+    def pass_on() -> None:
+        passed_on.set()
+        os.kill(os.getpid(), signal.SIGTERM)  # to this handler, in the main thread
 
     def cancelled(signum: int, frame: FrameType | None) -> None:
-        end = threading.Thread(target=_end_cancelled, args=(logger,), name="swath-cancel")
-        end.daemon = True
-        end.start()
-        if callable(previous):  # Prefect's bridge: raises TerminationSignal in this thread
-            previous(signum, frame)
+        if passed_on.is_set():
+            if callable(previous):  # Prefect's bridge: raises TerminationSignal in this thread
+                previous(signum, frame)
+            return
+        if seen.is_set():
+            return
+        seen.set()
+        args = (logger, runs, pass_on)
+        threading.Thread(target=_end_stopped, args=args, name="swath-cancel", daemon=True).start()
 
     signal.signal(signal.SIGTERM, cancelled)
     try:
@@ -137,39 +161,53 @@ def cancel_promptly() -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _end_cancelled(logger: logging.LoggerAdapter[logging.Logger]) -> None:
-    """A cancelled run's process: end its children at once, then itself, after a moment for
-    Prefect's engine, with its logs sent to the Prefect API."""
-    end_children()
-    line = (
-        "swath: stopped by SIGTERM (a cancel, or its runner or worker stopping); the run's "
-        "worker processes are ended and the store is resumable: run the same export again to "
-        "finish it (done chunks are kept)"
-    )
-    print(line, file=sys.stderr, flush=True)
-    logger.warning("%s", line)
-    time.sleep(CANCEL_GRACE_S)
+def _end_stopped(
+    logger: logging.LoggerAdapter[logging.Logger], runs: list[str], pass_on: Callable[[], None]
+) -> None:
+    """A deployment's run's process after a SIGTERM: cancelled (its run, `runs[0]`, is
+    Cancelling), it marks `runs` Cancelled and ends now; otherwise Prefect's handling runs
+    (`pass_on`) and it ends after `CANCEL_GRACE_S`. Its children are ended, its logs sent."""
+    try:
+        cancel = bool(runs) and _is_cancelling(runs[0])
+    except Exception as e:  # an API that does not answer: Prefect's handling decides
+        logger.warning("swath: could not read the run's state after a SIGTERM: %s", e)
+        cancel = False
+    if not cancel:  # the runner or worker stopping: Prefect records a crash
+        pass_on()
+        end_children()  # at once: the engine waits for a Dask cluster it cannot reach
+    print(LINE, file=sys.stderr, flush=True)
+    logger.warning("%s", LINE)
     try:  # the state and the logs are a courtesy; the exit happens whatever becomes of them
-        _mark_cancelled(os.environ.get("PREFECT__FLOW_RUN_ID"))
+        if cancel:  # marked first: the flow, going on meanwhile, cannot end it otherwise
+            _mark_cancelled(runs)
+        else:
+            time.sleep(CANCEL_GRACE_S)
         from prefect.logging.handlers import APILogWorker
 
         APILogWorker.drain_all(timeout=CANCEL_GRACE_S)
     finally:
+        end_children()  # last: a flow that lost its Dask workers would fail the run first
         os._exit(CANCEL_EXIT)
 
 
-def _mark_cancelled(run_id: str | None) -> None:
-    """The run its runner or worker started (`run_id`, from the environment they give its
-    process) marked Cancelled if it is still Cancelling: Prefect's engine had no time to do it,
-    and the runner would otherwise record the exit status 143 as a crash. A SIGTERM that is
-    not a cancel (the runner or worker stopping) leaves the state to Prefect."""
-    if not run_id:
-        return
+def _is_cancelling(run_id: str) -> bool:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True, httpx_settings={"timeout": 5}) as client:
+        state = client.read_flow_run(UUID(run_id)).state
+    return state is not None and state.is_cancelling()
+
+
+def _mark_cancelled(runs: list[str]) -> None:
+    """The runner's run and the child run this process is in marked Cancelled (forced: the
+    child is Running), so the runner's record of the exit status is refused (a run already
+    Cancelled is not marked Crashed) and no child run is left Running."""
     from prefect.client.orchestration import get_client
     from prefect.states import Cancelled
 
-    with get_client(sync_client=True) as client:
-        state = client.read_flow_run(UUID(run_id)).state
-        if state is not None and state.is_cancelling():
-            message = "Cancelled: swath ended the run's process"
-            client.set_flow_run_state(UUID(run_id), Cancelled(message=message), force=True)
+    message = "Cancelled: swath ended the run's process"
+    with get_client(sync_client=True, httpx_settings={"timeout": 5}) as client:
+        for run in runs:
+            state = client.read_flow_run(UUID(run)).state
+            if state is None or not state.is_final():
+                client.set_flow_run_state(UUID(run), Cancelled(message=message), force=True)

@@ -15,13 +15,16 @@ per step), chunked by CHUNK_POINTS points and one step, so each step is written,
 and refetched on its own. A step counts as present once it is in `steps_done` (written after
 its pixels); `bands_done` lists the bands whose every step is present, so the presence of a
 chunk's inputs reads the same for a time series as for a composite. Each step is fetched as
-any window is (`SensorConfig.step`): one composite of the step's days, by any source.
+any window is (`SensorConfig.step`): one composite of the step's days, by any source. Steps
+of kind acquisitions (one acquisition a step per point, drawn and recorded in the group) are
+fetched by tasks/acquisitions.py into the same arrays.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,6 +46,7 @@ from tasks.inputs import (
     list_attr,
     lock_for,
 )
+from tasks.sources.acquisitions import Acquisition
 from tasks.sources.registry import Patches
 from tasks.sources.sensors import encoding_of
 
@@ -59,25 +63,52 @@ STEP_NOTES_ATTR = "step_notes"
 class Series:
     """A chunk's time series: values (n_points, n_steps, n_bands, N, N) float32 in the
     source's units, NaN where masked; each step's first and last day; why a point has no
-    data in a step (step -> point id -> why)."""
+    data in a step (step -> point id -> why). Steps of kind acquisitions add each point's
+    acquisition a step (None where padded); their spans are the whole window."""
 
     point_ids: tuple[str, ...]
     bands: tuple[str, ...]
     values: np.ndarray
     spans: tuple[tuple[str, str], ...]
     step_notes: dict[int, dict[str, str]]
+    acquisitions: tuple[tuple[Acquisition | None, ...], ...] | None = None
+
+    @property
+    def valid(self) -> np.ndarray:
+        """(n_points, n_steps) bool: whether the step has any pixel that is not masked (a
+        padded step, or one whose every pixel is cloud or nodata, has none)."""
+        return np.isfinite(self.values).any(axis=(2, 3, 4))
+
+    @property
+    def day_of_year(self) -> np.ndarray:
+        """(n_points, n_steps) int16: each step's day of the year (1..366): its
+        acquisition's, 0 where padded; for monthly and spans steps, their middle day's."""
+        n, t = self.values.shape[:2]
+        if self.acquisitions is not None:
+            days = [[a.day_of_year if a else 0 for a in row] for row in self.acquisitions]
+            return np.asarray(days, np.int16).reshape(n, t)
+        middles = [date.fromordinal((_ordinal(a) + _ordinal(b)) // 2) for a, b in self.spans]
+        row = np.asarray([m.timetuple().tm_yday for m in middles], np.int16)
+        return np.broadcast_to(row, (n, t)).copy()
 
     def notes(self) -> dict[str, str]:
         """Why a point has no data at all: it has none in any step (each step's reason)."""
         steps = range(len(self.spans))
         return {
             p: "no data in any step: "
-            + "; ".join(
-                f"{self.spans[s][0]}..{self.spans[s][1]}: {self.step_notes[s][p]}" for s in steps
-            )
+            + "; ".join(f"{self._label(s)}: {self.step_notes[s][p]}" for s in steps)
             for p in self.point_ids
             if all(p in self.step_notes.get(s, {}) for s in steps)
         }
+
+    def _label(self, step: int) -> str:
+        if self.acquisitions is not None:
+            return f"step {step}"
+        return f"{self.spans[step][0]}..{self.spans[step][1]}"
+
+
+def _ordinal(day: str) -> int:
+    return date.fromisoformat(day).toordinal()
 
 
 def prefetch_series(
@@ -92,14 +123,19 @@ def prefetch_series(
     """Fetch the chunk's steps not yet in the inputs store, one source call a step (for the
     bands that step lacks), and store each as it comes: a rerun fetches only what is missing.
 
-    `refresh` fetches every step again."""
+    `refresh` fetches every step again. Steps of kind acquisitions are drawn and read by
+    tasks/acquisitions.py."""
+    if config.steps is not None and config.steps.kind == "acquisitions":
+        from tasks.acquisitions import prefetch_acquisitions  # it builds on this module
+
+        return prefetch_acquisitions(source, chunk, bands, config, inputs_path, refresh=refresh)
     spans = [(a.isoformat(), b.isoformat()) for a, b in config.spans()]
     bands = list(dict.fromkeys(bands))
-    group = _series_group(inputs_path, config, chunk, spans)
+    group = series_group(inputs_path, config, chunk, spans)
     shape = (len(chunk.points), len(spans), config.patch_px, config.patch_px)
     encoding = encoding_of(config.sensor)
     done = {
-        b: _steps_done(group, b) if not refresh and _fits(group, b, shape, encoding) else set()
+        b: steps_done(group, b) if not refresh and fits(group, b, shape, encoding) else set()
         for b in bands
     }
     total = Tally()
@@ -111,11 +147,11 @@ def prefetch_series(
         check_patches(patches, chunk, todo, config)
         total.add(patches, todo)
         for band in todo:
-            if not _fits(group, band, shape, encoding):
-                _create(group, band, shape, encoding)
-            _write_step(group, band, step, patches.bands[band], encoding)
+            if not fits(group, band, shape, encoding):
+                create_band(group, band, shape, encoding)
+            write_step(group, band, step, patches.bands[band], encoding)
             done[band].add(step)
-        _mark_done(inputs_path, config, chunk, group, done, {step: patches.notes})
+        mark_done(inputs_path, config, chunk, group, done, {step: patches.notes})
     return PrefetchReport(
         chunk.key,
         config.key(),
@@ -161,7 +197,7 @@ def read_series(
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
         raise MissingInputsError(f"{where} has no inputs; run prefetch for it first") from e
     spans = tuple((str(a), str(b)) for a, b in list_attr(group, STEPS_ATTR))
-    lacking = {b: sorted(set(range(len(spans))) - _steps_done(group, b)) for b in bands}
+    lacking = {b: sorted(set(range(len(spans))) - steps_done(group, b)) for b in bands}
     if not spans or any(lacking.values()):
         raise MissingInputsError(
             f"{where} lacks steps { ({b: s for b, s in lacking.items() if s}) } of its "
@@ -189,16 +225,22 @@ def read_series(
                 ) from e
             values[:, step, k] = decode(stored, encoding)
     notes = dict_attr(group, STEP_NOTES_ATTR)
+    acquisitions = None
+    if config.steps is not None and config.steps.kind == "acquisitions":
+        from tasks.acquisitions import read_draw  # it builds on this module
+
+        acquisitions = read_draw(group, chunk, where)
     return Series(
         point_ids=tuple(list_attr(group, "point_ids")),
         bands=tuple(bands),
         values=values,
         spans=spans,
         step_notes={int(s): {p: str(w) for p, w in dict(v).items()} for s, v in notes.items()},
+        acquisitions=acquisitions,
     )
 
 
-def _series_group(
+def series_group(
     inputs_path: str, config: SensorConfig, chunk: Chunk, spans: list[tuple[str, str]]
 ) -> zarr.Group:
     group = chunk_group(inputs_path, config, chunk)
@@ -213,12 +255,12 @@ def _series_group(
     return group
 
 
-def _steps_done(group: zarr.Group, band: str) -> set[int]:
+def steps_done(group: zarr.Group, band: str) -> set[int]:
     steps = dict_attr(group, STEPS_DONE_ATTR).get(band)
     return {int(s) for s in steps} if isinstance(steps, list) else set()
 
 
-def _fits(group: zarr.Group, band: str, shape: tuple[int, ...], encoding: Encoding) -> bool:
+def fits(group: zarr.Group, band: str, shape: tuple[int, ...], encoding: Encoding) -> bool:
     """Whether the band's array is there, of the chunk's shape and the sensor's dtype: its
     stored steps can be kept."""
     try:
@@ -236,7 +278,7 @@ def _dtype(encoding: Encoding) -> str:
     return "float32" if encoding.fill is None else "int16"
 
 
-def _create(
+def create_band(
     group: zarr.Group, band: str, shape: tuple[int, ...], encoding: Encoding
 ) -> zarr.Array[Any]:
     """The band's array, every step unwritten (the fill value: masked); one Zarr chunk holds
@@ -254,7 +296,7 @@ def _create(
     )
 
 
-def _write_step(
+def write_step(
     group: zarr.Group, band: str, step: int, values: np.ndarray, encoding: Encoding
 ) -> None:
     """One step of one band: float32 values (NaN where masked), or values already encoded."""
@@ -265,7 +307,7 @@ def _write_step(
     array[:, step] = data.astype(_dtype(encoding), copy=False)
 
 
-def _mark_done(
+def mark_done(
     inputs_path: str,
     config: SensorConfig,
     chunk: Chunk,
@@ -295,7 +337,7 @@ def _forget(
     path = f"{config.key()}/{chunk.key}"
     with lock_for(f"{inputs_path}/{path}"):
         group = zarr.open_group(inputs_path, path=path, mode="r+")
-        kept = sorted(_steps_done(group, band) - set(steps))
+        kept = sorted(steps_done(group, band) - set(steps))
         group.attrs.update(
             {
                 STEPS_DONE_ATTR: dict_attr(group, STEPS_DONE_ATTR) | {band: kept},

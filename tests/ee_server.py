@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import json
+import operator
 import secrets
 import threading
 import urllib.parse
@@ -59,6 +60,9 @@ class Raster:
     mask: np.ndarray  # (H, W) bool, True = valid
     start: str = "1900-01-01"  # the dates it stands for, [start, end)
     end: str = "2100-01-01"
+    # a scene's: its system:index, and properties a listing's filters read (value:compute)
+    id: str = ""
+    properties: dict[str, Any] = field(default_factory=dict)
 
     def value_at(self, band: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Values and validity at the points (x, y): the pixel that contains each one."""
@@ -115,6 +119,7 @@ class FakeEarthEngine:
     limit_bytes: int = LIMIT_BYTES
     limit_side_px: int = LIMIT_SIDE_PX
     limit_bands: int = LIMIT_BANDS
+    listings: list[Listing] = field(default_factory=list)  # each value:compute, understood
     # Asked before each computePixels: an HTTP status (429, 401, 403, 500) to answer, or None.
     fault: Callable[[Computation], int | None] | None = None
 
@@ -192,6 +197,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if not self._authorised():
             return
+        if path.endswith("/value:compute"):
+            self._list_scenes(body)
+            return
         if not path.endswith("/image:computePixels"):
             self._error(404, f"fake Earth Engine: nothing at {path}")
             return
@@ -219,6 +227,16 @@ class _Handler(BaseHTTPRequestHandler):
         np.save(buffer, array)
         self.fake.sent_bytes.append(len(buffer.getvalue()))
         self._reply(200, buffer.getvalue(), "application/octet-stream")
+
+    def _list_scenes(self, body: bytes) -> None:
+        try:
+            listing = decode_listing(json.loads(body))
+        except (KeyError, ValueError, TypeError, StopIteration) as e:
+            self._error(400, f"fake Earth Engine cannot read this value: {e!r}")
+            return
+        self.fake.listings.append(listing)
+        result = list_scenes(self.fake.world, listing)
+        self._reply(200, json.dumps({"result": result}).encode())
 
 
 def request_bytes(c: Computation) -> int:
@@ -388,6 +406,94 @@ def decode(request: dict[str, Any], base: np.dtype) -> Computation:
         height=int(grid["dimensions"]["height"]),
         above=tuple(float(_constant(c.args["image2"])) for c in calls if c.name == "Image.gt"),
     )
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What one value:compute listing scenes asked for: [aggregate_array(p) for p in
+    columns] of a collection filtered by date and properties."""
+
+    collection: str
+    dates: tuple[str, str] | None
+    property_filters: tuple[tuple[str, str, Any], ...]
+    columns: tuple[str, ...]
+
+
+def decode_listing(request: dict[str, Any]) -> Listing:
+    expression = request["expression"]
+    root = _resolve(expression["values"][expression["result"]], expression["values"])
+    if not isinstance(root, list) or not all(
+        isinstance(c, Call) and c.name == "AggregateFeatureCollection.array" for c in root
+    ):
+        raise ValueError("the fake lists scenes only as a list of aggregate_array columns")
+    calls = list(_calls(root))
+    dates = next(
+        (
+            (str(c.args["leftValue"].args["start"]), str(c.args["leftValue"].args["end"]))
+            for c in calls
+            if c.name == "Filter.dateRangeContains"
+        ),
+        None,
+    )
+    return Listing(
+        collection=next(c.args["id"] for c in calls if c.name == "ImageCollection.load"),
+        dates=dates,
+        property_filters=tuple(
+            (c.args["leftField"], _OPS[c.name], c.args["rightValue"])
+            for c in calls
+            if c.name in _OPS
+        ),
+        columns=tuple(str(c.args["property"]) for c in root),
+    )
+
+
+def list_scenes(world: dict[str, list[Raster]], listing: Listing) -> list[list[Any]]:
+    """The columns of the collection's scenes (rasters with an id) in the date range that
+    pass every property filter; a footprint is the raster's bounds, a LinearRing in lon/lat."""
+    start, end = (_time(d) for d in listing.dates) if listing.dates else ("0000", "9999")
+    scenes = [
+        r
+        for r in world.get(listing.collection, [])
+        if r.id and r.start < end and start < r.end and _passes(r, listing.property_filters)
+    ]
+    return [[_column(r, name) for r in scenes] for name in listing.columns]
+
+
+def _passes(raster: Raster, filters: tuple[tuple[str, str, Any], ...]) -> bool:
+    compare: dict[str, Callable[[Any, Any], bool]] = {
+        "contains": lambda have, value: value in have,
+        "==": operator.eq,
+        "<=": operator.le,
+        ">=": operator.ge,
+        "<": operator.lt,
+        ">": operator.gt,
+    }
+    return all(
+        raster.properties.get(name) is not None and compare[op](raster.properties[name], value)
+        for name, op, value in filters
+    )
+
+
+def _column(raster: Raster, name: str) -> Any:
+    if name == "system:index":
+        return raster.id
+    if name == "system:time_start":
+        return int(np.datetime64(raster.start, "ms").astype(np.int64))
+    if name == "system:footprint":
+        from odc.geo.geom import BoundingBox
+
+        h, w = raster.mask.shape
+        res = raster.resolution_m
+        box = BoundingBox(
+            raster.x0,
+            raster.y0 - h * res,
+            raster.x0 + w * res,
+            raster.y0,
+            crs=f"EPSG:{raster.epsg}",
+        )
+        ring = box.polygon.to_crs("EPSG:4326").geom.exterior
+        return {"type": "LinearRing", "coordinates": [list(c) for c in ring.coords]}
+    return raster.properties.get(name)
 
 
 def _time(value: Any) -> str:

@@ -38,6 +38,12 @@ import numpy as np
 from embedders.naming import setting
 from tasks.plan.points import Point
 from tasks.sources import sensors
+from tasks.sources.earthengine_acquisitions import (
+    EarthEngineListing,
+    chunk_region,
+    listing_value,
+    point_acquisitions,
+)
 from tasks.sources.earthengine_auth import load_credentials
 from tasks.sources.failures import error_chain, unreachable
 from tasks.sources.pixels import pixel_phase, read_together, union_box
@@ -208,12 +214,7 @@ def composite(
             f"composite {config.composite!r} is not supported by the Earth Engine source; "
             f"use one of {COMPOSITES}"
         )
-    end = (date.fromisoformat(config.end) + timedelta(days=1)).isoformat()  # exclusive
-    images = ee.ImageCollection(config.collection).filterDate(config.start, end)
-    images = images.filterBounds(region)
-    cloud_property = sensors.SENSORS[config.sensor].cloud_cover_property.get("earthengine")
-    if cloud_property and config.max_cloud_cover < 100:
-        images = images.filter(ee.Filter.lte(cloud_property, config.max_cloud_cover))
+    images = window_images(config, region)
     if config.sensor in sensors.CLOUD_SCORE_PLUS_SENSORS:
         # Cloud Score+ masks clouds and their shadows per pixel, and Google recommends it
         # for Sentinel-2 composites over QA60 and SCL (tasks/sources/sensors.py says more).
@@ -225,6 +226,18 @@ def composite(
     image = images.median() if config.composite == "median" else images.mosaic()
     image = image.select(list(ee_names)).rename(list(bands)).toFloat()
     return image.unmask(NODATA, False).toFloat()
+
+
+def window_images(config: SensorConfig, region: ee.Geometry) -> ee.ImageCollection:
+    """The collection's scenes of the window that meet the region, of cloud cover at most
+    the configuration's limit (where the sensor states one)."""
+    end = (date.fromisoformat(config.end) + timedelta(days=1)).isoformat()  # exclusive
+    images = ee.ImageCollection(config.collection).filterDate(config.start, end)
+    images = images.filterBounds(region)
+    cloud_property = sensors.SENSORS[config.sensor].cloud_cover_property.get("earthengine")
+    if cloud_property and config.max_cloud_cover < 100:
+        images = images.filter(ee.Filter.lte(cloud_property, config.max_cloud_cover))
+    return images
 
 
 def radar_images(images: ee.ImageCollection, ee_names: Sequence[str], config: SensorConfig) -> Any:
@@ -305,6 +318,27 @@ class EarthEngineSource:
             if all(np.isnan(out[b][i]).all() for b in bands)
         }
         return Patches(tuple(p.id for p in points), out, notes, requests, bytes_read)
+
+    def acquisitions(
+        self, points: Sequence[Point], bands: Sequence[str], config: SensorConfig
+    ) -> EarthEngineListing:
+        """Each point's acquisitions in the window (tasks/sources/acquisitions.py), from one
+        listing of the chunk's scenes (tasks/sources/earthengine_acquisitions.py)."""
+        names = ee_band_names(bands, config)
+        access = own_options(config, EarthEngineOptions)
+        self._initialise(access)
+        images = window_images(config, chunk_region(points, config))
+        radar = config.sensor == sensors.SENTINEL_1_SENSOR
+        if radar:
+            images = radar_images(images, names, config)
+        what = f"listing the scenes of {config.collection} for points {points[0].id}.."
+        with self._slot(access):
+            try:
+                listed = ee.data.computeValue(listing_value(images, radar))
+            except Exception as e:  # the client raises EEException, HttpError, auth and IO errors
+                raise classify_ee_error(e, what) from e
+        found = point_acquisitions(points, config, listed)
+        return EarthEngineListing(self, tuple(points), config, found)
 
     def check(self, bands: Sequence[str], config: SensorConfig) -> None:
         """A 1 x 1 px computePixels of the collection's first image with the bands (one per

@@ -221,8 +221,8 @@ class SensorConfig:
     max_cloud_cover: float = 100.0  # scenes cloudier than this (percent) are not read
     # Sentinel-1: only scenes of this orbit pass ("ascending" or "descending"); "": both
     orbit_pass: str = ""
-    # A time series (embedders/steps.py): the window split into steps, one composite each;
-    # None: one composite of the whole window
+    # A time series (embedders/steps.py): the window split into steps, one composite each,
+    # or acquisitions drawn from it; None: one composite of the whole window
     steps: TimeSteps | None = None
     # The source's own settings (how to reach it): never part of what values depend on.
     options: Options | None = field(default=None, compare=False)
@@ -236,6 +236,8 @@ class SensorConfig:
             del fields["orbit_pass"]
         if self.steps is None:  # absent unless set, as the orbit pass
             del fields["steps"]
+        else:
+            fields["steps"] = self.steps.record()
         fields.update(
             resolution_m=canonical_number(self.resolution_m),
             patch_px=int(self.patch_px),
@@ -264,7 +266,7 @@ class SensorConfig:
                 "max_cloud_cover": self.max_cloud_cover,
             }
             | ({"orbit_pass": self.orbit_pass} if self.orbit_pass else {})
-            | ({"steps": asdict(self.steps)} if self.steps else {})
+            | ({"steps": self.steps.record()} if self.steps else {})
         )
 
     def spans(self) -> tuple[tuple[date, date], ...]:

@@ -175,16 +175,16 @@ def radar_item(item: pystac.Item, config: SensorConfig) -> bool:
 def radar_load(load: PatchLoad, bands: Sequence[str], assets: dict[str, str]) -> PatchLoad:
     """The load without the items that lack one of the bands (a VV-only scene among dual
     polarisation ones): by their sar:polarizations where they state them, else their assets."""
-    kept = []
-    for item in load.items:
-        pols = item.properties.get(S1_STAC_POLARISATIONS)
-        if isinstance(pols, list):
-            has = all(b in pols for b in bands)
-        else:
-            has = all(assets[b] in item.assets for b in bands)
-        if has:
-            kept.append(item)
-    return replace(load, items=tuple(kept))
+    return replace(load, items=tuple(i for i in load.items if carries_bands(i, bands, assets)))
+
+
+def carries_bands(item: pystac.Item, bands: Sequence[str], assets: dict[str, str]) -> bool:
+    """Whether a Sentinel-1 item carries every band: by its sar:polarizations where it
+    states them, else by its assets."""
+    pols = item.properties.get(S1_STAC_POLARISATIONS)
+    if isinstance(pols, list):
+        return all(b in pols for b in bands)
+    return all(assets[b] in item.assets for b in bands)
 
 
 def open_header(item: pystac.Item, key: str) -> None:

@@ -42,6 +42,7 @@ from tasks.sources.registry import (
 )
 from tasks.sources.stac import (
     GDAL_HTTP_OPTIONS,
+    CatalogItem,
     band_assets,
     check_composite,
     composite_patches,
@@ -50,6 +51,7 @@ from tasks.sources.stac import (
     resolve_assets,
     scl_asset,
 )
+from tasks.sources.stac_acquisitions import StacListing, stac_listing
 
 
 @dataclass(frozen=True)
@@ -146,18 +148,35 @@ class StacApiSource:
     def fetch(self, points: Sequence[Point], bands: Sequence[str], config: SensorConfig) -> Patches:
         check_composite(config)
         self._counts.n = 0
-        api = resolve_api(config)
-        client = self._client(api.url, checking=False)
-        box = chunk_bbox(points, config)
-        items = self._search(client, api, config, bbox=box)
-        if api.sas_root and items:
-            token = self._token(api.sas_root, config.collection, checking=False)
-            items = [sign_item(item, token) for item in items]
-        parsed = [parse_item(item, api.url) for item in items]
+        parsed = self._chunk_items(points, config)
         with rasterio.Env(**self._gdal_env):
             patches = composite_patches(points, bands, config, parsed)
         patches.requests = self._counts.n
         return patches
+
+    @keeps_secrets
+    def acquisitions(
+        self, points: Sequence[Point], bands: Sequence[str], config: SensorConfig
+    ) -> StacListing:
+        """Each point's acquisitions in the window (tasks/sources/acquisitions.py), from one
+        search; the listing reads them from the items found (signed, where signing is on)."""
+        check_composite(config)
+        self._counts.n = 0
+        listing = stac_listing(
+            points, bands, config, self._chunk_items(points, config), self._gdal_env
+        )
+        listing.requests = self._counts.n
+        return listing
+
+    def _chunk_items(self, points: Sequence[Point], config: SensorConfig) -> list[CatalogItem]:
+        """The items of one search over the box around the chunk's patches, signed."""
+        api = resolve_api(config)
+        client = self._client(api.url, checking=False)
+        items = self._search(client, api, config, bbox=chunk_bbox(points, config))
+        if api.sas_root and items:
+            token = self._token(api.sas_root, config.collection, checking=False)
+            items = [sign_item(item, token) for item in items]
+        return [parse_item(item, api.url) for item in items]
 
     @keeps_secrets
     def check(self, bands: Sequence[str], config: SensorConfig) -> None:

@@ -37,6 +37,7 @@ from tasks.sources.stac import (
     resolve_assets,
     scl_asset,
 )
+from tasks.sources.stac_acquisitions import StacListing, stac_listing
 
 
 class StacCatalogSource:
@@ -63,6 +64,14 @@ class StacCatalogSource:
         check_composite(config)
         with rasterio.Env(**self._gdal_env):
             return composite_patches(points, bands, config, self._collection(config))
+
+    @keeps_secrets
+    def acquisitions(
+        self, points: Sequence[Point], bands: Sequence[str], config: SensorConfig
+    ) -> StacListing:
+        """Each point's acquisitions in the window (tasks/sources/acquisitions.py)."""
+        check_composite(config)
+        return stac_listing(points, bands, config, self._collection(config), self._gdal_env)
 
     @keeps_secrets
     def check(self, bands: Sequence[str], config: SensorConfig) -> None:

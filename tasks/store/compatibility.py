@@ -10,7 +10,7 @@ from typing import Any
 import zarr
 from fsspec.core import url_to_fs
 
-from embedders.naming import setting
+from embedders.naming import given, setting
 from tasks.store import soundness
 from tasks.store.layout import CREATING, STORE_FORMAT, StoreLayout, StoreMismatch, read_meta
 
@@ -69,7 +69,7 @@ def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     for key, before in LAYOUT_DEFAULTS.items():
         was = old.get(key, before)
         if was != new.get(key):
-            fix = f", to resume give --{key} {was}" if key in CHOSEN else ""
+            fix = f", to resume give {given(**{key: was})}" if key in CHOSEN else ""
             return f"{key}: store has {_short(was)}, this run has {_short(new[key])}{fix}"
     old_models, new_models = old.get("models", {}), new.get("models", {})
     if list(old_models) != list(new_models):
@@ -88,7 +88,7 @@ LAYOUT_DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
     "shards": "auto",
 }
-CHOSEN = ("dtype", "shards")  # ... of which these are chosen by a flag of the same name
+CHOSEN = ("dtype", "shards")  # ... of which these are chosen by a setting of the same name
 
 
 def _first_difference(old: Any, new: Any, where: str) -> str | None:

@@ -116,6 +116,17 @@ def test_dry_run__a_time_series_of_t_steps_fetches_t_times_the_bytes(
     assert point_bytes(series.imagery, series.inference, series.window) == 3 * one
 
 
+def test_dry_run__k_acquisitions_fetch_k_times_the_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    single = _tenths_plan(tmp_path, monkeypatch, TENTHS)
+    n, patch = len(single.points), single.imagery.patch_px
+    stepped = dataclasses.replace(TENTHS, steps=TimeSteps("acquisitions", 5, seed=2))
+    text = dry_run(_tenths_plan(tmp_path, monkeypatch, stepped))
+    assert f"inputs fetched: {_size(5 * n * patch * patch * 4)} " in text
+    assert "x 5 steps (5 acquisitions drawn with seed 2, one read each)" in text
+
+
 def test_dry_run__a_window_that_does_not_hold_a_models_steps_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -324,6 +324,8 @@ def test_export__shards_none_writes_a_store_gdal_reads_and_a_rerun_keeps_it(tmp_
             np.testing.assert_array_equal(got.reshape(want.shape), want, err_msg=name)
     before = snapshot(Path(store))
     p["output"] = p["output"].model_copy(update={"shards": "auto"})
-    with pytest.raises(UsageError, match="to resume give --shards none"):
+    with pytest.raises(
+        UsageError, match=r"to resume give output › Store file layout \(shards\): none"
+    ):
         export(**p)
     assert snapshot(Path(store)) == before

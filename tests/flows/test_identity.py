@@ -101,6 +101,6 @@ def test_identity__a_store_of_an_older_format_is_refused_with_what_to_do(tmp_pat
     kept = {k: v for k, v in group.attrs.items() if k not in ("swath_sums", "swath_seal")}
     group.attrs.put({**kept, "swath": json.dumps({**meta, "format": 1})})  # recorded no sums
     with pytest.raises(
-        UsageError, match=r"older swath \(store format 1.*export into another --out"
+        UsageError, match=r"older swath \(store format 1.*export into another output › Output store"
     ):
         resolve(params(tmp_path, served_demo.url))

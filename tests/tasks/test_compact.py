@@ -7,6 +7,7 @@ import pytest
 import xarray as xr
 import zarr
 
+from embedders.naming import named_as
 from embedders.spec import Status
 from tasks.plan.chunks import make_chunks
 from tasks.store import compact
@@ -88,7 +89,9 @@ def test_store__a_dtype_change_on_resume_is_refused_naming_it(tmp_path: Path) ->
     w = write_store(tmp_path / "s.zarr", dtype="int8")
     layout = StoreLayout(w.layout.points, w.layout.chunk_size, w.layout.models, "float32")
     message = r'dtype: store has "int8", this run has "float32", to resume give --dtype int8'
-    with pytest.raises(StoreMismatch, match=message):
+    with named_as("flags"), pytest.raises(StoreMismatch, match=message):
+        check_store(w.path, layout)
+    with pytest.raises(StoreMismatch, match="to resume give output › Stored number type: int8"):
         check_store(w.path, layout)
     assert check_store(w.path, w.layout)  # the same dtype resumes
 

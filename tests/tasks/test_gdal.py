@@ -13,6 +13,7 @@ import rasterio
 import xarray as xr
 from rasterio.errors import RasterioIOError
 
+from embedders.naming import named_as
 from flows.params import Output
 from tasks.plan.chunks import Chunk, make_chunks
 from tasks.results import ChunkResult
@@ -115,7 +116,11 @@ def test_gdal__resuming_with_other_shards_is_refused_naming_the_flag(tmp_path, s
     w = write_store(tmp_path / "s.zarr", shards=store)
     other = StoreLayout(w.layout.points, w.layout.chunk_size, MODELS, shards=run)
     message = rf'shards: store has "{store}", this run has "{run}", to resume give --shards {store}'
-    with pytest.raises(StoreMismatch, match=message):
+    with named_as("flags"), pytest.raises(StoreMismatch, match=message):
+        check_store(w.path, other)
+    with pytest.raises(
+        StoreMismatch, match=rf"give output › Store file layout \(shards\): {store}"
+    ):
         check_store(w.path, other)
     assert check_store(w.path, w.layout)  # the same setting resumes
 

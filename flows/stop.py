@@ -64,7 +64,6 @@ def stop_when_cancelled(every_s: float = 2.0) -> None:
     def watch() -> None:
         import httpx
         from prefect.client.orchestration import get_client
-        from prefect.states import Cancelled
 
         with get_client(sync_client=True) as client:
             while True:
@@ -74,9 +73,8 @@ def stop_when_cancelled(every_s: float = 2.0) -> None:
                 except httpx.HTTPError:  # a busy or restarting server: asked again next round
                     continue
                 if state is not None and state.is_cancelling():
-                    message = "Cancelled: swath stopped the command line's export"
                     try:  # marked Cancelled if the server answers; stopped whatever it says
-                        client.set_flow_run_state(run_id, Cancelled(message=message), force=True)
+                        _mark_cancelled([str(run_id)], "the command line's export")
                     finally:
                         _stop("cancelled in Prefect", CANCEL_EXIT)
 
@@ -198,16 +196,31 @@ def _is_cancelling(run_id: str) -> bool:
     return state is not None and state.is_cancelling()
 
 
-def _mark_cancelled(runs: list[str]) -> None:
+def _mark_cancelled(runs: list[str], what: str = "the run's process") -> None:
     """The runner's run and the child run this process is in marked Cancelled (forced: the
     child is Running), so the runner's record of the exit status is refused (a run already
-    Cancelled is not marked Crashed) and no child run is left Running."""
+    Cancelled is not marked Crashed), with their task runs not yet finished: the UI shows
+    none of them Running after the process has gone."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        TaskRunFilter,
+        TaskRunFilterFlowRunId,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
     from prefect.states import Cancelled
 
-    message = "Cancelled: swath ended the run's process"
+    message = f"Cancelled: swath stopped {what}"
+    unfinished = [StateType.PENDING, StateType.RUNNING, StateType.SCHEDULED]
     with get_client(sync_client=True, httpx_settings={"timeout": 5}) as client:
-        for run in runs:
-            state = client.read_flow_run(UUID(run)).state
+        for run in map(UUID, runs):
+            state = client.read_flow_run(run).state
             if state is None or not state.is_final():
-                client.set_flow_run_state(UUID(run), Cancelled(message=message), force=True)
+                client.set_flow_run_state(run, Cancelled(message=message), force=True)
+            tasks = TaskRunFilter(
+                flow_run_id=TaskRunFilterFlowRunId(any_=[run]),
+                state=TaskRunFilterState(type=TaskRunFilterStateType(any_=unfinished)),
+            )
+            for task in client.read_task_runs(task_run_filter=tasks):
+                client.set_task_run_state(task.id, Cancelled(message=message), force=True)

@@ -125,6 +125,10 @@ class Server:
         seconds = time.monotonic() - asked
         print(f"\n{run_id}: CANCELLING -> {got} in {seconds:.1f} s")  # measured, not asserted
         assert got == "CANCELLED", got
+        unfinished = {"type": {"any_": ["PENDING", "RUNNING", "SCHEDULED"]}}
+        running = {"task_runs": {"flow_run_id": {"any_": [run_id]}, "state": unfinished}}
+        left = self.call("/task_runs/filter", running)
+        assert not left, left  # none left Running once the run is Cancelled
         return seconds
 
 

@@ -39,12 +39,12 @@ FAMILY_MODELS = (
     "panopticon_base",
     "copernicusfm_base",
     "scalemae_large",
+    "tessera_otf",  # a pixel time-series model: its "tile" is one pixel's series
 )
 
 
 def gflop_per_tile(embedder: Embedder, device: torch.device) -> float:
-    spec = embedder.spec
-    tile = torch.randn(1, len(spec.bands), spec.tile_px, spec.tile_px, device=device)
+    tile = torch.randn(1, *embedder.spec.sample_shape(), device=device)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         embedder.forward(tile)
     return counter.get_total_flops() / 1e9

@@ -19,6 +19,7 @@ import zarr
 
 from embedders.spec import Status
 from flows.cli import main
+from flows.inspect import main as inspect
 from tasks.sources.demo import DEMO_BBOX, DEMO_EPSG, DEMO_GEOMETRY, build_demo_catalog
 from tasks.sources.demo import demo_footprint_utm as footprint
 from tasks.store.layout import read_meta
@@ -112,10 +113,18 @@ def test_tessera_otf_export__computed_and_published_tessera_in_one_store(
     for name in ("tessera_otf", "tessera"):
         assert (ds[f"{name}_status"].values == Status.OK).all(), name
     assert np.isfinite(computed).all() and np.isfinite(published).all()
-    # pooled: the mean of the grid's pixels, for both, on the same points
+    # the comparison: pooled as the mean of the grid's pixels, for both, on the same points
+    capsys.readouterr()
+    assert inspect([str(out), "--compare", "tessera_otf,tessera"]) == 0
+    said = capsys.readouterr().out
     cos = cosine(computed.mean(axis=(2, 3)), published.mean(axis=(2, 3)))
-    print("cosine per point, computed vs published (random weights):", np.round(cos, 3))
     assert np.isfinite(cos).all()
+    assert said.startswith(
+        f"cosine of tessera_otf to tessera, 2024-01-01..2024-12-31: {n} of {n} points ok in "
+        f"both; min {cos.min():.4f}, median {np.median(cos):.4f}, max {cos.max():.4f}\n"
+    ), said
+    assert inspect([str(out), "--compare", "tessera_otf,gse"]) == 2
+    assert "the store has no product 'gse'; it has tessera_otf, tessera" in capsys.readouterr().err
     model = read_meta(str(out))["models"]["tessera_otf"]
     assert "sentinel-1-rtc" in str(model) and "monthly" in str(model)
     # one inputs group per sensor, each of 12 monthly steps

@@ -258,6 +258,12 @@ def resolve_model(name: str, request: ProductRequest) -> ModelProduct:
             "tile models of one composite a point only: its inputs can be prefetched "
             f"(tasks/series.py), but no run produces it yet; leave it out of {setting('models')}"
         )
+    if spec.more_sensors and spec.takes != "pixel-series":
+        raise ProductError(
+            f"{name} reads {len(spec.sensor_bands())} sensors, and swath's tile engine reads "
+            "one sensor a model (only pixel time-series models read several); leave it out "
+            "of --models"
+        )
     fetch, *more = fetches_of(name, model_facts(spec), request)
     device = devices_of(request.device)[0]
     try:

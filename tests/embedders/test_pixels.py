@@ -4,6 +4,7 @@ forward on the same normalised input, bf16 through the guard, a fake checkpoint 
 changing the output; and the engine's masks and filling. Derived from the registry: a new
 pixel-series model needs no line here but its library reference."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +174,13 @@ def test_tessera_otf__s1_statistics_in_db_are_upstreams_in_its_units() -> None:
         upstream = (u - tessera_otf.S1_MEAN_UPSTREAM[k]) / tessera_otf.S1_STD_UPSTREAM[k]
         np.testing.assert_allclose((db - mean) / std, upstream, rtol=1e-12)
     assert spec.norm_mean[10:] == pytest.approx((-11.2899, -17.4905), abs=1e-4)
+
+
+def test_spec__a_pixel_series_model_declares_steps_and_one_statistic_per_channel() -> None:
+    spec = tessera_otf.SPEC
+    assert spec.channels() == (*tessera_otf.S2_BANDS, "VV", "VH")
+    assert spec.sample_shape() == (12, 14)  # Tessera's (steps, 10 + day + 2 + day)
+    with pytest.raises(ValueError, match=r"need one value per channel \(12\)"):
+        dataclasses.replace(spec, norm_mean=spec.norm_mean[:10])
+    with pytest.raises(ValueError, match="declares its steps and a tile of 1 px"):
+        dataclasses.replace(spec, steps=None)

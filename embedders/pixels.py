@@ -10,8 +10,9 @@ vector depends on its own series alone, so results do not depend on the batch si
 the float32 rounding of a forward's matrix products at another batch size.
 
 A pixel's series, built on the device (`pixel_stream`): each sensor's bands, normalised with
-the spec's statistics, then that sensor's day of year of the step (`PixelSeries.day_of_year`),
-in `ModelSpec.sensor_bands()` order. A step is valid for a sensor where all its bands are
+the spec's statistics, then that sensor's day of year of the step at that point
+(`PixelSeries.day_of_year`: a step's middle day, or its acquisition's), in
+`ModelSpec.sensor_bands()` order. A step is valid for a sensor where all its bands are
 (not NaN). A pixel with no valid step of some sensor is invalid: it is not run, and is NaN
 in the grid. A valid pixel's invalid steps are filled from its valid ones in time order, the
 valid step k * j // T at position j (k valid steps of T): each valid step repeated about
@@ -37,7 +38,8 @@ NODATA_REASON = "no pixel with a valid step of every sensor the model reads (nod
 class PixelSeries:
     """The time series of a call's points: `values` (n, steps, C, H, W) float32 in the
     sources' units, channels in `ModelSpec.channels()` order, NaN where masked;
-    `day_of_year` (sensors, steps) of each step for each sensor of `sensor_bands()`."""
+    `day_of_year` (n, sensors, steps) of each step at each point for each sensor of
+    `sensor_bands()` (`tasks.series.Series.day_of_year`, one per sensor)."""
 
     values: np.ndarray
     day_of_year: np.ndarray
@@ -68,19 +70,20 @@ def _check(series: PixelSeries, spec: ModelSpec) -> None:
             f"model {spec.name} takes (points, steps, C, H, W) series with C={len(channels)} "
             f"channels {channels} in that order; got shape {values.shape}"
         )
-    if doy.shape != (len(groups), values.shape[1]):
+    if doy.shape != (values.shape[0], len(groups), values.shape[1]):
         raise ValueError(
-            f"model {spec.name}: day_of_year must be (sensors, steps) = "
-            f"{(len(groups), values.shape[1])}, one row per sensor of {[s for s, _ in groups]}; "
-            f"got {doy.shape}"
+            f"model {spec.name}: day_of_year must be (points, sensors, steps) = "
+            f"{(values.shape[0], len(groups), values.shape[1])}, one row per sensor of "
+            f"{[s for s, _ in groups]}; got {doy.shape}"
         )
 
 
 def pixel_stream(
     values: torch.Tensor, day_of_year: torch.Tensor, spec: ModelSpec
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One point's series (steps, C, H, W) as the model takes it: (valid pixels, steps,
-    width) normalised, and the flat indices of those pixels (see the module's note)."""
+    """One point's series (steps, C, H, W), with its days of year (sensors, steps), as the
+    model takes it: (valid pixels, steps, width) normalised, and the flat indices of those
+    pixels (see the module's note)."""
     steps, c, h, w = values.shape
     x = values.permute(2, 3, 0, 1).reshape(h * w, steps, c)
     mean = torch.tensor(spec.norm_mean, dtype=x.dtype, device=x.device)
@@ -192,7 +195,7 @@ def _run(
     """Each point's valid pixels into the queue, full batches run as it fills."""
     queue: TileQueue[_Refs] = TileQueue()
     pacer = batching.Pacer(device)
-    doy = torch.from_numpy(np.asarray(series.day_of_year, dtype=np.float32)).to(device)
+    doy = torch.from_numpy(np.asarray(series.day_of_year, dtype=np.float32))
 
     def run_batches(final: bool) -> None:
         while len(queue) >= plan.batch_size or (final and len(queue)):
@@ -202,7 +205,7 @@ def _run(
 
     for i in range(len(series.values)):
         values = torch.from_numpy(np.ascontiguousarray(series.values[i], dtype=np.float32))
-        stream, keep = pixel_stream(values.to(device), doy, spec)
+        stream, keep = pixel_stream(values.to(device), doy[i].to(device), spec)
         counts[i] = len(keep)
         point = np.full(len(keep), i, dtype=np.int64)
         queue.push(stream, _Refs(point, torch.from_numpy(point).to(device), keep))

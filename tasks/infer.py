@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -195,10 +194,10 @@ class SeriesWork:
 def infer_series_chunk(work: SeriesWork, chunk: Chunk, inputs_path: str) -> ChunkResult:
     """A chunk through a pixel-series model: each sensor's time series read from the inputs
     store (tasks/series.py), its bands side by side in the spec's channel order, each step at
-    the day of year of its middle day; then the pixel engine (embedders/pixels.py)."""
+    its day of year (`Series.day_of_year`); then the pixel engine (embedders/pixels.py)."""
     series = [read_series(inputs_path, f.config, chunk, f.bands) for f in work.fetches]
     values = np.concatenate([s.values for s in series], axis=2)
-    doy = np.array([[_middle_day_of_year(a, b) for a, b in s.spans] for s in series], np.float32)
+    doy = np.stack([s.day_of_year for s in series], axis=1).astype(np.float32)
     if work.device == "cpu":
         _check_cpu_threads()
     with device_pool(work.device).take() as device:
@@ -213,12 +212,6 @@ def infer_series_chunk(work: SeriesWork, chunk: Chunk, inputs_path: str) -> Chun
             reasons[i] = why
     embeddings = out.grid if out.grid is not None else out.pooled
     return ChunkResult(embeddings, out.status, reasons, out.valid_fraction, timing=timing)
-
-
-def _middle_day_of_year(first: str, last: str) -> int:
-    """The day of year (1 to 366) of the middle day of the span first..last (ISO dates)."""
-    a, b = date.fromisoformat(first), date.fromisoformat(last)
-    return (a + (b - a) // 2).timetuple().tm_yday
 
 
 def _series_notes(point: str, fetches: Sequence[Fetch], series: Sequence[Series]) -> str:

@@ -39,7 +39,8 @@ def _series(embedder: Embedder, n: int = 3, h: int = 3, w: int = 4, seed: int = 
     for sensor, bands in groups:
         mean, spread = (-14.0, 4.0) if sensor == "sentinel-1" else (2000.0, 800.0)
         parts.append(rng.normal(mean, spread, (n, steps, len(bands), h, w)))
-    doy = np.tile(np.arange(steps, dtype=np.float32) * 30 + 15, (len(groups), 1))
+    doy = np.tile(np.arange(steps, dtype=np.float32) * 30 + 15, (n, len(groups), 1))
+    doy[-1, -1] += 3  # the last point's last sensor was seen on other days
     return PixelSeries(np.concatenate(parts, axis=2).astype(np.float32), doy)
 
 
@@ -69,7 +70,7 @@ def _library(embedder: Embedder, series: PixelSeries) -> torch.Tensor:
         raise AssertionError(f"no library reference for {type(embedder).__name__}: add one")
     v = torch.from_numpy(series.values[0]).double()  # (steps, 12, H, W)
     s1 = v[:, 10:] * tessera_otf.S1_DB_SCALE + tessera_otf.S1_DB_OFFSET  # upstream's units
-    doy = torch.from_numpy(series.day_of_year).double()
+    doy = torch.from_numpy(series.day_of_year[0]).double()
     steps, _, h, w = v.shape
     s2_doy = doy[0][:, None, None, None].expand(steps, 1, h, w)
     s1_doy = doy[1][:, None, None, None].expand(steps, 1, h, w)
@@ -156,11 +157,11 @@ def test_fill__invalid_steps_take_the_valid_ones_in_time_order() -> None:
 
 def test_series__of_the_wrong_shape_is_refused_naming_the_channels() -> None:
     model = registry.build("tessera_otf", "random", CPU)
-    bad = PixelSeries(np.zeros((1, 12, 10, 2, 2), np.float32), np.zeros((2, 12), np.float32))
+    bad = PixelSeries(np.zeros((1, 12, 10, 2, 2), np.float32), np.zeros((1, 2, 12), np.float32))
     with pytest.raises(ValueError, match=r"C=12 channels \('B04', 'B02', .*'VV', 'VH'\)"):
         embed_series(model, bad, InferenceOptions(), CPU)
-    days = PixelSeries(np.zeros((1, 12, 12, 2, 2), np.float32), np.zeros((12,), np.float32))
-    with pytest.raises(ValueError, match=r"day_of_year must be \(sensors, steps\) = \(2, 12\)"):
+    days = PixelSeries(np.zeros((1, 12, 12, 2, 2), np.float32), np.zeros((2, 12), np.float32))
+    with pytest.raises(ValueError, match=r"must be \(points, sensors, steps\) = \(1, 2, 12\)"):
         embed_series(model, days, InferenceOptions(), CPU)
 
 

@@ -80,7 +80,8 @@ def test_infer_series_chunk__reads_both_series_and_says_why_a_point_has_no_data(
         [np.stack([made[g * 12 + s].bands[b] for s in range(12)], axis=1) for g, f in
          enumerate(fetches) for b in f.bands], axis=2)  # fmt: skip
     middle = [16, 15, 16, 15, 16, 15, 16, 16, 15, 16, 15, 16]  # 2024: February has 29 days
-    days = np.array([np.cumsum([0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30])] * 2) + middle
+    days = np.array([[np.cumsum([0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30])] * 2] * 2)
+    days += middle  # (points, sensors, steps)
     series = PixelSeries(values, days.astype(np.float32))
     by_hand = embed_series(model, series, options, torch.device("cpu"))
     np.testing.assert_allclose(result.embeddings[0], by_hand.pooled[0], rtol=0, atol=1e-4)

@@ -14,8 +14,12 @@ Steps: 12 monthly composites of a calendar-year window (the median of each month
 clipped to its months), each at the day of year of its month's middle day. Upstream Tessera
 samples individual acquisitions instead: the valid ones of a pixel, drawn at random with
 replacement to 40 per sensor (github ucam-eo/tessera, tessera_infer/src/multi_tile_infer.py,
-`sample_s2_batch`); monthly composites are swath's choice until a per-acquisition step kind
-exists. A pixel's invalid months are filled from its valid ones, repeated in time order
+`sample_s2_batch`; configs: `sample_size_s2` = `sample_size_s1` = 40). Monthly composites are
+swath's choice here: they read 12 composites a sensor instead of 40 single scenes, and a
+month's median is rarely all cloud. The steps kind `TimeSteps("acquisitions", 40)` expresses
+upstream's sampling per point (embedders/steps.py), and the engine takes each point's own
+days of year; a spec declaring it is not registered, as it was not tested end to end here.
+A pixel's invalid steps are filled from its valid ones, repeated in time order
 (embedders/pixels.py), as upstream's sampling with replacement fills a short series.
 
 Units. Sentinel-2: L2A digital numbers with the baseline 04.00 offset removed, as swath's

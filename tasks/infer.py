@@ -255,7 +255,7 @@ def resolve_model(name: str, request: ProductRequest) -> ModelProduct:
         raise ProductError(
             f"{name} reads {len(spec.sensor_bands())} sensors, and swath's tile engine reads "
             "one sensor a model (only pixel time-series models read several); leave it out "
-            "of --models"
+            f"of {setting('models')}"
         )
     fetch, *more = fetches_of(name, model_facts(spec), request)
     device = devices_of(request.device)[0]

@@ -14,7 +14,7 @@ from torchgeo.models.tessera import Tessera, _tessera_transforms
 
 from embedders import precision, registry, tessera_otf
 from embedders.pixels import NODATA_REASON, PixelSeries, embed_series, pixel_stream
-from embedders.spec import Embedder, InferenceOptions, Status
+from embedders.spec import Embedder, InferenceOptions, ModelSpec, Status, WeightsInfo
 from embedders.weights import checkpoint_path, member
 
 CPU = torch.device("cpu")
@@ -185,3 +185,32 @@ def test_spec__a_pixel_series_model_declares_steps_and_one_statistic_per_channel
         dataclasses.replace(spec, norm_mean=spec.norm_mean[:10])
     with pytest.raises(ValueError, match="declares its steps and a tile of 1 px"):
         dataclasses.replace(spec, steps=None)
+
+
+@dataclasses.dataclass
+class Fragile:
+    """The model, raising on any series whose first channel is beyond 1e3 (normalised)."""
+
+    inner: Embedder
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.inner.spec
+
+    @property
+    def weights(self) -> WeightsInfo:
+        return self.inner.weights
+
+    def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if (tiles[..., 0] > 1e3).any():
+            raise ValueError("a series out of range")
+        return self.inner.forward(tiles)
+
+
+def test_failure__a_pixel_whose_forward_raises_fails_its_point_alone(model: Embedder) -> None:
+    series = _series(model, n=3, h=2, w=2)
+    series.values[1, 0, 0, 1, 1] = 1e9  # one pixel of the middle point
+    out = embed_series(Fragile(model), series, InferenceOptions(batch_size=3), CPU)
+    assert out.status.tolist() == [Status.OK, Status.FAILED, Status.OK]
+    assert out.reason[1] == "ValueError: a series out of range"
+    assert np.isnan(out.pooled[1]).all() and np.isfinite(out.pooled[[0, 2]]).all()

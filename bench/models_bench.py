@@ -39,14 +39,21 @@ FAMILY_MODELS = (
     "panopticon_base",
     "copernicusfm_base",
     "scalemae_large",
+    "tessera_otf",  # a pixel time-series model: its "tile" is one pixel's series
 )
 
 
 def gflop_per_tile(embedder: Embedder, device: torch.device) -> float:
-    spec = embedder.spec
-    tile = torch.randn(1, len(spec.bands), spec.tile_px, spec.tile_px, device=device)
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        embedder.forward(tile)
+    tile = torch.randn(1, *embedder.spec.sample_shape(), device=device)
+    # nn.TransformerEncoderLayer's fused inference path (Tessera's) is one op FlopCounterMode
+    # does not count: counted on the unfused path, which does the same products
+    fused = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            embedder.forward(tile)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fused)
     return counter.get_total_flops() / 1e9
 
 

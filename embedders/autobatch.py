@@ -11,6 +11,7 @@ cached; an out-of-memory backoff during inference lowers the cached value.
 import contextlib
 import ctypes
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -169,7 +170,7 @@ def measure(
 ) -> Probe | None:
     """Peak memory of forwards at PROBE_BATCHES; None if the larger one runs out of memory."""
     spec = embedder.spec
-    shape = (len(spec.bands), spec.tile_px, spec.tile_px)
+    shape = spec.sample_shape()
     generator = torch.Generator().manual_seed(0)
 
     def forward(n: int) -> Callable[[], object]:
@@ -220,7 +221,7 @@ def probe_batch_size(
         return 1
     available = gauge.available()
     cap = CUDA_CAP if device.type == "cuda" else CPU_CAP
-    tile_bytes = 4 * len(spec.bands) * spec.tile_px**2
+    tile_bytes = 4 * math.prod(spec.sample_shape())
     size = fit_batch_size(probe, available, tile_bytes=tile_bytes, cap=cap)
     log.info(
         "model %s on %s (%s): a forward takes %.0f MiB + %.1f MiB per tile, %.0f MiB are "

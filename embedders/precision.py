@@ -86,9 +86,9 @@ class PrecisionError(ValueError):
 
 
 def probe_batch(embedder: Embedder, n: int, seed: int) -> torch.Tensor:
-    """(n, C, T, T) seeded standard-normal tiles: the tiles the model gets are normalised."""
-    spec = embedder.spec
-    shape = (n, len(spec.bands), spec.tile_px, spec.tile_px)
+    """(n, C, T, T) seeded standard-normal tiles (or (n, steps, width) pixel series): the
+    inputs the model gets are normalised."""
+    shape = (n, *embedder.spec.sample_shape())
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 

@@ -12,7 +12,17 @@ import importlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from embedders import copernicusfm, croma, dofa, panopticon, plugins, scalemae, ssl4eo, ssl4eo_ms
+from embedders import (
+    copernicusfm,
+    croma,
+    dofa,
+    panopticon,
+    plugins,
+    scalemae,
+    ssl4eo,
+    ssl4eo_ms,
+    tessera_otf,
+)
 from embedders.spec import Embedder, ModelSpec, WeightsChoice
 from embedders.spec import ModelEntry as ModelEntry
 
@@ -38,6 +48,7 @@ OWN: dict[str, ModelEntry] = {
     "panopticon_base": ModelEntry(panopticon.SPEC, "embedders.panopticon:build"),
     "copernicusfm_base": ModelEntry(copernicusfm.SPEC, "embedders.copernicusfm:build"),
     "scalemae_large": ModelEntry(scalemae.SPEC, "embedders.scalemae:build"),
+    "tessera_otf": ModelEntry(tessera_otf.SPEC, "embedders.tessera_otf:build"),
 }
 
 

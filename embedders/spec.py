@@ -16,6 +16,9 @@ if TYPE_CHECKING:  # torch is imported only where a model is built: listing mode
     import torch
 
 PadMode = Literal["reflect", "edge"]
+# What a model's forward takes: tiles (B, C, T, T) of one composite, or pixel time series
+# (B, steps, channels) cut from a time series of one or more sensors (embedders/pixels.py).
+Takes = Literal["tiles", "pixel-series"]
 InputPrep = Literal["tile", "resize"]
 OutputKind = Literal["pooled", "grid"]
 WeightsChoice = Literal["auto", "pretrained", "random"]
@@ -51,6 +54,12 @@ class ModelSpec:
     model is a CNN, which runs faster on CUDA with its tensors in channels-last memory order
     (embedders.execution); it is not identity. `steps` says the model reads a time series
     (embedders/steps.py): how the window becomes steps; None, one composite of the window.
+
+    A model that reads more than one sensor names the others in `more_sensors`, each with its
+    bands, fetched as a sensor configuration of its own (so a fetch of `sensor` is shared with
+    the models that read it alone); its channels are `bands` then each other sensor's bands
+    (`channels()`), and `norm_mean`/`norm_std` have one value per channel. `takes` says what
+    its forward takes: tiles, or pixel time series (`series_width()`).
     """
 
     name: str
@@ -73,14 +82,22 @@ class ModelSpec:
     checkpoint: str = ""
     convolutional: bool = False
     steps: TimeSteps | None = None
+    more_sensors: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    takes: Takes = "tiles"
 
     def __post_init__(self) -> None:
         if not self.checkpoint and self.weights_url:  # the URL's file name, as torch hub keeps it
             name = os.path.basename(urlparse(self.weights_url).path)
             object.__setattr__(self, "checkpoint", name)
-        n = len(self.bands)
+        n = len(self.channels())
         if len(self.norm_mean) != n or len(self.norm_std) != n:
-            raise ValueError(f"model {self.name}: norm_mean/norm_std need one value per band ({n})")
+            raise ValueError(
+                f"model {self.name}: norm_mean/norm_std need one value per channel ({n})"
+            )
+        if self.takes == "pixel-series" and (self.steps is None or self.tile_px != 1):
+            raise ValueError(
+                f"model {self.name}: a pixel-series model declares its steps and a tile of 1 px"
+            )
         if self.tile_px % self.grid_stride_px:
             raise ValueError(f"model {self.name}: tile_px must be a multiple of grid_stride_px")
 
@@ -88,6 +105,25 @@ class ModelSpec:
     def grid_px(self) -> int:
         """Side of the output grid of one native tile."""
         return self.tile_px // self.grid_stride_px
+
+    def sensor_bands(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """Each sensor the model reads with its bands, `sensor` first."""
+        return ((self.sensor, self.bands), *self.more_sensors)
+
+    def channels(self) -> tuple[str, ...]:
+        """The model's input channels: every sensor's bands, in `sensor_bands()` order."""
+        return tuple(b for _, bands in self.sensor_bands() for b in bands)
+
+    def series_width(self) -> int:
+        """A pixel-series model's input width: each sensor's bands then its day of year."""
+        return len(self.channels()) + len(self.sensor_bands())
+
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one input of the forward: (C, T, T) tiles, or (steps, width) pixel
+        series (a monthly series of no fixed count is probed as 12 steps)."""
+        if self.takes == "pixel-series" and self.steps is not None:
+            return (self.steps.count or 12, self.series_width())
+        return (len(self.channels()), self.tile_px, self.tile_px)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -104,7 +140,17 @@ class ModelSpec:
             "norm_mean": list(self.norm_mean),
             "norm_std": list(self.norm_std),
             "pad_mode": self.pad_mode,
-        } | ({"steps": self.steps.record()} if self.steps else {})
+        } | self._new_identity()
+
+    def _new_identity(self) -> dict[str, object]:
+        """Fields added since the first stores, present only when set: the keys of every
+        model that does not use them stay what they were."""
+        more: dict[str, object] = {"steps": self.steps.record()} if self.steps else {}
+        if self.more_sensors:
+            more["more_sensors"] = [[s, list(b)] for s, b in self.more_sensors]
+        if self.takes != "tiles":
+            more["takes"] = self.takes
+        return more
 
 
 @dataclass(frozen=True)
@@ -174,5 +220,6 @@ class Embedder(Protocol):
     weights: WeightsInfo
 
     def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Map normalised tiles (B, C, T, T) to pooled (B, D) and grid (B, D, T/s, T/s)."""
+        """Map normalised tiles (B, C, T, T) to pooled (B, D) and grid (B, D, T/s, T/s); a
+        pixel-series model (B, steps, width) to (B, D) and (B, D, 1, 1)."""
         ...

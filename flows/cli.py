@@ -310,9 +310,14 @@ def _list_models() -> int:
     for name, entry in PRODUCTS.items():
         c = entry.card
         tile = f"tile {c.tile_px}px" if c.tile_px else "no tiles"
+        if c.tile_px == 1 and c.steps is not None:
+            tile = "pixel series"
         bands = ",".join(c.bands) or "-"
         if len(c.bands) > 13:  # more than a sensor's bands: a precomputed product's dims
             bands = f"{c.bands[0]}..{c.bands[-1]} ({len(c.bands)} bands)"
+        bands += "".join(f" + {sensor} {','.join(more)}" for sensor, more in c.more_sensors)
+        if c.steps is not None:
+            bands += f"; {c.steps.describe()}"
         cache = ""
         if c.checkpoint:
             found = cached_checkpoint(c.checkpoint)

@@ -55,9 +55,29 @@ def dry_run(plan: Any, *, chunks_per_run: int | None = None) -> str:
         + ", ".join(_fetch_words(f) for f in fetches)
         + ")",
         f"  store per window: {_size(out_bytes)} (embeddings as {plan.dtype})",
+        *_series_work(plan.inference.models, fetches, n, patch),
         "  nothing was written",
     ]
     return "\n".join(lines)
+
+
+def _series_work(names: Any, fetches: Any, n: int, patch: int) -> list[str]:
+    """The forwards of each pixel time-series product (a model of 1 px tiles with steps):
+    one per pixel of every patch, each a series of its steps."""
+    from tasks.products.registry import PRODUCTS
+
+    lines = []
+    for name in names:
+        facts = PRODUCTS[name].facts
+        if facts.steps is None or facts.tile_px != 1:
+            continue
+        steps = next(len(f.config.spans()) for f in fetches if f.config.sensor == facts.sensor)
+        sensors = len(facts.sensor_bands())
+        lines.append(
+            f"  model work: {name}: {n * patch * patch:,} pixel series of {steps} steps x "
+            f"{sensors} sensor(s) ({n:,} points x {patch} x {patch} px)"
+        )
+    return lines
 
 
 def _fetch_words(fetch: Any) -> str:

@@ -1,6 +1,8 @@
 """`python -m flows.inspect STORE`: what a store holds, as tables: its models (dims, weights,
 source), its time entries and, per model and time entry, the points ok / failed / nodata /
-pending. `--patch POINT_ID` writes a true-colour PNG of the patch that point got, read from
+pending. `--compare A,B` gives the cosine between two products' vectors (grids pooled) per
+point ok in both, e.g. Tessera computed on the fly against the published Tessera.
+`--patch POINT_ID` writes a true-colour PNG of the patch that point got, read from
 the work directory's inputs store. Imports neither torch nor Prefect, so it answers at once.
 
 Exit codes: 0 done; 1 the point or its inputs are not there, or its patch has no valid
@@ -23,6 +25,7 @@ import zarr.errors
 from rich.console import Console
 from rich.table import Table
 
+from embedders.spec import Status
 from flows.flags import iso_date
 from tasks.inputs import read_band
 from tasks.plan.chunks import chunk_key
@@ -32,6 +35,7 @@ from tasks.store.reading import (
     counts,
     find_time,
     model_names,
+    pooled,
     provenance_source,
     statuses,
     store_meta,
@@ -64,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("store", help="the output store (path or URL)")
     p.add_argument("--patch", metavar="POINT_ID", help="write a true-colour PNG of its patch")
+    p.add_argument(
+        "--compare",
+        metavar="A,B",
+        help="cosine of two products' vectors per point (grids pooled), at --time",
+    )
     p.add_argument("--time", type=iso_date, metavar="YYYY-MM-DD", help="time entry (the last)")
     p.add_argument("--out", metavar="PNG", help="where --patch writes (<point>-<day>.png)")
     p.add_argument(
@@ -76,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.patch is None and (args.time or args.out):
+    if args.patch is None and args.compare is None and (args.time or args.out):
         given = "--time" if args.time else "--out"
         print(
             f"swath inspect: error: {given} is for --patch POINT_ID (which patch to draw); "
@@ -87,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         meta = store_meta(args.store)
         with open_store(args.store) as ds:
+            if args.compare is not None:
+                print(compare(ds, meta, args.compare, find_time(ds, args.time)))
+                return 0
             if args.patch is None:
                 show(ds, meta, Console(width=None if sys.stdout.isatty() else WIDTH))
                 return 0
@@ -140,6 +152,45 @@ def show(ds: xr.Dataset, meta: dict[str, Any], console: Console) -> None:
             cells = [str(n[k]) for k in ("ok", "failed", "nodata", "pending")]
             table.add_row(str(t), f"{start}..{end}", name, *cells)
     console.print(table)
+
+
+COMPARE_LOWEST = 5  # points named with the lowest cosines
+
+
+def compare(ds: xr.Dataset, meta: dict[str, Any], pair: str, t: int) -> str:
+    """The cosine of product A's vector to B's for each point ok in both at time entry `t`
+    (a grid pooled by the mean of its valid cells), in words: how many points, the minimum,
+    median and maximum, and the points of lowest cosine. Raises LookupError naming the
+    products the store has, or why the two cannot be compared."""
+    a, _, b = pair.partition(",")
+    names = model_names(meta)
+    for name in (a, b):
+        if name not in names:
+            raise LookupError(
+                f"--compare {pair}: the store has no product {name!r}; it has "
+                f"{', '.join(names)} (give two of them: --compare A,B)"
+            )
+    va, vb = pooled(ds, a, t), pooled(ds, b, t)
+    if va.shape[1] != vb.shape[1]:
+        raise LookupError(
+            f"--compare {pair}: {a} is {va.shape[1]}-d and {b} {vb.shape[1]}-d; a cosine "
+            "needs vectors of one dimension"
+        )
+    ok = np.flatnonzero((statuses(ds, a, t) == Status.OK) & (statuses(ds, b, t) == Status.OK))
+    x, y = va[ok].astype(np.float64), vb[ok].astype(np.float64)
+    cos = (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
+    start, end = time_entries(ds)[t]
+    head = (
+        f"cosine of {a} to {b}, {start}..{end}: {len(ok)} of {ds.sizes['point']} points ok in both"
+    )
+    if not len(ok):
+        return head
+    ids = ds["point_id"].values[ok]
+    lowest = ", ".join(f"{ids[i]} {cos[i]:.4f}" for i in np.argsort(cos)[:COMPARE_LOWEST])
+    return (
+        f"{head}; min {cos.min():.4f}, median {np.median(cos):.4f}, max {cos.max():.4f}\n"
+        f"lowest: {lowest}"
+    )
 
 
 def _region_text(region: dict[str, Any]) -> str:

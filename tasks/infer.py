@@ -19,11 +19,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from embedders import registry
 from embedders.engine import embed_patches
 from embedders.naming import given, setting
+from embedders.pixels import PixelSeries, embed_series
 from embedders.precision import PrecisionError, check_precision
 from embedders.spec import (
     Embedder,
@@ -39,6 +41,7 @@ from tasks.inputs import read_stack
 from tasks.products.product import Fetch, ProductError, ProductRequest, fetches_of, identity_key
 from tasks.products.registry import model_facts
 from tasks.results import ChunkResult, DeviceTiming, ModelOutput
+from tasks.series import Series, read_series
 from tasks.sources.registry import SensorConfig
 
 if TYPE_CHECKING:
@@ -60,6 +63,8 @@ class ModelProduct:
     device: str  # "cpu" or "cuda"
     precision_check: dict[str, object] | None = None  # the guard's report (bf16/fp16)
     uses_device: bool = True
+    # the configurations of the other sensors it reads (ModelSpec.more_sensors), in order
+    more_configs: tuple[SensorConfig, ...] = ()
 
     @property
     def spec(self) -> ModelSpec:
@@ -67,26 +72,29 @@ class ModelProduct:
 
     @property
     def fetches(self) -> tuple[Fetch, ...]:
-        return (Fetch(self.config, self.spec.bands),)
+        more = zip(self.more_configs, self.spec.more_sensors, strict=True)
+        return (Fetch(self.config, self.spec.bands), *(Fetch(c, b) for c, (_, b) in more))
 
     def identity(self) -> dict[str, Any]:
+        more = [c.identity() for c in self.more_configs]
         return {
             "product": "model",
             "model": self.spec.identity(),
             "weights": {"kind": self.weights.kind, "identity": self.weights.identity},
             "sensor": self.config.identity(),
             "inference": self.options.identity(),
-        }
+        } | ({"more_sensors": more} if more else {})
 
     def key(self) -> str:
-        return identity_key(self.name, self.identity(), self.config.key())
+        more = [c.key() for c in self.more_configs]
+        return identity_key(self.name, self.identity(), self.config.key(), *more)
 
     def output(self) -> ModelOutput:
         spec = self.spec
         grid = None
         if self.options.output == "grid":
             n = self.config.patch_px
-            grid = grid_shape(spec, self.options, n, n)
+            grid = (n, n) if spec.takes == "pixel-series" else grid_shape(spec, self.options, n, n)
         provenance = {
             "weights_file": self.weights.file,
             "weights_note": self.weights.note,
@@ -130,6 +138,9 @@ class ModelProduct:
         def model(device: str) -> Embedder:
             return load_model(self.name, self.weights.kind, device)
 
+        if self.spec.takes == "pixel-series":
+            series = SeriesWork(model, self.fetches, self.options, self.device)
+            return infer_series_chunk(series, chunk, inputs_path)
         work = InferWork(model, self.spec.bands, self.config, self.options, self.device)
         return infer_chunk(work, chunk, inputs_path)
 
@@ -169,6 +180,46 @@ def infer_chunk(work: InferWork, chunk: Chunk, inputs_path: str) -> ChunkResult:
     return ChunkResult(embeddings, out.status, reasons, out.valid_fraction, timing=timing)
 
 
+@dataclass(frozen=True)
+class SeriesWork:
+    """What the infer stage needs to run a pixel-series model over a chunk: the model on a
+    device, its fetches (one per sensor, in the spec's sensor order), how to run it."""
+
+    model: Callable[[str], Embedder]
+    fetches: tuple[Fetch, ...]
+    options: InferenceOptions
+    device: str  # "cpu" or "cuda"
+
+
+def infer_series_chunk(work: SeriesWork, chunk: Chunk, inputs_path: str) -> ChunkResult:
+    """A chunk through a pixel-series model: each sensor's time series read from the inputs
+    store (tasks/series.py), its bands side by side in the spec's channel order, each step at
+    its day of year (`Series.day_of_year`); then the pixel engine (embedders/pixels.py)."""
+    series = [read_series(inputs_path, f.config, chunk, f.bands) for f in work.fetches]
+    values = np.concatenate([s.values for s in series], axis=2)
+    doy = np.stack([s.day_of_year for s in series], axis=1).astype(np.float32)
+    if work.device == "cpu":
+        _check_cpu_threads()
+    with device_pool(work.device).take() as device:
+        start = time.time()
+        model = work.model(device)
+        out = embed_series(model, PixelSeries(values, doy), work.options, torch.device(device))
+        timing = DeviceTiming(device, out.forward_s, start, time.time(), socket.gethostname())
+    reasons = list(out.reason)
+    for i, p in enumerate(chunk.points):
+        why = _series_notes(p.id, work.fetches, series)
+        if out.status[i] == Status.NODATA and why:
+            reasons[i] = why
+    embeddings = out.grid if out.grid is not None else out.pooled
+    return ChunkResult(embeddings, out.status, reasons, out.valid_fraction, timing=timing)
+
+
+def _series_notes(point: str, fetches: Sequence[Fetch], series: Sequence[Series]) -> str:
+    """Why a point has no data, per sensor that has none in any step."""
+    notes = [(f.config.sensor, s.notes().get(point)) for f, s in zip(fetches, series, strict=True)]
+    return "; ".join(f"{sensor}: {why}" for sensor, why in notes if why)
+
+
 @functools.cache
 def _check_cpu_threads() -> None:
     """Say once per process when torch runs on one thread where the process may use more
@@ -194,13 +245,19 @@ def resolve_model(name: str, request: ProductRequest) -> ModelProduct:
             f"{name}'s "
             f"tile ({spec.tile_px} px); use a smaller overlap"
         )
-    if spec.steps is not None:
+    if spec.steps is not None and spec.takes != "pixel-series":
         raise ProductError(
             f"{name} takes a time series ({spec.steps.describe()}), and swath's engine runs "
-            "models of one composite a point only: its inputs can be prefetched "
+            "tile models of one composite a point only: its inputs can be prefetched "
             f"(tasks/series.py), but no run produces it yet; leave it out of {setting('models')}"
         )
-    (fetch,) = fetches_of(name, model_facts(spec), request)
+    if spec.more_sensors and spec.takes != "pixel-series":
+        raise ProductError(
+            f"{name} reads {len(spec.sensor_bands())} sensors, and swath's tile engine reads "
+            "one sensor a model (only pixel time-series models read several); leave it out "
+            f"of {setting('models')}"
+        )
+    fetch, *more = fetches_of(name, model_facts(spec), request)
     device = devices_of(request.device)[0]
     try:
         embedder = load_model(name, request.weights, device)
@@ -210,8 +267,15 @@ def resolve_model(name: str, request: ProductRequest) -> ModelProduct:
             check = report.as_dict()
     except (WeightsUnavailable, PrecisionError, ValueError) as e:
         raise ProductError(str(e)) from e
+    configs = tuple(f.config for f in more)
     return ModelProduct(
-        name, fetch.config, request.options, embedder.weights, request.device, check
+        name,
+        fetch.config,
+        request.options,
+        embedder.weights,
+        request.device,
+        check,
+        more_configs=configs,
     )
 
 

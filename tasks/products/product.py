@@ -149,6 +149,12 @@ class ProductFacts:
     annual: bool = False  # fetches the whole calendar year of the window, cloud filter off
     checkpoint: str = ""  # the weights' file name in the torch hub cache; "" for none
     steps: TimeSteps | None = None  # a time series: how the window becomes steps (None: one)
+    # other sensors it fetches, each with its bands, each its own sensor configuration
+    more_sensors: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def sensor_bands(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """Each sensor it fetches with its bands, `sensor` first; () when it fetches nothing."""
+        return ((self.sensor, self.bands), *self.more_sensors) if self.bands else ()
 
     def check(self) -> list[str]:
         """Each fact that is unset or malformed, in words; [] when every fact is sound."""
@@ -167,10 +173,11 @@ class ProductFacts:
             problems.append("a model has a tile_px, a precomputed product none")
         if self.tile_px is not None and self.tile_px % self.stride_px:
             problems.append(f"tile_px {self.tile_px} is not a multiple of stride {self.stride_px}")
-        if self.bands and self.sensor not in sensors.SENSORS:
-            problems.append(f"it fetches the unknown sensor {self.sensor!r}")
-        elif unknown := [b for b in self.bands if b not in sensors.SENSORS[self.sensor].bands]:
-            problems.append(f"bands {unknown} are not bands of {self.sensor}")
+        for sensor, bands in self.sensor_bands():
+            if bands and sensor not in sensors.SENSORS:
+                problems.append(f"it fetches the unknown sensor {sensor!r}")
+            elif unknown := [b for b in bands if b not in sensors.SENSORS[sensor].bands]:
+                problems.append(f"bands {unknown} are not bands of {sensor}")
         return problems
 
 
@@ -207,13 +214,20 @@ def one_calendar_year(name: str, request: ProductRequest) -> int:
 
 def fetches_of(name: str, facts: ProductFacts, request: ProductRequest) -> tuple[Fetch, ...]:
     """What product `name` fetches in this run, from its facts alone (nothing is loaded):
-    the run and `--dry-run` both take a product's fetches from here."""
-    if not facts.bands:
-        return ()
+    the run and `--dry-run` both take a product's fetches from here. One fetch per sensor
+    it reads, in `facts.sensor_bands()` order."""
+    return tuple(
+        _fetch(name, facts, request, sensor, bands) for sensor, bands in facts.sensor_bands()
+    )
+
+
+def _fetch(
+    name: str, facts: ProductFacts, request: ProductRequest, sensor: str, bands: tuple[str, ...]
+) -> Fetch:
     try:
         config = sensor_config(
             request,
-            facts.sensor,
+            sensor,
             facts.resolution_m,
             source=facts.source,
             composite=facts.composite,
@@ -233,7 +247,7 @@ def fetches_of(name: str, facts: ProductFacts, request: ProductRequest) -> tuple
             config.spans()
         except ValueError as e:
             raise ProductError(f"{name}: {e}") from e
-    return (Fetch(config, facts.bands),)
+    return Fetch(config, bands)
 
 
 def share(fetches: Iterable[Fetch]) -> tuple[Fetch, ...]:

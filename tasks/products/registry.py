@@ -28,11 +28,12 @@ from tasks.sources import sensors
 
 def model_facts(spec: ModelSpec) -> ProductFacts:
     """A model's facts, from its spec."""
-    sensor = sensors.SENSORS.get(spec.sensor)
+    known = [sensors.SENSORS[s] for s, _ in spec.sensor_bands() if s in sensors.SENSORS]
+    source_data = tuple(dict.fromkeys(url for s in known for url in s.source_data))
     return ProductFacts(
         kind="model",
         sensor=spec.sensor,
-        source_data=sensor.source_data if sensor else (),
+        source_data=source_data,
         resolution_m=spec.resolution_m,
         tile_px=spec.tile_px,
         stride_px=spec.grid_stride_px,
@@ -44,6 +45,7 @@ def model_facts(spec: ModelSpec) -> ProductFacts:
         bands=spec.bands,
         checkpoint=spec.checkpoint,
         steps=spec.steps,
+        more_sensors=spec.more_sensors,
     )
 
 

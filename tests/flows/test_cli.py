@@ -117,6 +117,9 @@ def test_cli__list_models_names_every_model(capsys):
     text = capsys.readouterr().out
     for name in ("dofa_base", "ssl4eo_resnet18_rgb", "ssl4eo_resnet50_rgb"):
         assert name in text
+    otf = next(line for line in text.split("\n") if line.startswith("tessera_otf "))
+    assert otf.endswith("pixel series  sentinel-2-l2a B04,B02,B03,B08,B8A,B05,B06,B07,B11,B12 "
+                        "+ sentinel-1 VV,VH; 12 monthly steps")  # fmt: skip
 
 
 def test_cli__list_models_says_which_checkpoints_are_in_the_hub_cache(

@@ -133,3 +133,25 @@ def test_dry_run__a_window_that_does_not_hold_a_models_steps_is_refused(
     stepped = dataclasses.replace(TENTHS, steps=TimeSteps("monthly", 12))
     with pytest.raises(UsageError, match=r"tenths: 12 monthly steps need a window of 12"):
         _tenths_plan(tmp_path, monkeypatch, stepped)
+
+
+def test_dry_run__tessera_otf_fetches_two_series_and_runs_a_series_per_pixel(
+    tmp_path: Path,
+) -> None:
+    plan = plan_job(
+        Region(spacing_m=1000),
+        Window(start=date(2024, 1, 1), end=date(2024, 12, 31)),
+        Imagery(patch_px=16),
+        Inference.model_construct(**{**Inference().model_dump(), "models": ["tessera_otf"]}),
+        Output(store=str(tmp_path / "e.zarr"), work_dir=str(tmp_path / "work")),
+        today=date(2025, 6, 1),
+    )
+    n = len(plan.points)
+    text = dry_run(plan)
+    s2, s1 = 10 * 12 * 16 * 16 * 4, 2 * 12 * 16 * 16 * 4  # bands x steps x pixels x float32
+    assert f"inputs fetched: {_size(n * (s2 + s1))} (2 sensor configuration(s): " in text
+    assert "sentinel-2-l2a x 12 steps" in text and "sentinel-1 x 12 steps" in text
+    assert (
+        f"model work: tessera_otf: {n * 256:,} pixel series of 12 steps x 2 sensor(s) "
+        f"({n:,} points x 16 x 16 px)"
+    ) in text

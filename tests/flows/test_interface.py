@@ -22,8 +22,9 @@ WORDING = ("title", "description")
 # a default, so that every call and command line of before means what it meant. Issue 22:
 # --shards; issue 24: Sentinel-1's orbit pass (tasks/sources/registry.py RadarOptions).
 ADDED = [("Output", "shards", "auto", "--shards"), ("Imagery", "orbit_pass", None, "--orbit-pass")]
-# Models registered since the snapshot: new choices of --models (issue 24: DOFA on Sentinel-1).
-ADDED_MODELS = {"dofa_base_s1"}
+# Models registered since the snapshot: new choices of --models (issue 24: DOFA on Sentinel-1,
+# Tessera computed on the fly).
+ADDED_MODELS = {"dofa_base_s1", "tessera_otf"}
 
 
 def _without_wording(node: Any) -> Any:

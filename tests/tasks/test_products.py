@@ -120,3 +120,27 @@ def test_fetches_of__a_sensor_the_source_does_not_serve_is_refused_naming_the_pr
     facts = dataclasses.replace(products.PRODUCTS["dofa_base"].facts, sensor="satellite-embedding")
     with pytest.raises(ProductError, match=r"^odd: satellite-embedding is not known to come"):
         fetches_of("odd", facts, REQUEST)
+
+
+def test_fetches_of__a_model_of_two_sensors_fetches_each_as_its_own_configuration() -> None:
+    s2, s1 = fetches_of("tessera_otf", products.PRODUCTS["tessera_otf"].facts, REQUEST)
+    assert (s2.config.sensor, s1.config.sensor) == ("sentinel-2-l2a", "sentinel-1")
+    assert s2.bands == ("B04", "B02", "B03", "B08", "B8A", "B05", "B06", "B07", "B11", "B12")
+    assert s1.bands == ("VV", "VH") and s1.config.collection == "sentinel-1-rtc"
+    assert s1.config.max_cloud_cover == 100.0 and s2.config.max_cloud_cover == 80.0
+    assert len(s2.config.spans()) == len(s1.config.spans()) == 12  # monthly, each sensor
+    # its Sentinel-2 fetch is shared with a model reading that sensor's series alone
+    alone = dataclasses.replace(products.PRODUCTS["tessera_otf"].facts, more_sensors=())
+    run = share([*fetches_of("tessera_otf", products.PRODUCTS["tessera_otf"].facts, REQUEST),
+                 *fetches_of("alone", alone, REQUEST)])  # fmt: skip
+    assert [f.config.key() for f in run] == [s2.config.key(), s1.config.key()]
+
+
+def test_identity__of_a_model_of_one_sensor_names_no_other_sensor_or_input_kind() -> None:
+    """The fields added for models of several sensors are absent unless set: the keys of
+    every earlier model's results stay theirs."""
+    for name in ("dofa_base", "dofa_base_s1", "ssl4eo_resnet18_rgb"):
+        assert {"more_sensors", "takes"}.isdisjoint(products.registry.get_spec(name).identity())
+    otf = products.registry.get_spec("tessera_otf").identity()
+    assert otf["more_sensors"] == [["sentinel-1", ["VV", "VH"]]]
+    assert otf["takes"] == "pixel-series"

@@ -271,3 +271,21 @@ def test_series__a_model_with_steps_is_refused_by_the_engine_before_anything_run
     assert fetch.config.steps == MONTHLY  # the spec's steps reach its fetch
     with pytest.raises(products.ProductError, match=r"^stepper takes a time series \(3 monthly"):
         resolve_model("stepper", request)
+
+
+def test_series__a_tile_model_of_two_sensors_is_refused_before_anything_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from embedders import registry
+    from tasks.infer import resolve_model
+
+    entry = registry.MODELS["ssl4eo_resnet18_rgb"]
+    spec = dataclasses.replace(
+        entry.spec,
+        more_sensors=(("sentinel-1", ("VV",)),),
+        norm_mean=(*entry.spec.norm_mean, -12.0),
+        norm_std=(*entry.spec.norm_std, 5.0),
+    )
+    monkeypatch.setitem(registry.MODELS, "both", dataclasses.replace(entry, spec=spec))
+    with pytest.raises(products.ProductError, match=r"^both reads 2 sensors, and swath's tile"):
+        resolve_model("both", REQUEST)

@@ -164,7 +164,7 @@ def test_guard__refuses_a_model_no_layer_can_fix() -> None:
     match = (
         r"model tiny_conv_linear on cpu in bf16: the pooled embeddings of 4 seeded probe "
         r"tiles reach a minimum cosine of -?0\.\d{5} to fp32, below the threshold 0\.999; "
-        r"keeping mid in fp32 brings it to -?0\.\d{5} only\. .*--precision fp32"
+        r"keeping mid in fp32 brings it to -?0\.\d{5} only\. .*Precision: fp32"
     )
     with pytest.raises(PrecisionError, match=match) as caught:
         check_precision(model, "bf16", CPU)

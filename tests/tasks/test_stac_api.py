@@ -194,7 +194,7 @@ def test_signing__planetary_computer_token_is_fetched_once_and_signs_every_read(
 def test_signing__off_the_reads_are_refused_with_a_clear_error(tmp_path: Path) -> None:
     with api_of(tmp_path, "planetary-computer") as api:
         config = config_for(api, "planetary-computer", options=StacApiOptions(stac_signing="none"))
-        fix = r"403.*refused access.*--stac-signing planetary-computer"
+        fix = r"403.*refused access.*Asset URL signing \(stac-api\): planetary-computer"
         with pytest.raises(ImagerySourceError, match=fix):
             StacApiSource().fetch([at(40, 40)], ["B02"], config)
         with pytest.raises(ImagerySourceError, match=fix):

@@ -45,6 +45,8 @@ OWN: dict[str, ModelEntry] = {
     "ssl4eo_vits16_s2_mae": ModelEntry(ssl4eo_ms.VITS16_MAE, f"{_MS}:build_vit"),
     "dofa_large": ModelEntry(dofa.LARGE_SPEC, "embedders.dofa:build_large"),
     "croma_base": ModelEntry(croma.SPEC, "embedders.croma:build"),
+    "croma_base_s1s2": ModelEntry(croma.S1S2_SPEC, "embedders.croma:build"),
+    "croma_base_s1": ModelEntry(croma.S1_SPEC, "embedders.croma:build"),
     "panopticon_base": ModelEntry(panopticon.SPEC, "embedders.panopticon:build"),
     "copernicusfm_base": ModelEntry(copernicusfm.SPEC, "embedders.copernicusfm:build"),
     "scalemae_large": ModelEntry(scalemae.SPEC, "embedders.scalemae:build"),

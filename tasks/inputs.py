@@ -256,8 +256,8 @@ def check_same_grid(configs: Sequence[SensorConfig]) -> None:
     for other in configs[1:]:
         if (other.patch_px, other.resolution_m) != (first.patch_px, first.resolution_m):
             raise ValueError(
-                f"{first.sensor} patches are {first.patch_px} px at {first.resolution_m} m and "
-                f"{other.sensor} patches {other.patch_px} px at {other.resolution_m} m: a model "
+                f"{first.sensor} patches are {first.patch_px} px at {first.resolution_m:g} m and "
+                f"{other.sensor} patches {other.patch_px} px at {other.resolution_m:g} m: a model "
                 "that stacks their bands needs one grid; fetch both at the same resolution "
                 "and patch size"
             )

@@ -196,8 +196,8 @@ def test_inputs__sensors_on_different_grids_are_refused(tmp_path: Path) -> None:
     coarse = replace(S1, patch_px=16)
     with pytest.raises(
         ValueError,
-        match=r"sentinel-2-l2a patches are 8 px at 10.0 m and sentinel-1 patches 16 px at "
-        r"10.0 m: a model that stacks their bands needs one grid; fetch both at the same "
+        match=r"sentinel-2-l2a patches are 8 px at 10 m and sentinel-1 patches 16 px at "
+        r"10 m: a model that stacks their bands needs one grid; fetch both at the same "
         r"resolution and patch size",
     ):
         read_stacks(str(tmp_path), [(CONFIG, ["B02"]), (coarse, ["VV"])], _chunk(), pin=False)

@@ -80,6 +80,16 @@ S1_SPEC = replace(
     norm_std=bands.s1_stds(bands.S1_BANDS),
 )
 
+LARGE_S1S2_SPEC = replace(
+    S1S2_SPEC,
+    name="croma_large_s1s2",
+    description="CROMA ViT-Large/8 joint radar-optical encoder on Sentinel-2 + Sentinel-1 "
+    "VV, VH in dB, pretrained on SSL4EO-S12 (torchgeo)",
+    embed_dim=1024,
+    pretrained_weights="CROMALarge_Weights.CROMA_VIT",
+    checkpoint="",  # the file name of its own URL, not the base model's
+    weights_url="https://huggingface.co/torchgeo/croma/resolve/92cb1a0f4e34c6c01558baf070197c01255382f6/CROMA_large-921e69ad.pt",
+)
 
 # CROMA's name for the branch that reads each sensor
 _MODALITY = {"sentinel-1": "sar", SPEC.sensor: "optical"}
@@ -91,6 +101,8 @@ def modalities(spec: ModelSpec) -> list[str]:
     return [m for m in ("sar", "optical") if m in found]
 
 
+# torchgeo's builder of each weights enum
+_BUILDERS = {"CROMABase_Weights": "croma_base", "CROMALarge_Weights": "croma_large"}
 _OUTPUTS = {("optical",): "optical", ("sar",): "sar", ("sar", "optical"): "joint"}
 
 
@@ -133,10 +145,12 @@ def build(spec: ModelSpec, choice: WeightsChoice, device: torch.device) -> Croma
     from embedders import weights
 
     member = weights.member(spec.pretrained_weights)
+    enum = spec.pretrained_weights.split(".")[0]
+    function = _BUILDERS[enum]
     architecture = weights.torchgeo_builder(
-        "croma_base", "CROMABase_Weights", modalities=modalities(spec), image_size=spec.tile_px
+        function, enum, modalities=modalities(spec), image_size=spec.tile_px
     )
     module, info = weights.load(spec, member, architecture, choice, device)
     if not isinstance(module, CROMA):
-        raise TypeError(f"croma_base returned {type(module).__name__}, not CROMA")
+        raise TypeError(f"{function} returned {type(module).__name__}, not CROMA")
     return CromaEmbedder(spec, info, module)

@@ -47,6 +47,7 @@ OWN: dict[str, ModelEntry] = {
     "croma_base": ModelEntry(croma.SPEC, "embedders.croma:build"),
     "croma_base_s1s2": ModelEntry(croma.S1S2_SPEC, "embedders.croma:build"),
     "croma_base_s1": ModelEntry(croma.S1_SPEC, "embedders.croma:build"),
+    "croma_large_s1s2": ModelEntry(croma.LARGE_S1S2_SPEC, "embedders.croma:build"),
     "panopticon_base": ModelEntry(panopticon.SPEC, "embedders.panopticon:build"),
     "copernicusfm_base": ModelEntry(copernicusfm.SPEC, "embedders.copernicusfm:build"),
     "scalemae_large": ModelEntry(scalemae.SPEC, "embedders.scalemae:build"),

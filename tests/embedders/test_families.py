@@ -109,6 +109,7 @@ FAMILIES: dict[str, Checkpoint] = {
     "croma_base": _croma,
     "croma_base_s1s2": _croma,
     "croma_base_s1": _croma,
+    "croma_large_s1s2": _croma,
     "panopticon_base": _panopticon,
     "copernicusfm_base": _whole,
     "scalemae_large": _whole,

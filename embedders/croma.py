@@ -26,6 +26,7 @@ SSL4EO-S12 Sentinel-1 statistics in dB (embedders/bands.py `S1_MEAN_STD_DB`, as
 same grid, channels = the 12 optical bands then VV, VH (the pretraining's order); pooled =
 `joint_GAP`, grid = `joint_encodings`, CROMA's multimodal representation. `croma_base_s1`
 is the radar branch alone: pooled = `sar_GAP`, grid = `sar_encodings`.
+`croma_large_s1s2` is `croma_base_s1s2` on ViT-Large/8 (torchgeo CROMALarge_Weights.CROMA_VIT).
 """
 
 from __future__ import annotations

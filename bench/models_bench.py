@@ -36,6 +36,7 @@ FAMILY_MODELS = (
     "dofa_base",
     "dofa_large",
     "croma_base",
+    "croma_base_s1s2",  # two sensors: the radar branch and the joint encoder on top
     "panopticon_base",
     "copernicusfm_base",
     "scalemae_large",

@@ -239,7 +239,13 @@ _lock = threading.Lock()
 
 def _key(embedder: Embedder, options: InferenceOptions, device: torch.device) -> _Key:
     spec = embedder.spec
-    return (spec.name, spec.tile_px, len(spec.bands), str(device_of(device)), options.precision)
+    return (
+        spec.name,
+        spec.tile_px,
+        len(spec.channels()),
+        str(device_of(device)),
+        options.precision,
+    )
 
 
 def resolve_batch_size(embedder: Embedder, options: InferenceOptions, device: torch.device) -> int:

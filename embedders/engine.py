@@ -254,19 +254,21 @@ def _empty_result(
 
 
 def _check_stack(stack: PatchStack, index: int, spec: ModelSpec) -> None:
-    if stack.bands != len(spec.bands):
+    channels = spec.channels()  # every sensor's bands, in the spec's sensor order
+    if stack.bands != len(channels):
         raise ValueError(
-            f"image {index}: model {spec.name} takes (C, H, W) arrays with C={len(spec.bands)} "
-            f"bands {spec.bands} in that order; got shape {tuple(stack.values.shape[1:])}"
+            f"image {index}: model {spec.name} takes (C, H, W) arrays with C={len(channels)} "
+            f"bands {channels} in that order; got shape {tuple(stack.values.shape[1:])}"
         )
 
 
 def _check_image(image: np.ndarray, index: int, spec: ModelSpec) -> np.ndarray:
     arr = np.asarray(image, dtype=np.float32)
-    if arr.ndim != 3 or arr.shape[0] != len(spec.bands) or 0 in arr.shape:
+    channels = spec.channels()
+    if arr.ndim != 3 or arr.shape[0] != len(channels) or 0 in arr.shape:
         raise ValueError(
-            f"image {index}: model {spec.name} takes (C, H, W) arrays with C={len(spec.bands)} "
-            f"bands {spec.bands} in that order; got shape {arr.shape}"
+            f"image {index}: model {spec.name} takes (C, H, W) arrays with C={len(channels)} "
+            f"bands {channels} in that order; got shape {arr.shape}"
         )
     return arr
 

@@ -37,7 +37,7 @@ from embedders.spec import (
 )
 from embedders.tiling import grid_shape
 from embedders.weights import WeightsUnavailable
-from tasks.inputs import read_stack
+from tasks.inputs import check_same_grid, read_stacks
 from tasks.products.product import Fetch, ProductError, ProductRequest, fetches_of, identity_key
 from tasks.products.registry import model_facts
 from tasks.results import ChunkResult, DeviceTiming, ModelOutput
@@ -141,7 +141,8 @@ class ModelProduct:
         if self.spec.takes == "pixel-series":
             series = SeriesWork(model, self.fetches, self.options, self.device)
             return infer_series_chunk(series, chunk, inputs_path)
-        work = InferWork(model, self.spec.bands, self.config, self.options, self.device)
+        main, *more = self.fetches
+        work = InferWork(model, main.bands, main.config, self.options, self.device, tuple(more))
         return infer_chunk(work, chunk, inputs_path)
 
 
@@ -155,6 +156,8 @@ class InferWork:
     config: SensorConfig
     options: InferenceOptions
     device: str  # "cpu" or "cuda"
+    # the other sensors it reads, each with its bands (ModelSpec.more_sensors), in order
+    more: tuple[Fetch, ...] = ()
 
 
 def infer_chunk(work: InferWork, chunk: Chunk, inputs_path: str) -> ChunkResult:
@@ -163,9 +166,11 @@ def infer_chunk(work: InferWork, chunk: Chunk, inputs_path: str) -> ChunkResult:
     The chunk's patches are read from the inputs store and staged (in pinned memory for a
     GPU) before a device is taken, so that they are ready while the device runs another
     chunk; then the tile-flattened engine, and a source's notes as the reason of a point
-    without data."""
+    without data. A model that reads several sensors gets their bands side by side in its
+    channel order; a pixel is valid where every channel is (embedders.cutting)."""
     cuda = work.device == "cuda"
-    patches, notes = read_stack(inputs_path, work.config, chunk, work.bands, pin=cuda)
+    sensors = [(work.config, work.bands), *((f.config, f.bands) for f in work.more)]
+    patches, notes = read_stacks(inputs_path, sensors, chunk, pin=cuda)
     if work.device == "cpu":
         _check_cpu_threads()
     with device_pool(work.device).take() as device:
@@ -251,13 +256,12 @@ def resolve_model(name: str, request: ProductRequest) -> ModelProduct:
             "tile models of one composite a point only: its inputs can be prefetched "
             f"(tasks/series.py), but no run produces it yet; leave it out of {setting('models')}"
         )
-    if spec.more_sensors and spec.takes != "pixel-series":
-        raise ProductError(
-            f"{name} reads {len(spec.sensor_bands())} sensors, and swath's tile engine reads "
-            "one sensor a model (only pixel time-series models read several); leave it out "
-            f"of {setting('models')}"
-        )
     fetch, *more = fetches_of(name, model_facts(spec), request)
+    if more and spec.takes != "pixel-series":
+        try:
+            check_same_grid([fetch.config, *(f.config for f in more)])
+        except ValueError as e:
+            raise ProductError(f"{name}: {e}") from e
     device = devices_of(request.device)[0]
     try:
         embedder = load_model(name, request.weights, device)

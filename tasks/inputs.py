@@ -210,19 +210,57 @@ def read_stack(
     values (copied once, into pinned memory when `pin`), and the source's notes per point.
     Bands of different encodings (a store of the first format completed by a later run)
     are decoded to float32."""
+    return read_stacks(inputs_path, [(config, bands)], chunk, pin=pin)
+
+
+def read_stacks(
+    inputs_path: str,
+    sensors: Sequence[tuple[SensorConfig, Sequence[str]]],
+    chunk: Chunk,
+    *,
+    pin: bool,
+) -> tuple[PatchStack, dict[str, str]]:
+    """`read_stack` over several sensor configurations of one grid (a model that reads more
+    than one sensor): their bands side by side in the order given, one (n, C, N, N) stack.
+
+    Sensors stored in different encodings (Sentinel-2's int16 digital numbers, Sentinel-1's
+    int16 hundredths of a dB) are decoded to float32, 4 bytes per band-pixel instead of 2.
+    A point's notes name the sensor each comes from when there is more than one."""
     from embedders.patches import stack_bands  # torch: the infer stage's import only
 
-    group, where = _open_chunk(inputs_path, config, chunk, bands)
-    arrays = [_array(group, b, where) for b in bands]
-    encodings = {band_encoding(a, where) for a in arrays}
+    check_same_grid([config for config, _ in sensors])
+    arrays: list[tuple[zarr.Array[Any], str]] = []
+    notes: dict[str, list[str]] = {}
+    for config, bands in sensors:
+        group, where = _open_chunk(inputs_path, config, chunk, bands)
+        arrays += [(_array(group, b, where), where) for b in bands]
+        for point, why in dict_attr(group, "notes").items():
+            label = f"{config.sensor}: " if len(sensors) > 1 else ""
+            notes.setdefault(point, []).append(f"{label}{why}")
+    encodings = {band_encoding(a, where) for a, where in arrays}
     if len(encodings) == 1:
         (encoding,) = encodings
-        values = [_values(a, where, slice(None)) for a in arrays]
+        values = [_values(a, where, slice(None)) for a, where in arrays]
     else:
         encoding = FLOAT32
-        values = [read_band(a, where) for a in arrays]
-    notes = {k: str(v) for k, v in dict_attr(group, "notes").items()}
-    return stack_bands(values, encoding, pin=pin), notes
+        values = [read_band(a, where) for a, where in arrays]
+    joined = {point: "; ".join(whys) for point, whys in notes.items()}
+    return stack_bands(values, encoding, pin=pin), joined
+
+
+def check_same_grid(configs: Sequence[SensorConfig]) -> None:
+    """Refuse sensor configurations whose patches are not on one pixel grid: a model that
+    stacks their bands needs every patch the same size at the same resolution (each is
+    centred on the point, north-up, on the point's UTM grid)."""
+    first = configs[0]
+    for other in configs[1:]:
+        if (other.patch_px, other.resolution_m) != (first.patch_px, first.resolution_m):
+            raise ValueError(
+                f"{first.sensor} patches are {first.patch_px} px at {first.resolution_m:g} m and "
+                f"{other.sensor} patches {other.patch_px} px at {other.resolution_m:g} m: a model "
+                "that stacks their bands needs one grid; fetch both at the same resolution "
+                "and patch size"
+            )
 
 
 def _open_chunk(

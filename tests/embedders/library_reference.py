@@ -23,6 +23,18 @@ def _b10_inserted(tiles: torch.Tensor) -> torch.Tensor:
     return torch.cat((tiles[:, :10], fill, tiles[:, 10:]), dim=1)
 
 
+def _croma(m: torch.nn.Module, tiles: torch.Tensor, optical: int) -> torch.Tensor:
+    """CROMA's README map, (x - (mean - 2 std)) / (4 std) clipped to [0, 1], then its
+    forward: optical bands first, then VV, VH (as pretrain_croma.py stacks them); the joint
+    encoder's pooled output where both are read."""
+    x = ((tiles * 1.0 + 2.0) / 4.0).clamp(0, 1)
+    if not optical:
+        return m(x_sar=x)["sar_GAP"]
+    if "sar" not in m.modalities:
+        return m(x_optical=x)["optical_GAP"]
+    return m(x_sar=x[:, optical:], x_optical=x[:, :optical])["joint_GAP"]
+
+
 def _reference(embedder: Embedder, tiles: torch.Tensor) -> torch.Tensor:
     """The library's own forward on `tiles`, normalised as the spec says."""
     m = embedder.module  # type: ignore[attr-defined]
@@ -33,8 +45,7 @@ def _reference(embedder: Embedder, tiles: torch.Tensor) -> torch.Tensor:
     if isinstance(embedder, DofaEmbedder):
         return m.forward_features(tiles, list(dofa_wavelengths_um(embedder.spec.bands)))
     if isinstance(embedder, CromaEmbedder):
-        # CROMA's README: (x - (mean - 2 std)) / (4 std), clipped to [0, 1].
-        return m(x_optical=((tiles * 1.0 + 2.0) / 4.0).clamp(0, 1))["optical_GAP"]
+        return _croma(m, tiles, len(embedder.spec.bands) if "optical" in m.modalities else 0)
     if isinstance(embedder, PanopticonEmbedder):
         nm = torch.tensor([1000 * w for w in sensors.wavelengths_um(embedder.spec.bands)])
         return m({"imgs": tiles, "chn_ids": nm.repeat(len(tiles), 1)})

@@ -44,7 +44,7 @@ def model(request: pytest.FixtureRequest) -> Embedder:
 def _images(embedder: Embedder, make_image: Callable[..., np.ndarray]) -> list[np.ndarray]:
     """A patch of two tiles across (overlapping) and a patch smaller than one tile."""
     spec = embedder.spec
-    c, t = len(spec.bands), spec.tile_px
+    c, t = len(spec.channels()), spec.tile_px
     return [make_image(1, 24, t + t // 4, bands=c), make_image(2, 20, 20, bands=c)]
 
 
@@ -71,7 +71,9 @@ def test_model__pooled_is_the_library_forward_on_the_same_input(model: Embedder)
     if type(model) not in REFERENCES:
         pytest.skip(f"{spec.name}: no library reference here; its own test checks its forward")
     rng = np.random.default_rng(7)
-    tiles = torch.from_numpy(rng.normal(0, 1, (2, len(spec.bands), spec.tile_px, spec.tile_px)))
+    tiles = torch.from_numpy(
+        rng.normal(0, 1, (2, len(spec.channels()), spec.tile_px, spec.tile_px))
+    )
     tiles = tiles.float()
     with torch.inference_mode():
         pooled, grid = model.forward(tiles)
@@ -89,7 +91,7 @@ def test_model__bf16_passes_the_guard_and_stays_close_to_fp32(
     embedder = registry.build(name, "random", CPU)
     report = precision.check_precision(embedder, "bf16", CPU, probe_tiles=2)
     assert report.cosine >= precision.COSINE_THRESHOLD, report
-    image = [make_image(5, 30, 30, bands=len(embedder.spec.bands))]
+    image = [make_image(5, 30, 30, bands=len(embedder.spec.channels()))]
     fp32 = embed_images(embedder, image, InferenceOptions(), CPU).pooled
     bf16 = embed_images(embedder, image, InferenceOptions(precision="bf16"), CPU).pooled
     assert precision.min_cosine(fp32.astype(np.float64), bf16.astype(np.float64)) >= 0.99
@@ -119,6 +121,8 @@ def test_spec__bands_are_level_2a_bands(name: str) -> None:
         sensors.L2A_BANDS if spec.sensor == "sentinel-2-l2a" else sensors.SENSORS[spec.sensor].bands
     )
     assert set(spec.bands) <= set(known)
+    for sensor, more in spec.more_sensors:
+        assert set(more) <= set(sensors.SENSORS[sensor].bands)
 
 
 def test_ssl4eo_ms__specs_take_l2a_bands_in_the_weights_order_but_b10() -> None:

@@ -87,9 +87,11 @@ def _whole(e: Embedder) -> object:
 
 
 def _croma(e: Embedder) -> object:
+    """As published: one state dict per part; torchgeo loads the parts of the branches the
+    model reads (every key of each required)."""
     m = e.module  # type: ignore[attr-defined]
-    encoder, head = m.s2_encoder.state_dict(), m.s2_GAP_FFN.state_dict()
-    return {"s2_encoder": _shifted(encoder), "s2_GAP_FFN": _shifted(head)}
+    parts = ["s2_encoder", "s2_GAP_FFN", "s1_encoder", "s1_GAP_FFN", "joint_encoder"]
+    return {p: _shifted(getattr(m, p).state_dict()) for p in parts if hasattr(m, p)}
 
 
 def _panopticon(e: Embedder) -> object:
@@ -105,6 +107,9 @@ FAMILIES: dict[str, Checkpoint] = {
     "ssl4eo_vits16_s2_moco": _whole,
     "dofa_large": _whole,
     "croma_base": _croma,
+    "croma_base_s1s2": _croma,
+    "croma_base_s1": _croma,
+    "croma_large_s1s2": _croma,
     "panopticon_base": _panopticon,
     "copernicusfm_base": _whole,
     "scalemae_large": _whole,
@@ -123,7 +128,7 @@ def test_pretrained__a_checkpoint_in_the_hub_cache_is_loaded_and_changes_the_out
     loaded = registry.build(name, "pretrained", CPU)
     assert loaded.weights.kind == "pretrained" and loaded.weights.file == str(path)
     spec = random.spec
-    tile = torch.randn(1, len(spec.bands), spec.tile_px, spec.tile_px)
+    tile = torch.randn(1, len(spec.channels()), spec.tile_px, spec.tile_px)
     with torch.inference_mode():
         before, after = random.forward(tile)[0], loaded.forward(tile)[0]
     assert torch.isfinite(after).all()

@@ -2,6 +2,7 @@
 Zarr chunk, read back exactly, the first format (float32) still read, damage refetched."""
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from tasks.inputs import (
     prefetch_chunk,
     read_patches,
     read_stack,
+    read_stacks,
 )
 from tasks.plan.chunks import Chunk
 from tasks.plan.points import Point
@@ -155,3 +157,47 @@ def test_inputs__an_unknown_encoding_is_refused_with_what_to_do(tmp_path: Path) 
     group.create_array("B02", shape=(20, 8, 8), dtype="uint8", overwrite=True)
     with pytest.raises(DamagedInputsError, match=r"remove the work directory.s inputs\.zarr"):
         read_patches(inputs, CONFIG, chunk, ["B02"])
+
+
+S1 = replace(CONFIG, sensor="sentinel-1", collection="test-s1")
+
+
+class NotingSource(Source):
+    """A source that says why some points have no data."""
+
+    def __init__(self, bands: dict[str, np.ndarray], notes: dict[str, str]) -> None:
+        super().__init__(bands)
+        self.notes = notes
+
+    def fetch(self, points: Sequence[Point], bands: Sequence[str], config: SensorConfig) -> Patches:
+        patches = super().fetch(points, bands, config)
+        return Patches(patches.point_ids, patches.bands, self.notes)
+
+
+def test_inputs__sensors_of_one_grid_stack_side_by_side_in_the_order_asked(
+    tmp_path: Path,
+) -> None:
+    chunk, inputs = _chunk(), str(tmp_path)
+    db = {b: (_band(20, k) / 500 - 15).astype(np.float32) for k, b in enumerate(("VV", "VH"))}
+    prefetch_chunk(Source({"B02": _band(20, 9)}), chunk, ["B02"], CONFIG, inputs)
+    prefetch_chunk(NotingSource(db, {"p3": "no scene"}), chunk, ["VV", "VH"], S1, inputs)
+    sensors = [(CONFIG, ["B02"]), (S1, ["VH", "VV"])]
+    stack, notes = read_stacks(inputs, sensors, chunk, pin=False)
+    # int16 digital numbers and int16 hundredths of a dB: decoded to float32, NaN where masked
+    assert stack.encoding == FLOAT32 and stack.bands == 3
+    expected = [read_patches(inputs, c, chunk, [b]).bands[b] for c, bands in sensors for b in bands]
+    np.testing.assert_array_equal(stack.values.numpy(), np.stack(expected, axis=1))
+    assert notes == {"p3": "sentinel-1: no scene"}
+    alone, _ = read_stacks(inputs, sensors[:1], chunk, pin=False)  # one sensor: as stored
+    assert alone.encoding == INT16 and alone.values.dtype == torch.int16
+
+
+def test_inputs__sensors_on_different_grids_are_refused(tmp_path: Path) -> None:
+    coarse = replace(S1, patch_px=16)
+    with pytest.raises(
+        ValueError,
+        match=r"sentinel-2-l2a patches are 8 px at 10 m and sentinel-1 patches 16 px at "
+        r"10 m: a model that stacks their bands needs one grid; fetch both at the same "
+        r"resolution and patch size",
+    ):
+        read_stacks(str(tmp_path), [(CONFIG, ["B02"]), (coarse, ["VV"])], _chunk(), pin=False)

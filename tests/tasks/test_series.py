@@ -273,11 +273,9 @@ def test_series__a_model_with_steps_is_refused_by_the_engine_before_anything_run
         resolve_model("stepper", request)
 
 
-def test_series__a_tile_model_of_two_sensors_is_refused_before_anything_runs(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def _two_sensor_tile_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`both`: a tile model of Sentinel-2 RGB and Sentinel-1 VV, registered for the test."""
     from embedders import registry
-    from tasks.infer import resolve_model
 
     entry = registry.MODELS["ssl4eo_resnet18_rgb"]
     spec = dataclasses.replace(
@@ -287,5 +285,37 @@ def test_series__a_tile_model_of_two_sensors_is_refused_before_anything_runs(
         norm_std=(*entry.spec.norm_std, 5.0),
     )
     monkeypatch.setitem(registry.MODELS, "both", dataclasses.replace(entry, spec=spec))
-    with pytest.raises(products.ProductError, match=r"^both reads 2 sensors, and swath's tile"):
-        resolve_model("both", REQUEST)
+
+
+def test_series__a_tile_model_of_two_sensors_fetches_each_sensor_on_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tasks.infer import resolve_model
+
+    _two_sensor_tile_model(monkeypatch)
+    product = resolve_model("both", REQUEST)
+    s2, s1 = product.fetches
+    assert (s2.config.sensor, s2.bands) == ("sentinel-2-l2a", ("B04", "B03", "B02"))
+    assert (s1.config.sensor, s1.bands) == ("sentinel-1", ("VV",))
+    assert s1.config.patch_px == s2.config.patch_px and s1.config.key() != s2.config.key()
+
+
+def test_series__a_tile_model_of_sensors_on_different_grids_is_refused_before_anything_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tasks.infer
+    from tasks.products.product import Fetch
+
+    _two_sensor_tile_model(monkeypatch)
+
+    def coarser_s1(*args: object) -> tuple[Fetch, ...]:
+        s2, s1 = fetches_of(*args)  # type: ignore[arg-type]
+        return s2, Fetch(dataclasses.replace(s1.config, resolution_m=20.0), s1.bands)
+
+    monkeypatch.setattr(tasks.infer, "fetches_of", coarser_s1)
+    with pytest.raises(
+        products.ProductError,
+        match=r"^both: sentinel-2-l2a patches are \d+ px at 10 m and sentinel-1 patches "
+        r"\d+ px at 20 m: a model that stacks their bands needs one grid",
+    ):
+        tasks.infer.resolve_model("both", REQUEST)

@@ -54,6 +54,7 @@ from embedders.steps import TimeSteps
 if TYPE_CHECKING:  # the model libraries are imported when a model is built, not listed
     import torch
     from torch import nn
+    from torchgeo.models import Presto
 
 # Presto's Sentinel-2 bands (torchgeo presto.BANDS_GROUPS_IDX, channels 2..11), swath's names.
 S2_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
@@ -137,7 +138,7 @@ class PrestoEmbedder:
 
     spec: ModelSpec
     weights: WeightsInfo
-    module: nn.Module
+    module: Presto
 
     def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         i = presto_input(tiles)

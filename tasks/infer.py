@@ -204,7 +204,8 @@ def infer_series_chunk(work: SeriesWork, chunk: Chunk, inputs_path: str) -> Chun
     with device_pool(work.device).take() as device:
         start = time.time()
         model = work.model(device)
-        out = embed_series(model, PixelSeries(values, doy, latlon), work.options, torch.device(device))
+        pixels = PixelSeries(values, doy, latlon)
+        out = embed_series(model, pixels, work.options, torch.device(device))
         timing = DeviceTiming(device, out.forward_s, start, time.time(), socket.gethostname())
     reasons = list(out.reason)
     for i, p in enumerate(chunk.points):

@@ -9,16 +9,16 @@ grid; pooled, the mean of the patch's valid pixels' vectors, summed in float64. 
 vector depends on its own series alone, so results do not depend on the batch size beyond
 the float32 rounding of a forward's matrix products at another batch size.
 
-A pixel's series, built on the device (`pixel_stream`): each sensor's bands, normalised with
-the spec's statistics, then that sensor's day of year of the step at that point
+A pixel's series, built on the device (`pixel_stream`): each sensor's bands, normalised with the
+spec's statistics, then that sensor's day of year of the step at that point
 (`PixelSeries.day_of_year`: a step's middle day, or its acquisition's), in
-`ModelSpec.sensor_bands()` order; then, for a model with `ModelSpec.series_latlon`, the
-point's latitude and longitude in degrees at every step (`PixelSeries.latlon`). A step is
-valid for a sensor where all its bands are (not NaN). A pixel with no valid step of some
-sensor is invalid: it is not run, and is NaN in the grid. A valid pixel's invalid steps are filled from its valid ones in time order, the
-valid step k * j // T at position j (k valid steps of T): each valid step repeated about
-T / k times, in order, a deterministic form of upstream Tessera's sampling of valid
-acquisitions with replacement. A point with no valid pixel is NODATA.
+`ModelSpec.sensor_bands()` order; then, for a model with `ModelSpec.series_latlon`, the point's
+latitude and longitude in degrees at every step (`PixelSeries.latlon`). A step is valid for a
+sensor where all its bands are (not NaN). A pixel with no valid step of some sensor is invalid:
+it is not run, and is NaN in the grid. A valid pixel's invalid steps are filled from its valid
+ones in time order, the valid step k * j // T at position j (k valid steps of T): each valid
+step repeated about T / k times, in order, a deterministic form of upstream Tessera's sampling
+of valid acquisitions with replacement. A point with no valid pixel is NODATA.
 """
 
 import time

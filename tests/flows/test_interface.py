@@ -23,8 +23,8 @@ WORDING = ("title", "description")
 # --shards; issue 24: Sentinel-1's orbit pass (tasks/sources/registry.py RadarOptions).
 ADDED = [("Output", "shards", "auto", "--shards"), ("Imagery", "orbit_pass", None, "--orbit-pass")]
 # Models registered since the snapshot: new choices of --models (issue 24: DOFA on Sentinel-1,
-# Tessera computed on the fly).
-ADDED_MODELS = {"dofa_base_s1", "tessera_otf"}
+# Tessera computed on the fly, Presto).
+ADDED_MODELS = {"dofa_base_s1", "tessera_otf", "presto"}
 
 
 def _without_wording(node: Any) -> Any:

@@ -13,7 +13,7 @@ from embedders.spec import Status
 from flows.cli import main
 from tasks.store.layout import read_meta
 from tests.flows.test_tessera_otf_export import INSIDE, PATCH
-from tests.flows.test_tessera_otf_export import catalog as catalog  # noqa: F401 (fixture)
+from tests.flows.test_tessera_otf_export import catalog as catalog  # the fixture
 
 
 def test_presto_export__beside_tessera_otf_from_the_same_series(

@@ -28,8 +28,8 @@ What swath feeds:
   invalid, as for tessera_otf (the engine's rule), and invalid steps are filled, not masked.
 Output: upstream's eval embedding (presto.py `Encoder.forward(eval_task=True)`): the mean of
 the encoder's kept tokens (lat/lon token included) before its final LayerNorm, then that
-norm. torchgeo's Encoder returns the norm of every token instead; `_mean_before_norm` makes
-its norm take the mean.
+norm. torchgeo's Encoder returns the norm of every token instead; a hook set by `build`
+(`_mean_tokens`) makes its norm take the mean.
 
 Units (upstream presto/dataops/pipelines/s1_s2_era5_srtm.py, as single_file_presto.py
 declares: S1_SHIFT_VALUES = S1_DIV_VALUES = 25, S2 divided by 10000): Sentinel-1 in dB,
@@ -42,8 +42,6 @@ published with the weights). NDVI is scale-free and is not normalised.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -121,20 +119,19 @@ def presto_input(series: torch.Tensor) -> PrestoInput:
     return PrestoInput(x, mask, world.long(), series[:, 0, 14:16].float(), month.clamp(0, 11))
 
 
-@contextlib.contextmanager
-def _mean_before_norm(norm: nn.Module) -> Iterator[None]:
-    """Within: `norm` takes the mean of its (B, tokens, D) input over the tokens."""
-    handle = norm.register_forward_pre_hook(lambda _m, args: (args[0].mean(dim=1),))
-    try:
-        yield
-    finally:
-        handle.remove()
+def _mean_tokens(_norm: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor] | None:
+    """A forward pre-hook: the norm takes the mean of its (B, tokens, D) input over tokens;
+    a (B, D) input, already the mean (the precision guard reruns a layer on its saved input,
+    embedders/layer_precision.py), is left as it is."""
+    return (args[0].mean(dim=1),) if args[0].dim() == 3 else None
 
 
 @dataclass
 class PrestoEmbedder:
     """torchgeo's Presto encoder: (B, steps, 16) swath series to (B, 128); the grid of one
-    pixel is its vector, (B, 128, 1, 1). `module` is the whole Presto, as its checkpoint."""
+    pixel is its vector, (B, 128, 1, 1). `module` is the whole Presto, as its checkpoint,
+    its encoder's final norm taking the mean of the tokens (`_mean_tokens`, set by `build`:
+    a hook, so the state dict stays the checkpoint's)."""
 
     spec: ModelSpec
     weights: WeightsInfo
@@ -143,8 +140,7 @@ class PrestoEmbedder:
     def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         i = presto_input(tiles)
         encoder = self.module.encoder
-        with _mean_before_norm(encoder.norm):
-            pooled, _, _ = encoder(i.x, i.dynamic_world, i.latlons, mask=i.mask, month=i.month)
+        pooled, _, _ = encoder(i.x, i.dynamic_world, i.latlons, mask=i.mask, month=i.month)
         return pooled, pooled[:, :, None, None]
 
 
@@ -158,4 +154,5 @@ def build(spec: ModelSpec, choice: WeightsChoice, device: torch.device) -> Prest
     module, info = weights.load(spec, member, architecture, choice, device)
     if not isinstance(module, Presto):
         raise TypeError(f"torchgeo.models.presto returned {type(module).__name__}, not Presto")
+    module.encoder.norm.register_forward_pre_hook(_mean_tokens)
     return PrestoEmbedder(spec, info, module)

@@ -4,7 +4,6 @@ forward on the same normalised input, bf16 through the guard, a fake checkpoint 
 changing the output; and the engine's masks and filling. Derived from the registry: a new
 pixel-series model needs no line here but its library reference."""
 
-import copy
 import dataclasses
 import datetime
 from pathlib import Path
@@ -111,9 +110,11 @@ def _presto_library(module: Presto, series: PixelSeries) -> torch.Tensor:
     month = torch.tensor(months).expand(h * w, steps)
     assert series.latlon is not None
     latlons = torch.from_numpy(series.latlon[0]).float().expand(h * w, 2)
-    bare = copy.deepcopy(module.encoder)
-    norm, bare.norm = bare.norm, nn.Identity()
-    tokens, _, _ = bare(x.float(), world, latlons, mask=mask.float(), month=month)
+    bare = Presto()  # torchgeo's own, with the weights of ours
+    bare.load_state_dict(module.state_dict())
+    encoder = bare.encoder
+    norm, encoder.norm = encoder.norm, nn.Identity()
+    tokens, _, _ = encoder(x.float(), world, latlons, mask=mask.float(), month=month)
     return norm(tokens.mean(dim=1))  # type: ignore[no-any-return]
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchgeo.models.presto import NUM_DYNAMIC_WORLD_CLASSES
 
-from embedders import presto, registry
+from embedders import layer_precision, presto, registry
 from embedders.pixels import PixelSeries, embed_series
 from embedders.spec import InferenceOptions, Status
 
@@ -81,3 +81,13 @@ def test_latlon__reaches_the_output_and_is_required() -> None:
     bare = PixelSeries(series.values, series.day_of_year)
     with pytest.raises(ValueError, match=r"PixelSeries.latlon must be \(points, 2\) = \(1, 2\)"):
         embed_series(model, bare, InferenceOptions(), CPU)
+
+
+def test_guard__the_per_layer_errors_run_through_the_pooling_hook() -> None:
+    """The precision guard reruns each layer on its saved input: the encoder's final norm,
+    whose hook pools the tokens, is rerun on the pooled input, not pooled twice."""
+    model = registry.build("presto", "random", CPU)
+    x = _stream(3)
+    with torch.inference_mode():
+        errors = layer_precision.layer_errors(model.module, lambda: model.forward(x), "bf16", CPU)  # type: ignore[attr-defined]
+    assert "encoder.norm" in errors and 0 <= errors["encoder.norm"] < 0.05

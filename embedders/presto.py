@@ -12,8 +12,8 @@ missing); Dynamic World classes (B, steps); each step's month 0..11; and (lat, l
 What swath feeds:
 - Sentinel-2 and Sentinel-1: 12 monthly composites of a calendar-year window, from the
   engine's series (bands, then each sensor's day of year, then lat/lon; `series_latlon`).
-- NDVI: (B8 - B4) / (B8 + B4) of the step's Sentinel-2, as upstream derives it (0 where
-  both are 0).
+- NDVI: (B8 - B4) / (B8 + B4) of the step's normalised Sentinel-2, 0 where B8 + B4 <= 0,
+  as upstream's `S1_S2_ERA5_SRTM.calculate_ndvi` (s1_s2_era5_srtm.py).
 - Month of a step: the month holding its Sentinel-2 day of year (non-leap month starts; the
   steps' days are their months' middle days, far from any edge). A step the engine filled
   from another month (embedders/pixels.py) carries that month; Sentinel-1 follows the same
@@ -31,13 +31,14 @@ the encoder's kept tokens (lat/lon token included) before its final LayerNorm, t
 norm. torchgeo's Encoder returns the norm of every token instead; a hook set by `build`
 (`_mean_tokens`) makes its norm take the mean.
 
-Units (upstream presto/dataops/pipelines/s1_s2_era5_srtm.py, as single_file_presto.py
-declares: S1_SHIFT_VALUES = S1_DIV_VALUES = 25, S2 divided by 10000): Sentinel-1 in dB,
+Units (upstream presto/dataops/pipelines/s1_s2_era5_srtm.py: S1_SHIFT_VALUES =
+S1_DIV_VALUES = 25, S2_SHIFT_VALUES = 0, S2_DIV_VALUES = 1e4): Sentinel-1 in dB,
 normalised (dB + 25) / 25; swath's Sentinel-1 is dB already. Sentinel-2 divided by 10000;
 swath's is L2A digital numbers with the baseline offset removed (reflectance x 10000), so the
-scale matches. Upstream's Sentinel-2 was Earth Engine's "COPERNICUS/S2" (L1C, top of
-atmosphere), not L2A: a domain gap swath does not correct (no per-band L1C/L2A mapping is
-published with the weights). NDVI is scale-free and is not normalised.
+scale matches. Upstream's Earth Engine export (openmapflow's `create_ee_image`, not read
+here) is, as we understand it, Sentinel-2 L1C top of atmosphere, not L2A: if so, a domain
+gap swath does not correct (no per-band L1C/L2A mapping is published with the weights).
+NDVI is scale-free and is not normalised.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def presto_input(series: torch.Tensor) -> PrestoInput:
     x[:, :, 0:2], x[:, :, 2:12] = s1, s2
     red, nir = s2[:, :, B4], s2[:, :, B8]
     total = nir + red
-    x[:, :, NDVI] = torch.where(total != 0, (nir - red) / total.where(total != 0, 1.0), 0.0)
+    x[:, :, NDVI] = torch.where(total > 0, (nir - red) / total.where(total > 0, 1.0), 0.0)
     mask = torch.zeros_like(x)
     mask[:, :, ABSENT] = 1.0
     starts = torch.tensor(MONTH_STARTS, dtype=torch.float32, device=series.device)

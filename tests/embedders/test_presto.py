@@ -35,9 +35,10 @@ def test_input__bands_ndvi_month_masks_and_latlon_in_prestos_layout() -> None:
     torch.testing.assert_close(i.latlons, torch.tensor([[52.2, 0.12], [52.2, 0.12]]))
 
 
-def test_input__ndvi_of_a_dark_pixel_is_zero_not_nan() -> None:
-    stream = _stream(1)
-    stream[:, :, :10] = 0.0
+def test_input__ndvi_where_b8_plus_b4_is_not_positive_is_zero_as_upstream() -> None:
+    stream = _stream(2)
+    stream[0, :, :10] = 0.0
+    stream[1, :, presto.B4], stream[1, :, presto.B8] = -0.01, 0.005  # L2A: below the offset
     assert presto.presto_input(stream).x[..., 16].eq(0).all()
 
 

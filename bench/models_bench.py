@@ -41,6 +41,7 @@ FAMILY_MODELS = (
     "copernicusfm_base",
     "scalemae_large",
     "tessera_otf",  # a pixel time-series model: its "tile" is one pixel's series
+    "presto",  # pixel series too, with S2 + S1 and each point's lat/lon
 )
 
 

@@ -9,15 +9,16 @@ grid; pooled, the mean of the patch's valid pixels' vectors, summed in float64. 
 vector depends on its own series alone, so results do not depend on the batch size beyond
 the float32 rounding of a forward's matrix products at another batch size.
 
-A pixel's series, built on the device (`pixel_stream`): each sensor's bands, normalised with
-the spec's statistics, then that sensor's day of year of the step at that point
+A pixel's series, built on the device (`pixel_stream`): each sensor's bands, normalised with the
+spec's statistics, then that sensor's day of year of the step at that point
 (`PixelSeries.day_of_year`: a step's middle day, or its acquisition's), in
-`ModelSpec.sensor_bands()` order. A step is valid for a sensor where all its bands are
-(not NaN). A pixel with no valid step of some sensor is invalid: it is not run, and is NaN
-in the grid. A valid pixel's invalid steps are filled from its valid ones in time order, the
-valid step k * j // T at position j (k valid steps of T): each valid step repeated about
-T / k times, in order, a deterministic form of upstream Tessera's sampling of valid
-acquisitions with replacement. A point with no valid pixel is NODATA.
+`ModelSpec.sensor_bands()` order; then, for a model with `ModelSpec.series_latlon`, the point's
+latitude and longitude in degrees at every step (`PixelSeries.latlon`). A step is valid for a
+sensor where all its bands are (not NaN). A pixel with no valid step of some sensor is invalid:
+it is not run, and is NaN in the grid. A valid pixel's invalid steps are filled from its valid
+ones in time order, the valid step k * j // T at position j (k valid steps of T): each valid
+step repeated about T / k times, in order, a deterministic form of upstream Tessera's sampling
+of valid acquisitions with replacement. A point with no valid pixel is NODATA.
 """
 
 import time
@@ -39,10 +40,12 @@ class PixelSeries:
     """The time series of a call's points: `values` (n, steps, C, H, W) float32 in the
     sources' units, channels in `ModelSpec.channels()` order, NaN where masked;
     `day_of_year` (n, sensors, steps) of each step at each point for each sensor of
-    `sensor_bands()` (`tasks.series.Series.day_of_year`, one per sensor)."""
+    `sensor_bands()` (`tasks.series.Series.day_of_year`, one per sensor); `latlon` (n, 2),
+    each point's latitude and longitude in degrees, for a model that takes them."""
 
     values: np.ndarray
     day_of_year: np.ndarray
+    latlon: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -76,14 +79,25 @@ def _check(series: PixelSeries, spec: ModelSpec) -> None:
             f"{(values.shape[0], len(groups), values.shape[1])}, one row per sensor of "
             f"{[s for s, _ in groups]}; got {doy.shape}"
         )
+    if spec.series_latlon and (series.latlon is None or series.latlon.shape != (len(values), 2)):
+        got = None if series.latlon is None else series.latlon.shape
+        raise ValueError(
+            f"model {spec.name} takes each point's latitude and longitude: PixelSeries.latlon "
+            f"must be (points, 2) = {(len(values), 2)}; got {got}"
+        )
 
 
 def pixel_stream(
-    values: torch.Tensor, day_of_year: torch.Tensor, spec: ModelSpec
+    values: torch.Tensor,
+    day_of_year: torch.Tensor,
+    spec: ModelSpec,
+    *,
+    latlon: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One point's series (steps, C, H, W), with its days of year (sensors, steps), as the
-    model takes it: (valid pixels, steps, width) normalised, and the flat indices of those
-    pixels (see the module's note)."""
+    """One point's series (steps, C, H, W), with its days of year (sensors, steps) and, for
+    a model that takes them, its (latitude, longitude), as the model takes it: (valid
+    pixels, steps, width) normalised, and the flat indices of those pixels (see the module's
+    note)."""
     steps, c, h, w = values.shape
     x = values.permute(2, 3, 0, 1).reshape(h * w, steps, c)
     mean = torch.tensor(spec.norm_mean, dtype=x.dtype, device=x.device)
@@ -104,6 +118,10 @@ def pixel_stream(
         doy = day_of_year[g].to(x.dtype)[chosen]
         picked = part.gather(1, chosen[:, :, None].expand(-1, -1, len(bands)))
         parts.append(torch.cat([picked, doy[:, :, None]], dim=2))
+    if spec.series_latlon:
+        if latlon is None:
+            raise ValueError(f"model {spec.name} takes each point's latitude and longitude")
+        parts.append(latlon.to(x.dtype)[None, None, :].expand(h * w, steps, 2))
     keep = torch.nonzero(alive).flatten()
     return torch.cat(parts, dim=2).index_select(0, keep), keep
 
@@ -196,6 +214,7 @@ def _run(
     queue: TileQueue[_Refs] = TileQueue()
     pacer = batching.Pacer(device)
     doy = torch.from_numpy(np.asarray(series.day_of_year, dtype=np.float32))
+    latlon = None if series.latlon is None else np.asarray(series.latlon, dtype=np.float32)
 
     def run_batches(final: bool) -> None:
         while len(queue) >= plan.batch_size or (final and len(queue)):
@@ -205,7 +224,8 @@ def _run(
 
     for i in range(len(series.values)):
         values = torch.from_numpy(np.ascontiguousarray(series.values[i], dtype=np.float32))
-        stream, keep = pixel_stream(values.to(device), doy[i].to(device), spec)
+        where = None if latlon is None else torch.from_numpy(latlon[i]).to(device)
+        stream, keep = pixel_stream(values.to(device), doy[i].to(device), spec, latlon=where)
         counts[i] = len(keep)
         point = np.full(len(keep), i, dtype=np.int64)
         queue.push(stream, _Refs(point, torch.from_numpy(point).to(device), keep))

@@ -18,6 +18,7 @@ from embedders import (
     dofa,
     panopticon,
     plugins,
+    presto,
     scalemae,
     ssl4eo,
     ssl4eo_ms,
@@ -52,6 +53,7 @@ OWN: dict[str, ModelEntry] = {
     "copernicusfm_base": ModelEntry(copernicusfm.SPEC, "embedders.copernicusfm:build"),
     "scalemae_large": ModelEntry(scalemae.SPEC, "embedders.scalemae:build"),
     "tessera_otf": ModelEntry(tessera_otf.SPEC, "embedders.tessera_otf:build"),
+    "presto": ModelEntry(presto.SPEC, "embedders.presto:build"),
 }
 
 

@@ -59,7 +59,8 @@ class ModelSpec:
     bands, fetched as a sensor configuration of its own (so a fetch of `sensor` is shared with
     the models that read it alone); its channels are `bands` then each other sensor's bands
     (`channels()`), and `norm_mean`/`norm_std` have one value per channel. `takes` says what
-    its forward takes: tiles, or pixel time series (`series_width()`).
+    its forward takes: tiles, or pixel time series (`series_width()`); `series_latlon`, a
+    pixel-series model that also takes each point's latitude and longitude.
     """
 
     name: str
@@ -84,6 +85,7 @@ class ModelSpec:
     steps: TimeSteps | None = None
     more_sensors: tuple[tuple[str, tuple[str, ...]], ...] = ()
     takes: Takes = "tiles"
+    series_latlon: bool = False
 
     def __post_init__(self) -> None:
         if not self.checkpoint and self.weights_url:  # the URL's file name, as torch hub keeps it
@@ -115,8 +117,9 @@ class ModelSpec:
         return tuple(b for _, bands in self.sensor_bands() for b in bands)
 
     def series_width(self) -> int:
-        """A pixel-series model's input width: each sensor's bands then its day of year."""
-        return len(self.channels()) + len(self.sensor_bands())
+        """A pixel-series model's input width: each sensor's bands then its day of year; then
+        latitude and longitude with `series_latlon`."""
+        return len(self.channels()) + len(self.sensor_bands()) + 2 * self.series_latlon
 
     def sample_shape(self) -> tuple[int, ...]:
         """The shape of one input of the forward: (C, T, T) tiles, or (steps, width) pixel
@@ -150,6 +153,8 @@ class ModelSpec:
             more["more_sensors"] = [[s, list(b)] for s, b in self.more_sensors]
         if self.takes != "tiles":
             more["takes"] = self.takes
+        if self.series_latlon:
+            more["series_latlon"] = True
         return more
 
 

@@ -203,12 +203,14 @@ def infer_series_chunk(work: SeriesWork, chunk: Chunk, inputs_path: str) -> Chun
     series = [read_series(inputs_path, f.config, chunk, f.bands) for f in work.fetches]
     values = np.concatenate([s.values for s in series], axis=2)
     doy = np.stack([s.day_of_year for s in series], axis=1).astype(np.float32)
+    latlon = np.array([[p.lat, p.lon] for p in chunk.points], dtype=np.float32).reshape(-1, 2)
     if work.device == "cpu":
         _check_cpu_threads()
     with device_pool(work.device).take() as device:
         start = time.time()
         model = work.model(device)
-        out = embed_series(model, PixelSeries(values, doy), work.options, torch.device(device))
+        pixels = PixelSeries(values, doy, latlon)
+        out = embed_series(model, pixels, work.options, torch.device(device))
         timing = DeviceTiming(device, out.forward_s, start, time.time(), socket.gethostname())
     reasons = list(out.reason)
     for i, p in enumerate(chunk.points):

@@ -5,11 +5,14 @@ changing the output; and the engine's masks and filling. Derived from the regist
 pixel-series model needs no line here but its library reference."""
 
 import dataclasses
+import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
+from torchgeo.models.presto import NUM_DYNAMIC_WORLD_CLASSES, Presto
 from torchgeo.models.tessera import Tessera, _tessera_transforms
 
 from embedders import precision, registry, tessera_otf
@@ -41,7 +44,11 @@ def _series(embedder: Embedder, n: int = 3, h: int = 3, w: int = 4, seed: int = 
         parts.append(rng.normal(mean, spread, (n, steps, len(bands), h, w)))
     doy = np.tile(np.arange(steps, dtype=np.float32) * 30 + 15, (n, len(groups), 1))
     doy[-1, -1] += 3  # the last point's last sensor was seen on other days
-    return PixelSeries(np.concatenate(parts, axis=2).astype(np.float32), doy)
+    values = np.concatenate(parts, axis=2).astype(np.float32)
+    if not spec.series_latlon:
+        return PixelSeries(values, doy)
+    latlon = np.stack([np.linspace(-40, 60, n), np.linspace(-120, 150, n)], axis=1)
+    return PixelSeries(values, doy, latlon.astype(np.float32))
 
 
 def test_model__pooled_and_grid_do_not_depend_on_the_batch_size(model: Embedder) -> None:
@@ -66,6 +73,8 @@ def test_model__pooled_and_grid_do_not_depend_on_the_batch_size(model: Embedder)
 def _library(embedder: Embedder, series: PixelSeries) -> torch.Tensor:
     """The library's own forward on every pixel of the first point, its input built in the
     library's units and normalised with the library's transform: (H * W, D)."""
+    if isinstance(embedder.module, Presto):  # type: ignore[attr-defined]
+        return _presto_library(embedder.module, series)  # type: ignore[attr-defined]
     if not isinstance(embedder.module, Tessera):  # type: ignore[attr-defined]
         raise AssertionError(f"no library reference for {type(embedder).__name__}: add one")
     v = torch.from_numpy(series.values[0]).double()  # (steps, 12, H, W)
@@ -78,6 +87,35 @@ def _library(embedder: Embedder, series: PixelSeries) -> torch.Tensor:
     x = x.permute(2, 3, 0, 1).reshape(h * w, steps, 14).float()
     normalised = _tessera_transforms(x.clone())
     return embedder.module(normalised)  # type: ignore[attr-defined,no-any-return]
+
+
+def _presto_library(module: Presto, series: PixelSeries) -> torch.Tensor:
+    """torchgeo's Presto encoder on the first point's pixels, its input built as upstream's
+    pipeline does (S2 / 10000, (S1 dB + 25) / 25, NDVI from B8 and B4, ERA5, SRTM and Dynamic
+    World masked); the embedding upstream's eval one: the tokens' mean before the final norm."""
+    v = torch.from_numpy(series.values[0]).double()  # (steps, 12, H, W): S2 x10, S1 x2
+    steps, _, h, w = v.shape
+    px = v.permute(2, 3, 0, 1).reshape(h * w, steps, 12)
+    x = torch.zeros(h * w, steps, 17, dtype=torch.float64)
+    x[..., 0:2] = (px[..., 10:] + 25) / 25
+    x[..., 2:12] = px[..., :10] / 10000
+    red, nir = px[..., 2], px[..., 6]  # B04, B08 of B02 B03 B04 B05 B06 B07 B08 ...
+    x[..., 16] = (nir - red) / (nir + red)
+    mask = torch.zeros_like(x)
+    mask[..., 12:16] = 1
+    world = torch.full((h * w, steps), NUM_DYNAMIC_WORLD_CLASSES, dtype=torch.long)
+    days = series.day_of_year[0, 0].tolist()
+    first = datetime.date(2023, 1, 1)
+    months = [(first + datetime.timedelta(days=int(d) - 1)).month - 1 for d in days]
+    month = torch.tensor(months).expand(h * w, steps)
+    assert series.latlon is not None
+    latlons = torch.from_numpy(series.latlon[0]).float().expand(h * w, 2)
+    bare = Presto()  # torchgeo's own, with the weights of ours
+    bare.load_state_dict(module.state_dict())
+    encoder = bare.encoder
+    norm, encoder.norm = encoder.norm, nn.Identity()
+    tokens, _, _ = encoder(x.float(), world, latlons, mask=mask.float(), month=month)
+    return norm(tokens.mean(dim=1))  # type: ignore[no-any-return]
 
 
 def test_model__pixels_are_the_library_forward_on_the_same_input(model: Embedder) -> None:

@@ -23,13 +23,17 @@ WORDING = ("title", "description")
 # --shards; issue 24: Sentinel-1's orbit pass (tasks/sources/registry.py RadarOptions).
 ADDED = [("Output", "shards", "auto", "--shards"), ("Imagery", "orbit_pass", None, "--orbit-pass")]
 # Models registered since the snapshot: new choices of --models (issue 24: DOFA on Sentinel-1,
-# Tessera computed on the fly).
+# Tessera computed on the fly, CROMA with its radar branch, Presto, OlmoEarth).
 ADDED_MODELS = {
     "dofa_base_s1",
     "tessera_otf",
     "croma_base_s1s2",
     "croma_base_s1",
     "croma_large_s1s2",
+    "presto",
+    "olmoearth_nano",
+    "olmoearth_base",
+    "olmoearth_nano_s2s1",
 }
 
 

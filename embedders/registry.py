@@ -16,6 +16,7 @@ from embedders import (
     copernicusfm,
     croma,
     dofa,
+    olmoearth,
     panopticon,
     plugins,
     scalemae,
@@ -49,6 +50,8 @@ OWN: dict[str, ModelEntry] = {
     "copernicusfm_base": ModelEntry(copernicusfm.SPEC, "embedders.copernicusfm:build"),
     "scalemae_large": ModelEntry(scalemae.SPEC, "embedders.scalemae:build"),
     "tessera_otf": ModelEntry(tessera_otf.SPEC, "embedders.tessera_otf:build"),
+    "olmoearth_nano": ModelEntry(olmoearth.NANO_SPEC, "embedders.olmoearth:build"),
+    "olmoearth_base": ModelEntry(olmoearth.BASE_SPEC, "embedders.olmoearth:build"),
 }
 
 

@@ -1,0 +1,162 @@
+"""OlmoEarth v1 (Nano, Base): torchgeo's `olmoearth_v1` on tiles of a Sentinel-2 L2A time
+series, 12 monthly composites, pooled over the patch or as a grid of 8 px patches.
+
+Herzog et al., "OlmoEarth: Stable Latent Image Modeling for Multimodal Earth Observation"
+(https://arxiv.org/abs/2511.13655); weights torchgeo `OlmoEarthV1_Weights.NANO` / `.BASE`
+(OlmoEarth Artifact License), architecture from the package `olmoearth_pretrain_minimal`
+(0.1.5), which torchgeo imports when the model is built.
+
+Input (`olmoearth_pretrain_minimal`, `MaskedOlmoEarthSample`): per modality an array
+(B, H, W, T, C), here `sentinel2_l2a` with its 12 bands in the modality's order
+(`Modality.SENTINEL2_L2A.band_order`, `S2_BANDS` below), a mask (B, H, W, T, band sets) of
+`MaskValue.ONLINE_ENCODER` (0), and `timestamps` (B, T, 3) = (day, month counted from 0,
+year) per step; v1 reads only the month (its month embedding, `CompositeEncodings`). The
+encoder (`model.encoder(sample, patch_size, fast_pass=True)`) returns tokens
+(B, H/p, W/p, T, band sets, D); upstream's spatial embedding
+(`TokensAndMasks.pool_unmasked_tokens(MEAN, spatial_pooling=True)`) is their mean over time
+and band sets, (B, H/p, W/p, D): swath's grid; pooled is its mean over the tile.
+
+swath's engine (embedders/tile_series.py) hands the forward (B, T * C, tile, tile) tiles,
+step-major, normalised with the spec's statistics.
+
+Units and normalisation. The package's normaliser (`data/normalize.py`, `Normalizer`,
+std_multiplier 2) maps x to (x - (mean - 2 std)) / (4 std) with per-band statistics of its
+training data (`data/norm_configs/computed.json`, copied below): Sentinel-2 L2A in digital
+numbers (B02 mean 1189, B08 2755: reflectance x 10000, as swath's sources deliver L2A with
+the baseline 04.00 offset removed), Sentinel-1 in dB (vv mean -11.6, vh -17.7). So the spec's
+`norm_mean` is mean - 2 std and `norm_std` is 4 std in swath's own units, no conversion.
+
+Steps: 12 monthly composites of a calendar-year window, each given the timestamp of its
+month's 15th (`timestamps`); the year is not read by v1. A step without data at a pixel is
+filled in `tile_series` (the mean of that pixel's valid steps), not masked: a token mask is
+per 8 x 8 patch, and upstream masks whole missing steps only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from embedders.spec import ModelSpec, WeightsChoice, WeightsInfo
+from embedders.steps import TimeSteps
+
+if TYPE_CHECKING:  # the model libraries are imported when a model is built, not listed
+    import torch
+    from torch import nn
+
+# Modality.SENTINEL2_L2A.band_order (olmoearth_pretrain_minimal 0.1.5, utils/constants.py).
+S2_BANDS = ("B02", "B03", "B04", "B08", "B05", "B06", "B07", "B8A", "B11", "B12", "B01", "B09")
+# computed.json "sentinel2_l2a" mean / std, in S2_BANDS order (rounded to 0.01 DN).
+_S2_MEAN = (1188.94, 1407.77, 1513.06, 2755.48, 1890.99, 2483.78,
+            2722.73, 2885.57, 2562.85, 1914.14, 1115.85, 3269.81)  # fmt: skip
+_S2_STD = (1859.19, 1727.74, 1740.78, 1612.26, 1754.73, 1622.12,
+           1621.82, 1611.36, 1441.55, 1328.89, 1955.70, 2651.09)  # fmt: skip
+STD_MULTIPLIER = 2.0  # the Normalizer's default
+STEPS = 12
+PATCH_PX = 8  # the encoder's patch size here (its max_patch_size is 8)
+BAND_SETS = 3  # the 10 m, 20 m and 60 m band sets of sentinel2_l2a in v1
+
+
+def normaliser(
+    mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The Normalizer's (x - (m - 2 s)) / (4 s) as a (mean, std) pair for the engine."""
+    low = tuple(m - STD_MULTIPLIER * s for m, s in zip(mean, std, strict=True))
+    return low, tuple(2 * STD_MULTIPLIER * s for s in std)
+
+
+_MEAN, _STD = normaliser(_S2_MEAN, _S2_STD)
+_HF = "https://huggingface.co/allenai"
+
+
+def _spec(size: str, dim: int, url: str) -> ModelSpec:
+    return ModelSpec(
+        name=f"olmoearth_{size.lower()}",
+        family="olmoearth",
+        description=f"OlmoEarth v1 {size} on tiles of 12 monthly Sentinel-2 L2A composites "
+        "(torchgeo)",
+        sensor="sentinel-2-l2a",
+        bands=S2_BANDS,
+        takes="tile-series",
+        steps=TimeSteps("monthly", STEPS),
+        resolution_m=10,
+        tile_px=64,
+        embed_dim=dim,
+        grid_stride_px=PATCH_PX,
+        norm_mean=_MEAN,
+        norm_std=_STD,
+        pretrained_weights=f"OlmoEarthV1_Weights.{size.upper()}",
+        licence="OlmoEarth Artifact License",
+        weights_url=url,
+    )
+
+
+NANO_SPEC = _spec(
+    "Nano",
+    128,
+    f"{_HF}/OlmoEarth-v1-Nano/resolve/529248a4dc3c54014c56b7504641cec98de31d1c/"
+    "weights-795c68419a658fd22ccf8f2e020607675f963e9ef3b93d8e368bb17646765347.pth",
+)
+BASE_SPEC = _spec(
+    "Base",
+    768,
+    f"{_HF}/OlmoEarth-v1-Base/resolve/4bd1392a4539404d2c74276c39f3cb4cfff466cc/"
+    "weights-551c1cc53337c6faaddead88071d7ebd2bd53ec271600fa6f0ee0a518c8b6e11.pth",
+)
+
+
+def timestamps(batch: int, steps: int, device: torch.device) -> torch.Tensor:
+    """(batch, steps, 3) of (day 15, month from 0, year): monthly steps from January."""
+    import torch
+
+    month = torch.arange(steps, device=device) % 12
+    stamp = torch.stack([torch.full_like(month, 15), month, torch.full_like(month, 2024)], 1)
+    return stamp[None].expand(batch, -1, -1).contiguous()
+
+
+def encode(encoder: nn.Module, x: torch.Tensor, stamps: torch.Tensor) -> torch.Tensor:
+    """Upstream's spatial embedding of normalised (B, H, W, T, C) Sentinel-2 L2A: tokens
+    pooled over time and band sets, (B, H/p, W/p, D)."""
+    import torch
+    from olmoearth_pretrain_minimal.olmoearth_pretrain_v1.nn.flexi_vit import PoolingType
+    from olmoearth_pretrain_minimal.olmoearth_pretrain_v1.utils.datatypes import (
+        MaskedOlmoEarthSample,
+    )
+
+    b, h, w, t, _ = x.shape
+    mask = torch.zeros((b, h, w, t, BAND_SETS), dtype=torch.long, device=x.device)
+    sample = MaskedOlmoEarthSample(timestamps=stamps, sentinel2_l2a=x, sentinel2_l2a_mask=mask)
+    tokens = encoder(sample, patch_size=PATCH_PX, fast_pass=True)["tokens_and_masks"]
+    pooled: torch.Tensor = tokens.pool_unmasked_tokens(PoolingType.MEAN, spatial_pooling=True)
+    return pooled
+
+
+@dataclass
+class OlmoEarthEmbedder:
+    """OlmoEarth v1's encoder: (B, T * C, tile, tile) normalised tiles, step-major, to pooled
+    (B, D) and the grid (B, D, tile / 8, tile / 8)."""
+
+    spec: ModelSpec
+    weights: WeightsInfo
+    module: nn.Module
+
+    def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, tc, h, w = tiles.shape
+        c = len(self.spec.channels())
+        x = tiles.reshape(b, tc // c, c, h, w).permute(0, 3, 4, 1, 2)
+        encoder = self.module.model.encoder
+        grid = encode(encoder, x, timestamps(b, tc // c, tiles.device))
+        grid = grid.permute(0, 3, 1, 2)
+        return grid.mean((2, 3)), grid
+
+
+def build(spec: ModelSpec, choice: WeightsChoice, device: torch.device) -> OlmoEarthEmbedder:
+    from embedders import weights
+
+    member = weights.member(spec.pretrained_weights)
+    size = str(member.meta["model_size"])
+    architecture = weights.torchgeo_builder("olmoearth_v1", "OlmoEarthV1_Weights", model_size=size)
+    module, info = weights.load(spec, member, architecture, choice, device)
+    if type(module).__name__ != "OlmoEarthPretrain_v1":
+        raise TypeError(f"torchgeo.models.olmoearth_v1 returned {type(module).__name__}")
+    return OlmoEarthEmbedder(spec, info, module)

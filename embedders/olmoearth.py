@@ -16,8 +16,9 @@ encoder (`model.encoder(sample, patch_size, fast_pass=True)`) returns tokens
 (`TokensAndMasks.pool_unmasked_tokens(MEAN, spatial_pooling=True)`) is their mean over time
 and band sets, (B, H/p, W/p, D): swath's grid; pooled is its mean over the tile.
 
-swath's engine (embedders/tile_series.py) hands the forward (B, T * C, tile, tile) tiles,
-step-major, normalised with the spec's statistics.
+swath's engine (embedders/tile_series.py) hands the forward (B, T * (C + 1), tile, tile)
+tiles, step-major: each step's bands normalised with the spec's statistics, then its day of
+year, from which the step's month and day are taken.
 
 Units and normalisation. The package's normaliser (`data/normalize.py`, `Normalizer`,
 std_multiplier 2) maps x to (x - (mean - 2 std)) / (4 std) with per-band statistics of its
@@ -26,8 +27,8 @@ numbers (B02 mean 1189, B08 2755: reflectance x 10000, as swath's sources delive
 the baseline 04.00 offset removed), Sentinel-1 in dB (vv mean -11.6, vh -17.7). So the spec's
 `norm_mean` is mean - 2 std and `norm_std` is 4 std in swath's own units, no conversion.
 
-Steps: 12 monthly composites of a calendar-year window, each given the timestamp of its
-month's 15th (`timestamps`); the year is not read by v1. A step without data at a pixel is
+Steps: 12 monthly composites of the window (any 12 months), each at its month's middle day
+(`tasks.series.Series.day_of_year`); the year is not read by v1. A step without data at a pixel is
 filled in `tile_series` (the mean of that pixel's valid steps), not masked: a token mask is
 per 8 x 8 patch, and upstream masks whole missing steps only.
 """
@@ -105,13 +106,21 @@ BASE_SPEC = _spec(
 )
 
 
-def timestamps(batch: int, steps: int, device: torch.device) -> torch.Tensor:
-    """(batch, steps, 3) of (day 15, month from 0, year): monthly steps from January."""
+# The first day of each month in a year of 365 days; leap years move a month's middle by one
+# day at most, far from the months' edges.
+_MONTH_STARTS = (1, 32, 60, 91, 121, 152, 182, 213, 244, 274, 305, 335)
+
+
+def timestamps(day_of_year: torch.Tensor) -> torch.Tensor:
+    """(B, steps) days of year -> (B, steps, 3) of (day of month, month from 0, year); the
+    year, which v1 does not read, is fixed."""
     import torch
 
-    month = torch.arange(steps, device=device) % 12
-    stamp = torch.stack([torch.full_like(month, 15), month, torch.full_like(month, 2024)], 1)
-    return stamp[None].expand(batch, -1, -1).contiguous()
+    starts = torch.tensor(_MONTH_STARTS, dtype=day_of_year.dtype, device=day_of_year.device)
+    doy = day_of_year.clamp(1, 365)
+    month = (torch.bucketize(doy, starts, right=True) - 1).clamp(0, 11)
+    day = (doy - starts[month] + 1).long()
+    return torch.stack([day, month, torch.full_like(month, 2024)], -1)
 
 
 def encode(encoder: nn.Module, x: torch.Tensor, stamps: torch.Tensor) -> torch.Tensor:
@@ -133,19 +142,21 @@ def encode(encoder: nn.Module, x: torch.Tensor, stamps: torch.Tensor) -> torch.T
 
 @dataclass
 class OlmoEarthEmbedder:
-    """OlmoEarth v1's encoder: (B, T * C, tile, tile) normalised tiles, step-major, to pooled
-    (B, D) and the grid (B, D, tile / 8, tile / 8)."""
+    """OlmoEarth v1's encoder: (B, T * (C + 1), tile, tile) normalised tiles, per step its
+    bands then its day of year (embedders/tile_series.py), to pooled (B, D) and the grid
+    (B, D, tile / 8, tile / 8)."""
 
     spec: ModelSpec
     weights: WeightsInfo
     module: nn.Module
 
     def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, tc, h, w = tiles.shape
+        b, width, h, w = tiles.shape
         c = len(self.spec.channels())
-        x = tiles.reshape(b, tc // c, c, h, w).permute(0, 3, 4, 1, 2)
-        encoder = self.module.model.encoder
-        grid = encode(encoder, x, timestamps(b, tc // c, tiles.device))
+        steps = tiles.reshape(b, width // (c + 1), c + 1, h, w)
+        x = steps[:, :, :c].permute(0, 3, 4, 1, 2)
+        doy = steps[:, :, c].amax((2, 3)).float()  # invalid pixels are 0 (tile_series)
+        grid = encode(self.module.model.encoder, x, timestamps(doy))
         grid = grid.permute(0, 3, 1, 2)
         return grid.mean((2, 3)), grid
 

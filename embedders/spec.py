@@ -18,7 +18,8 @@ if TYPE_CHECKING:  # torch is imported only where a model is built: listing mode
 PadMode = Literal["reflect", "edge"]
 # What a model's forward takes: tiles (B, C, T, T) of one composite, or pixel time series
 # (B, steps, channels) cut from a time series of one or more sensors (embedders/pixels.py), or
-# tiles of a time series (B, steps * C, T, T), step-major (embedders/tile_series.py).
+# tiles of a time series (B, steps * (C + 1), T, T), step-major, each step's channels then its
+# day of year (embedders/tile_series.py).
 Takes = Literal["tiles", "pixel-series", "tile-series"]
 InputPrep = Literal["tile", "resize"]
 OutputKind = Literal["pooled", "grid"]
@@ -127,7 +128,8 @@ class ModelSpec:
         if self.takes == "pixel-series" and self.steps is not None:
             return (self.steps.count or 12, self.series_width())
         if self.takes == "tile-series" and self.steps is not None:
-            return (self.steps.count * len(self.channels()), self.tile_px, self.tile_px)
+            width = self.steps.count * (len(self.channels()) + 1)  # each step's day of year
+            return (width, self.tile_px, self.tile_px)
         return (len(self.channels()), self.tile_px, self.tile_px)
 
     def to_json(self) -> str:

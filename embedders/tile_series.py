@@ -3,12 +3,15 @@
 
 Every step of a point's patch is cut on the same tile grid by running the tile engine
 (embedders/engine.py) on the patch with its steps stacked as channels, step-major:
-(points, steps, C, H, W) -> (points, steps * C, H, W). The engine's cutting, normalising,
+(points, steps, C, H, W) -> (points, steps * (C + 1), H, W), where each step's channels are
+followed by its day of year at that point (`tasks.series.Series.day_of_year` of the model's
+first sensor), constant over the patch and not normalised. The engine's cutting, normalising,
 batching of the (point, tile) items of all points into full batches, and stitching (pooled:
 area-weighted mean over the tiles; grid: the blended map) then apply unchanged, so results
-do not depend on the batch size. The model's forward takes (B, steps * C, T, T) tiles; the
-engine sees it through `flat`, a view whose spec has `steps * C` channels with the
-statistics repeated per step.
+do not depend on the batch size. The model's forward takes (B, steps * (C + 1), T, T) tiles;
+the engine sees it through `flat`, a view whose spec has those channels, the statistics
+repeated per step (the day of year: mean 0, std 1). The engine sets every channel of an
+invalid pixel to 0, so a model reads a step's day of year as its tile's largest value.
 
 Missing steps. The engine counts a pixel valid where every channel is, so a pixel cloudy in
 one month would lose its whole series. Before that, each pixel's missing steps (any band
@@ -27,19 +30,21 @@ from embedders.engine import EmbedResult
 from embedders.patches import PatchStack
 from embedders.spec import Embedder, InferenceOptions, ModelSpec, WeightsInfo
 
+DOY = "day_of_year"  # the name of each step's last channel in the flat spec
+
 
 def flat_spec(spec: ModelSpec) -> ModelSpec:
-    """The spec as the tile engine sees a tile-series model: one channel per (step, band),
-    step-major, each with its band's statistics."""
+    """The spec as the tile engine sees a tile-series model: per step its channels, each with
+    its band's statistics, then its day of year (mean 0, std 1)."""
     if spec.takes != "tile-series" or spec.steps is None:
         raise ValueError(f"model {spec.name} does not take tiles of a time series")
     steps = spec.steps.count
     return dataclasses.replace(
         spec,
-        bands=tuple(f"{b}@{t}" for t in range(steps) for b in spec.channels()),
+        bands=tuple(f"{b}@{t}" for t in range(steps) for b in (*spec.channels(), DOY)),
         more_sensors=(),
-        norm_mean=spec.norm_mean * steps,
-        norm_std=spec.norm_std * steps,
+        norm_mean=(*spec.norm_mean, 0.0) * steps,
+        norm_std=(*spec.norm_std, 1.0) * steps,
         steps=None,
         takes="tiles",
     )
@@ -75,10 +80,15 @@ def fill_steps(values: np.ndarray) -> np.ndarray:
 
 
 def embed_tile_series(
-    embedder: Embedder, values: np.ndarray, options: InferenceOptions, device: torch.device
+    embedder: Embedder,
+    values: np.ndarray,
+    day_of_year: np.ndarray,
+    options: InferenceOptions,
+    device: torch.device,
 ) -> EmbedResult:
     """Embed the (points, steps, C, H, W) series (source units, NaN where masked, channels in
-    `ModelSpec.channels()` order) of every point (see the module's note)."""
+    `ModelSpec.channels()` order) of every point, each step at its `day_of_year`
+    (points, steps), through the tile engine (see the module's note)."""
     spec = embedder.spec
     count = spec.steps.count if spec.steps is not None else 0
     if values.ndim != 5 or values.shape[1:3] != (count, len(spec.channels())):
@@ -87,7 +97,14 @@ def embed_tile_series(
             f"C={len(spec.channels())} channels {spec.channels()}; got shape {values.shape}"
         )
     n, steps, c, h, w = values.shape
-    stacked = torch.from_numpy(fill_steps(values).reshape(n, steps * c, h, w))
+    if day_of_year.shape != (n, steps):
+        raise ValueError(
+            f"model {spec.name}: day_of_year must be (points, steps) = {(n, steps)}; "
+            f"got {day_of_year.shape}"
+        )
+    doy = np.broadcast_to(day_of_year.astype(np.float32)[:, :, None, None, None], (n, steps, 1, h, w))
+    full = np.concatenate([fill_steps(values), doy], axis=2)
+    stacked = torch.from_numpy(full.reshape(n, steps * (c + 1), h, w))
     patches = PatchStack(stacked)
     if device.type == "cuda":
         patches = patches.pinned()

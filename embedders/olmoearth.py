@@ -148,7 +148,8 @@ class OlmoEarthEmbedder:
 
     spec: ModelSpec
     weights: WeightsInfo
-    module: nn.Module
+    module: nn.Module  # torchgeo's OlmoEarthPretrain_v1: the pretraining model
+    encoder: nn.Module  # its encoder, all of it that runs
 
     def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, width, h, w = tiles.shape
@@ -156,12 +157,14 @@ class OlmoEarthEmbedder:
         steps = tiles.reshape(b, width // (c + 1), c + 1, h, w)
         x = steps[:, :, :c].permute(0, 3, 4, 1, 2)
         doy = steps[:, :, c].amax((2, 3)).float()  # invalid pixels are 0 (tile_series)
-        grid = encode(self.module.model.encoder, x, timestamps(doy))
+        grid = encode(self.encoder, x, timestamps(doy))
         grid = grid.permute(0, 3, 1, 2)
         return grid.mean((2, 3)), grid
 
 
 def build(spec: ModelSpec, choice: WeightsChoice, device: torch.device) -> OlmoEarthEmbedder:
+    import torch
+
     from embedders import weights
 
     member = weights.member(spec.pretrained_weights)
@@ -170,4 +173,7 @@ def build(spec: ModelSpec, choice: WeightsChoice, device: torch.device) -> OlmoE
     module, info = weights.load(spec, member, architecture, choice, device)
     if type(module).__name__ != "OlmoEarthPretrain_v1":
         raise TypeError(f"torchgeo.models.olmoearth_v1 returned {type(module).__name__}")
-    return OlmoEarthEmbedder(spec, info, module)
+    encoder = getattr(module.model, "encoder", None)
+    if not isinstance(encoder, torch.nn.Module):
+        raise TypeError(f"OlmoEarthPretrain_v1.model.encoder is {type(encoder).__name__}")
+    return OlmoEarthEmbedder(spec, info, module, encoder)

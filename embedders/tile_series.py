@@ -102,7 +102,9 @@ def embed_tile_series(
             f"model {spec.name}: day_of_year must be (points, steps) = {(n, steps)}; "
             f"got {day_of_year.shape}"
         )
-    doy = np.broadcast_to(day_of_year.astype(np.float32)[:, :, None, None, None], (n, steps, 1, h, w))
+    doy = np.broadcast_to(
+        day_of_year.astype(np.float32)[:, :, None, None, None], (n, steps, 1, h, w)
+    )
     full = np.concatenate([fill_steps(values), doy], axis=2)
     stacked = torch.from_numpy(full.reshape(n, steps * (c + 1), h, w))
     patches = PatchStack(stacked)

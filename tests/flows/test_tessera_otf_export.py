@@ -33,7 +33,9 @@ PATCH = 8
 MISSING = ("B05", "B06", "B08", "B8A")  # Tessera's bands the demo sample lacks
 
 
-def _add_s2_bands(root: Path, rng: np.random.Generator) -> None:
+def _add_s2_bands(
+    root: Path, rng: np.random.Generator, names: tuple[str, ...] = MISSING
+) -> None:
     """The missing bands, as the sample's own 10 m assets are declared."""
     box = footprint()
     width, height = round((box.right - box.left) / 10), round((box.top - box.bottom) / 10)
@@ -41,7 +43,7 @@ def _add_s2_bands(root: Path, rng: np.random.Generator) -> None:
     path = item_dir / "xrspatial-sentinel-2-sample.json"
     item = json.loads(path.read_text())
     template = item["assets"]["B02"]
-    for name in MISSING:
+    for name in names:
         dn = rng.integers(1200, 3800, (height, width)).astype(np.uint16)
         write_cog(item_dir / f"{name}.tif", dn, epsg=DEMO_EPSG, x0=box.left, y0=box.top, res=10.0)
         asset = json.loads(json.dumps(template))

@@ -40,6 +40,8 @@ FAMILY_MODELS = (
     "copernicusfm_base",
     "scalemae_large",
     "tessera_otf",  # a pixel time-series model: its "tile" is one pixel's series
+    "olmoearth_nano",  # tile-series models: a tile carries 12 monthly steps
+    "olmoearth_base",
 )
 
 

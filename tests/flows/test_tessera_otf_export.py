@@ -33,9 +33,7 @@ PATCH = 8
 MISSING = ("B05", "B06", "B08", "B8A")  # Tessera's bands the demo sample lacks
 
 
-def _add_s2_bands(
-    root: Path, rng: np.random.Generator, names: tuple[str, ...] = MISSING
-) -> None:
+def _add_s2_bands(root: Path, rng: np.random.Generator, names: tuple[str, ...] = MISSING) -> None:
     """The missing bands, as the sample's own 10 m assets are declared."""
     box = footprint()
     width, height = round((box.right - box.left) / 10), round((box.top - box.bottom) / 10)

@@ -38,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from embedders.bands import S1_BANDS
 from embedders.spec import ModelSpec, WeightsChoice, WeightsInfo
 from embedders.steps import TimeSteps
 
@@ -52,10 +53,14 @@ _S2_MEAN = (1188.94, 1407.77, 1513.06, 2755.48, 1890.99, 2483.78,
             2722.73, 2885.57, 2562.85, 1914.14, 1115.85, 3269.81)  # fmt: skip
 _S2_STD = (1859.19, 1727.74, 1740.78, 1612.26, 1754.73, 1622.12,
            1621.82, 1611.36, 1441.55, 1328.89, 1955.70, 2651.09)  # fmt: skip
+# computed.json "sentinel1" mean / std of vv, vh in dB (swath's S1_BANDS VV, VH).
+_S1_MEAN = (-11.65, -17.75)
+_S1_STD = (10.84, 10.22)
 STD_MULTIPLIER = 2.0  # the Normalizer's default
 STEPS = 12
 PATCH_PX = 8  # the encoder's patch size here (its max_patch_size is 8)
-BAND_SETS = 3  # the 10 m, 20 m and 60 m band sets of sentinel2_l2a in v1
+# swath's sensor -> OlmoEarth's modality and its band sets in v1 (Modality.*.band_sets).
+MODALITIES = {"sentinel-2-l2a": ("sentinel2_l2a", 3), "sentinel-1": ("sentinel1", 1)}
 
 
 def normaliser(
@@ -66,38 +71,39 @@ def normaliser(
     return low, tuple(2 * STD_MULTIPLIER * s for s in std)
 
 
-_MEAN, _STD = normaliser(_S2_MEAN, _S2_STD)
 _HF = "https://huggingface.co/allenai"
 
 
-def _spec(size: str, dim: int, url: str) -> ModelSpec:
+def _spec(size: str, dim: int, url: str, *, s1: bool = False) -> ModelSpec:
+    mean, std = normaliser(_S2_MEAN + _S1_MEAN * s1, _S2_STD + _S1_STD * s1)
     return ModelSpec(
-        name=f"olmoearth_{size.lower()}",
+        name=f"olmoearth_{size.lower()}{'_s2s1' * s1}",
         family="olmoearth",
-        description=f"OlmoEarth v1 {size} on tiles of 12 monthly Sentinel-2 L2A composites "
-        "(torchgeo)",
+        description=f"OlmoEarth v1 {size} on tiles of 12 monthly Sentinel-2 L2A composites"
+        f"{' and Sentinel-1 composites' * s1} (torchgeo)",
         sensor="sentinel-2-l2a",
         bands=S2_BANDS,
+        more_sensors=(("sentinel-1", S1_BANDS),) if s1 else (),
         takes="tile-series",
         steps=TimeSteps("monthly", STEPS),
         resolution_m=10,
         tile_px=64,
         embed_dim=dim,
         grid_stride_px=PATCH_PX,
-        norm_mean=_MEAN,
-        norm_std=_STD,
+        norm_mean=mean,
+        norm_std=std,
         pretrained_weights=f"OlmoEarthV1_Weights.{size.upper()}",
         licence="OlmoEarth Artifact License",
         weights_url=url,
     )
 
 
-NANO_SPEC = _spec(
-    "Nano",
-    128,
+_NANO_URL = (
     f"{_HF}/OlmoEarth-v1-Nano/resolve/529248a4dc3c54014c56b7504641cec98de31d1c/"
-    "weights-795c68419a658fd22ccf8f2e020607675f963e9ef3b93d8e368bb17646765347.pth",
+    "weights-795c68419a658fd22ccf8f2e020607675f963e9ef3b93d8e368bb17646765347.pth"
 )
+NANO_SPEC = _spec("Nano", 128, _NANO_URL)
+NANO_S2S1_SPEC = _spec("Nano", 128, _NANO_URL, s1=True)
 BASE_SPEC = _spec(
     "Base",
     768,
@@ -123,18 +129,23 @@ def timestamps(day_of_year: torch.Tensor) -> torch.Tensor:
     return torch.stack([day, month, torch.full_like(month, 2024)], -1)
 
 
-def encode(encoder: nn.Module, x: torch.Tensor, stamps: torch.Tensor) -> torch.Tensor:
-    """Upstream's spatial embedding of normalised (B, H, W, T, C) Sentinel-2 L2A: tokens
-    pooled over time and band sets, (B, H/p, W/p, D)."""
+def encode(encoder: nn.Module, data: dict[str, torch.Tensor], stamps: torch.Tensor) -> torch.Tensor:
+    """Upstream's spatial embedding of normalised (B, H, W, T, C) arrays by modality name
+    ("sentinel2_l2a", "sentinel1"): tokens pooled over time, band sets and modalities,
+    (B, H/p, W/p, D)."""
     import torch
     from olmoearth_pretrain_minimal.olmoearth_pretrain_v1.nn.flexi_vit import PoolingType
     from olmoearth_pretrain_minimal.olmoearth_pretrain_v1.utils.datatypes import (
         MaskedOlmoEarthSample,
     )
 
-    b, h, w, t, _ = x.shape
-    mask = torch.zeros((b, h, w, t, BAND_SETS), dtype=torch.long, device=x.device)
-    sample = MaskedOlmoEarthSample(timestamps=stamps, sentinel2_l2a=x, sentinel2_l2a_mask=mask)
+    band_sets = dict(MODALITIES.values())
+    fields: dict[str, torch.Tensor] = {}
+    for name, x in data.items():
+        fields[name] = x
+        shape = (*x.shape[:4], band_sets[name])
+        fields[f"{name}_mask"] = torch.zeros(shape, dtype=torch.long, device=x.device)
+    sample = MaskedOlmoEarthSample(timestamps=stamps, **fields)
     tokens = encoder(sample, patch_size=PATCH_PX, fast_pass=True)["tokens_and_masks"]
     pooled: torch.Tensor = tokens.pool_unmasked_tokens(PoolingType.MEAN, spatial_pooling=True)
     return pooled
@@ -155,9 +166,13 @@ class OlmoEarthEmbedder:
         b, width, h, w = tiles.shape
         c = len(self.spec.channels())
         steps = tiles.reshape(b, width // (c + 1), c + 1, h, w)
-        x = steps[:, :, :c].permute(0, 3, 4, 1, 2)
+        x = steps[:, :, :c].permute(0, 3, 4, 1, 2)  # (B, H, W, T, C)
+        data, start = {}, 0
+        for sensor, bands in self.spec.sensor_bands():
+            data[MODALITIES[sensor][0]] = x[..., start : start + len(bands)]
+            start += len(bands)
         doy = steps[:, :, c].amax((2, 3)).float()  # invalid pixels are 0 (tile_series)
-        grid = encode(self.encoder, x, timestamps(doy))
+        grid = encode(self.encoder, data, timestamps(doy))
         grid = grid.permute(0, 3, 1, 2)
         return grid.mean((2, 3)), grid
 

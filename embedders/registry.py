@@ -52,6 +52,7 @@ OWN: dict[str, ModelEntry] = {
     "tessera_otf": ModelEntry(tessera_otf.SPEC, "embedders.tessera_otf:build"),
     "olmoearth_nano": ModelEntry(olmoearth.NANO_SPEC, "embedders.olmoearth:build"),
     "olmoearth_base": ModelEntry(olmoearth.BASE_SPEC, "embedders.olmoearth:build"),
+    "olmoearth_nano_s2s1": ModelEntry(olmoearth.NANO_S2S1_SPEC, "embedders.olmoearth:build"),
 }
 
 

@@ -14,9 +14,10 @@ repeated per step (the day of year: mean 0, std 1). The engine sets every channe
 invalid pixel to 0, so a model reads a step's day of year as its tile's largest value.
 
 Missing steps. The engine counts a pixel valid where every channel is, so a pixel cloudy in
-one month would lose its whole series. Before that, each pixel's missing steps (any band
-NaN) are filled with the mean of its valid steps, per band (`fill_steps`); a pixel with no
-valid step stays NaN and is invalid, and a point with none is NODATA.
+one month would lose its whole series. Before that, each sensor's missing steps at a pixel
+(any of its bands NaN) are filled with the mean of its valid steps there, per band
+(`fill_steps`); a pixel with no valid step of some sensor stays NaN and is invalid, and a
+point with no valid pixel is NODATA.
 """
 
 import dataclasses
@@ -67,9 +68,18 @@ def flat(embedder: Embedder) -> Embedder:
     return _Flat(flat_spec(embedder.spec), embedder.weights, embedder)
 
 
-def fill_steps(values: np.ndarray) -> np.ndarray:
-    """(n, steps, C, H, W) with each pixel's missing steps (any band NaN) set to the mean of
-    its valid steps, band by band; pixels with no valid step stay NaN."""
+def fill_steps(values: np.ndarray, widths: tuple[int, ...]) -> np.ndarray:
+    """(n, steps, C, H, W) with each sensor's missing steps at a pixel (any of its bands NaN)
+    set to the mean of that sensor's valid steps there, band by band; `widths` are the
+    sensors' band counts, in channel order. Pixels with no valid step of a sensor stay NaN."""
+    parts, start = [], 0
+    for width in widths:
+        parts.append(_fill(values[:, :, start : start + width]))
+        start += width
+    return np.concatenate(parts, axis=2)
+
+
+def _fill(values: np.ndarray) -> np.ndarray:
     x = np.asarray(values, dtype=np.float32)
     valid = np.isfinite(x).all(axis=2, keepdims=True)  # (n, steps, 1, H, W)
     count = valid.sum(axis=1, keepdims=True)
@@ -105,7 +115,8 @@ def embed_tile_series(
     doy = np.broadcast_to(
         day_of_year.astype(np.float32)[:, :, None, None, None], (n, steps, 1, h, w)
     )
-    full = np.concatenate([fill_steps(values), doy], axis=2)
+    widths = tuple(len(bands) for _, bands in spec.sensor_bands())
+    full = np.concatenate([fill_steps(values, widths), doy], axis=2)
     stacked = torch.from_numpy(full.reshape(n, steps * (c + 1), h, w))
     patches = PatchStack(stacked)
     if device.type == "cuda":

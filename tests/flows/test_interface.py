@@ -24,7 +24,13 @@ WORDING = ("title", "description")
 ADDED = [("Output", "shards", "auto", "--shards"), ("Imagery", "orbit_pass", None, "--orbit-pass")]
 # Models registered since the snapshot: new choices of --models (issue 24: DOFA on Sentinel-1,
 # Tessera computed on the fly).
-ADDED_MODELS = {"dofa_base_s1", "tessera_otf", "olmoearth_nano", "olmoearth_base"}
+ADDED_MODELS = {
+    "dofa_base_s1",
+    "tessera_otf",
+    "olmoearth_nano",
+    "olmoearth_base",
+    "olmoearth_nano_s2s1",
+}
 
 
 def _without_wording(node: Any) -> Any:

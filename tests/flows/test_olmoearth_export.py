@@ -14,7 +14,7 @@ from embedders.spec import Status
 from flows.cli import main
 from tasks.sources.demo import build_demo_catalog
 from tasks.store.layout import read_meta
-from tests.flows.test_tessera_otf_export import INSIDE, MISSING, _add_s2_bands
+from tests.flows.test_tessera_otf_export import INSIDE, MISSING, _add_s1_scene, _add_s2_bands
 
 PATCH = 64  # one OlmoEarth tile
 
@@ -22,14 +22,18 @@ PATCH = 64  # one OlmoEarth tile
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = build_demo_catalog(tmp_path_factory.mktemp("olmoearth")).parent
-    _add_s2_bands(root, np.random.default_rng(24), (*MISSING, "B01", "B09"))
+    rng = np.random.default_rng(24)
+    _add_s2_bands(root, rng, (*MISSING, "B01", "B09"))
+    _add_s1_scene(root, rng)  # one Sentinel-1 scene, in April
     return root / "catalog.json"
 
 
-def _export(catalog: Path, out: Path, work: Path, output: str) -> int:
+def _export(
+    catalog: Path, out: Path, work: Path, output: str, model: str = "olmoearth_nano"
+) -> int:
     west, south, east, north = INSIDE
     return main(["--catalog", str(catalog), "--out", str(out), "--work-dir", str(work),
-                 "--models", "olmoearth_nano", "--weights", "random", "--output", output,
+                 "--models", model, "--weights", "random", "--output", output,
                  "--start", "2024-01-01", "--end", "2024-12-31",
                  "--bbox", f"{west},{south},{east},{north}", "--spacing", "400",
                  "--patch-size", str(PATCH), "--batch-size", "3"])  # fmt: skip
@@ -58,3 +62,20 @@ def test_olmoearth_export__grid_and_pooled_from_monthly_sentinel2(
     (group,) = inputs.group_keys()  # the second export reads the fetch of the first
     chunk = next(iter(inputs[group].group_keys()))  # type: ignore[union-attr]
     assert len(inputs[group][chunk].attrs["steps"]) == 12  # type: ignore[index]
+
+
+def test_olmoearth_export__sentinel1_as_a_second_modality(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, catalog: Path
+) -> None:
+    """April's Sentinel-1 scene fills the other months at each pixel (tile_series)."""
+    out, work = tmp_path / "s2s1.zarr", tmp_path / "work"
+    code = _export(catalog, out, work, "pooled", "olmoearth_nano_s2s1")
+    assert code == 0, capsys.readouterr()
+    ds = xr.open_zarr(out)
+    pooled = ds["olmoearth_nano_s2s1"].values[0]
+    assert pooled.shape == (ds.sizes["point"], 128) and np.isfinite(pooled).all()
+    assert (ds["olmoearth_nano_s2s1_status"].values == Status.OK).all()
+    model = read_meta(str(out))["models"]["olmoearth_nano_s2s1"]
+    assert "sentinel-1" in str(model)
+    inputs = zarr.open_group(str(next(work.rglob("inputs.zarr"))), mode="r")
+    assert len(list(inputs.group_keys())) == 2  # one series per sensor

@@ -1,5 +1,6 @@
 """OlmoEarth v1 (Nano, Base): torchgeo's `olmoearth_v1` on tiles of a Sentinel-2 L2A time
-series, 12 monthly composites, pooled over the patch or as a grid of 8 px patches.
+series (with Sentinel-1 as a second modality in `olmoearth_nano_s2s1`), 12 monthly
+composites, pooled over the patch or as a grid of 8 px patches.
 
 Herzog et al., "OlmoEarth: Stable Latent Image Modeling for Multimodal Earth Observation"
 (https://arxiv.org/abs/2511.13655); weights torchgeo `OlmoEarthV1_Weights.NANO` / `.BASE`
@@ -8,13 +9,14 @@ Herzog et al., "OlmoEarth: Stable Latent Image Modeling for Multimodal Earth Obs
 
 Input (`olmoearth_pretrain_minimal`, `MaskedOlmoEarthSample`): per modality an array
 (B, H, W, T, C), here `sentinel2_l2a` with its 12 bands in the modality's order
-(`Modality.SENTINEL2_L2A.band_order`, `S2_BANDS` below), a mask (B, H, W, T, band sets) of
-`MaskValue.ONLINE_ENCODER` (0), and `timestamps` (B, T, 3) = (day, month counted from 0,
-year) per step; v1 reads only the month (its month embedding, `CompositeEncodings`). The
-encoder (`model.encoder(sample, patch_size, fast_pass=True)`) returns tokens
-(B, H/p, W/p, T, band sets, D); upstream's spatial embedding
-(`TokensAndMasks.pool_unmasked_tokens(MEAN, spatial_pooling=True)`) is their mean over time
-and band sets, (B, H/p, W/p, D): swath's grid; pooled is its mean over the tile.
+(`Modality.SENTINEL2_L2A.band_order`, `S2_BANDS` below) and `sentinel1` (vv, vh); per
+modality a mask (B, H, W, T, band sets) of `MaskValue.ONLINE_ENCODER` (0); and `timestamps`
+(B, T, 3) = (day, month counted from 0, year) per step; v1 reads only the month (its month
+embedding, `CompositeEncodings`). The encoder (`model.encoder(sample, patch_size,
+fast_pass=True)`) returns tokens (B, H/p, W/p, T, band sets, D) per modality; upstream's
+spatial embedding (`TokensAndMasks.pool_unmasked_tokens(MEAN, spatial_pooling=True)`) is
+their mean over time and band sets, then over modalities, (B, H/p, W/p, D): swath's grid;
+pooled is its mean over the tile.
 
 swath's engine (embedders/tile_series.py) hands the forward (B, T * (C + 1), tile, tile)
 tiles, step-major: each step's bands normalised with the spec's statistics, then its day of
@@ -28,9 +30,9 @@ the baseline 04.00 offset removed), Sentinel-1 in dB (vv mean -11.6, vh -17.7). 
 `norm_mean` is mean - 2 std and `norm_std` is 4 std in swath's own units, no conversion.
 
 Steps: 12 monthly composites of the window (any 12 months), each at its month's middle day
-(`tasks.series.Series.day_of_year`); the year is not read by v1. A step without data at a pixel is
-filled in `tile_series` (the mean of that pixel's valid steps), not masked: a token mask is
-per 8 x 8 patch, and upstream masks whole missing steps only.
+(`tasks.series.Series.day_of_year` of Sentinel-2); the year is not read by v1. A step
+without data of a sensor at a pixel is filled in `tile_series` (the mean of that sensor's
+valid steps at the pixel), not masked: a token mask covers a whole 8 x 8 patch.
 """
 
 from __future__ import annotations

@@ -42,6 +42,8 @@ FAMILY_MODELS = (
     "scalemae_large",
     "tessera_otf",  # a pixel time-series model: its "tile" is one pixel's series
     "presto",  # pixel series too, with S2 + S1 and each point's lat/lon
+    "olmoearth_nano",  # tile-series models: a tile carries 12 monthly steps
+    "olmoearth_base",
 )
 
 

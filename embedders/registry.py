@@ -16,6 +16,7 @@ from embedders import (
     copernicusfm,
     croma,
     dofa,
+    olmoearth,
     panopticon,
     plugins,
     presto,
@@ -54,6 +55,9 @@ OWN: dict[str, ModelEntry] = {
     "scalemae_large": ModelEntry(scalemae.SPEC, "embedders.scalemae:build"),
     "tessera_otf": ModelEntry(tessera_otf.SPEC, "embedders.tessera_otf:build"),
     "presto": ModelEntry(presto.SPEC, "embedders.presto:build"),
+    "olmoearth_nano": ModelEntry(olmoearth.NANO_SPEC, "embedders.olmoearth:build"),
+    "olmoearth_base": ModelEntry(olmoearth.BASE_SPEC, "embedders.olmoearth:build"),
+    "olmoearth_nano_s2s1": ModelEntry(olmoearth.NANO_S2S1_SPEC, "embedders.olmoearth:build"),
 }
 
 

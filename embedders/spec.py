@@ -17,8 +17,10 @@ if TYPE_CHECKING:  # torch is imported only where a model is built: listing mode
 
 PadMode = Literal["reflect", "edge"]
 # What a model's forward takes: tiles (B, C, T, T) of one composite, or pixel time series
-# (B, steps, channels) cut from a time series of one or more sensors (embedders/pixels.py).
-Takes = Literal["tiles", "pixel-series"]
+# (B, steps, channels) cut from a time series of one or more sensors (embedders/pixels.py), or
+# tiles of a time series (B, steps * (C + 1), T, T), step-major, each step's channels then its
+# day of year (embedders/tile_series.py).
+Takes = Literal["tiles", "pixel-series", "tile-series"]
 InputPrep = Literal["tile", "resize"]
 OutputKind = Literal["pooled", "grid"]
 WeightsChoice = Literal["auto", "pretrained", "random"]
@@ -100,6 +102,8 @@ class ModelSpec:
             raise ValueError(
                 f"model {self.name}: a pixel-series model declares its steps and a tile of 1 px"
             )
+        if self.takes == "tile-series" and (self.steps is None or not self.steps.count):
+            raise ValueError(f"model {self.name}: a tile-series model declares a fixed step count")
         if self.tile_px % self.grid_stride_px:
             raise ValueError(f"model {self.name}: tile_px must be a multiple of grid_stride_px")
 
@@ -126,6 +130,9 @@ class ModelSpec:
         series (a monthly series of no fixed count is probed as 12 steps)."""
         if self.takes == "pixel-series" and self.steps is not None:
             return (self.steps.count or 12, self.series_width())
+        if self.takes == "tile-series" and self.steps is not None:
+            width = self.steps.count * (len(self.channels()) + 1)  # each step's day of year
+            return (width, self.tile_px, self.tile_px)
         return (len(self.channels()), self.tile_px, self.tile_px)
 
     def to_json(self) -> str:

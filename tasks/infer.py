@@ -35,6 +35,7 @@ from embedders.spec import (
     WeightsChoice,
     WeightsInfo,
 )
+from embedders.tile_series import embed_tile_series
 from embedders.tiling import grid_shape
 from embedders.weights import WeightsUnavailable
 from tasks.inputs import check_same_grid, read_stacks
@@ -138,7 +139,7 @@ class ModelProduct:
         def model(device: str) -> Embedder:
             return load_model(self.name, self.weights.kind, device)
 
-        if self.spec.takes == "pixel-series":
+        if self.spec.takes != "tiles":
             series = SeriesWork(model, self.fetches, self.options, self.device)
             return infer_series_chunk(series, chunk, inputs_path)
         main, *more = self.fetches
@@ -197,9 +198,10 @@ class SeriesWork:
 
 
 def infer_series_chunk(work: SeriesWork, chunk: Chunk, inputs_path: str) -> ChunkResult:
-    """A chunk through a pixel-series model: each sensor's time series read from the inputs
+    """A chunk through a time-series model: each sensor's time series read from the inputs
     store (tasks/series.py), its bands side by side in the spec's channel order, each step at
-    its day of year (`Series.day_of_year`); then the pixel engine (embedders/pixels.py)."""
+    its day of year (`Series.day_of_year`); then the pixel engine (embedders/pixels.py), or
+    for a model taking tiles of the series the tile-series engine (embedders/tile_series.py)."""
     series = [read_series(inputs_path, f.config, chunk, f.bands) for f in work.fetches]
     values = np.concatenate([s.values for s in series], axis=2)
     doy = np.stack([s.day_of_year for s in series], axis=1).astype(np.float32)
@@ -209,8 +211,12 @@ def infer_series_chunk(work: SeriesWork, chunk: Chunk, inputs_path: str) -> Chun
     with device_pool(work.device).take() as device:
         start = time.time()
         model = work.model(device)
-        pixels = PixelSeries(values, doy, latlon)
-        out = embed_series(model, pixels, work.options, torch.device(device))
+        if model.spec.takes == "tile-series":
+            dev = torch.device(device)
+            out = embed_tile_series(model, values, doy[:, 0], work.options, dev)
+        else:
+            pixels = PixelSeries(values, doy, latlon)
+            out = embed_series(model, pixels, work.options, torch.device(device))
         timing = DeviceTiming(device, out.forward_s, start, time.time(), socket.gethostname())
     reasons = list(out.reason)
     for i, p in enumerate(chunk.points):
@@ -252,7 +258,7 @@ def resolve_model(name: str, request: ProductRequest) -> ModelProduct:
             f"{name}'s "
             f"tile ({spec.tile_px} px); use a smaller overlap"
         )
-    if spec.steps is not None and spec.takes != "pixel-series":
+    if spec.steps is not None and spec.takes == "tiles":
         raise ProductError(
             f"{name} takes a time series ({spec.steps.describe()}), and swath's engine runs "
             "tile models of one composite a point only: its inputs can be prefetched "

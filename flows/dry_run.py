@@ -62,21 +62,28 @@ def dry_run(plan: Any, *, chunks_per_run: int | None = None) -> str:
 
 
 def _series_work(names: Any, fetches: Any, n: int, patch: int) -> list[str]:
-    """The forwards of each pixel time-series product (a model of 1 px tiles with steps):
-    one per pixel of every patch, each a series of its steps."""
+    """The forwards of each time-series product: a pixel-series model (1 px tiles) runs one
+    per pixel of every patch, each a series of its steps; a tile-series model one per tile of
+    every patch, each tile carrying every step."""
     from tasks.products.registry import PRODUCTS
 
     lines = []
     for name in names:
         facts = PRODUCTS[name].facts
-        if facts.steps is None or facts.tile_px != 1:
+        if facts.steps is None:
             continue
         steps = next(len(f.config.spans()) for f in fetches if f.config.sensor == facts.sensor)
         sensors = len(facts.sensor_bands())
-        lines.append(
-            f"  model work: {name}: {n * patch * patch:,} pixel series of {steps} steps x "
-            f"{sensors} sensor(s) ({n:,} points x {patch} x {patch} px)"
-        )
+        if facts.tile_px == 1:
+            lines.append(
+                f"  model work: {name}: {n * patch * patch:,} pixel series of {steps} steps x "
+                f"{sensors} sensor(s) ({n:,} points x {patch} x {patch} px)"
+            )
+        else:
+            lines.append(
+                f"  model work: {name}: {n:,} patches of {patch} x {patch} px in "
+                f"{facts.tile_px} px tiles, each tile {steps} steps x {sensors} sensor(s)"
+            )
     return lines
 
 

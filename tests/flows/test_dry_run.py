@@ -155,3 +155,21 @@ def test_dry_run__tessera_otf_fetches_two_series_and_runs_a_series_per_pixel(
         f"model work: tessera_otf: {n * 256:,} pixel series of 12 steps x 2 sensor(s) "
         f"({n:,} points x 16 x 16 px)"
     ) in text
+
+
+def test_dry_run__a_tile_series_model_names_its_work(tmp_path: Path) -> None:
+    plan = plan_job(
+        Region(spacing_m=1000),
+        Window(start=date(2024, 1, 1), end=date(2024, 12, 31)),
+        Imagery(patch_px=64),
+        Inference.model_construct(**{**Inference().model_dump(), "models": ["olmoearth_nano"]}),
+        Output(store=str(tmp_path / "e.zarr"), work_dir=str(tmp_path / "work")),
+        today=date(2025, 6, 1),
+    )
+    n = len(plan.points)
+    text = dry_run(plan)
+    assert "sentinel-2-l2a x 12 steps" in text
+    assert (
+        f"model work: olmoearth_nano: {n:,} patches of 64 x 64 px in 64 px tiles, each tile "
+        "12 steps x 1 sensor(s)"
+    ) in text

@@ -75,6 +75,7 @@ def stop_when_cancelled(every_s: float = 2.0) -> None:
                 if state is not None and state.is_cancelling():
                     try:  # marked Cancelled if the server answers; stopped whatever it says
                         _mark_cancelled([str(run_id)], "the command line's export")
+                        _cancel_tasks([str(run_id)])
                     finally:
                         _stop("cancelled in Prefect", CANCEL_EXIT)
 
@@ -183,6 +184,8 @@ def _end_stopped(
         from prefect.logging.handlers import APILogWorker
 
         APILogWorker.drain_all(timeout=CANCEL_GRACE_S)
+        if cancel:  # last: the flow may have started tasks until now
+            _cancel_tasks(runs)
     finally:
         end_children()  # last: a flow that lost its Dask workers would fail the run first
         os._exit(CANCEL_EXIT)
@@ -199,10 +202,27 @@ def _is_cancelling(run_id: str) -> bool:
 def _mark_cancelled(runs: list[str], what: str = "the run's process") -> None:
     """The runner's run and the child run this process is in marked Cancelled (forced: the
     child is Running), so the runner's record of the exit status is refused (a run already
-    Cancelled is not marked Crashed), with their task runs not yet finished: the UI shows
-    none of them Running after the process has gone."""
+    Cancelled is not marked Crashed)."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    with get_client(sync_client=True, httpx_settings={"timeout": 5}) as client:
+        for run in map(UUID, runs):
+            state = client.read_flow_run(run).state
+            if state is None or not state.is_final():
+                message = f"Cancelled: swath stopped {what}"
+                client.set_flow_run_state(run, Cancelled(message=message), force=True)
+
+
+def _cancel_tasks(runs: list[str]) -> None:
+    """The child runs of `runs` and the task runs of all of them that are not yet finished
+    marked Cancelled, so that the UI shows none Running after the process has gone: asked
+    again until none is left (the flow's thread may start one meanwhile), at most a few
+    rounds, just before the process ends."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
         TaskRunFilter,
         TaskRunFilterFlowRunId,
         TaskRunFilterState,
@@ -211,16 +231,25 @@ def _mark_cancelled(runs: list[str], what: str = "the run's process") -> None:
     from prefect.client.schemas.objects import StateType
     from prefect.states import Cancelled
 
-    message = f"Cancelled: swath stopped {what}"
+    message = "Cancelled: swath stopped its run's process"
     unfinished = [StateType.PENDING, StateType.RUNNING, StateType.SCHEDULED]
+    parents = [UUID(r) for r in runs]
     with get_client(sync_client=True, httpx_settings={"timeout": 5}) as client:
-        for run in map(UUID, runs):
-            state = client.read_flow_run(run).state
-            if state is None or not state.is_final():
-                client.set_flow_run_state(run, Cancelled(message=message), force=True)
+        for _ in range(4):
+            children = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=parents)
+                )
+            )
+            for child in children:
+                if child.state is None or not child.state.is_final():
+                    client.set_flow_run_state(child.id, Cancelled(message=message), force=True)
             tasks = TaskRunFilter(
-                flow_run_id=TaskRunFilterFlowRunId(any_=[run]),
+                flow_run_id=TaskRunFilterFlowRunId(any_=[*parents, *(c.id for c in children)]),
                 state=TaskRunFilterState(type=TaskRunFilterStateType(any_=unfinished)),
             )
-            for task in client.read_task_runs(task_run_filter=tasks):
+            left = client.read_task_runs(task_run_filter=tasks)
+            if not left:
+                return
+            for task in left:
                 client.set_task_run_state(task.id, Cancelled(message=message), force=True)

@@ -125,11 +125,18 @@ class Server:
         seconds = time.monotonic() - asked
         print(f"\n{run_id}: CANCELLING -> {got} in {seconds:.1f} s")  # measured, not asserted
         assert got == "CANCELLED", got
-        unfinished = {"type": {"any_": ["PENDING", "RUNNING", "SCHEDULED"]}}
-        running = {"task_runs": {"flow_run_id": {"any_": [run_id]}, "state": unfinished}}
-        left = self.call("/task_runs/filter", running)
-        assert not left, left  # none left Running once the run is Cancelled
         return seconds
+
+    def no_task_left_running(self, run_id: str) -> None:
+        """No task run of the run or its child runs is Pending or Running: read once the
+        cancelled run's process has gone (the UI showed its produce tasks Running for ever
+        before)."""
+        children = {"flow_runs": {"parent_flow_run_id": {"any_": [run_id]}}}
+        runs = [run_id, *(r["id"] for r in self.call("/flow_runs/filter", children))]  # type: ignore[attr-defined]
+        unfinished = {"type": {"any_": ["PENDING", "RUNNING", "SCHEDULED"]}}
+        body = {"task_runs": {"flow_run_id": {"any_": runs}, "state": unfinished}}
+        left = self.call("/task_runs/filter", body)
+        assert not left, left
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +167,7 @@ def _params(tmp_path: Path) -> dict:
     }
 
 
-def _ended_by_swath(log: Path, *, exited: bool = True, engine_may_end_it: bool = False) -> None:
+def _ended_by_swath(log: Path, *, exited: bool = True, engine_may_end_it: bool = False) -> bool:
     """The flow run's process printed swath's line and was not killed; `exited`: it ended
     with swath's status (threads still ran tasks, so Prefect's engine could not end it);
     `engine_may_end_it`: a cancel that lands between child runs, where no task is running, is
@@ -174,9 +181,10 @@ def _ended_by_swath(log: Path, *, exited: bool = True, engine_may_end_it: bool =
     assert KILLED not in text, text[-4000:]
     if engine_may_end_it and SWATH_LINE not in text:
         assert ENGINE_ENDED in text, text[-4000:]
-        return
+        return False
     assert SWATH_LINE in text, text[-4000:]
     assert EXITED in text or not exited, text[-4000:]
+    return True
 
 
 def test_cancel__a_served_run_stops_at_once_and_the_next_run_finishes(own, tmp_path):
@@ -186,6 +194,7 @@ def test_cancel__a_served_run_stops_at_once_and_the_next_run_finishes(own, tmp_p
     run_id = own.run("swath-export/demo", params)
     own.cancel_inside(run_id, tmp_path / "ui.zarr")
     _ended_by_swath(log)
+    own.no_task_left_running(run_id)
     again = own.run("swath-export/demo", params)
     got = own.wait_state(again, FINAL, "the rerun to finish")
     assert got == "COMPLETED", log.read_text(errors="replace")[-3000:]
@@ -208,7 +217,8 @@ def test_cancel__a_work_pool_run_stops_at_once_inside_a_child_run(own, tmp_path)
     params["output"]["chunks_per_run"] = 2  # 6 chunks, 3 child runs: cancelled in one of them
     run_id = own.run("swath-export/demo", params)
     own.cancel_inside(run_id, tmp_path / "ui.zarr")
-    _ended_by_swath(log, engine_may_end_it=True)
+    if _ended_by_swath(log, engine_may_end_it=True):
+        own.no_task_left_running(run_id)
 
 
 def test_cancel__a_dask_run_stops_with_its_cluster(own, tmp_path):
@@ -229,6 +239,7 @@ def test_cancel__a_dask_run_stops_with_its_cluster(own, tmp_path):
     wait_until(running, lambda left: not left, "the run's process and its Dask workers to end")
     # Its workers ended, the engine's own handling may end the process first (status 0).
     _ended_by_swath(log, exited=False)
+    own.no_task_left_running(run_id)
 
 
 def _running(p: psutil.Process) -> bool:
@@ -261,6 +272,7 @@ def test_cancel__the_command_line_on_dask_stops_when_cancelled_in_the_ui(own, tm
     finally:
         stop(cli)
     assert code == CANCEL_EXIT, log.read_text(errors="replace")[-3000:]
+    own.no_task_left_running(runs[0]["id"])  # type: ignore[index]
     text = log.read_text(errors="replace")
     assert "swath: cancelled in Prefect; the store is resumable" in text, text[-3000:]
     assert "Traceback" not in text, text[-3000:]
